@@ -1,0 +1,253 @@
+"""Configuration: the TOML contract of SPEC §7, resolved into typed dataclasses.
+
+Without a file the embedded default applies: a Maildir inbox and an outbox directory
+under the state dir, the system resolver. Secrets come from environment variables
+named in the file (``password_env``, ``passphrase_env``), never from the file itself
+unless the operator writes them there.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATES_DIR = REPO_DIR / "templates"
+
+# Free-mail and carrier domains: a DKIM key for these can never be published by a
+# facility, so a request naming one is rejected with an explanation (SPEC §2).
+DEFAULT_FREEMAIL_DOMAINS = (
+    "gmail.com", "googlemail.com", "yahoo.co.jp", "ymail.ne.jp", "yahoo.com",
+    "outlook.com", "outlook.jp", "hotmail.com", "hotmail.co.jp", "live.jp", "live.com",
+    "msn.com", "icloud.com", "me.com", "mac.com", "aol.com", "aol.jp",
+    "docomo.ne.jp", "ezweb.ne.jp", "au.com", "softbank.ne.jp", "i.softbank.jp",
+    "disney.ne.jp", "ymobile.ne.jp", "rakuten.jp", "excite.co.jp", "nifty.com",
+    "biglobe.ne.jp", "so-net.ne.jp", "ocn.ne.jp", "goo.jp", "mail.goo.ne.jp", "zoho.com",
+    "proton.me", "protonmail.com", "gmx.com", "mail.com", "yandex.com", "naver.com",
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+@dataclass
+class ServiceConfig:
+    support_address: str = "support@489ban.net"
+    staff_cc: list[str] = field(default_factory=lambda: ["staff@489ban.net"])
+    sending_ips: list[str] = field(default_factory=lambda: ["203.0.113.10"])
+    spf_include: str = "_spf.489ban.net"
+    dmarc_rua: str = ""
+    notify_address: str = "notify@489ban.net"
+    own_domains: list[str] = field(default_factory=lambda: ["489ban.net"])
+    freemail_domains: list[str] = field(default_factory=lambda: list(DEFAULT_FREEMAIL_DOMAINS))
+    saas_name: str = "予約番"
+    company_name: str = "予約番サポート"
+    cc_contact: bool = True
+    max_mails_per_case_per_day: int = 5
+
+
+@dataclass
+class IntakeConfig:
+    kind: str = "maildir"
+    host: str = "127.0.0.1"
+    port: int = 993
+    tls: str = "ssl"
+    username: str = ""
+    password: str = ""
+    folder: str = "INBOX"
+    maildir: str = "inbox"  # relative to the state dir
+    timeout: float = 30.0
+    max_message_bytes: int = 20 * 1024 * 1024
+    header_batch: int = 500
+
+
+@dataclass
+class OutboundConfig:
+    kind: str = "directory"
+    host: str = "127.0.0.1"
+    port: int = 587
+    tls: str = "starttls"
+    username: str = ""
+    password: str = ""
+    directory: str = "outbox"  # relative to the state dir
+    timeout: float = 30.0
+
+
+@dataclass
+class DnsConfig:
+    nameservers: list[str] = field(default_factory=list)
+    port: int = 53
+    timeout: float = 3.0
+    # Name servers run by the SaaS operator: domains delegated to them get the
+    # simplified flow (records published by RFC 2136 update).
+    managed_nameservers: list[str] = field(default_factory=list)
+    tsig_key_name: str = ""
+    tsig_secret: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    update_server: str = ""
+
+
+@dataclass
+class KeysConfig:
+    algorithm: str = "rsa"
+    bits: int = 2048
+    ed25519: bool = False
+    selector: str = "yoyakuban{YYYYMM}"
+    passphrase: str | None = None
+
+
+@dataclass
+class SignerConfig:
+    keytable: str = "signer/KeyTable"
+    signingtable: str = "signer/SigningTable"
+    keys_dir: str = "signer/keys"
+    reload_command: str = ""
+    reload_timeout: float = 30.0
+
+
+@dataclass
+class ScheduleConfig:
+    check_interval_seconds: int = 300
+    reminder_after_hours: float = 72
+    max_reminders: int = 2
+    poll_interval_seconds: int = 60
+
+
+@dataclass
+class Config:
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    signer: SignerConfig = field(default_factory=SignerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    state_dir: Path = Path("state")
+    templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    source: str = "embedded default"
+
+    def state_path(self, relative: str) -> Path:
+        """Resolve a path from the config: absolute stays, relative is under the state dir."""
+        p = Path(relative)
+        if p.is_absolute():
+            return p
+        # "state/signer/KeyTable" in the SPEC example is relative to the working dir
+        # when it already names the state dir; otherwise it lives inside it.
+        if len(p.parts) > 1 and p.parts[0] == self.state_dir.name:
+            return self.state_dir.parent / p
+        return self.state_dir / p
+
+    @property
+    def bot_domain(self) -> str:
+        return self.service.support_address.rpartition("@")[2].lower()
+
+
+_SECTIONS: dict[str, type] = {
+    "service": ServiceConfig,
+    "intake": IntakeConfig,
+    "outbound": OutboundConfig,
+    "dns": DnsConfig,
+    "keys": KeysConfig,
+    "signer": SignerConfig,
+    "schedule": ScheduleConfig,
+}
+
+
+def _secret(section: str, raw: dict[str, Any], key: str, env_key: str) -> str | None:
+    """A secret is given literally or by the name of an environment variable."""
+    if env_key in raw:
+        name = raw.pop(env_key)
+        if not isinstance(name, str):
+            raise ConfigError(f"[{section}] {env_key} must be the name of an environment variable")
+        value = os.environ.get(name)
+        if value is None and key in raw:
+            return str(raw.pop(key))
+        raw.pop(key, None)
+        return value
+    if key in raw:
+        return str(raw.pop(key))
+    return None
+
+
+def _build(section: str, cls: type, raw: dict[str, Any]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    raw = dict(raw)
+    extra: dict[str, Any] = {}
+    if section in ("intake", "outbound"):
+        extra["password"] = _secret(section, raw, "password", "password_env") or ""
+    if section == "keys":
+        extra["passphrase"] = _secret(section, raw, "passphrase", "passphrase_env") or None
+    if section == "dns" and "tsig_secret_env" in raw:
+        extra["tsig_secret"] = os.environ.get(raw.pop("tsig_secret_env"), "")
+    defaults = cls()
+    known = set(vars(defaults))
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"[{section}] unknown key {key!r}")
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if getattr(defaults, key) is not None and not isinstance(value, expected):
+            raise ConfigError(
+                f"[{section}] {key} must be {expected.__name__}, got {type(value).__name__}"
+            )
+        extra[key] = value
+    return cls(**extra)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.intake.kind not in ("imap", "maildir"):
+        raise ConfigError(f"[intake] kind must be 'imap' or 'maildir', got {cfg.intake.kind!r}")
+    if cfg.outbound.kind not in ("smtp", "directory"):
+        raise ConfigError(f"[outbound] kind must be 'smtp' or 'directory', got {cfg.outbound.kind!r}")
+    for name, tls in (("intake", cfg.intake.tls), ("outbound", cfg.outbound.tls)):
+        if tls not in ("ssl", "starttls", "none"):
+            raise ConfigError(f"[{name}] tls must be 'ssl', 'starttls' or 'none', got {tls!r}")
+    if cfg.keys.algorithm not in ("rsa", "ed25519"):
+        raise ConfigError(f"[keys] algorithm must be 'rsa' or 'ed25519', got {cfg.keys.algorithm!r}")
+    if cfg.keys.algorithm == "rsa" and cfg.keys.bits not in (1024, 2048, 3072, 4096):
+        raise ConfigError(f"[keys] bits must be 1024, 2048, 3072 or 4096, got {cfg.keys.bits}")
+    if "@" not in cfg.service.support_address:
+        raise ConfigError("[service] support_address must be a mail address")
+    if not (0 < cfg.dns.port < 65536):
+        raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
+
+
+def load_config(path: str | Path | None = None, *, state_dir: str | Path | None = None) -> Config:
+    """Load ``path`` (TOML) or the embedded default; raise ConfigError with one clear line."""
+    raw: dict[str, Any] = {}
+    source = "embedded default"
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {p}: {exc}") from None
+        source = str(p)
+    cfg = Config(source=source)
+    for section, cls in _SECTIONS.items():
+        if section in raw:
+            setattr(cfg, section, _build(section, cls, raw.pop(section)))
+    state = raw.pop("state", {})
+    if not isinstance(state, dict):
+        raise ConfigError("[state] must be a table")
+    state = dict(state)
+    cfg.state_dir = Path(state_dir or state.pop("dir", "state"))
+    if "templates_dir" in state:
+        cfg.templates_dir = Path(state.pop("templates_dir"))
+    mail = raw.pop("mail", {})
+    if isinstance(mail, dict) and "templates_dir" in mail:
+        cfg.templates_dir = Path(mail["templates_dir"])
+    for key in list(state) + list(raw):
+        raise ConfigError(f"unknown config key or section: {key!r}")
+    _validate(cfg)
+    return cfg
