@@ -1,0 +1,212 @@
+"""Outbound mail: render a jinja2 template into a threaded, UTF-8 message; deliver it.
+
+A template file ``templates/<kind>.txt`` holds the subject on its first line
+(``Subject: …``), a blank line, then the body. Staff can edit them without touching code.
+Messages are rendered when a decision is made (so the Message-ID is fixed and stored in
+the outbox) and delivered later by ``flush_outbox_once``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import socket
+import ssl
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, getaddresses
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from bot.config import Config
+
+log = logging.getLogger(__name__)
+
+LOOP_HEADER = "X-Dkimbot-Loop"
+
+
+@dataclass
+class RenderedMail:
+    message_id: str
+    kind: str
+    sender: str
+    recipients: list[str]
+    raw: bytes
+
+
+class TemplateError(Exception):
+    """A template is missing or broken; the message names the file."""
+
+
+class MailRenderer:
+    def __init__(self, templates_dir: Path) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates_dir)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+
+    def render(self, kind: str, context: dict[str, Any]) -> tuple[str, str]:
+        name = f"{kind}.txt"
+        try:
+            text = self.env.get_template(name).render(**context)
+        except jinja2.TemplateNotFound:
+            raise TemplateError(f"mail template not found: {name}") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"mail template {name} failed: {exc}") from None
+        head, _, body = text.partition("\n\n")
+        if not head.startswith("Subject:"):
+            raise TemplateError(f"mail template {name} must start with 'Subject: '")
+        subject = " ".join(head[len("Subject:"):].split())
+        return subject, body.strip("\n") + "\n"
+
+
+def new_message_id(domain: str) -> str:
+    return f"<dkimbot.{uuid.uuid4().hex}@{domain}>"
+
+
+def build_message(
+    cfg: Config,
+    *,
+    kind: str,
+    subject: str,
+    body: str,
+    to: list[str],
+    cc: list[str],
+    now: datetime,
+    in_reply_to: str | None = None,
+    references: list[str] | None = None,
+    case_refs: list[str] | None = None,
+) -> RenderedMail:
+    service = cfg.service
+    domain = cfg.bot_domain
+    msg = EmailMessage(policy=SMTP)
+    local, _, dom = service.support_address.partition("@")
+    msg["From"] = Address(service.company_name, local, dom)
+    msg["To"] = ", ".join(to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(now)
+    message_id = new_message_id(domain)
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    refs = [r for r in (references or []) if r]
+    if refs:
+        # Long References headers are folded by the policy; keep the last 20 ids.
+        msg["References"] = " ".join(refs[-20:])
+    # RFC 3834: an automatic reply; other bots must not answer it, and we recognise our own.
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg[LOOP_HEADER] = domain
+    if case_refs:
+        msg["X-Dkimbot-Case"] = " ".join(case_refs)
+    msg.set_content(body, charset="utf-8", cte="base64")
+    recipients = [addr for _, addr in getaddresses(to + cc) if addr]
+    # De-duplicate while keeping order: a contact may also be the requester or staff.
+    seen: set[str] = set()
+    unique = [a for a in recipients if not (a.lower() in seen or seen.add(a.lower()))]
+    return RenderedMail(
+        message_id=message_id, kind=kind, sender=service.support_address,
+        recipients=unique, raw=msg.as_bytes(),
+    )
+
+
+class DeliveryError(Exception):
+    """Delivery failed; ``permanent`` decides between retrying and escalating."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class DirectoryTransport:
+    """The embedded default: each message becomes a file in the outbox directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = message_id.strip("<>").replace("/", "_")
+        final = self.directory / f"{name}.eml"
+        tmp = self.directory / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+    def close(self) -> None:
+        pass
+
+
+class SmtpTransport:
+    """SMTP submission with timeouts; one connection reused for a pass."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg.outbound
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        c = self.cfg
+        try:
+            if c.tls == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    c.host, c.port, timeout=c.timeout, context=ssl.create_default_context()
+                )
+            else:
+                conn = smtplib.SMTP(c.host, c.port, timeout=c.timeout)
+                if c.tls == "starttls":
+                    conn.starttls(context=ssl.create_default_context())
+            if c.username:
+                conn.login(c.username, c.password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"SMTP {c.host}:{c.port} refused login: {exc.smtp_code}", permanent=False) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"SMTP {c.host}:{c.port} unreachable: {exc}", permanent=False) from None
+        return conn
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+        try:
+            refused = self._conn.sendmail(sender, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            permanent = all(500 <= c < 600 for c in codes)
+            raise DeliveryError(f"SMTP refused every recipient: {exc.recipients}", permanent=permanent) from None
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            raise DeliveryError(f"SMTP {exc.smtp_code} {text}", permanent=500 <= exc.smtp_code < 600) from None
+        except (OSError, smtplib.SMTPException, socket.timeout) as exc:
+            self.close()
+            raise DeliveryError(f"SMTP {self.cfg.host}:{self.cfg.port} failed: {exc}", permanent=False) from None
+        if refused:
+            log.warning("SMTP refused some recipients of %s: %s", message_id, sorted(refused))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._conn = None
+
+
+def make_transport(cfg: Config) -> DirectoryTransport | SmtpTransport:
+    if cfg.outbound.kind == "directory":
+        return DirectoryTransport(cfg.state_path(cfg.outbound.directory))
+    return SmtpTransport(cfg)
