@@ -107,6 +107,10 @@ class SignerConfig:
     keys_dir: str = "signer/keys"
     reload_command: str = ""
     reload_timeout: float = 30.0
+    # Who the signer (OpenDKIM) runs as: installed key files get this owner/group/mode.
+    key_owner: str = ""  # user name or uid; empty: the bot's own user
+    key_group: str = ""  # group name or gid; when set, keys_dir becomes 0750 for that group
+    key_mode: int = 0o600
 
 
 @dataclass
