@@ -98,6 +98,8 @@ def run_demo(keep: bool = False) -> int:
     zones.add_zone("489ban.net")
     # The SaaS's own SPF include, as the real one would publish it.
     zones.set_txt("_spf.489ban.net", [["v=spf1 ip4:203.0.113.10 -all"]])
+    # RFC 7489 §7.1: the SaaS authorises itself to receive the facility's DMARC reports.
+    zones.set_txt(f"{DOMAIN}._report._dmarc.489ban.net", [["v=DMARC1"]])
     config = tmp / "dkimbot.toml"
     config.write_text(
         f"""
@@ -153,7 +155,7 @@ dir = "{tmp / 'state'}"
         from bot.keys import split_txt_strings
 
         quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
-        zones.set_txt(key.fqdn, [[quoted]])
+        zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
         inbox.deliver(_mail("Re: DKIM設定", "設定しました。", printer.last_message_id))
         step(5, "the facility replies 設定しました; dkimbot checks at once and names the mistake")
         run()

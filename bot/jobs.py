@@ -238,11 +238,42 @@ def poll_inbox_once(bot: Bot) -> int:
         )
     try:
         for message in messages:
-            process_message(bot, message.key, message.raw)
+            try:
+                process_message(bot, message.key, message.raw)
+            except Exception as exc:  # our bug or a broken template: never lose the mail
+                _message_failed(bot, message.key, message.raw, exc)
             count += 1
     finally:
         mailbox.close()
     return count
+
+
+MAX_MESSAGE_FAILURES = 3
+
+
+def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
+    """A message that fails is retried next pass; after 3 failures staff get it instead.
+
+    Like Mailman's "bad" queue: a poison message must neither loop forever nor vanish.
+    """
+    log.exception("message %s failed: %s", key, type(exc).__name__)
+    store = bot.store
+    counter = f"failures:{key}"
+    with store.transaction():
+        failures = int(store.get_meta(counter) or 0) + 1
+        store.set_meta(counter, str(failures))
+        if failures < MAX_MESSAGE_FAILURES:
+            return
+        store.mark_handled(key, None, bot.clock(), f"failed: {type(exc).__name__}")
+        headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:2000]
+        enqueue_mail(bot, "staff_escalation", [], {
+            "reason_title": "a message could not be processed",
+            "reason": f"Message {key} failed {failures} times ({type(exc).__name__}: {exc}).\n"
+                      f"It is left in the mailbox untouched. Its headers:\n\n"
+                      + headers.decode("utf-8", "replace"),
+            "decide_hint": "Handle this request by hand; the bot will not retry it.",
+            "diagnoses": [],
+        }, staff_only=True)
 
 
 def process_message(bot: Bot, key: str, raw: bytes) -> str:
@@ -429,7 +460,8 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
             touched.append(case)
             items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
                           "admin_email": case.admin_email, "domain": domain,
-                          "records": key_records(bot, case), "shared_with": []})
+                          "records": key_records(bot, case), "shared_with": [],
+                          "provider_hint": None})
             continue
         selectors = _choose_key(bot, domain)
         due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
@@ -452,7 +484,8 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
         touched.append(case)
         items.append({"kind": "record", "ref": case.ref, "facility": case.facility,
                       "admin_email": case.admin_email, "domain": domain,
-                      "records": key_records(bot, case), "shared_with": others})
+                      "records": key_records(bot, case), "shared_with": others,
+                      "provider_hint": None})
     # Within one mail, a second facility of the same domain points at the same record.
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:
@@ -496,16 +529,15 @@ def recheck_due_once(bot: Bot, *, workers: int = 32) -> int:
     if not due:
         return 0
     client = bot.dns_client()
-    jobs: dict[tuple[str, str], CaseRow] = {}
+    # Expected keys are read here: the store's connection belongs to this thread.
+    jobs: dict[tuple[str, str], str] = {}
     for c in due:
-        if c.domain and c.selector:
-            jobs.setdefault((c.domain, c.selector), c)
+        if c.domain and c.selector and (c.domain, c.selector) not in jobs:
+            jobs[(c.domain, c.selector)] = _expected_key(bot, c)
 
-    def run(item: tuple[tuple[str, str], CaseRow]) -> tuple[tuple[str, str], Any]:
-        (domain, selector), case = item
-        return (domain, selector), check_domain(
-            client, domain, selector, _expected_key(bot, case), bot.cfg.service
-        )
+    def run(item: tuple[tuple[str, str], str]) -> tuple[tuple[str, str], Any]:
+        (domain, selector), expected = item
+        return (domain, selector), check_domain(client, domain, selector, expected, bot.cfg.service)
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
         reports = dict(pool.map(run, jobs.items()))
@@ -847,7 +879,7 @@ def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
         bot.store.add_event(case.id, now, "staff_resend", detail={"by": who})
         item = {"kind": "resend", "ref": case.ref, "facility": case.facility,
                 "admin_email": case.admin_email, "domain": case.domain,
-                "records": key_records(bot, case), "shared_with": []}
+                "records": key_records(bot, case), "shared_with": [], "provider_hint": None}
         return enqueue_mail(bot, "request_reply", [case], {
             "items": [item], "subject_text": "DKIM設定のご案内：DNSへのレコード登録のお願い（再送）",
             "records": True,

@@ -68,6 +68,14 @@ class ZoneData:
         return None
 
     def answer(self, query: dns.message.Message) -> dns.message.Message:
+        try:
+            return self._answer(query)
+        except Exception:  # bad zone data must look like a broken server, not kill the thread
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)
         if not query.question:
             response.set_rcode(dns.rcode.FORMERR)
