@@ -1,0 +1,485 @@
+"""DNS access for the checks, and the result values every check returns.
+
+Two ways to ask:
+
+* ``DnsClient.lookup`` goes through the configured resolver (or the system one), for
+  names outside the facility's control (SPF includes, report-authorisation records).
+* ``DnsClient.authoritative_*`` finds the zone cut of a name, the zone's name servers
+  and their addresses, and asks every address directly with recursion off. A record
+  the clerk has just published is visible at once (no resolver cache, no negative
+  caching), and a zone whose servers disagree is noticed (``dkim_partial_nameservers``).
+
+Every query goes to ``cfg.port`` (test benches run BIND on an unprivileged port). One
+``DnsClient`` is one pass: each (name, type, server) is asked at most once, even when
+many threads want it at the same moment, so a pass over thousands of domains sharing
+a hoster's name servers does not hammer them.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+
+from bot.config import DnsConfig
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------
+# Result values (shared by the DKIM, DMARC, SPF and alignment checks)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Diagnosis:
+    """One named finding: a stable ``code`` (SPEC §4), a Japanese sentence fit for a
+    facility mail, and the evidence for the event log."""
+
+    code: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "severity": self.severity,
+                "detail": self.detail}
+
+
+@dataclass
+class AreaResult:
+    """The verdict of one area (dkim, dmarc, spf, alignment)."""
+
+    ok: bool
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    found: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dns_error(self) -> bool:
+        return any(d.code == "dns_error" for d in self.diagnoses)
+
+    @property
+    def codes(self) -> list[str]:
+        return [d.code for d in self.diagnoses]
+
+    @property
+    def errors(self) -> list[Diagnosis]:
+        return [d for d in self.diagnoses if d.severity == "error"]
+
+    @property
+    def only_dns_errors(self) -> bool:
+        """Failing, but only because DNS did not answer: retry, tell nobody outside."""
+        errs = self.errors
+        return not self.ok and bool(errs) and all(d.code == "dns_error" for d in errs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "diagnoses": [d.to_json() for d in self.diagnoses],
+                "found": self.found}
+
+
+@dataclass
+class CheckReport:
+    dkim: AreaResult
+    dmarc: AreaResult
+    spf: AreaResult
+    alignment: AreaResult
+
+    AREAS = ("dkim", "dmarc", "spf", "alignment")
+
+    def areas(self) -> list[tuple[str, AreaResult]]:
+        return [(name, getattr(self, name)) for name in self.AREAS]
+
+    @property
+    def ok(self) -> bool:
+        return all(area.ok for _, area in self.areas())
+
+    def to_json(self) -> dict[str, Any]:
+        """The SPEC §4 shape: each area holds ``ok`` and ``diagnoses`` of code+message
+        (plus severity, detail and ``found`` as evidence)."""
+        return {name: area.to_json() for name, area in self.areas()}
+
+
+# ---------------------------------------------------------------------------
+# DNS answers
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DnsFailure:
+    """No usable answer: timeout, SERVFAIL, REFUSED, unreachable, not authoritative.
+    Never a statement that a record is missing."""
+
+    reason: str
+    server: str | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        where = f" from {self.server}" if self.server else ""
+        return f"{self.reason}{where} for {self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.reason, "server": self.server}
+
+
+class _AliasLoop(Exception):
+    """Internal: a CNAME chain came back to a name this thread is resolving."""
+
+
+class DnsQueryError(Exception):
+    """Raised by the ``query_*`` convenience calls; carries the DnsFailure."""
+
+    def __init__(self, failure: DnsFailure):
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class TxtRecord(str):
+    """One TXT record: its character-strings joined without separator (RFC 6376
+    §3.6.2.2, RFC 7208 §3.3), as text; ``strings`` keeps the raw bytes so a caller
+    can see how it was split and whether literal quotes were stored."""
+
+    strings: tuple[bytes, ...]
+
+    def __new__(cls, strings: tuple[bytes, ...] | list[bytes] | bytes | str) -> "TxtRecord":
+        if isinstance(strings, str):
+            strings = (strings.encode("utf-8"),)
+        elif isinstance(strings, bytes):
+            strings = (strings,)
+        raw = b"".join(strings)
+        # A TXT value is bytes; clerks paste ASCII, but a full-width character pasted
+        # by mistake must still be shown, not crash the check.
+        obj = super().__new__(cls, raw.decode("utf-8", errors="replace"))
+        obj.strings = tuple(strings)
+        return obj
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(self.strings)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A definite answer: NOERROR (maybe with no data) or NXDOMAIN."""
+
+    name: str
+    rdtype: str
+    rcode: str = "NOERROR"
+    records: tuple[Any, ...] = ()
+    cname: str | None = None  # the name was an alias (chased) to this target
+
+    @property
+    def void(self) -> bool:
+        """RFC 7208 §4.6.4: NXDOMAIN or no answer."""
+        return not self.records
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rcode": self.rcode, "records": [str(r) for r in self.records]}
+        if self.cname:
+            out["cname"] = self.cname
+        return out
+
+
+Answer = Lookup | DnsFailure
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, no trailing dot, IDNA A-labels (a clerk may type 日本語.jp)."""
+    name = name.strip().rstrip(".").lower()
+    if not name:
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
+def _rdata_value(rdtype: str, rdata: Any) -> Any:
+    if rdtype == "TXT":
+        return TxtRecord(tuple(rdata.strings))
+    if rdtype in ("A", "AAAA"):
+        return rdata.address
+    if rdtype == "MX":
+        return (int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True).lower())
+    if rdtype in ("NS", "PTR", "CNAME"):
+        return rdata.target.to_text(omit_final_dot=True).lower()
+    if rdtype == "SOA":
+        return rdata.mname.to_text(omit_final_dot=True).lower()
+    return rdata.to_text()
+
+
+def _records_from_section(section: list[Any], qname: dns.name.Name, rdtype: str
+                          ) -> tuple[list[Any], str | None]:
+    """Follow CNAMEs inside one answer section; return (records, final alias target)."""
+    want = dns.rdatatype.from_text(rdtype)
+    name = qname
+    target: str | None = None
+    for _ in range(10):
+        rrset = next((r for r in section if r.name == name and r.rdtype == want), None)
+        if rrset is not None:
+            return [_rdata_value(rdtype, rd) for rd in rrset], target
+        alias = next((r for r in section if r.name == name
+                      and r.rdtype == dns.rdatatype.CNAME), None)
+        if alias is None:
+            break
+        name = alias[0].target
+        target = name.to_text(omit_final_dot=True).lower()
+    return [], target
+
+
+class DnsClient:
+    """A pass's view of DNS: the configured resolver plus direct authoritative queries,
+    with a thread-safe per-pass cache (see the module docstring)."""
+
+    def __init__(self, cfg: DnsConfig):
+        self.cfg = cfg
+        self.port = int(cfg.port)
+        self.timeout = float(cfg.timeout)
+        if cfg.nameservers:
+            self.resolver = dns.resolver.Resolver(configure=False)
+            self.resolver.nameservers = list(cfg.nameservers)
+        else:
+            self.resolver = dns.resolver.Resolver()
+        self.resolver.port = self.port
+        self.resolver.timeout = self.timeout
+        # dnspython's lifetime bounds the whole resolution across all servers.
+        self.resolver.lifetime = self.timeout * max(1, len(self.resolver.nameservers))
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[Any, ...], Future[Any]] = {}
+        self._local = threading.local()
+        self.queries_sent = 0
+
+    # -- cache -------------------------------------------------------------
+
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """Compute once per key per pass; concurrent callers wait for the first.
+        Exceptions (programming errors) propagate: they are never turned into DNS
+        failures, so a bug cannot masquerade as "the facility's DNS is down"."""
+        owned: set[tuple[Any, ...]] = self._local.__dict__.setdefault("owned", set())
+        if key in owned:
+            # The same thread already computing this key: a CNAME loop.
+            raise _AliasLoop(key)
+        with self._lock:
+            fut = self._cache.get(key)
+            owner = fut is None
+            if fut is None:
+                fut = Future()
+                self._cache[key] = fut
+        if owner:
+            owned.add(key)
+            try:
+                fut.set_result(compute())
+            except BaseException as exc:
+                fut.set_exception(exc)
+                raise
+            finally:
+                owned.discard(key)
+        return fut.result()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _count(self) -> None:
+        with self._lock:
+            self.queries_sent += 1
+
+    # -- through the resolver ---------------------------------------------
+
+    def lookup(self, name: str, rdtype: str) -> Answer:
+        """Ask the configured resolver; CNAMEs are followed by the resolver."""
+        name = normalize_name(name)
+        return self._cached(("resolver", name, rdtype), lambda: self._resolve(name, rdtype))
+
+    def _resolve(self, name: str, rdtype: str) -> Answer:
+        self._count()
+        try:
+            ans = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN:
+            return Lookup(name, rdtype, "NXDOMAIN")
+        except dns.resolver.LifetimeTimeout:
+            return DnsFailure("timeout", "resolver", name)
+        except dns.resolver.NoNameservers as exc:
+            return DnsFailure(_rcode_from_nonameservers(exc), "resolver", name)
+        except (dns.exception.DNSException, OSError, ValueError) as exc:
+            return DnsFailure(type(exc).__name__, "resolver", name)
+        records = [_rdata_value(rdtype, rd) for rd in ans.rrset] if ans.rrset else []
+        canonical = ans.canonical_name.to_text(omit_final_dot=True).lower()
+        return Lookup(name, rdtype, "NOERROR", tuple(records),
+                      canonical if canonical != name else None)
+
+    def query_txt(self, name: str) -> list[str]:
+        """TXT records via the resolver; [] when none; DnsQueryError on failure."""
+        ans = self.lookup(name, "TXT")
+        if isinstance(ans, DnsFailure):
+            raise DnsQueryError(ans)
+        return list(ans.records)
+
+    # -- zone cut and name servers -------------------------------------------
+
+    def zone_for(self, name: str) -> str | DnsFailure:
+        """The apex of the zone holding ``name``: the owner of the SOA in the answer
+        or, for NODATA/NXDOMAIN, in the authority section (one query, usually)."""
+        name = normalize_name(name)
+        return self._cached(("zone", name), lambda: self._find_zone(name))
+
+    def _find_zone(self, name: str) -> str | DnsFailure:
+        labels = name.split(".")
+        first_failure: DnsFailure | None = None
+        for i in range(len(labels)):
+            candidate = ".".join(labels[i:])
+            found = self._soa_owner(candidate)
+            if isinstance(found, str):
+                return found
+            if isinstance(found, DnsFailure):
+                # A failure low in the tree may be an unserved name (REFUSED); a
+                # parent may still answer. Remember the first for the report.
+                first_failure = first_failure or found
+        return first_failure or DnsFailure("no_zone", None, name)
+
+    def _soa_owner(self, name: str) -> str | DnsFailure | None:
+        self._count()
+        try:
+            ans = self.resolver.resolve(name, "SOA", raise_on_no_answer=False, search=False)
+            response = ans.response
+        except dns.resolver.NXDOMAIN as exc:
+            response = next(iter(exc.responses().values()), None)
+        except dns.resolver.LifetimeTimeout:
+            return DnsFailure("timeout", "resolver", name)
+        except dns.resolver.NoNameservers as exc:
+            return DnsFailure(_rcode_from_nonameservers(exc), "resolver", name)
+        except (dns.exception.DNSException, OSError, ValueError) as exc:
+            return DnsFailure(type(exc).__name__, "resolver", name)
+        if response is None:
+            return None
+        for section in (response.answer, response.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    return rrset.name.to_text(omit_final_dot=True).lower()
+        return None
+
+    def nameserver_addresses(self, zone: str) -> dict[str, list[str]]:
+        """NS host name -> its addresses (A and AAAA), via the resolver."""
+        zone = normalize_name(zone)
+        return self._cached(("nsaddr", zone), lambda: self._ns_addresses(zone))
+
+    def _ns_addresses(self, zone: str) -> dict[str, list[str]]:
+        ns = self.lookup(zone, "NS")
+        if isinstance(ns, DnsFailure) or not ns.records:
+            return {}
+        out: dict[str, list[str]] = {}
+        for host in sorted(set(ns.records)):
+            addrs: list[str] = []
+            for rdtype in ("A", "AAAA"):
+                ans = self.lookup(host, rdtype)
+                if isinstance(ans, Lookup):
+                    addrs.extend(ans.records)
+            out[host] = addrs
+        return out
+
+    # -- direct authoritative queries ----------------------------------------
+
+    def query_direct(self, name: str, rdtype: str, server: str) -> Answer:
+        """Ask one server directly, recursion off, at the configured port."""
+        name = normalize_name(name)
+        return self._cached(("direct", name, rdtype, server),
+                            lambda: self._direct(name, rdtype, server))
+
+    def _direct(self, name: str, rdtype: str, server: str) -> Answer:
+        qname = dns.name.from_text(name)
+        query = dns.message.make_query(qname, rdtype)
+        query.flags &= ~dns.flags.RD  # an authoritative answer or nothing
+        response = None
+        # Two tries: a lost UDP datagram is common on the open Internet and must not
+        # become a "DNS error" in a facility's case history.
+        for attempt in range(2):
+            self._count()
+            try:
+                response, _tcp = dns.query.udp_with_fallback(
+                    query, server, timeout=self.timeout / 2, port=self.port,
+                    ignore_unexpected=True)
+                break
+            except dns.exception.Timeout:
+                if attempt == 1:
+                    return DnsFailure("timeout", server, name)
+            except OSError:
+                return DnsFailure("unreachable", server, name)
+            except dns.exception.DNSException as exc:
+                return DnsFailure(type(exc).__name__, server, name)
+        assert response is not None
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return DnsFailure(dns.rcode.to_text(rcode), server, name)
+        records, target = _records_from_section(response.answer, qname, rdtype)
+        if not records and target is None and not response.flags & dns.flags.AA:
+            # A referral or a lame server: it does not hold this name's zone.
+            return DnsFailure("not_authoritative", server, name)
+        if rcode == dns.rcode.NXDOMAIN and target is None:
+            return Lookup(name, rdtype, "NXDOMAIN")
+        if not records and target is not None:
+            # An alias into another zone: the answer lives with that zone's servers.
+            try:
+                chased = self.authoritative_merged(target, rdtype)
+            except _AliasLoop:
+                return DnsFailure("cname_loop", server, name)
+            if isinstance(chased, DnsFailure):
+                return chased
+            return Lookup(name, rdtype, chased.rcode, chased.records, target)
+        return Lookup(name, rdtype, "NOERROR", tuple(records), target)
+
+    def authoritative_lookup(self, name: str, rdtype: str) -> dict[str, Answer]:
+        """Per authoritative server address, its answer. When the zone's servers
+        cannot be found, the configured resolver's answer under the key "resolver"."""
+        name = normalize_name(name)
+        zone = self.zone_for(name)
+        hosts = self.nameserver_addresses(zone) if isinstance(zone, str) else {}
+        if not any(hosts.values()):
+            return {"resolver": self.lookup(name, rdtype)}
+        out: dict[str, Answer] = {}
+        for host, addrs in hosts.items():
+            answers = {addr: self.query_direct(name, rdtype, addr) for addr in addrs}
+            # A host without IPv6 routing cannot reach AAAA addresses; that says
+            # nothing about the zone when another address of the same server answered.
+            reachable = [a for a, r in answers.items()
+                         if not (isinstance(r, DnsFailure) and r.reason == "unreachable")]
+            for addr, ans in answers.items():
+                if addr in reachable or not reachable:
+                    out[addr] = ans
+        return out
+
+    def authoritative_txt(self, name: str) -> dict[str, list[TxtRecord] | DnsFailure]:
+        """Per authoritative server address: its TXT records at ``name`` or a failure."""
+        out: dict[str, list[TxtRecord] | DnsFailure] = {}
+        for server, ans in self.authoritative_lookup(name, "TXT").items():
+            out[server] = ans if isinstance(ans, DnsFailure) else list(ans.records)
+        return out
+
+    def authoritative_merged(self, name: str, rdtype: str) -> Answer:
+        """One answer for ``name``: the first server that answered (servers are meant
+        to agree; the DKIM check compares them, the others need one view)."""
+        answers = self.authoritative_lookup(name, rdtype)
+        for ans in answers.values():
+            if isinstance(ans, Lookup):
+                return ans
+        return next(iter(answers.values()), DnsFailure("no_answer", None, name))
+
+
+def _rcode_from_nonameservers(exc: dns.resolver.NoNameservers) -> str:
+    """The rcode (SERVFAIL, REFUSED, …) the servers gave, for the evidence."""
+    for err in exc.kwargs.get("errors", []) or []:
+        for part in err:
+            if isinstance(part, dns.message.Message):
+                return dns.rcode.to_text(part.rcode())
+            text = str(part)
+            for code in ("SERVFAIL", "REFUSED", "NOTIMP", "FORMERR"):
+                if code in text:
+                    return code
+    return "no_nameservers"
