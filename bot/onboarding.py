@@ -1,0 +1,235 @@
+"""Deciding on one incoming message: a request (new, repeated, completed after
+needs_info), a facility's reply to a case, or nothing for us.
+
+Runs inside ``process_message``'s transaction: cases, events, the reply mail and the
+handled mark are committed together.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from bot import cases as sm
+from bot.cases import State
+from bot.compose import enqueue_mail, key_records
+from bot.runtime import Bot
+from bot.store import CaseRow
+
+log = logging.getLogger("dkimbot")
+
+
+def _reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
+    for ref in parsed.case_refs:
+        case = bot.store.find_case(ref)
+        if case is not None:
+            return case
+    ids = [i for i in [parsed.in_reply_to, *reversed(parsed.references)] if i]
+    return bot.store.case_for_message_id(ids) if ids else None
+
+
+def _decide_message(bot: Bot, parsed: Any) -> str:
+    if parsed.no_reply_reason:
+        return f"ignored: {parsed.no_reply_reason}"
+    target = _reply_target(bot, parsed)
+    if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
+        handle_request(bot, parsed, target)
+        return f"request: {len(parsed.facilities)} facilities"
+    if target is not None:
+        handle_reply(bot, target, parsed)
+        return f"reply to {target.ref}"
+    if parsed.is_request:
+        handle_request(bot, parsed, None)
+        return "request without fields"
+    return "not for us"
+
+
+def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
+    """A facility answered: check its case at once and answer what we then see."""
+    now = bot.clock()
+    thread = list(case.thread_refs)
+    if parsed.message_id:
+        thread.append(parsed.message_id)
+    fields: dict[str, Any] = dict(thread_last=parsed.message_id or case.thread_last, thread_refs=thread[-30:])
+    excerpt = (parsed.body_text or "").strip()[:400]
+    if case.state in (*sm.WAITING, State.ESCALATED):
+        fields.update(next_check_at=now, reply_pending=True)
+        bot.store.update_case(case.id, now, **fields)
+        bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt})
+        log.info("%s: facility replied; checking now", case.ref)
+        return
+    bot.store.update_case(case.id, now, **fields)
+    bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt})
+    enqueue_mail(
+        bot, "staff_escalation", [bot.store.get_case(case.id)],
+        {
+            "reason_title": "facility replied; the bot cannot act on it",
+            "reason": f"A reply arrived while the case is {case.state}:\n\n{excerpt}",
+            "decide_hint": "Answer the facility yourself (reply to its mail).",
+            "diagnoses": [],
+        },
+        staff_only=True,
+    )
+
+
+def _existing_case(bot: Bot, facility: Any, requester: str | None, target: CaseRow | None) -> CaseRow | None:
+    """The case a request continues: a repeat of an active one, or a needs_info one completed."""
+    if target is not None and target.state == State.NEEDS_INFO:
+        return target
+    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE) + (State.COMPLETED.value,))
+    name = facility.facility_name
+    for c in candidates:
+        if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
+            return c
+    for c in candidates:
+        if c.state == State.NEEDS_INFO and requester and c.requester == requester and name and c.facility == name:
+            return c
+    return None
+
+
+def _choose_key(bot: Bot, domain: str) -> list[str]:
+    """Facilities of one domain share one key: reuse the domain's live selector(s)."""
+    from bot.keys import render_selector
+
+    for c in bot.store.cases_for_domain(domain):
+        if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
+            return list(c.selectors)
+    cfg = bot.cfg
+    now = bot.clock()
+    selector = render_selector(cfg.keys.selector, now)
+    algorithm = cfg.keys.algorithm
+    selectors = [selector]
+    key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
+    bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
+    if cfg.keys.ed25519 and algorithm != "ed25519":
+        from bot.keys import ed25519_selector
+
+        ed_sel = ed25519_selector(selector)
+        ed = bot.keystore.load_or_create(domain, ed_sel, "ed25519", 256)
+        bot.store.record_key(domain, ed_sel, ed.algorithm, ed.bits, ed.public_b64, now)
+        selectors.append(ed_sel)
+    return selectors
+
+
+_PROBLEM_WHAT = {
+    "facility_name": "施設名", "contact_name": "お名前", "contact_email": "メールアドレス",
+    "contact_phone": "電話番号", "admin_email": "メールアドレス",
+}
+
+
+def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
+    """One reply per request mail, listing every facility it named."""
+    from bot.request import FIELD_LABELS
+
+    cfg = bot.cfg
+    store = bot.store
+    now = bot.clock()
+    requester = parsed.from_addr
+    thread_refs = [*parsed.references, *([parsed.message_id] if parsed.message_id else [])]
+    base = dict(requester=requester, thread_root=parsed.message_id,
+                thread_last=parsed.message_id, thread_refs=thread_refs[-30:])
+    items: list[dict[str, Any]] = []
+    touched: list[CaseRow] = []
+    facilities = list(parsed.facilities)
+    if not facilities:
+        from bot.request import Facility, FieldProblem, FIELDS
+
+        facilities = [Facility(None, None, None, None, None,
+                               tuple(FieldProblem(f, "missing", None) for f in FIELDS))]
+    domains_in_mail: dict[str, list[str]] = {}
+    for f in facilities:
+        fields = dict(
+            facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
+            contact_phone=f.contact_phone, admin_email=f.admin_email,
+        )
+        existing = _existing_case(bot, f, requester, target)
+        if f.problems:
+            problems = [
+                {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,
+                 "what": _PROBLEM_WHAT.get(p.field, "値")}
+                for p in f.problems
+            ]
+            if existing is not None and existing.state == State.NEEDS_INFO:
+                case = store.update_case(existing.id, now, problems=problems, **fields, **base)
+                store.add_event(case.id, now, "still_incomplete", detail={"problems": problems})
+            else:
+                case = store.create_case(state=State.NEEDS_INFO, now=now, problems=problems, **fields, **base)
+                store.add_event(case.id, now, "request_received", None, State.NEEDS_INFO,
+                                {"problems": problems})
+            touched.append(case)
+            items.append({"kind": "needs_info", "ref": case.ref, "facility": f.facility_name,
+                          "problems": problems, "fields": {
+                              "facility_name": f.facility_name, "contact_name": f.contact_name,
+                              "contact_email": f.contact_email, "contact_phone": f.contact_phone,
+                              "admin_email": f.admin_email}})
+            continue
+        domain = f.domain
+        reason = sm.classify_domain(
+            domain, freemail=cfg.service.freemail_domains,
+            own=[*cfg.service.own_domains, cfg.bot_domain],
+        )
+        if reason:
+            if existing is not None and existing.state == State.NEEDS_INFO:
+                case = store.update_case(existing.id, now, state=State.REJECTED, state_since=now,
+                                         domain=domain, problems=[], **fields, **base)
+            else:
+                case = store.create_case(state=State.REJECTED, now=now, domain=domain, **fields, **base)
+            store.add_event(case.id, now, "rejected", existing.state if existing else None,
+                            State.REJECTED, {"reason": reason, "domain": domain})
+            touched.append(case)
+            items.append({"kind": "rejected", "ref": case.ref, "facility": f.facility_name,
+                          "admin_email": f.admin_email, "domain": domain, "reason": reason})
+            continue
+        if existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain:
+            store.add_event(existing.id, now, "repeat_request", detail={"message_id": parsed.message_id})
+            case = store.update_case(existing.id, now, **base) if existing.state != State.COMPLETED else existing
+            touched.append(case)
+            items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
+                          "admin_email": case.admin_email, "domain": domain,
+                          "records": key_records(bot, case), "shared_with": [],
+                          "provider_hint": None})
+            continue
+        selectors = _choose_key(bot, domain)
+        due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
+        if existing is not None:
+            case = store.update_case(
+                existing.id, now, state=State.AWAITING_DKIM, state_since=now, domain=domain,
+                selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
+                reminders_sent=0, last_notice=None, **fields, **base,
+            )
+        else:
+            case = store.create_case(
+                state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
+                selectors=selectors, next_check_at=due, **fields, **base,
+            )
+        store.add_event(case.id, now, "key_assigned", existing.state if existing else None,
+                        State.AWAITING_DKIM, {"domain": domain, "selectors": selectors})
+        others = [c.facility for c in store.cases_for_domain(domain)
+                  if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+        domains_in_mail.setdefault(domain, []).append(case.facility or "")
+        touched.append(case)
+        items.append({"kind": "record", "ref": case.ref, "facility": case.facility,
+                      "admin_email": case.admin_email, "domain": domain,
+                      "records": key_records(bot, case), "shared_with": others,
+                      "provider_hint": None})
+    # Within one mail, a second facility of the same domain points at the same record.
+    kinds = {i["kind"] for i in items}
+    if kinds & {"record", "resend"}:
+        subject_text = "DKIM設定のご案内：DNSへのレコード登録のお願い"
+    elif kinds == {"needs_info"}:
+        subject_text = "DKIM、DMARC設定のお申し込み内容のご確認のお願い"
+    else:
+        subject_text = "DKIM、DMARC設定のお申し込みについて"
+    to = [requester] if requester else []
+    if cfg.service.cc_contact:
+        for c in touched:
+            if c.contact_email and c.contact_email not in to and c.state != State.NEEDS_INFO:
+                to.append(c.contact_email)
+    touched = [store.get_case(c.id) for c in touched]
+    enqueue_mail(
+        bot, "request_reply", touched,
+        {"items": items, "subject_text": subject_text,
+         "records": any(i["kind"] in ("record", "resend") for i in items)},
+        to=to, in_reply_to=parsed.message_id, references=thread_refs,
+    )

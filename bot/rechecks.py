@@ -1,0 +1,273 @@
+"""Due DNS checks and reminders: observations in, decisions (via ``cases``) out.
+
+Each domain is checked once per pass, domains concurrently; the store is only touched
+on the pass's own thread. DKIM right on every server → install the key, prove it by
+signing a probe, and only then tell the facility.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from bot import cases as sm
+from bot.cases import Event, State
+from bot.compose import _record_box, enqueue_mail, key_records
+from bot.runtime import Bot
+from bot.store import CaseRow
+
+log = logging.getLogger("dkimbot")
+
+
+def _expected_key(bot: Bot, case: CaseRow) -> str:
+    for k in bot.store.domain_keys(case.domain or ""):
+        if k["selector"] == case.selector:
+            return str(k["public_b64"])
+    raise LookupError(f"{case.ref}: no stored key for {case.domain}/{case.selector}")
+
+
+def recheck_due_once(bot: Bot, *, workers: int = 32) -> int:
+    """Check every due case; each domain is checked once per pass, domains concurrently."""
+    from bot.dnscheck import check_domain
+
+    now = bot.clock()
+    states = (*sm.WAITING, State.ESCALATED)
+    due = [c for c in bot.store.due_cases(tuple(s.value for s in states), now)
+           if c.state != State.ESCALATED or c.resume_state]
+    if not due:
+        return 0
+    client = bot.dns_client()
+    # Expected keys are read here: the store's connection belongs to this thread.
+    jobs: dict[tuple[str, str], str] = {}
+    for c in due:
+        if c.domain and c.selector and (c.domain, c.selector) not in jobs:
+            jobs[(c.domain, c.selector)] = _expected_key(bot, c)
+
+    def run(item: tuple[tuple[str, str], str]) -> tuple[tuple[str, str], Any]:
+        (domain, selector), expected = item
+        return (domain, selector), check_domain(client, domain, selector, expected, bot.cfg.service)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        reports = dict(pool.map(run, jobs.items()))
+    for case in due:
+        report = reports.get((case.domain or "", case.selector or ""))
+        if report is not None:
+            apply_check(bot, case, report, client)
+    return len(due)
+
+
+def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
+    """Install the case's key(s) into the signer, then sign a probe and verify it via DNS."""
+    from bot import signer
+    from bot.dnscheck import make_dkim_dnsfunc
+
+    assert case.domain
+    dnsfunc = make_dkim_dnsfunc(client)
+    notes = []
+    for selector in case.selectors or [case.selector]:
+        key = bot.keystore.get(case.domain, selector)
+        if key is None:
+            return False, f"no private key stored for {selector}._domainkey.{case.domain}"
+        pem = bot.keystore.private_pem(case.domain, selector)
+        signer.install_key(bot.cfg, key, pem)
+        ok, why = signer.prove_signing(bot.cfg, key, pem, dnsfunc)
+        notes.append(f"{selector}: {why}")
+        if not ok:
+            try:
+                signer.uninstall_key(bot.cfg, case.domain, selector)
+            except Exception as exc:  # the escalation says what to clean up by hand
+                notes.append(f"uninstall failed: {type(exc).__name__}")
+            return False, "; ".join(notes)
+        bot.store.mark_key_installed(case.domain, selector, bot.clock())
+    return True, "; ".join(notes)
+
+
+def _report_evidence(report: Any) -> dict[str, Any]:
+    out = report.to_json()
+    for name in ("dkim", "dmarc", "spf", "alignment"):
+        area = getattr(report, name)
+        out[name]["found"] = getattr(area, "found", {})
+    return out
+
+
+def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
+    """Turn one DNS report into decisions for a case (chained while the case moves on)."""
+    cfg = bot.cfg
+    for _ in range(4):  # awaiting_dkim → awaiting_dmarc → completed at most
+        now = bot.clock()
+        state = State(case.state)
+        effective = State(case.resume_state) if state == State.ESCALATED and case.resume_state else state
+        proof: tuple[bool, str] | None = None
+        if effective == State.AWAITING_DKIM and report.dkim.ok:
+            try:
+                proof = install_and_prove(bot, case, client)
+            except Exception as exc:
+                log.exception("%s: installing the key failed", case.ref)
+                proof = (False, f"install failed: {type(exc).__name__}: {exc}")
+        event = sm.classify_check(effective, report, proof[0] if proof else None)
+        decision = sm.decide(
+            state, event, resume_state=State(case.resume_state) if case.resume_state else None,
+            last_notice=case.last_notice, reply_pending=case.reply_pending, report=report,
+        )
+        with bot.store.transaction():
+            fields: dict[str, Any] = {"reply_pending": False, "last_notice": decision.notice}
+            if event == Event.DNS_ERROR:
+                fields["next_check_at"] = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1)
+            else:
+                since = now if decision.changes_state else case.state_since
+                fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds)
+            if decision.changes_state:
+                fields.update(state=decision.next_state, state_since=now, reminders_sent=0,
+                              resume_state=decision.resume_state)
+            elif decision.resume_state != (State(case.resume_state) if case.resume_state else None):
+                fields["resume_state"] = decision.resume_state
+            if decision.next_state == State.COMPLETED:
+                # Completed domains are watched daily (SPEC §8).
+                fields["next_check_at"] = now + timedelta(days=1)
+            updated = bot.store.update_case(case.id, now, **fields)
+            if decision.changes_state or decision.mails or event == Event.DNS_ERROR:
+                detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
+                if proof:
+                    detail["proof"] = {"ok": proof[0], "detail": proof[1]}
+                bot.store.add_event(case.id, now, "transition" if decision.changes_state else "check",
+                                    state.value, decision.next_state.value, detail)
+                if decision.changes_state:
+                    log.info("%s: %s -> %s (%s)", case.ref, state.value, decision.next_state.value, event.value)
+            for kind in decision.mails:
+                _enqueue_check_mail(bot, kind, updated, report, proof)
+        case = bot.store.get_case(case.id)
+        if not decision.changes_state or State(case.state) not in sm.WAITING:
+            return
+
+
+def _dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
+    from bot.dnscheck import suggest_dmarc_record
+
+    found = getattr(report.dmarc, "found", {}) or {}
+    errors = [d for d in report.dmarc.diagnoses if getattr(d, "severity", "error") == "error"]
+    status = "ok" if report.dmarc.ok else ("missing" if [d.code for d in errors] == ["dmarc_not_published"] else "invalid")
+    suggestion = suggest_dmarc_record(found.get("tags") or None, bot.cfg.service.dmarc_rua or None)
+    domain = case.domain or ""
+    return {
+        "status": status,
+        "record": found.get("record"),
+        "location": found.get("location") or f"_dmarc.{domain}",
+        "diagnoses": errors,
+        "box": _record_box(domain, f"_dmarc.{domain}", suggestion),
+    }
+
+
+def _final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
+    def text(area: Any, ok_text: str) -> str:
+        if area.ok:
+            return ok_text
+        return " ".join(d.message for d in area.diagnoses)
+
+    dmarc_found = getattr(report.dmarc, "found", {}) or {}
+    policy = dmarc_found.get("policy") or (dmarc_found.get("tags") or {}).get("p", "")
+    return [
+        {"name": "SPF", "ok": report.spf.ok, "text": text(report.spf, "弊社の送信サーバーが許可されています。")},
+        {"name": "DKIM", "ok": report.dkim.ok, "text": text(report.dkim, f"セレクタ {case.selector} の公開鍵が正しく公開されています。")},
+        {"name": "DMARC", "ok": report.dmarc.ok, "text": text(report.dmarc, f"ポリシー p={policy} のレコードが公開されています。")},
+        {"name": "DMARCアライメント", "ok": report.alignment.ok,
+         "text": text(report.alignment, f"DKIM署名のドメインと送信元アドレスのドメイン（{case.domain}）が一致しています。")},
+    ]
+
+
+def _fix_boxes(report: Any, case: CaseRow) -> list[dict[str, str]]:
+    boxes = []
+    domain = case.domain or ""
+    for d in [*report.spf.diagnoses, *report.dmarc.diagnoses]:
+        fix = (getattr(d, "detail", {}) or {}).get("fix")
+        if fix:
+            host = (d.detail or {}).get("fix_host") or (domain if d.code.startswith("spf") else f"_dmarc.{domain}")
+            box = _record_box(domain, host, fix)
+            if box not in boxes:
+                boxes.append(box)
+    return boxes
+
+
+def _enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: tuple[bool, str] | None) -> None:
+    if kind == "dkim_problem":
+        truncated = any(d.code == "dkim_truncated" for d in report.dkim.diagnoses)
+        hint = ("お使いのDNS管理画面では、長い値が途中で切れてしまうようです。短い鍵（1024ビット）"
+                "をご希望の場合は、このメールに「短い鍵希望」とご返信ください。" if truncated else "")
+        ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot, case), "extra_hint": hint}
+    elif kind == "dkim_active":
+        servers = sorted((getattr(report.dkim, "found", {}) or {}).get("servers", {}) or [])
+        ctx = {"nameservers": servers or ["権威DNSサーバー"], "dmarc": _dmarc_context(bot, case, report)}
+    elif kind == "dmarc_problem":
+        ctx = {"diagnoses": report.dmarc.diagnoses, "dmarc": _dmarc_context(bot, case, report)}
+    elif kind == "final_problem":
+        diags = [d for a in (report.dkim, report.dmarc, report.spf, report.alignment) for d in a.diagnoses
+                 if getattr(d, "severity", "error") == "error"]
+        ctx = {"diagnoses": diags, "fixes": _fix_boxes(report, case)}
+    elif kind == "completion_report":
+        ctx = {"results": _final_rows(report, case)}
+    elif kind == "staff_escalation":
+        ctx = {
+            "reason_title": "DKIM record is right but the signing proof failed",
+            "reason": proof[1] if proof else "unknown",
+            "decide_hint": "Check the signer (KeyTable/SigningTable, key files, reload command); "
+                           "then run 'dkimbot retry'.",
+            "diagnoses": report.dkim.diagnoses,
+        }
+        enqueue_mail(bot, kind, [case], ctx, staff_only=True)
+        return
+    else:
+        raise ValueError(f"no context for mail kind {kind}")
+    enqueue_mail(bot, kind, [case], ctx)
+
+
+# -- reminders -------------------------------------------------------------------------------
+
+_WAITING_FOR = {
+    State.NEEDS_INFO: "お申し込み内容のご確認",
+    State.AWAITING_DKIM: "DKIMレコード（公開鍵）のDNSへの登録",
+    State.AWAITING_DMARC: "DMARCレコードのDNSへの登録",
+    State.AWAITING_FINAL: "最終確認で見つかった点の修正",
+}
+
+
+def remind_due_once(bot: Bot) -> int:
+    cfg = bot.cfg
+    now = bot.clock()
+    count = 0
+    for case in bot.store.list_cases(tuple(s.value for s in (State.NEEDS_INFO, *sm.WAITING))):
+        event = sm.time_event(
+            State(case.state), case.state_since, case.reminders_sent, now,
+            timedelta(hours=cfg.schedule.reminder_after_hours), cfg.schedule.max_reminders,
+        )
+        if event is None:
+            continue
+        decision = sm.decide(State(case.state), event)
+        with bot.store.transaction():
+            if event == Event.REMINDER_DUE:
+                updated = bot.store.update_case(case.id, now, reminders_sent=case.reminders_sent + 1)
+                bot.store.add_event(case.id, now, "reminder", detail={"number": updated.reminders_sent})
+                records = key_records(bot, case) if case.state == State.AWAITING_DKIM else []
+                enqueue_mail(bot, "reminder", [updated], {
+                    "reminder_number": updated.reminders_sent,
+                    "waiting_for": _WAITING_FOR[State(case.state)],
+                    "records": records, "diagnoses": [],
+                })
+            else:
+                updated = bot.store.update_case(
+                    case.id, now, state=State.ESCALATED, state_since=now,
+                    resume_state=decision.resume_state,
+                )
+                bot.store.add_event(case.id, now, "transition", case.state, State.ESCALATED,
+                                    {"event": event.value, "reminders_sent": case.reminders_sent})
+                enqueue_mail(bot, "staff_escalation", [updated], {
+                    "reason_title": f"no progress after {case.reminders_sent} reminders",
+                    "reason": f"The case has been {case.state} since {case.state_since.isoformat()} "
+                              f"and {case.reminders_sent} reminders brought no change.",
+                    "decide_hint": "Contact the facility by phone "
+                                   f"({case.contact_phone or 'no number'}) or cancel the case.",
+                    "diagnoses": [],
+                }, staff_only=True)
+                log.info("%s: %s -> escalated (stalled)", case.ref, case.state)
+        count += 1
+    return count
