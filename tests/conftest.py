@@ -9,8 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import servers` with or without tests/__init__.py
 
-import servers  # noqa: E402
-
+import servers
 
 # =========================================================================== real servers
 # Dovecot (IMAP), BIND (authoritative DNS, RFC 2136) and an SMTP sink, on 127.0.0.0/8,

@@ -23,9 +23,9 @@ import base64
 import datetime
 import email
 import email.policy
+import grp
 import os
 import pwd
-import grp
 import random
 import re
 import secrets
@@ -38,9 +38,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 LOOPBACK = "127.0.0.1"
 SECOND_LOOPBACK = "127.0.0.2"  # Linux routes all of 127/8 to lo: a second "host" for free
@@ -257,7 +257,7 @@ class Dovecot:
     def running(self) -> bool:
         return self._daemon is not None
 
-    def start(self) -> "Dovecot":
+    def start(self) -> Dovecot:
         if self._daemon is not None:
             return self
         t0 = time.monotonic()
@@ -293,7 +293,7 @@ class Dovecot:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Dovecot":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -599,7 +599,7 @@ class Bind:
     def pids(self) -> dict[str, int | None]:
         return {a: (i.daemon.pid if i.daemon else None) for a, i in self._instances.items()}
 
-    def start(self) -> "Bind":
+    def start(self) -> Bind:
         if self._running:
             return self
         t0 = time.monotonic()
@@ -652,7 +652,7 @@ class Bind:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Bind":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -882,7 +882,7 @@ def _reply(code: int, text: str | None) -> str:
 
 
 class _SinkHandler:
-    def __init__(self, sink: "SmtpSink") -> None:
+    def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -932,7 +932,7 @@ class SmtpSink:
                 self.close()
                 raise
 
-    def start(self) -> "SmtpSink":
+    def start(self) -> SmtpSink:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
@@ -975,7 +975,7 @@ class SmtpSink:
         if self.cafile is not None:
             shutil.rmtree(self.cafile.parent, ignore_errors=True)
 
-    def __enter__(self) -> "SmtpSink":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1013,15 +1013,16 @@ class SmtpSink:
         return None
 
     def _make_tls_context(self) -> ssl.SSLContext:
+        import ipaddress
+
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
-        import ipaddress
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -1077,7 +1078,7 @@ class DelayingDnsProxy:
     def reset_counters(self) -> None:
         self.queries = self.tcp_queries = self.peak_in_flight = 0
 
-    def start(self) -> "DelayingDnsProxy":
+    def start(self) -> DelayingDnsProxy:
         if self._loop is not None:
             return self
         loop = asyncio.new_event_loop()
@@ -1142,7 +1143,7 @@ class DelayingDnsProxy:
 
     close = stop
 
-    def __enter__(self) -> "DelayingDnsProxy":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1196,7 +1197,7 @@ class DelayingDnsProxy:
         try:
             transport.sendto(data)
             return await asyncio.wait_for(got, self.upstream_timeout)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             return None
         finally:
             transport.close()
@@ -1230,14 +1231,14 @@ class DelayingDnsProxy:
     async def _ask_upstream_tcp(self, data: bytes) -> bytes | None:
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection(*self.upstream), self.upstream_timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return None
         try:
             w.write(len(data).to_bytes(2, "big") + data)
             await w.drain()
             head = await asyncio.wait_for(r.readexactly(2), self.upstream_timeout)
             return await asyncio.wait_for(r.readexactly(int.from_bytes(head, "big")), self.upstream_timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return None
         finally:
             w.close()

@@ -9,13 +9,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import dns.resolver
 import imapclient
 import pytest
-
 from servers import DelayingDnsProxy, SmtpSink
 
 pytestmark = pytest.mark.servers
