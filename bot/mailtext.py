@@ -1,4 +1,5 @@
-"""Turn the bytes of a Japanese mail into text: charsets, encoded words, MIME, HTML.
+"""Turn the bytes of a Japanese mail into text: charsets, encoded words, MIME, HTML,
+and the text into the part its author wrote (no quotes, replied-to originals, signatures).
 
 Pure functions, no I/O. Everything here is lenient by design: a facility's mailer decides
 what we receive, so a wrong label, a broken encoded word or garbage bytes must yield the
@@ -16,10 +17,12 @@ from email.message import Message
 from html.parser import HTMLParser
 
 __all__ = [
+    "RULE_LINE",
     "decode_bytes",
     "decode_header_value",
     "extract_body_text",
     "html_to_text",
+    "split_sections",
     "unflow",
 ]
 
@@ -392,8 +395,7 @@ def unflow(text: str, delsp: bool) -> str:
     for line in text.split("\n"):
         stripped = line.lstrip(">")
         depth = len(line) - len(stripped)
-        if stripped.startswith(" "):
-            stripped = stripped[1:]  # space-stuffing, §4.4
+        stripped = stripped.removeprefix(" ")  # space-stuffing, §4.4
         if pending is not None and depth != pending_depth:
             out.append(">" * pending_depth + (" " if pending_depth else "") + pending)
             pending = None
@@ -480,3 +482,79 @@ def extract_body_text(msg: Message) -> str:
     """The text a human wrote: text/plain preferred, HTML-only mail converted."""
     chunks = _collect(msg, 0)
     return "\n".join(text.rstrip("\n") for _, text in chunks if text.strip()).strip("\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Sections of a body: the author's own text, forwarded text; no quotes, replies, signatures
+
+_QUOTED = re.compile(r"^\s*[>＞|]")
+_REPLY_MARKERS = [
+    re.compile(r"^\s*-{2,}\s*(?:original message|元のメッセージ|オリジナルメッセージ)\s*-{2,}\s*$", re.IGNORECASE),
+    re.compile(r"^.{0,200}\bwrote\s*:\s*$", re.IGNORECASE),
+    re.compile(r"^.{0,200}(?:は|が)書きました\s*[:：]\s*$"),
+    re.compile(r"^.{0,200}のメール\s*[:：]\s*$"),
+    re.compile(r"^.{0,200}<[^<>\s]+@[^<>\s]+>\s*[:：]\s*$"),  # Gmail ja: "2024年1月16日(火) 10:00 名前 <a@b>:"
+    re.compile(r"^.{0,200}\bschrieb\s*:\s*$", re.IGNORECASE),
+]
+_FORWARD_MARKERS = [
+    re.compile(r"^\s*-{2,}\s*(?:forwarded message|転送されたメッセージ|転送メッセージ|"
+               r"forwarded message follows)\s*-{2,}\s*$", re.IGNORECASE),
+    re.compile(r"^\s*(?:begin forwarded message|転送されたメッセージ|転送メッセージ)\s*[:：]\s*$", re.IGNORECASE),
+]
+_HEADER_BLOCK_LINE = re.compile(
+    r"^\s*(?:from|sent|date|to|cc|bcc|subject|reply-to|差出人|送信者|送信日時|日付|日時|宛先|件名|"
+    r"cc|bcc|返信先)\s*[:：]", re.IGNORECASE)
+_HEADER_BLOCK_START = re.compile(r"^\s*(?:from|差出人|送信者)\s*[:：]", re.IGNORECASE)
+RULE_LINE = re.compile(r"^\s*[-=_─━＿~〜―‐*＊＝－ー・=+#■□◆◇●○★☆]{5,}\s*$")
+
+
+def _is_reply_header_block(lines: list[str], index: int) -> bool:
+    """Outlook quotes the original without ">": a From/差出人 line followed by Sent/送信日時."""
+    if not _HEADER_BLOCK_START.match(lines[index]):
+        return False
+    following = [line for line in lines[index + 1 : index + 4] if line.strip()]
+    return sum(1 for line in following if _HEADER_BLOCK_LINE.match(line)) >= 2
+
+
+def split_sections(text: str) -> tuple[list[str], list[list[str]]]:
+    """Split a body into the author's own lines and forwarded bodies.
+
+    Everything from the first reply marker on is the quoted original and is dropped: a
+    "設定しました" reply quoting the request must not make the request again. A forwarded
+    message (Gmail, Thunderbird, Apple markers) keeps its body, minus its header block,
+    as a fallback for a request someone forwarded to support.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    own: list[str] = []
+    forwarded: list[list[str]] = []
+    current = own
+    skip_headers = False
+    for index, line in enumerate(lines):
+        if skip_headers:
+            # The forwarded header block: From/Date/Subject/To lines and the blank lines
+            # around them; the first other line is the forwarded body.
+            if not line.strip() or _HEADER_BLOCK_LINE.match(line) or line.startswith((" ", "\t")):
+                continue
+            skip_headers = False
+        if any(marker.match(line) for marker in _FORWARD_MARKERS):
+            current = []
+            forwarded.append(current)
+            skip_headers = True
+            continue
+        if any(marker.match(line) for marker in _REPLY_MARKERS):
+            break
+        if RULE_LINE.match(line) and index + 1 < len(lines):
+            nxt = next((candidate for candidate in lines[index + 1 :] if candidate.strip()), "")
+            if _HEADER_BLOCK_START.match(nxt):
+                break  # Outlook: "____" then "From:" / "差出人:"
+        if _is_reply_header_block(lines, index):
+            break
+        if line.rstrip() in ("--", "-- "):
+            # RFC 3676 §4.3 signature separator: the rest of this section is a signature.
+            skip_headers = False
+            current = []  # a throwaway list: nothing more is kept for this section
+            continue
+        if _QUOTED.match(line):
+            continue
+        current.append(line)
+    return own, forwarded

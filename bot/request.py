@@ -21,7 +21,12 @@ from email.utils import getaddresses
 
 from email_validator import EmailNotValidError, validate_email
 
-from bot.mailtext import decode_header_value, extract_body_text
+from bot.mailtext import (
+    RULE_LINE,
+    decode_header_value,
+    extract_body_text,
+    split_sections,
+)
 
 __all__ = [
     "FIELDS",
@@ -194,82 +199,6 @@ def _no_reply_reason(msg: Message, headers: dict[str, list[str]], from_addr: str
 
 
 # ---------------------------------------------------------------------------------------
-# Body: sections (own text, forwarded text) without quotes, replies, signatures
-
-_QUOTED = re.compile(r"^\s*[>＞|]")
-_REPLY_MARKERS = [
-    re.compile(r"^\s*-{2,}\s*(?:original message|元のメッセージ|オリジナルメッセージ)\s*-{2,}\s*$", re.I),
-    re.compile(r"^.{0,200}\bwrote\s*:\s*$", re.I),
-    re.compile(r"^.{0,200}(?:は|が)書きました\s*[:：]\s*$"),
-    re.compile(r"^.{0,200}のメール\s*[:：]\s*$"),
-    re.compile(r"^.{0,200}<[^<>\s]+@[^<>\s]+>\s*[:：]\s*$"),  # Gmail ja: "2024年1月16日(火) 10:00 名前 <a@b>:"
-    re.compile(r"^.{0,200}\bschrieb\s*:\s*$", re.I),
-]
-_FORWARD_MARKERS = [
-    re.compile(r"^\s*-{2,}\s*(?:forwarded message|転送されたメッセージ|転送メッセージ|"
-               r"forwarded message follows)\s*-{2,}\s*$", re.I),
-    re.compile(r"^\s*(?:begin forwarded message|転送されたメッセージ|転送メッセージ)\s*[:：]\s*$", re.I),
-]
-_HEADER_BLOCK_LINE = re.compile(
-    r"^\s*(?:from|sent|date|to|cc|bcc|subject|reply-to|差出人|送信者|送信日時|日付|日時|宛先|件名|"
-    r"cc|bcc|返信先)\s*[:：]", re.I)
-_HEADER_BLOCK_START = re.compile(r"^\s*(?:from|差出人|送信者)\s*[:：]", re.I)
-_RULE = re.compile(r"^\s*[-=_─━＿~〜―‐*＊＝－ー・=+#■□◆◇●○★☆]{5,}\s*$")
-
-
-def _is_reply_header_block(lines: list[str], index: int) -> bool:
-    """Outlook quotes the original without ">": a From/差出人 line followed by Sent/送信日時."""
-    if not _HEADER_BLOCK_START.match(lines[index]):
-        return False
-    following = [line for line in lines[index + 1 : index + 4] if line.strip()]
-    return sum(1 for line in following if _HEADER_BLOCK_LINE.match(line)) >= 2
-
-
-def _sections(text: str) -> tuple[list[str], list[list[str]]]:
-    """Split a body into the author's own lines and forwarded bodies.
-
-    Everything from the first reply marker on is the quoted original and is dropped: a
-    "設定しました" reply quoting the request must not make the request again. A forwarded
-    message (Gmail, Thunderbird, Apple markers) keeps its body, minus its header block,
-    as a fallback for a request someone forwarded to support.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    own: list[str] = []
-    forwarded: list[list[str]] = []
-    current = own
-    skip_headers = False
-    for index, line in enumerate(lines):
-        if skip_headers:
-            # The forwarded header block: From/Date/Subject/To lines and the blank lines
-            # around them; the first other line is the forwarded body.
-            if not line.strip() or _HEADER_BLOCK_LINE.match(line) or line.startswith((" ", "\t")):
-                continue
-            skip_headers = False
-        if any(marker.match(line) for marker in _FORWARD_MARKERS):
-            current = []
-            forwarded.append(current)
-            skip_headers = True
-            continue
-        if any(marker.match(line) for marker in _REPLY_MARKERS):
-            break
-        if _RULE.match(line) and index + 1 < len(lines):
-            nxt = next((candidate for candidate in lines[index + 1 :] if candidate.strip()), "")
-            if _HEADER_BLOCK_START.match(nxt):
-                break  # Outlook: "____" then "From:" / "差出人:"
-        if _is_reply_header_block(lines, index):
-            break
-        if line.rstrip() in ("--", "-- "):
-            # RFC 3676 §4.3 signature separator: the rest of this section is a signature.
-            skip_headers = False
-            current = []  # a throwaway list: nothing more is kept for this section
-            continue
-        if _QUOTED.match(line):
-            continue
-        current.append(line)
-    return own, forwarded
-
-
-# ---------------------------------------------------------------------------------------
 # Labels
 
 # Canonical label spellings -> (field, strong). Keys are in _canon() form: NFKC, lower
@@ -393,7 +322,7 @@ def _match_label(line: str, depth: int = 0) -> _Label | None:
     if not hit:
         return None
     rest = parts[1].strip() if len(parts) > 1 else ""
-    if not rest and (not hit[1] or _canon(parts[0]) in _NOT_ALONE):
+    if not rest and _canon(parts[0]) in _NOT_ALONE:
         return None
     return _Label(*hit, rest)
 
@@ -416,7 +345,10 @@ def _clean_email(value: str) -> str | None:
     angle = re.search(r"<([^<>]+)>", text)
     if angle:
         text = angle.group(1)
-    text = re.sub(r"\s+", "", text).strip("。．.、,;；\"'「」()[]")
+    # Spaces around "@" are typing slips; a space inside a part is a different address.
+    text = re.sub(r"\s*@\s*", "@", text.strip()).strip("。．.、,;；\"'「」()[]")
+    if re.search(r"\s", text):
+        return None
     if text.count("@") != 1:
         return None
     try:
@@ -506,8 +438,8 @@ def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
     index = 0
     while index < len(norm):
         line, label = norm[index], labels[index]
-        if label is None and _RULE.match(line) and block:
-            end = next((j for j in range(index + 1, len(norm)) if _RULE.match(norm[j])), len(norm))
+        if label is None and RULE_LINE.match(line) and block:
+            end = next((j for j in range(index + 1, len(norm)) if RULE_LINE.match(norm[j])), len(norm))
             if len({lab.field for lab in labels[index + 1 : end] if lab and lab.strong}) < 2:
                 index = end
                 continue
@@ -527,7 +459,7 @@ def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
             for j in range(index + 1, min(index + 4, len(norm))):
                 if not norm[j]:
                     continue
-                if labels[j] is None and not _RULE.match(norm[j]) and _plausible_next_line(
+                if labels[j] is None and not RULE_LINE.match(norm[j]) and _plausible_next_line(
                         label.field, norm[j]):
                     value = norm[j]
                     index = j
@@ -542,7 +474,7 @@ def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
 def parse_facilities(text: str) -> list[Facility]:
     """The facilities a body describes, in order. Quoted and replied-to text is ignored;
     a forwarded request counts only when the author wrote no fields of their own."""
-    own, forwarded = _sections(text)
+    own, forwarded = split_sections(text)
     for section in [own, *forwarded]:
         facilities = [_facility(values) for values in _blocks(section)]
         if facilities:

@@ -64,7 +64,7 @@ def test_it_reads_threading_headers() -> None:
 def test_it_does_not_decode_a_3mb_attachment() -> None:
     raw = (CORPUS / "attachment_pdf_mixed.eml").read_bytes()
     head, sep, rest = raw.partition(b"X-Attachment-Id: f_lr9x8y7z0\r\n\r\n")
-    pdf_b64, boundary, tail = rest.partition(b"\r\n--000000000000f0e1d2060f1d2e40--")
+    _pdf_b64, boundary, tail = rest.partition(b"\r\n--000000000000f0e1d2060f1d2e40--")
     big = base64.b64encode(bytes(range(256)) * (3 * 1024 * 1024 // 256))
     lines = b"\r\n".join(big[i : i + 76] for i in range(0, len(big), 76))
     enlarged = head + sep + lines + boundary + tail
