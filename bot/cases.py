@@ -20,6 +20,8 @@ class State(StrEnum):
     AWAITING_DMARC = "awaiting_dmarc"
     AWAITING_FINAL = "awaiting_final"
     COMPLETED = "completed"
+    DKIM_LOST = "dkim_lost"              # completed, then the record vanished/changed; grace countdown
+    SIGNING_STOPPED = "signing_stopped"  # the grace period ran out; the key left the signer
     ESCALATED = "escalated"
     CANCELLED = "cancelled"
 
@@ -36,12 +38,17 @@ class Event(StrEnum):
     DNS_ERROR = "dns_error"                  # transient: retried, never told to the facility
     REMINDER_DUE = "reminder_due"
     STALLED = "stalled"                      # reminders exhausted
+    DKIM_OK = "dkim_ok"                      # watched domain: every selector still right
+    DKIM_GONE = "dkim_gone"                  # watched domain: a record vanished or changed
+    GRACE_EXPIRED = "grace_expired"          # dkim_lost for longer than signing_grace_days
 
 
 # States in which the bot waits for the facility and checks DNS on a schedule.
 WAITING = (State.AWAITING_DKIM, State.AWAITING_DMARC, State.AWAITING_FINAL)
 # States from which nothing moves on by itself.
-TERMINAL = (State.REJECTED, State.COMPLETED, State.CANCELLED)
+TERMINAL = (State.REJECTED, State.CANCELLED)
+# After completion: the domain is rechecked daily (``bot.monitor``), SPEC §8.
+WATCHED = (State.COMPLETED, State.DKIM_LOST, State.SIGNING_STOPPED)
 # States staff may cancel or retry.
 ACTIVE = (State.NEEDS_INFO, *WAITING, State.ESCALATED)
 
@@ -69,6 +76,16 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[str, ...]]] = {
     **{(s, Event.REMINDER_DUE): (STAY, ("reminder",)) for s in (State.NEEDS_INFO, *WAITING)},
     **{(s, Event.STALLED): (State.ESCALATED, ("staff_escalation",)) for s in (State.NEEDS_INFO, *WAITING)},
     **{(s, Event.DNS_ERROR): (STAY, ()) for s in (*WAITING, State.ESCALATED)},
+    # After completion (bot.monitor): warn, count down, and only then stop signing.
+    (State.COMPLETED, Event.DKIM_OK): (STAY, ()),
+    (State.COMPLETED, Event.DKIM_GONE): (State.DKIM_LOST, ("dkim_lost", "staff_escalation")),
+    (State.DKIM_LOST, Event.DKIM_GONE): (STAY, ()),
+    (State.DKIM_LOST, Event.DKIM_OK): (State.COMPLETED, ("dkim_restored",)),
+    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED, ("signing_stopped", "staff_escalation")),
+    (State.SIGNING_STOPPED, Event.DKIM_GONE): (STAY, ()),
+    (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, ("dkim_restored",)),
+    (State.SIGNING_STOPPED, Event.DKIM_PROOF_FAILED): (STAY, ()),
+    **{(s, Event.DNS_ERROR): (STAY, ()) for s in WATCHED},
 }
 
 #: Mail kinds that report a problem: sent once per distinct diagnosis, not per check.
@@ -108,13 +125,14 @@ def classify_check(state: State, report: ReportLike, proof_ok: bool | None) -> E
             return Event.DKIM_PROVEN if proof_ok else Event.DKIM_PROOF_FAILED
         if _has_dns_error(report.dkim):
             return Event.DNS_ERROR
-        return Event.DKIM_MISSING if _errors(report.dkim) == ["dkim_not_published"] else Event.DKIM_WRONG
+        return Event.DKIM_MISSING if set(_errors(report.dkim)) == {"dkim_not_published"} else Event.DKIM_WRONG
     # From here DKIM was proven once; the rest of the final check decides.
     areas = (report.dkim, report.dmarc, report.spf, report.alignment)
     if any(_has_dns_error(a) for a in areas):
         return Event.DNS_ERROR
     if not report.dkim.ok:
-        return Event.DKIM_MISSING if _errors(report.dkim) == ["dkim_not_published"] else Event.DKIM_WRONG
+        # set(): with dual signing each selector may report its own "not published".
+        return Event.DKIM_MISSING if set(_errors(report.dkim)) == {"dkim_not_published"} else Event.DKIM_WRONG
     if not report.dmarc.ok:
         return Event.DMARC_MISSING if _errors(report.dmarc) == ["dmarc_not_published"] else Event.DMARC_WRONG
     if report.spf.ok and report.alignment.ok:

@@ -95,10 +95,17 @@ def _choose_key(bot: Bot, domain: str) -> list[str]:
     for c in bot.store.cases_for_domain(domain):
         if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
             return list(c.selectors)
+    from bot.keyplan import choose_selector
+
     cfg = bot.cfg
     now = bot.clock()
-    selector = render_selector(cfg.keys.selector, now)
     algorithm = cfg.keys.algorithm
+    # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
+    selector = choose_selector(
+        bot, domain, render_selector(cfg.keys.selector, now),
+        with_ed25519=cfg.keys.ed25519 and algorithm != "ed25519",
+        exclude=[k["selector"] for k in bot.store.domain_keys(domain)],
+    )
     selectors = [selector]
     key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
     bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)

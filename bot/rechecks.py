@@ -30,29 +30,34 @@ def _expected_key(bot: Bot, case: CaseRow) -> str:
 
 def recheck_due_once(bot: Bot, *, workers: int = 32) -> int:
     """Check every due case; each domain is checked once per pass, domains concurrently."""
-    from bot.dnscheck import check_domain
-
     now = bot.clock()
     states = (*sm.WAITING, State.ESCALATED)
     due = [c for c in bot.store.due_cases(tuple(s.value for s in states), now)
            if c.state != State.ESCALATED or c.resume_state]
     if not due:
         return 0
+    from bot.keyplan import check_case_domain, expected_keys
+
     client = bot.dns_client()
     # Expected keys are read here: the store's connection belongs to this thread.
-    jobs: dict[tuple[str, str], str] = {}
+    # Every selector of a case is checked (dual signing: RSA + Ed25519 records).
+    jobs: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
     for c in due:
-        if c.domain and c.selector and (c.domain, c.selector) not in jobs:
-            jobs[(c.domain, c.selector)] = _expected_key(bot, c)
+        sels = tuple(c.selectors or ([c.selector] if c.selector else []))
+        if c.domain and sels and (c.domain, sels) not in jobs:
+            jobs[(c.domain, sels)] = expected_keys(bot, c.domain, sels)
 
-    def run(item: tuple[tuple[str, str], str]) -> tuple[tuple[str, str], Any]:
-        (domain, selector), expected = item
-        return (domain, selector), check_domain(client, domain, selector, expected, bot.cfg.service)
+    def run(item: tuple[tuple[str, tuple[str, ...]], dict[str, str]]) -> tuple[tuple[str, tuple[str, ...]], Any]:
+        (domain, sels), expected = item
+        return (domain, sels), check_case_domain(client, domain, expected, bot.cfg.service)
 
+    if not jobs:
+        return 0
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
         reports = dict(pool.map(run, jobs.items()))
     for case in due:
-        report = reports.get((case.domain or "", case.selector or ""))
+        sels = tuple(case.selectors or ([case.selector] if case.selector else []))
+        report = reports.get((case.domain or "", sels))
         if report is not None:
             apply_check(bot, case, report, client)
     return len(due)
