@@ -15,6 +15,7 @@ from typing import Any
 from bot import cases as sm
 from bot.cases import State
 from bot.compose import enqueue_mail, key_records
+from bot.faults import maybe_crash
 from bot.mailout import DeliveryError, make_transport
 from bot.onboarding import _decide_message
 from bot.rechecks import recheck_due_once, remind_due_once
@@ -53,6 +54,7 @@ def poll_inbox_once(bot: Bot) -> int:
     def progress(mkey: str, value: str) -> None:
         with store.transaction():
             store.set_meta(mkey, value)
+        maybe_crash("imap.progress")
 
     count = 0
     if cfg.intake.kind == "imap":
@@ -120,6 +122,8 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
             return "duplicate"
         outcome = _decide_message(bot, parsed)
         store.mark_handled(key, parsed.message_id, bot.clock(), outcome)
+        maybe_crash("message.decided")
+    maybe_crash("message.committed")
     log.info("message %s: %s", parsed.message_id or key, outcome)
     return outcome
 
@@ -131,6 +135,9 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
     """Deliver pending mail. Transient failures back off; a 5xx escalates the case."""
     from bot.signer import sign_message
 
+    from bot.delivery import reconcile_in_doubt
+
+    reconcile_in_doubt(bot)  # rows a killed pass left between 'sending' and 'sent'
     now = bot.clock()
     pending = bot.store.pending_mail(now)
     if not pending:
@@ -145,11 +152,16 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
                 raw = sign_message(bot.cfg, raw)  # the bot's own mail, when its domain has a key
             except Exception as exc:
                 log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
+            with bot.store.transaction():
+                bot.store.mark_sending(row.id)
+            maybe_crash("outbox.sending")
             try:
                 transport.send(row.sender, row.recipients, raw, row.message_id)
             except DeliveryError as exc:
                 with bot.store.transaction():
-                    if exc.permanent:
+                    if exc.server_down:
+                        bot.store.mark_unsent(row.id, str(exc))  # not this mail's fault: no backoff
+                    elif exc.permanent:
                         bot.store.mark_failed(row.id, now, str(exc))
                         _escalate_delivery_failure(bot, row, str(exc))
                     else:
@@ -160,8 +172,10 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
                     errors.append(str(exc))
                     break  # the server is down: the rest waits for the next pass
                 continue
+            maybe_crash("smtp.accepted")  # the window bot/delivery.py explains
             with bot.store.transaction():
                 bot.store.mark_sent(row.id, bot.clock())
+            maybe_crash("outbox.sent")
             sent += 1
     finally:
         transport.close()

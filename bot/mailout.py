@@ -126,9 +126,12 @@ def build_message(
 class DeliveryError(Exception):
     """Delivery failed; ``permanent`` decides between retrying and escalating."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, server_down: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        # The server, not this message, failed (no connection, connection lost, timeout):
+        # the row keeps its place and is tried again next pass, without backoff.
+        self.server_down = server_down
 
 
 class DirectoryTransport:
@@ -175,7 +178,8 @@ class SmtpTransport:
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryError(f"SMTP {c.host}:{c.port} refused login: {exc.smtp_code}", permanent=False) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"SMTP {c.host}:{c.port} unreachable: {exc}", permanent=False) from None
+            raise DeliveryError(f"SMTP {c.host}:{c.port} unreachable: {exc}", permanent=False,
+                                server_down=True) from None
         return conn
 
     def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> None:
@@ -193,7 +197,8 @@ class SmtpTransport:
             raise DeliveryError(f"SMTP {exc.smtp_code} {text}", permanent=500 <= exc.smtp_code < 600) from None
         except (OSError, smtplib.SMTPException, socket.timeout) as exc:
             self.close()
-            raise DeliveryError(f"SMTP {self.cfg.host}:{self.cfg.port} failed: {exc}", permanent=False) from None
+            raise DeliveryError(f"SMTP {self.cfg.host}:{self.cfg.port} failed: {exc}", permanent=False,
+                                server_down=True) from None
         if refused:
             log.warning("SMTP refused some recipients of %s: %s", message_id, sorted(refused))
 

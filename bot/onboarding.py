@@ -14,6 +14,7 @@ from typing import Any
 from bot import cases as sm
 from bot.cases import State
 from bot.compose import enqueue_mail, key_records
+from bot.faults import maybe_crash
 from bot.runtime import Bot
 from bot.store import CaseRow
 
@@ -108,6 +109,7 @@ def _choose_key(bot: Bot, domain: str) -> list[str]:
     )
     selectors = [selector]
     key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
+    maybe_crash("key.written")
     bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
     if cfg.keys.ed25519 and algorithm != "ed25519":
         from bot.keys import ed25519_selector

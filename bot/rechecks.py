@@ -15,6 +15,7 @@ from typing import Any
 from bot import cases as sm
 from bot.cases import Event, State
 from bot.compose import _record_box, enqueue_mail, key_records
+from bot.faults import maybe_crash
 from bot.runtime import Bot
 from bot.store import CaseRow
 
@@ -111,6 +112,7 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
             except Exception as exc:
                 log.exception("%s: installing the key failed", case.ref)
                 proof = (False, f"install failed: {type(exc).__name__}: {exc}")
+            maybe_crash("check.proven")
         event = sm.classify_check(effective, report, proof[0] if proof else None)
         decision = sm.decide(
             state, event, resume_state=State(case.resume_state) if case.resume_state else None,
@@ -142,6 +144,8 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                     log.info("%s: %s -> %s (%s)", case.ref, state.value, decision.next_state.value, event.value)
             for kind in decision.mails:
                 _enqueue_check_mail(bot, kind, updated, report, proof)
+            maybe_crash("check.decided")
+        maybe_crash("check.committed")
         case = bot.store.get_case(case.id)
         if not decision.changes_state or State(case.state) not in sm.WAITING:
             return
@@ -274,5 +278,6 @@ def remind_due_once(bot: Bot) -> int:
                     "diagnoses": [],
                 }, staff_only=True)
                 log.info("%s: %s -> escalated (stalled)", case.ref, case.state)
+            maybe_crash("reminder.decided")
         count += 1
     return count

@@ -438,7 +438,8 @@ class Store:
 
     def mark_retry(self, outbox_id: int, next_at: datetime, error: str) -> None:
         self.db.execute(
-            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE id=?",
+            "UPDATE outbox SET status='pending', attempts=attempts+1, next_attempt_at=?, "
+            "last_error=? WHERE id=?",
             (now_iso(next_at), error, outbox_id),
         )
 
@@ -457,6 +458,24 @@ class Store:
         return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
 
     def facility_mails_since(self, case_id: int, since: datetime) -> int:
+    def mark_sending(self, outbox_id: int) -> None:
+        """Committed before SMTP is spoken: a row found 'sending' after a crash is in doubt."""
+        self.db.execute("UPDATE outbox SET status='sending' WHERE id=? AND status='pending'", (outbox_id,))
+
+    def mark_unsent(self, outbox_id: int, error: str | None) -> None:
+        """Back to 'pending' without using up an attempt (the server, not the mail, failed)."""
+        self.db.execute(
+            "UPDATE outbox SET status='pending', last_error=? WHERE id=? AND status='sending'",
+            (error, outbox_id),
+        )
+
+    def in_doubt_mail(self) -> list[tuple[int, str, str, list[int]]]:
+        """(id, message_id, kind, case_ids) of rows a crash left between 'sending' and 'sent'."""
+        rows = self.db.execute(
+            "SELECT id, message_id, kind, case_ids FROM outbox WHERE status='sending' ORDER BY id"
+        ).fetchall()
+        return [(r["id"], r["message_id"], r["kind"], json.loads(r["case_ids"])) for r in rows]
+
         rows = self.db.execute(
             "SELECT case_ids, kind FROM outbox WHERE created_at >= ?", (now_iso(since),)
         ).fetchall()
