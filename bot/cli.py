@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument("case")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
+    rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
+    rot.add_argument("domain")
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     return p
@@ -109,6 +111,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     try:
         if args.command == "status":
             return _status(bot, args.json)
+        if args.command == "rotate":
+            return _rotate(bot, args.domain)
         case = bot.store.find_case(args.case)
         if case is None:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
@@ -129,6 +133,28 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     finally:
         bot.close()
+
+
+def _rotate(bot: Any, domain: str) -> int:
+    """`dkimbot rotate DOMAIN`: new selector and key, record mailed; the switch comes later."""
+    from bot import jobs
+    from bot.rotation import RotationError, describe, start_rotation
+    from bot.runtime import pass_lock
+
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            rotation = start_rotation(bot, domain)
+        except RotationError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    print(describe(rotation))
+    return 0
 
 
 def _status(bot: Any, as_json: bool) -> int:

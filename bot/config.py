@@ -119,6 +119,10 @@ class ScheduleConfig:
     reminder_after_hours: float = 72
     max_reminders: int = 2
     poll_interval_seconds: int = 60
+    # After completion: how long a vanished/changed DKIM record is tolerated before its
+    # key leaves the signer (SPEC §8; SES waits similarly), so mail never carries a
+    # signature that must fail, but a short DNS mishap does not stop signing.
+    signing_grace_days: float = 5
 
 
 @dataclass

@@ -188,7 +188,7 @@ def _escalate_delivery_failure(bot: Bot, row: Any, error: str) -> None:
     for case_id in row.case_ids:
         case = bot.store.get_case(case_id)
         now = bot.clock()
-        if case.state not in (State.ESCALATED, *sm.TERMINAL):
+        if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
             case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
                                          resume_state=case.state)
         bot.store.add_event(case.id, now, "delivery_failed", detail={"message_id": row.message_id, "error": error})
@@ -215,11 +215,27 @@ def run_pass(bot: Bot) -> PassResult:
         result.errors.append(str(exc))
         log.error("%s", exc)
     result.checks = recheck_due_once(bot)
+    result.checks += _watch_and_rotate(bot, result)
     remind_due_once(bot)
     sent, errors = flush_outbox_once(bot)
     result.mails_sent = sent
     result.errors += errors
     return result
+
+
+def _watch_and_rotate(bot: Bot, result: PassResult) -> int:
+    """After-completion monitoring and key rotations; a bug there must not stop delivery."""
+    from bot.monitor import monitor_due_once
+    from bot.rotation import rotation_once
+
+    checks = 0
+    for job in (monitor_due_once, rotation_once):
+        try:
+            checks += job(bot)
+        except Exception as exc:
+            log.exception("%s failed", job.__name__)
+            result.errors.append(f"{job.__name__} failed: {type(exc).__name__}")
+    return checks
 
 
 # -- staff actions ---------------------------------------------------------------------------

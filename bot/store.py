@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -84,6 +84,21 @@ MIGRATIONS: dict[int, str] = {
         retired_at TEXT,
         PRIMARY KEY (domain, selector)
     );
+    """,
+    # Key rotation (bot/rotation.py): one row per `dkimbot rotate`, per domain.
+    2: """
+    CREATE TABLE rotations (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        old_selectors TEXT NOT NULL,
+        new_selectors TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        created_at TEXT NOT NULL,
+        next_check_at TEXT NOT NULL,
+        done_at TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX rotations_due ON rotations(status, next_check_at);
     """,
 }
 
