@@ -23,8 +23,6 @@ from email.utils import format_datetime, getaddresses
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from bot.config import Config
 
 log = logging.getLogger(__name__)
@@ -47,16 +45,29 @@ class TemplateError(Exception):
 
 class MailRenderer:
     def __init__(self, templates_dir: Path) -> None:
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(templates_dir)),
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            autoescape=False,
-        )
+        self.templates_dir = templates_dir
+        self._env: Any = None
+
+    @property
+    def env(self) -> Any:
+        """The jinja2 environment, made at the first render: every pass builds a Bot (and
+        so a renderer), but an idle cron pass renders nothing and should not import jinja2."""
+        if self._env is None:
+            import jinja2
+
+            self._env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(str(self.templates_dir)),
+                undefined=jinja2.StrictUndefined,
+                keep_trailing_newline=True,
+                trim_blocks=True,
+                lstrip_blocks=True,
+                autoescape=False,
+            )
+        return self._env
 
     def render(self, kind: str, context: dict[str, Any]) -> tuple[str, str]:
+        import jinja2
+
         name = f"{kind}.txt"
         try:
             text = self.env.get_template(name).render(**context)

@@ -19,8 +19,6 @@ from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 
-from email_validator import EmailNotValidError, validate_email
-
 from bot.mailtext import (
     RULE_LINE,
     decode_header_value,
@@ -351,6 +349,10 @@ def _clean_email(value: str) -> str | None:
         return None
     if text.count("@") != 1:
         return None
+    # Imported here: email_validator costs ~25 ms and the intake imports this module
+    # on every pass, also an idle one that reads no address.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # No DNS here (pure module). SMTPUTF8 local parts are refused: 予約番 cannot send
         # from them. test_environment admits RFC 2606 ".test" domains, which the other
