@@ -15,6 +15,7 @@ from bot import cases as sm
 from bot.cases import State
 from bot.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
+from bot.replies import read_reply
 from bot.runtime import Bot
 from bot.store import CaseRow
 
@@ -53,20 +54,28 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
     if parsed.message_id:
         thread.append(parsed.message_id)
     fields: dict[str, Any] = dict(thread_last=parsed.message_id or case.thread_last, thread_refs=thread[-30:])
-    excerpt = (parsed.body_text or "").strip()[:400]
+    reading = read_reply(parsed.body_text or "")
+    excerpt = (reading.new_text or (parsed.body_text or "")).strip()[:400]
     if case.state in (*sm.WAITING, State.ESCALATED):
-        fields.update(next_check_at=now, reply_pending=True)
+        # Always recheck at once; only a "done" reply must get an answer from the check
+        # (a question gets its answer from staff, a "thanks" needs none).
+        fields.update(next_check_at=now, reply_pending=reading.reason == "done")
         bot.store.update_case(case.id, now, **fields)
-        bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt})
-        log.info("%s: facility replied; checking now", case.ref)
-        return
-    bot.store.update_case(case.id, now, **fields)
-    bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt})
+        bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt, "reading": reading.reason})
+        log.info("%s: facility replied (%s); checking now", case.ref, reading.reason)
+        if reading.can_act:
+            return
+    else:
+        bot.store.update_case(case.id, now, **fields)
+    bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt, "reading": reading.reason})
     enqueue_mail(
         bot, "staff_escalation", [bot.store.get_case(case.id)],
         {
             "reason_title": "facility replied; the bot cannot act on it",
-            "reason": f"A reply arrived while the case is {case.state}:\n\n{excerpt}",
+            "reason": f"A reply from {parsed.from_addr or 'unknown sender'} (Message-ID {parsed.message_id}) "
+                      f"arrived while the case is {case.state}"
+                      + (" (rechecked at once)" if case.state in (*sm.WAITING, State.ESCALATED) else "")
+                      + f":\n\n{(reading.new_text or parsed.body_text or '').strip()[:4000]}",
             "decide_hint": "Answer the facility yourself (reply to its mail).",
             "diagnoses": [],
         },

@@ -152,7 +152,7 @@ FIXTURES: dict[str, tuple[bytes, dict]] = {}
 def add(name: str, raw: str | bytes, *, is_request: bool = True, no_reply: bool = False,
         case_refs: list[str] = (), facilities: list[dict] = (), subject: str | None = None,
         from_addr: str | None = None, own_addresses: list[str] = (), lf_only: bool = False,
-        note: str = "") -> None:
+        note: str = "", reply_can_act: bool | None = None) -> None:
     data = raw if isinstance(raw, bytes) else crlf(raw).encode("ascii")
     if lf_only:
         data = data.replace(b"\r\n", b"\n")
@@ -164,6 +164,9 @@ def add(name: str, raw: str | bytes, *, is_request: bool = True, no_reply: bool 
         expected["from_addr"] = from_addr
     if own_addresses:
         expected["own_addresses"] = list(own_addresses)
+    if reply_can_act is not None:
+        # A reply to a case: can a DNS recheck answer it (bot/replies.py), or must staff?
+        expected["reply_can_act"] = reply_can_act
     FIXTURES[name] = (data, expected)
 
 
@@ -426,7 +429,7 @@ add("reply_quoted_with_case_ref", bin_mail(
          extra="In-Reply-To: <dkimbot.0007.1@489ban.net>\nReferences: <orig@hotel-sakura.jp>\n <dkimbot.0007.1@489ban.net>\n"
                "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n"),
     crlf(text).encode()),
-    case_refs=["DKIM-0007"], note="'>' quoted request is not a new request")
+    case_refs=["DKIM-0007"], note="'>' quoted request is not a new request", reply_can_act=True)
 
 # 22 Outlook reply: -----Original Message----- and the original unquoted below
 text = ("DNSへの登録が完了しました。\n\n-----Original Message-----\nFrom: support@489ban.net <support@489ban.net>\nSent: Tuesday, January 16, 2024 11:00 AM\n"
@@ -436,7 +439,7 @@ add("reply_outlook_original_message", bin_mail(
          extra="In-Reply-To: <dkimbot.0012.1@489ban.net>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=\"iso-2022-jp\"\n"
                "Content-Transfer-Encoding: 7bit\nX-Mailer: Microsoft Outlook 16.0\n"),
     jis(text)),
-    case_refs=["DKIM-0012"], note="Outlook keeps the original unquoted after -----Original Message-----")
+    case_refs=["DKIM-0012"], note="Outlook keeps the original unquoted after -----Original Message-----", reply_can_act=True)
 
 # 23 Outlook (ja) reply: ____ rule then 差出人/送信日時 block
 text = ("ご連絡ありがとうございます。\n登録しました。\n\n________________________________\n差出人: サポート <support@489ban.net>\n送信日時: 2024年1月16日 11:00\n"
@@ -445,7 +448,7 @@ add("reply_outlook_ja_header_block", bin_mail(
     head("sato@midorisou.co.jp", "=?utf-8?B?" + base64.b64encode(("RE: [DKIM-0013] " + SUBJ).encode()).decode() + "?=", msgid="<reply3@midorisou.co.jp>",
          extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"utf-8\"\nContent-Transfer-Encoding: base64\n"),
     b64_lines(text.encode()).encode()),
-    case_refs=["DKIM-0013"], note="new Outlook: ____ then 差出人:/送信日時: block, original unquoted")
+    case_refs=["DKIM-0013"], note="new Outlook: ____ then 差出人:/送信日時: block, original unquoted", reply_can_act=True)
 
 # 24 Thunderbird (ja) reply: "さんは書きました:" attribution
 text = ("設定しました。\n\n2024/01/16 11:00 に サポート さんは書きました:\n" + block(TAKA) + "\n")
@@ -453,7 +456,7 @@ add("reply_thunderbird_ja_attribution", bin_mail(
     head("takahashi@takahashi-ryokan.jp", "=?UTF-8?B?" + base64.b64encode(("Re: [DKIM-0021] " + SUBJ).encode()).decode() + "?=", msgid="<reply4@takahashi-ryokan.jp>",
          extra="User-Agent: Mozilla Thunderbird\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8; format=flowed\nContent-Transfer-Encoding: 8bit\n"),
     crlf(text).encode()),
-    case_refs=["DKIM-0021"], note="text after '…さんは書きました:' is the original, even unquoted")
+    case_refs=["DKIM-0021"], note="text after '…さんは書きました:' is the original, even unquoted", reply_can_act=True)
 
 # 25 Gmail (ja) reply: "2024年1月16日(火) 11:00 名前 <addr>:"
 text = ("設定しました\n\n2024年1月16日(火) 11:00 サポート <support@489ban.net>:\n\n> 【施設名】ホテル桜\n> 【担当者様のお名前】山田 太郎\n")
@@ -461,7 +464,7 @@ add("reply_gmail_ja_attribution", bin_mail(
     head("yamada.hotelsakura@gmail.com", "=?UTF-8?B?" + base64.b64encode(("Re: [DKIM-0031] " + SUBJ).encode()).decode() + "?=", msgid="<CAHreply5@mail.gmail.com>",
          extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"UTF-8\"\nContent-Transfer-Encoding: base64\n"),
     b64_lines(text.encode()).encode()),
-    case_refs=["DKIM-0031"], note="Gmail ja attribution line, quoted original")
+    case_refs=["DKIM-0031"], note="Gmail ja attribution line, quoted original", reply_can_act=True)
 
 # 26 Gmail forward of a request, with its header block
 text = ("サポート御中\n\n施設の者から依頼がありましたので転送します。\n\n---------- Forwarded message ---------\n差出人: 佐藤花子 <sato@midorisou.co.jp>\n"
@@ -710,6 +713,90 @@ add("apple_mail_inline_image_parts", bin_mail(
     + qp("\n".join(block(SAKURA).split("\n")[2:]).encode()).encode()
     + b"\r\n--Apple-Mail=_11111111-2222--\r\n"),
     facilities=[expect(SAKURA)], note="the body in two text/plain parts around an inline image")
+
+
+# ------------------------------------------------------------------------------ replies to a case
+# What the bot's mails get back. The subject is the bot's own ("Re: [DKIM-0007] DKIM設定の
+# ご案内…"), so none of these is a request; reply_can_act says whether a DNS recheck answers
+# it (bot/replies.py) or staff must read it.
+GUIDE = "DKIM設定のご案内：DNSへのレコード登録のお願い"
+BOT_QUOTE = ("> ホテル桜 ご担当者様\n>\n> 下記のレコードをDNSに登録してください。\n"
+             "> ご不明な点がございましたら、このメールにご返信ください。\n")
+
+# 57 Outlook (ISO-2022-JP): a question, the bot's mail quoted below
+text = ("サポートご担当者様\n\nお世話になっております。ホテル桜の山田です。\n\n"
+        "設定方法がわかりません。\nお名前.comの画面のどこに入力すればよいでしょうか。\n\nよろしくお願いいたします。\n\n" + BOT_QUOTE)
+add("reply_question_how_to_set", bin_mail(
+    head("yamada@hotel-sakura.jp", ew_b("RE: [DKIM-0007] " + GUIDE, "iso-2022-jp"), msgid="<000a01da5c01$reply6@hotel-sakura.jp>",
+         extra="In-Reply-To: <dkimbot.0007.1@489ban.net>\nReferences: <dkimbot.0007.1@489ban.net>\nMIME-Version: 1.0\n"
+               "Content-Type: text/plain; charset=\"iso-2022-jp\"\nContent-Transfer-Encoding: 7bit\nX-Mailer: Microsoft Outlook 16.0\n"),
+    jis(text)),
+    is_request=False, case_refs=["DKIM-0007"], reply_can_act=False,
+    note="a how-to question: staff must answer it")
+
+# 58 Gmail (UTF-8 base64): a wish the bot cannot grant by itself
+text = ("お世話になっております。\n\n管理画面に長い値が入らないため、1024ビットの鍵を希望します。\n\n髙橋\n\n"
+        "2024年1月17日(水) 9:00 サポート <support@489ban.net>:\n\n" + BOT_QUOTE)
+add("reply_wants_1024_bit_key", bin_mail(
+    head("takahashi@takahashi-ryokan.jp", "=?UTF-8?B?" + base64.b64encode(("Re: [DKIM-0021] " + GUIDE).encode()).decode() + "?=",
+         msgid="<CAHreply7@mail.gmail.com>",
+         extra="In-Reply-To: <dkimbot.0021.1@489ban.net>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=\"UTF-8\"\n"
+               "Content-Transfer-Encoding: base64\n"),
+    b64_lines(text.encode()).encode()),
+    is_request=False, case_refs=["DKIM-0021"], reply_can_act=False,
+    note="asks for a 1024-bit key: forwarded to staff")
+
+# 59 iPhone: thanks only, 'iPhoneから送信' signature, the original quoted
+text = "ありがとうございます。\n\niPhoneから送信\n\n> 2024/01/17 9:00、サポート <support@489ban.net>のメール:\n>\n" + BOT_QUOTE
+add("reply_thanks_only_iphone", bin_mail(
+    head(ewu("山田太郎") + " <yamada@hotel-sakura.jp>", "=?utf-8?B?" + base64.b64encode(("Re: [DKIM-0007] " + GUIDE).encode()).decode() + "?=",
+         msgid="<9C1D2E3F-reply8@hotel-sakura.jp>",
+         extra="In-Reply-To: <dkimbot.0007.1@489ban.net>\nContent-Type: text/plain;\n\tcharset=utf-8\n"
+               "Content-Transfer-Encoding: quoted-printable\nMime-Version: 1.0 (1.0)\nX-Mailer: iPhone Mail (21C66)\n"),
+    qp(text.encode()).encode()),
+    is_request=False, case_refs=["DKIM-0007"], reply_can_act=True,
+    note="thanks only: a recheck answers it, nothing for staff")
+
+# 60 Thunderbird: a reply found by In-Reply-To alone (the subject lost its case reference)
+text = "DNSにTXTレコードを追加しました。\n\n2024/01/17 9:00 に サポート さんは書きました:\n" + BOT_QUOTE
+add("reply_in_reply_to_only_done", bin_mail(
+    head("sato@midorisou.co.jp", "Re: =?UTF-8?B?" + base64.b64encode(GUIDE.encode()).decode() + "?=", msgid="<reply9@midorisou.co.jp>",
+         extra="In-Reply-To: <dkimbot.0013.1@489ban.net>\nReferences: <orig3@midorisou.co.jp>\n <dkimbot.0013.1@489ban.net>\n"
+               "User-Agent: Mozilla Thunderbird\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8; format=flowed\n"
+               "Content-Transfer-Encoding: 8bit\n"),
+    crlf(text).encode()),
+    is_request=False, reply_can_act=True,
+    note="no case reference in the subject: In-Reply-To finds the case")
+
+# 61 Done, with the bot's 「ご不明な点…」 only in the quote: the quote is not a question
+text = "対応しました。\n\n" + BOT_QUOTE
+add("reply_done_with_quoted_question", bin_mail(
+    head("nakamura@shiosai-inn.jp", "=?UTF-8?B?" + base64.b64encode(("Re: [DKIM-0014] " + GUIDE).encode()).decode() + "?=",
+         msgid="<reply10@shiosai-inn.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n"),
+    crlf(text).encode()),
+    is_request=False, case_refs=["DKIM-0014"], reply_can_act=True,
+    note="the quoted 'ご不明な点' is the bot's own text, not a question")
+
+# 62 Set, but a problem: 「反映されません」 is for staff (and still rechecked)
+text = "お世話になっております。\n\n設定しましたが、確認ツールで見ると反映されません。\n\n----\nホテル桜 山田\nTEL 03-1234-5678\n\n" + BOT_QUOTE
+add("reply_done_but_not_reflected", bin_mail(
+    head("yamada@hotel-sakura.jp", ew_b("RE: [DKIM-0007] " + GUIDE, "iso-2022-jp"), msgid="<000b01da5c02$reply11@hotel-sakura.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"iso-2022-jp\"\nContent-Transfer-Encoding: 7bit\n"
+               "X-Mailer: Microsoft Outlook 16.0\n"),
+    jis(text)),
+    is_request=False, case_refs=["DKIM-0007"], reply_can_act=False,
+    note="'set, but not reflected' is a problem report: staff read it")
+
+# 63 A request naming a free-mail admin address: parsed fine, the case is rejected
+fm = dict(SAKURA, facility_name="民宿 はまかぜ", contact_email="hamakaze.minshuku@gmail.com",
+          admin_email="hamakaze.minshuku@gmail.com", contact_phone="0470-12-3456", contact_name="小林 一")
+add("freemail_admin_gmail", bin_mail(
+    head(ewu("小林 一") + " <hamakaze.minshuku@gmail.com>", "=?UTF-8?B?" + base64.b64encode(SUBJ.encode()).decode() + "?=",
+         msgid="<CAHfreemail1@mail.gmail.com>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"UTF-8\"\nContent-Transfer-Encoding: base64\n"),
+    b64_lines((GREETING + block(fm) + CLOSING).encode()).encode()),
+    facilities=[expect(fm)], note="admin address on gmail.com: a valid parse; onboarding rejects the domain")
 
 
 def main() -> None:
