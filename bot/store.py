@@ -458,24 +458,13 @@ class Store:
             (now_iso(next_at), error, outbox_id),
         )
 
-    def mark_failed(self, outbox_id: int, now: datetime, error: str) -> None:
-        self.db.execute(
-            "UPDATE outbox SET status='failed', attempts=attempts+1, last_error=?, sent_at=? "
-            "WHERE id=?",
-            (error, now_iso(now), outbox_id),
-        )
+    def mark_sending(self, outbox_id: int) -> bool:
+        """Claim a row for delivery (compare-and-swap: False if another sender has it).
 
-    def mails_for_case(self, case_id: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT id, message_id, kind, case_ids, recipients, status, created_at, sent_at, "
-            "attempts, last_error FROM outbox ORDER BY id"
-        ).fetchall()
-        return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
-
-    def facility_mails_since(self, case_id: int, since: datetime) -> int:
-    def mark_sending(self, outbox_id: int) -> None:
-        """Committed before SMTP is spoken: a row found 'sending' after a crash is in doubt."""
-        self.db.execute("UPDATE outbox SET status='sending' WHERE id=? AND status='pending'", (outbox_id,))
+        Committed before SMTP is spoken: a row found 'sending' after a crash is in doubt.
+        """
+        cur = self.db.execute("UPDATE outbox SET status='sending' WHERE id=? AND status='pending'", (outbox_id,))
+        return cur.rowcount == 1
 
     def mark_unsent(self, outbox_id: int, error: str | None) -> None:
         """Back to 'pending' without using up an attempt (the server, not the mail, failed)."""
@@ -491,6 +480,21 @@ class Store:
         ).fetchall()
         return [(r["id"], r["message_id"], r["kind"], json.loads(r["case_ids"])) for r in rows]
 
+    def mark_failed(self, outbox_id: int, now: datetime, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status='failed', attempts=attempts+1, last_error=?, sent_at=? "
+            "WHERE id=?",
+            (error, now_iso(now), outbox_id),
+        )
+
+    def mails_for_case(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, message_id, kind, case_ids, recipients, status, created_at, sent_at, "
+            "attempts, last_error FROM outbox ORDER BY id"
+        ).fetchall()
+        return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
+
+    def facility_mails_since(self, case_id: int, since: datetime) -> int:
         rows = self.db.execute(
             "SELECT case_ids, kind FROM outbox WHERE created_at >= ?", (now_iso(since),)
         ).fetchall()
