@@ -156,6 +156,20 @@ class ImapMailbox:
     ) -> Iterator[InboxMessage]:
         self.client = self._connect()
         client = self.client
+    ) -> Iterator[InboxMessage]:
+        """New messages; a server that dies or stalls mid-way is an IntakeError, never a traceback."""
+        import imaplib
+
+        try:
+            yield from self._fetch_new(last_seen, header_filter, max_bytes, on_skipped, on_progress)
+        except (imaplib.IMAP4.error, OSError) as exc:  # imapclient's errors derive from IMAP4.error
+            c = self.cfg
+            raise IntakeError(f"IMAP {c.host}:{c.port} failed: {exc or type(exc).__name__}") from None
+
+    def _fetch_new(
+        self, last_seen: Callable[[str], bool], header_filter: HeaderFilter,
+        max_bytes: int, on_skipped: Callable[[str, str], None],
+        on_progress: Callable[[str, str], None] | None = None,
         try:
             info = client.select_folder(self.cfg.folder, readonly=True)
         except Exception as exc:

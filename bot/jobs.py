@@ -155,7 +155,9 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
             except Exception as exc:
                 log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
             with bot.store.transaction():
-                bot.store.mark_sending(row.id)
+                claimed = bot.store.mark_sending(row.id)
+            if not claimed:
+                continue  # sent or claimed meanwhile by another sender
             maybe_crash("outbox.sending")
             try:
                 transport.send(row.sender, row.recipients, raw, row.message_id)
@@ -214,9 +216,14 @@ def run_pass(bot: Bot) -> PassResult:
     try:
         result.messages = poll_inbox_once(bot)
     except IntakeError as exc:
-        result.errors.append(str(exc))
-        log.error("%s", exc)
+        result.errors.append(str(exc))  # the caller reports it: one line, no traceback
     result.checks = recheck_due_once(bot)
+    if result.checks:
+        from bot.health import resolver_down
+
+        dns_down = resolver_down(bot.cfg.dns)  # our resolver, not a facility's name server
+        if dns_down:
+            result.errors.append(dns_down)
     result.checks += _watch_and_rotate(bot, result)
     remind_due_once(bot)
     sent, errors = flush_outbox_once(bot)
