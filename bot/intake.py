@@ -154,9 +154,6 @@ class ImapMailbox:
         max_bytes: int, on_skipped: Callable[[str, str], None],
         on_progress: Callable[[str, str], None] | None = None,
     ) -> Iterator[InboxMessage]:
-        self.client = self._connect()
-        client = self.client
-    ) -> Iterator[InboxMessage]:
         """New messages; a server that dies or stalls mid-way is an IntakeError, never a traceback."""
         import imaplib
 
@@ -170,6 +167,9 @@ class ImapMailbox:
         self, last_seen: Callable[[str], bool], header_filter: HeaderFilter,
         max_bytes: int, on_skipped: Callable[[str, str], None],
         on_progress: Callable[[str, str], None] | None = None,
+    ) -> Iterator[InboxMessage]:
+        self.client = self._connect()
+        client = self.client
         try:
             info = client.select_folder(self.cfg.folder, readonly=True)
         except Exception as exc:
