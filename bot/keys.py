@@ -16,9 +16,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -215,8 +218,34 @@ def dkim_key_from_private(domain: str, selector: str, key: PrivateKey) -> DkimKe
                    public_b64=public_b64_of(key))
 
 
+# Parsing an RSA private key runs OpenSSL's full key check (~40 ms for 2048 bits on a
+# small VM, far more for 4096); installing and proving one key parses the same PEM
+# several times (key store, signer check, probe). So parsed keys are remembered by a
+# digest of (passphrase, PEM): the same bytes are checked once per process. Bounded,
+# and only ever filled with keys that parsed and checked cleanly.
+_PARSED: OrderedDict[bytes, PrivateKey] = OrderedDict()
+_PARSED_MAX = 256
+_PARSED_LOCK = threading.Lock()
+
+
 def load_private_pem(data: bytes, passphrase: str | None, *, what: str) -> PrivateKey:
     """Parse PEM (encrypted or not); errors name ``what`` and never the data or passphrase."""
+    secret = passphrase.encode("utf-8") if passphrase else b""
+    digest = hashlib.sha256(len(secret).to_bytes(4, "big") + secret + data).digest()
+    with _PARSED_LOCK:
+        key = _PARSED.get(digest)
+        if key is not None:
+            _PARSED.move_to_end(digest)
+            return key
+    key = _parse_private_pem(data, passphrase, what=what)
+    with _PARSED_LOCK:
+        _PARSED[digest] = key
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return key
+
+
+def _parse_private_pem(data: bytes, passphrase: str | None, *, what: str) -> PrivateKey:
     password = passphrase.encode("utf-8") if passphrase else None
     try:
         key = serialization.load_pem_private_key(data, password=password)
