@@ -11,13 +11,20 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from bot.dnsclient import (AreaResult, Diagnosis, DnsClient, DnsFailure, Lookup,
-                           normalize_name)
+from bot.dnsclient import (
+    AreaResult,
+    Diagnosis,
+    DnsClient,
+    DnsFailure,
+    Lookup,
+    normalize_name,
+)
 
 POLICIES = ("none", "quarantine", "reject")
 # The order tags are written in when we suggest a record: v and p first (RFC 7489
@@ -132,9 +139,7 @@ def parse_dmarc(text: str) -> DmarcRecord:
             rec.problems.append(DmarcProblem(name, "duplicate", value))
             continue
         rec.tags[name] = value
-        if i == 0 and not (name == "v" and value == "DMARC1"):
-            rec.problems.append(DmarcProblem("v", "v_not_first", spec))
-        elif i > 0 and name == "v":
+        if i == 0 and not (name == "v" and value == "DMARC1") or i > 0 and name == "v":
             rec.problems.append(DmarcProblem("v", "v_not_first", spec))
     if "v" not in rec.tags and not any(p.kind == "v_not_first" for p in rec.problems):
         rec.problems.append(DmarcProblem("v", "v_not_first", ""))
@@ -179,11 +184,12 @@ def _merge_rua(existing: str, rua: str) -> str:
     return ",".join(parts)
 
 
-def suggest_dmarc_record(existing: Mapping[str, str] | None, rua: str = "") -> str:
+def suggest_dmarc_record(existing: Mapping[str, str] | None, rua: str | None = "") -> str:
     """The one DMARC record to publish. With nothing existing: ``p=none`` (monitoring,
     as the help page promises). With an existing record: its policy and valid tags
     are kept (a stricter ``p`` is never downgraded), invalid optional tags dropped,
     our ``rua`` added to its report addresses."""
+    rua = (rua or "").strip()
     if rua and not rua.lower().startswith("mailto:"):
         rua = "mailto:" + rua
     if not existing:
@@ -235,7 +241,7 @@ def _dns_error(name: str, answers: Mapping[str, Any]) -> Diagnosis:
         "error", {"name": name, "servers": _evidence(answers)})
 
 
-def check_dmarc(client: DnsClient, domain: str, rua: str = "") -> AreaResult:
+def check_dmarc(client: DnsClient, domain: str, rua: str | None = "") -> AreaResult:
     """The DMARC record governing ``domain`` (its own, else its organisational
     domain's), its syntax, wrong places it was put, and its report authorisation."""
     domain = normalize_name(domain)
@@ -267,7 +273,8 @@ def check_dmarc(client: DnsClient, domain: str, rua: str = "") -> AreaResult:
             f"「{name}」に DMARC レコードが {len(candidates)} 件登録されています。"
             "DMARC レコードは1件だけにする必要があり、複数あると受信側はどれも使いません。"
             f"次の1件にまとめ、ほかは削除してください：{suggestion}",
-            "error", {"name": name, "records": list(candidates), "fix": suggestion}))
+            "error", {"name": name, "records": list(candidates), "fix": suggestion,
+                      "fix_host": name}))
         return AreaResult(False, diags, found)
     if len(candidates) == 1:
         rec = parse_dmarc(candidates[0])
@@ -324,7 +331,7 @@ def check_dmarc(client: DnsClient, domain: str, rua: str = "") -> AreaResult:
         f"{domain} の DMARC レコードが見つかりませんでした。"
         f"ホスト名「_dmarc」（ドメイン名を含めると「{name}」）、種類「TXT」、"
         f"値「{suggestion}」で登録してください。",
-        "error", {"name": name, "fix": suggestion}))
+        "error", {"name": name, "fix": suggestion, "fix_host": name}))
     return AreaResult(False, diags, found)
 
 
@@ -337,7 +344,7 @@ def _describe(found: dict[str, Any], rec: DmarcRecord, location: str, policy: st
                  problems=[p.to_json() for p in rec.problems])
 
 
-def _syntax_diagnoses(rec: DmarcRecord, name: str, rua: str) -> list[Diagnosis]:
+def _syntax_diagnoses(rec: DmarcRecord, name: str, rua: str | None) -> list[Diagnosis]:
     hard = [p for p in rec.problems if p.kind != "unknown"]
     soft = [p for p in rec.problems if p.kind == "unknown"]
     out: list[Diagnosis] = []
@@ -349,7 +356,7 @@ def _syntax_diagnoses(rec: DmarcRecord, name: str, rua: str) -> list[Diagnosis]:
             + "、".join(p.ja() for p in hard)
             + f"。値を次のように修正してください：{fix}",
             "error", {"name": name, "record": str(rec.text),
-                      "problems": [p.to_json() for p in hard], "fix": fix}))
+                      "problems": [p.to_json() for p in hard], "fix": fix, "fix_host": name}))
     if soft:
         # Unknown tags are ignored by receivers (RFC 7489 §6.3) but usually a typo.
         out.append(Diagnosis(

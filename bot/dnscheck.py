@@ -13,14 +13,24 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from bot.config import Config, ServiceConfig
 from bot.dmarc import check_dmarc, organizational_domain, suggest_dmarc_record
-from bot.dnsclient import (AreaResult, CheckReport, Diagnosis, DnsClient, DnsFailure,
-                           DnsQueryError, Lookup, TxtRecord, normalize_name)
+from bot.dnsclient import (
+    AreaResult,
+    CheckReport,
+    Diagnosis,
+    DnsClient,
+    DnsFailure,
+    DnsQueryError,
+    Lookup,
+    TxtRecord,
+    normalize_name,
+)
 from bot.spf import check_spf
 
 __all__ = [

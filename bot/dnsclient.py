@@ -18,9 +18,10 @@ a hoster's name servers does not hammer them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import dns.exception
 import dns.flags
@@ -149,7 +150,7 @@ class TxtRecord(str):
 
     strings: tuple[bytes, ...]
 
-    def __new__(cls, strings: tuple[bytes, ...] | list[bytes] | bytes | str) -> "TxtRecord":
+    def __new__(cls, strings: tuple[bytes, ...] | list[bytes] | bytes | str) -> TxtRecord:  # noqa: PYI034
         if isinstance(strings, str):
             strings = (strings.encode("utf-8"),)
         elif isinstance(strings, bytes):
@@ -338,12 +339,40 @@ class DnsClient:
             candidate = ".".join(labels[i:])
             found = self._soa_owner(candidate)
             if isinstance(found, str):
+                self._remember_zone(name, found)
                 return found
             if isinstance(found, DnsFailure):
                 # A failure low in the tree may be an unserved name (REFUSED); a
                 # parent may still answer. Remember the first for the report.
                 first_failure = first_failure or found
         return first_failure or DnsFailure("no_zone", None, name)
+
+    def _remember_zone(self, name: str, zone: str) -> None:
+        """Every name between ``name`` and its zone apex is in that zone too (there is
+        no cut in between, or the SOA would have been another's). Remembering them
+        saves one query per further name under the same domain (_dmarc, probes)."""
+        labels = name.split(".")
+        with self._lock:
+            for i in range(1, len(labels)):
+                ancestor = ".".join(labels[i:])
+                if len(ancestor) < len(zone) or not (ancestor == zone or ancestor.endswith("." + zone)):
+                    break
+                key = ("zone", ancestor)
+                if key not in self._cache:
+                    fut: Future[Any] = Future()
+                    fut.set_result(zone)
+                    self._cache[key] = fut
+
+    def _known_zone(self, name: str) -> tuple[str, bool] | None:
+        """(zone, exact) from the cache: the name's own, else its nearest ancestor's."""
+        labels = name.split(".")
+        with self._lock:
+            for i in range(len(labels)):
+                fut = self._cache.get(("zone", ".".join(labels[i:])))
+                if fut is not None and fut.done() and fut.exception() is None \
+                        and isinstance(fut.result(), str):
+                    return fut.result(), i == 0
+        return None
 
     def _soa_owner(self, name: str) -> str | DnsFailure | None:
         self._count()
@@ -364,6 +393,11 @@ class DnsClient:
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:
                     return rrset.name.to_text(omit_final_dot=True).lower()
+        # An authoritative-only server used as resolver (test benches, an operator's
+        # own servers) answers a delegated name with a referral: its NS owner is the cut.
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.NS and not response.flags & dns.flags.AA:
+                return rrset.name.to_text(omit_final_dot=True).lower()
         return None
 
     def nameserver_addresses(self, zone: str) -> dict[str, list[str]]:
@@ -373,10 +407,11 @@ class DnsClient:
 
     def _ns_addresses(self, zone: str) -> dict[str, list[str]]:
         ns = self.lookup(zone, "NS")
-        if isinstance(ns, DnsFailure) or not ns.records:
-            return {}
+        names: list[str] = []
+        if isinstance(ns, Lookup):
+            names = list(ns.records) or self._referral_ns(zone)
         out: dict[str, list[str]] = {}
-        for host in sorted(set(ns.records)):
+        for host in sorted(set(names)):
             addrs: list[str] = []
             for rdtype in ("A", "AAAA"):
                 ans = self.lookup(host, rdtype)
@@ -384,6 +419,19 @@ class DnsClient:
                     addrs.extend(ans.records)
             out[host] = addrs
         return out
+
+    def _referral_ns(self, zone: str) -> list[str]:
+        """The NS names of a referral for ``zone`` (see _soa_owner), if the resolver is
+        an authoritative server of the parent zone."""
+        self._count()
+        try:
+            ans = self.resolver.resolve(zone, "NS", raise_on_no_answer=False, search=False)
+        except (dns.exception.DNSException, OSError, ValueError):
+            return []
+        qname = dns.name.from_text(zone)
+        return [rd.target.to_text(omit_final_dot=True).lower()
+                for rrset in ans.response.authority
+                if rrset.rdtype == dns.rdatatype.NS and rrset.name == qname for rd in rrset]
 
     # -- direct authoritative queries ----------------------------------------
 
@@ -439,12 +487,24 @@ class DnsClient:
         """Per authoritative server address, its answer. When the zone's servers
         cannot be found, the configured resolver's answer under the key "resolver"."""
         name = normalize_name(name)
+        known = self._known_zone(name)
+        if known is not None and not known[1]:
+            # Guess the zone of an ancestor; a referral from every server means a
+            # delegation below it, and then the name's own zone is looked up.
+            answers = self._ask_zone(known[0], name, rdtype)
+            # The right zone's servers never refer a name of their own zone elsewhere.
+            if not any(isinstance(a, DnsFailure) and a.reason == "not_authoritative"
+                       for a in answers.values()):
+                return answers
         zone = self.zone_for(name)
+        return self._ask_zone(zone, name, rdtype)
+
+    def _ask_zone(self, zone: str | DnsFailure, name: str, rdtype: str) -> dict[str, Answer]:
         hosts = self.nameserver_addresses(zone) if isinstance(zone, str) else {}
         if not any(hosts.values()):
             return {"resolver": self.lookup(name, rdtype)}
         out: dict[str, Answer] = {}
-        for host, addrs in hosts.items():
+        for addrs in hosts.values():
             answers = {addr: self.query_direct(name, rdtype, addr) for addr in addrs}
             # A host without IPv6 routing cannot reach AAAA addresses; that says
             # nothing about the zone when another address of the same server answered.

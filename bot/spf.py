@@ -15,11 +15,18 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from bot.dnsclient import (AreaResult, Diagnosis, DnsClient, DnsFailure, Lookup,
-                           normalize_name)
+from bot.dnsclient import (
+    AreaResult,
+    Diagnosis,
+    DnsClient,
+    DnsFailure,
+    Lookup,
+    normalize_name,
+)
 
 MAX_LOOKUPS = 10       # RFC 7208 §4.6.4
 MAX_VOID_LOOKUPS = 2   # RFC 7208 §4.6.4
@@ -348,9 +355,10 @@ class SpfEvaluator:
             rev = ctx.ip.reverse_pointer
             names = self._query(ctx, rev, "PTR")[:MAX_MX_PTR_NAMES]
             for host in names:
-                if str(ctx.ip) in self._addresses(ctx, host, count_void=False):
-                    if host == target or host.endswith("." + target):
-                        return True
+                # RFC 7208 §5.5: a validated name (forward-confirmed) in the target domain.
+                validated = str(ctx.ip) in self._addresses(ctx, host, count_void=False)
+                if validated and (host == target or host.endswith("." + target)):
+                    return True
             return False
         raise PermError(f"unknown mechanism {t.name}")
 
@@ -444,6 +452,11 @@ def merge_spf_records(records: Sequence[str], add_terms: Sequence[str]) -> str:
     mechs: list[str] = []
     mods: list[str] = []
     all_term: str | None = None
+    all_qualifier = "+"
+    strictness = {"-": 0, "~": 1, "?": 2, "+": 3}
+    # DNS returns several records in any order: sort, so every pass (and every
+    # server) suggests the same text, and one reminder mail is not followed by another.
+    records = sorted(records) if len(records) > 1 else list(records)
     redirect: str | None = None
     seen: set[str] = set()
     for text in records:
@@ -455,7 +468,9 @@ def merge_spf_records(records: Sequence[str], add_terms: Sequence[str]) -> str:
                 elif key not in seen:
                     mods.append(t.text)
             elif t.name == "all":
-                all_term = all_term or t.text
+                # Of several records' "all", keep the strictest: the owner asked for it.
+                if all_term is None or strictness[t.qualifier] < strictness[all_qualifier]:
+                    all_term, all_qualifier = t.text, t.qualifier
             elif key not in seen:
                 mechs.append(t.text)
             seen.add(key)
@@ -502,7 +517,7 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
             "spf_not_published",
             f"{domain} に SPF レコードが見つかりませんでした。ホスト名は空欄（ドメイン名そのもの「{domain}」）、"
             f"種類「TXT」、値「{fix}」で登録してください。",
-            "error", {"name": domain, "fix": fix}))
+            "error", {"name": domain, "fix": fix, "fix_host": domain}))
         return AreaResult(False, diags, found)
     if len(records) + len(broken) > 1:
         fix = merge_spf_records(records + broken, add)
@@ -512,7 +527,8 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
             f"{domain} に SPF レコード（v=spf1 で始まる TXT レコード）が {len(records) + len(broken)} 件あります。"
             "SPF レコードが複数あると、すべて無効として扱われます。"
             f"次の1件にまとめ、ほかの SPF レコードは削除してください：{fix}",
-            "error", {"name": domain, "records": records + broken, "fix": fix}))
+            "error", {"name": domain, "records": records + broken, "fix": fix,
+                      "fix_host": domain}))
         return AreaResult(False, diags, found)
     text = (records or broken)[0]
     rec = parse_spf(text)
@@ -524,7 +540,8 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
             "spf_syntax",
             f"{domain} の SPF レコード「{text}」の書き方に誤りがあります"
             f"（{'; '.join(rec.problems)}）。引用符などを付けずに、次の値に修正してください：{fix}",
-            "error", {"name": domain, "record": text, "problems": rec.problems, "fix": fix}))
+            "error", {"name": domain, "record": text, "problems": rec.problems, "fix": fix,
+                      "fix_host": domain}))
         return AreaResult(False, diags, found)
 
     lookup: LookupFn = client.lookup
@@ -572,7 +589,7 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
                        f"（SPF レコードを2件にせず、今の1件を修正してください）：{fix}")
         diags.append(Diagnosis("spf_not_authorized", message, "error",
                                {"name": domain, "results": failing, "trace": traces,
-                                "fix": fix, "include_present": already}))
+                                "fix": fix, "fix_host": domain, "include_present": already}))
     return AreaResult(not [d for d in diags if d.severity == "error"], diags, found)
 
 
