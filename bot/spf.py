@@ -538,8 +538,9 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
         found["suggested"] = fix
         diags.append(Diagnosis(
             "spf_syntax",
-            f"{domain} の SPF レコード「{text}」の書き方に誤りがあります"
-            f"（{'; '.join(rec.problems)}）。引用符などを付けずに、次の値に修正してください：{fix}",
+            # The problems stay in English in the detail (staff); the clerk gets the fix.
+            f"{domain} の SPF レコード「{text}」の書き方に誤りがあります。"
+            f"引用符などを付けずに、次の値に修正してください：{fix}",
             "error", {"name": domain, "record": text, "problems": rec.problems, "fix": fix,
                       "fix_host": domain}))
         return AreaResult(False, diags, found)
