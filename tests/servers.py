@@ -764,7 +764,7 @@ class Bind:
                 rds.add(TXT(dns.rdataclass.IN, rdt, [s.encode() if isinstance(s, str) else s for s in strings]))
             else:
                 # Presentation format; every name in it is absolute (trailing dot optional).
-                rds.add(dns.rdata.from_text(dns.rdataclass.IN, rdt, v, origin=dns.name.root))
+                rds.add(dns.rdata.from_text(dns.rdataclass.IN, rdt, v, origin=dns.name.root, relativize=False))
         return rds
 
     def update(self, zone: str, name: str, rdtype: str, values: Sequence[Any], ttl: int = 300, *,

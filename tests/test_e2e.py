@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 import sys
+import uuid
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timezone
@@ -26,11 +27,10 @@ from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 
 pytestmark = pytest.mark.servers
 
-SAAS_ZONE = "yoyakuban-saas.test"
 STAFF = "staff@489ban.net"
 
 
-def write_config(tmp_path: Path, dovecot, bind, smtp, **schedule) -> Path:
+def write_config(tmp_path: Path, dovecot, bind, smtp, saas_zone: str = "yoyakuban-saas.test", **schedule) -> Path:
     sched = {"check_interval_seconds": 0, "reminder_after_hours": 72, "max_reminders": 2, **schedule}
     cfg = tmp_path / "dkimbot.toml"
     cfg.write_text(
@@ -39,8 +39,8 @@ def write_config(tmp_path: Path, dovecot, bind, smtp, **schedule) -> Path:
 support_address = "{SUPPORT_ADDRESS}"
 staff_cc = ["{STAFF}"]
 sending_ips = ["203.0.113.10"]
-spf_include = "_spf.{SAAS_ZONE}"
-dmarc_rua = "mailto:dmarc@{SAAS_ZONE}"
+spf_include = "_spf.{saas_zone}"
+dmarc_rua = "mailto:dmarc@{saas_zone}"
 
 [intake]
 kind = "imap"
@@ -154,14 +154,15 @@ def assert_bot_headers(msg, *, to: str, in_reply_to: str, ref: str) -> None:
 
 
 def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot, bind, smtp):
-    domain = "hotel-sakura.test"
+    domain = f"hotel-sakura-{uuid.uuid4().hex[:6]}.test"
+    SAAS_ZONE = f"saas-{uuid.uuid4().hex[:8]}.test"  # fixtures are session-wide: a zone of our own
     bind.add_zone(domain, ("ns1." + domain, "ns2." + domain))
     bind.add_zone(SAAS_ZONE)
     bind.update(SAAS_ZONE, "_spf", "TXT", ["v=spf1 ip4:203.0.113.10 -all"])
     bind.update(SAAS_ZONE, f"{domain}._report._dmarc", "TXT", ["v=DMARC1"])
     dovecot.reset(SUPPORT_ADDRESS)
     smtp.clear()
-    cfg = write_config(tmp_path, dovecot, bind, smtp)
+    cfg = write_config(tmp_path, dovecot, bind, smtp, SAAS_ZONE)
     request_id = make_msgid(domain=domain)
     dovecot.append(SUPPORT_ADDRESS, unrelated_mail())
     dovecot.append(SUPPORT_ADDRESS, request_mail(domain, request_id))
