@@ -146,7 +146,7 @@ def assert_bot_headers(msg, *, to: str, in_reply_to: str, ref: str) -> None:
     assert [a.addr_spec for a in msg["Cc"].addresses] == [STAFF]
     assert f"[{ref}]" in msg["Subject"]
     assert msg["Message-ID"] and msg["Date"]
-    assert msg["In-Reply-To"] == in_reply_to
+    assert msg["In-Reply-To"].strip() == in_reply_to  # may be folded onto its own line
     assert in_reply_to in msg["References"]
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["X-Dkimbot-Loop"]
