@@ -7,6 +7,7 @@ transition the bot can make is a row of ``TRANSITIONS``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -226,11 +227,24 @@ def time_event(
     return Event.REMINDER_DUE if reminders_sent < max_reminders else Event.STALLED
 
 
-def next_check_delay(time_in_state: timedelta, base_seconds: int) -> timedelta:
-    """Frequent checks right after the record is sent, slower later (SPEC §8)."""
+def next_check_delay(
+    time_in_state: timedelta, base_seconds: int, steps: Sequence[Sequence[float]] = (),
+) -> timedelta:
+    """Frequent checks right after the record is sent, slower later (SPEC §8).
+
+    ``steps`` ([[after_hours, every_seconds], ...], from ``[schedule] check_steps``)
+    replaces the built-in steps: every ``base_seconds`` first, then each step's interval
+    once the case has waited ``after_hours`` in its state.
+    """
     if base_seconds <= 0:
         return timedelta(0)
     base = timedelta(seconds=base_seconds)
+    if steps:
+        delay = base
+        for after_hours, every_seconds in sorted(steps):
+            if time_in_state >= timedelta(hours=after_hours):
+                delay = timedelta(seconds=every_seconds)
+        return delay
     if time_in_state < timedelta(hours=2):
         return base
     if time_in_state < timedelta(days=1):

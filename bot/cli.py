@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("retry", "check a case now; resume an escalated case")):
         c = sub.add_parser(name, help=text)
         c.add_argument("case")
+    dg = sub.add_parser("digest", help="send the daily staff digest now")
+    dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
@@ -111,6 +113,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     try:
         if args.command == "status":
             return _status(bot, args.json)
+        if args.command == "digest":
+            from bot.digest import digest_command
+
+            return digest_command(bot, args.print)
         if args.command == "rotate":
             return _rotate(bot, args.domain)
         case = bot.store.find_case(args.case)

@@ -123,6 +123,14 @@ class ScheduleConfig:
     # key leaves the signer (SPEC §8; SES waits similarly), so mail never carries a
     # signature that must fail, but a short DNS mishap does not stop signing.
     signing_grace_days: float = 5
+    # Slower checks the longer a case waits: [[after_hours, every_seconds], ...], e.g.
+    # [[2, 1200], [24, 3600]]; empty: the built-in steps (bot/cases.py next_check_delay).
+    check_steps: list = field(default_factory=list)
+    # The daily staff digest (bot/digest.py): sent by the first pass at or after this UTC
+    # hour; -1 (the default, so tests and the demo see no extra mail): never, only
+    # `dkimbot digest`. A case waiting this long in one state is listed as stuck.
+    digest_hour: int = -1
+    stuck_after_days: float = 7
 
 
 @dataclass
@@ -222,6 +230,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[keys] bits must be 1024, 2048, 3072 or 4096, got {cfg.keys.bits}")
     if "@" not in cfg.service.support_address:
         raise ConfigError("[service] support_address must be a mail address")
+    for step in cfg.schedule.check_steps:
+        if (not isinstance(step, list) or len(step) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in step)):
+            raise ConfigError(f"[schedule] check_steps items must be [after_hours, every_seconds], got {step!r}")
     if not (0 < cfg.dns.port < 65536):
         raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
 

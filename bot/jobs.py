@@ -229,6 +229,15 @@ def run_pass(bot: Bot) -> PassResult:
     sent, errors = flush_outbox_once(bot)
     result.mails_sent = sent
     result.errors += errors
+    try:
+        from bot.digest import digest_once
+
+        # After delivery, so the digest tells this pass's delivery errors too; once a day.
+        if digest_once(bot) and not errors:
+            result.mails_sent += flush_outbox_once(bot)[0]
+    except Exception as exc:  # a broken digest template must not stop the bot
+        log.exception("daily digest failed")
+        result.errors.append(f"daily digest failed: {type(exc).__name__}: {exc}")
     return result
 
 

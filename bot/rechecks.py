@@ -124,7 +124,8 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                 fields["next_check_at"] = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1)
             else:
                 since = now if decision.changes_state else case.state_since
-                fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds)
+                fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds,
+                                                                    cfg.schedule.check_steps)
             if decision.changes_state:
                 fields.update(state=decision.next_state, state_since=now, reminders_sent=0,
                               resume_state=decision.resume_state)
@@ -269,14 +270,10 @@ def remind_due_once(bot: Bot) -> int:
                 )
                 bot.store.add_event(case.id, now, "transition", case.state, State.ESCALATED,
                                     {"event": event.value, "reminders_sent": case.reminders_sent})
-                enqueue_mail(bot, "staff_escalation", [updated], {
-                    "reason_title": f"no progress after {case.reminders_sent} reminders",
-                    "reason": f"The case has been {case.state} since {case.state_since.isoformat()} "
-                              f"and {case.reminders_sent} reminders brought no change.",
-                    "decide_hint": "Contact the facility by phone "
-                                   f"({case.contact_phone or 'no number'}) or cancel the case.",
-                    "diagnoses": [],
-                }, staff_only=True)
+                from bot.escalation import stall_context
+
+                # What the bot last saw (DNS per area, or the missing fields) and what to decide.
+                enqueue_mail(bot, "staff_escalation", [updated], stall_context(bot, case), staff_only=True)
                 log.info("%s: %s -> escalated (stalled)", case.ref, case.state)
             maybe_crash("reminder.decided")
         count += 1

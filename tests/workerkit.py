@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import SUPPORT_ADDRESS
-from test_e2e import SAAS_ZONE, STAFF, body_of, boxes, request_mail, zone_file_strings
+from test_e2e import body_of, boxes, request_mail, zone_file_strings
 
 IMAP_PASSWORD = "secret"
+STAFF = "staff@489ban.net"
+SAAS_ZONE = "worker-saas.test"  # our own zone: fixtures are shared across the session
 
 
 def write_config(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any, *, imap_user: str,
