@@ -28,6 +28,8 @@ from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 pytestmark = pytest.mark.servers
 
 STAFF = "staff@489ban.net"
+# The SaaS zone other test modules share (test_e2e itself uses a zone of its own).
+SAAS_ZONE = "yoyakuban-saas.test"
 
 
 def write_config(tmp_path: Path, dovecot, bind, smtp, saas_zone: str = "yoyakuban-saas.test", **schedule) -> Path:
@@ -155,14 +157,14 @@ def assert_bot_headers(msg, *, to: str, in_reply_to: str, ref: str) -> None:
 
 def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot, bind, smtp):
     domain = f"hotel-sakura-{uuid.uuid4().hex[:6]}.test"
-    SAAS_ZONE = f"saas-{uuid.uuid4().hex[:8]}.test"  # fixtures are session-wide: a zone of our own
+    saas_zone = f"saas-{uuid.uuid4().hex[:8]}.test"  # fixtures are session-wide: a zone of our own
     bind.add_zone(domain, ("ns1." + domain, "ns2." + domain))
-    bind.add_zone(SAAS_ZONE)
-    bind.update(SAAS_ZONE, "_spf", "TXT", ["v=spf1 ip4:203.0.113.10 -all"])
-    bind.update(SAAS_ZONE, f"{domain}._report._dmarc", "TXT", ["v=DMARC1"])
+    bind.add_zone(saas_zone)
+    bind.update(saas_zone, "_spf", "TXT", ["v=spf1 ip4:203.0.113.10 -all"])
+    bind.update(saas_zone, f"{domain}._report._dmarc", "TXT", ["v=DMARC1"])
     dovecot.reset(SUPPORT_ADDRESS)
     smtp.clear()
-    cfg = write_config(tmp_path, dovecot, bind, smtp, SAAS_ZONE)
+    cfg = write_config(tmp_path, dovecot, bind, smtp, saas_zone)
     request_id = make_msgid(domain=domain)
     dovecot.append(SUPPORT_ADDRESS, unrelated_mail())
     dovecot.append(SUPPORT_ADDRESS, request_mail(domain, request_id))
@@ -210,7 +212,7 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
     assert "DKIM署名を開始しました" in active.message["Subject"]
     [dmarc_box] = boxes(active_body)
     assert dmarc_box["host"] == f"_dmarc.{domain}"
-    assert dmarc_box["value"] == f"v=DMARC1; p=none; rua=mailto:dmarc@{SAAS_ZONE}"
+    assert dmarc_box["value"] == f"v=DMARC1; p=none; rua=mailto:dmarc@{saas_zone}"
     state = tmp_path / "state"
     keytable = (state / "signer" / "KeyTable").read_text()
     assert f"{fqdn} {domain}:{selector}:" in keytable
@@ -238,7 +240,7 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
 
     # Step 8: DMARC p=none and SPF, as the facility would paste them.
     bind.update(domain, "_dmarc", "TXT", [dmarc_box["value"]])
-    bind.update(domain, "@", "TXT", [f"v=spf1 include:_spf.{SAAS_ZONE} ~all"])
+    bind.update(domain, "@", "TXT", [f"v=spf1 include:_spf.{saas_zone} ~all"])
     # Step 9: the final check and the completion report.
     r = dkimbot(cfg, "run", "--once")
     assert r.returncode == 0, r.stderr.decode()

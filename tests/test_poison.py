@@ -1,0 +1,97 @@
+"""A message the bot fails on is retried, never lost; after 3 failures staff get it.
+
+The failure is real (a broken template staff might save), the mailbox a real Dovecot.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bot.config import DEFAULT_TEMPLATES_DIR, load_config
+from bot.jobs import Bot, run_pass
+from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
+from test_e2e import request_mail
+
+pytestmark = pytest.mark.servers
+
+
+def make_bot(tmp_path: Path, dovecot, smtp, templates: Path) -> Bot:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(
+        f"""
+[service]
+support_address = "{SUPPORT_ADDRESS}"
+staff_cc = ["staff@489ban.net"]
+[intake]
+kind = "imap"
+host = "{dovecot.host}"
+port = {dovecot.port}
+tls = "none"
+username = "{SUPPORT_ADDRESS}"
+password = "{SUPPORT_PASSWORD}"
+[outbound]
+kind = "smtp"
+host = "{smtp.host}"
+port = {smtp.port}
+tls = "none"
+[schedule]
+check_interval_seconds = 3600
+[state]
+dir = "{tmp_path / 'state'}"
+templates_dir = "{templates}"
+""",
+        encoding="utf-8",
+    )
+    return Bot.open(load_config(cfg_file))
+
+
+def test_a_failing_message_is_retried_and_then_handed_to_staff(tmp_path, dovecot, smtp):
+    templates = tmp_path / "templates"
+    shutil.copytree(DEFAULT_TEMPLATES_DIR, templates)
+    good = (templates / "request_reply.txt").read_text(encoding="utf-8")
+    (templates / "request_reply.txt").write_text(good.replace("{{ subject_text }}", "{{ no_such_var }}"),
+                                                  encoding="utf-8")
+    dovecot.reset(SUPPORT_ADDRESS)
+    smtp.clear()
+    domain = f"poison-{uuid.uuid4().hex[:6]}.test"
+    msgid = f"<{uuid.uuid4().hex}@{domain}>"
+    dovecot.append(SUPPORT_ADDRESS, request_mail(domain, msgid))
+
+    bot = make_bot(tmp_path, dovecot, smtp, templates)
+    run_pass(bot)
+    assert smtp.messages == [] and bot.store.list_cases() == []  # rolled back, not lost
+    assert not bot.store.is_handled("x", msgid)
+
+    # Staff fix the template: the next pass sees the message again and answers it once.
+    (templates / "request_reply.txt").write_text(good, encoding="utf-8")
+    run_pass(bot)
+    assert len(smtp.messages) == 1
+    assert smtp.messages[0].message["In-Reply-To"].strip() == msgid
+    run_pass(bot)
+    assert len(smtp.messages) == 1
+    bot.close()
+
+
+def test_a_message_failing_three_times_goes_to_staff_once(tmp_path, dovecot, smtp):
+    templates = tmp_path / "templates"
+    shutil.copytree(DEFAULT_TEMPLATES_DIR, templates)
+    text = (templates / "request_reply.txt").read_text(encoding="utf-8")
+    (templates / "request_reply.txt").write_text(text.replace("{{ subject_text }}", "{{ no_such_var }}"),
+                                                  encoding="utf-8")
+    dovecot.reset(SUPPORT_ADDRESS)
+    smtp.clear()
+    domain = f"poison-{uuid.uuid4().hex[:6]}.test"
+    dovecot.append(SUPPORT_ADDRESS, request_mail(domain, f"<{uuid.uuid4().hex}@{domain}>"))
+    bot = make_bot(tmp_path, dovecot, smtp, templates)
+    for _ in range(5):
+        run_pass(bot)
+    assert len(smtp.messages) == 1
+    staff = smtp.messages[0]
+    assert staff.rcpt_tos == ["staff@489ban.net"]
+    assert "ESCALATION" in staff.message["Subject"]
+    assert "could not be processed" in staff.message["Subject"]
+    bot.close()
