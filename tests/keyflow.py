@@ -22,7 +22,7 @@ from test_e2e import body_of, boxes, request_mail, zone_file_strings
 
 __all__ = ["body_of", "boxes", "request_mail", "zone_file_strings", "Clock", "write_config",
            "open_bot", "saas_zone", "publish_box", "dnsfunc_for", "verify_all", "booking",
-           "dkimbot_cmd", "STAFF", "MAILBOX_PASSWORD"]
+           "dkimbot_cmd", "case_mails", "STAFF", "MAILBOX_PASSWORD"]
 
 STAFF = "staff@489ban.net"
 MAILBOX_PASSWORD = "k5-secret"
@@ -128,6 +128,11 @@ def publish_box(bind: Any, domain: str, body: str, fqdn: str, *, servers: list[s
     """Publish a record exactly as the mail's zone-file form gives it."""
     strings = zone_file_strings(body, fqdn)
     bind.update(domain, fqdn + ".", "TXT", [strings], servers=servers)
+
+
+def case_mails(smtp: Any) -> list[Any]:
+    """The mails about cases (each names its case in X-Dkimbot-Case), in order; not digests."""
+    return [m for m in smtp.messages if m.message["X-Dkimbot-Case"]]
 
 
 def dnsfunc_for(bind: Any) -> Any:

@@ -10,7 +10,7 @@ import pytest
 
 from bot import jobs
 from bot.signer import installed_selectors
-from keyflow import (Clock, body_of, booking, boxes, dkimbot_cmd, open_bot, publish_box,
+from keyflow import (case_mails, Clock, body_of, booking, boxes, dkimbot_cmd, open_bot, publish_box,
                      request_mail, verify_all, write_config)
 
 pytestmark = pytest.mark.servers
@@ -31,7 +31,7 @@ def test_it_gives_both_records_and_advances_only_when_both_are_published(tmp_pat
         assert case.state == "awaiting_dkim"
         rsa_sel, ed_sel = case.selectors
         assert ed_sel == f"{rsa_sel}-ed"
-        [reply] = smtp.messages
+        [reply] = case_mails(smtp)
         body = body_of(reply.raw)
         got = {b["host"]: b["value"] for b in boxes(body)}
         assert set(got) == {f"{rsa_sel}._domainkey.{domain}", f"{ed_sel}._domainkey.{domain}"}
@@ -45,7 +45,7 @@ def test_it_gives_both_records_and_advances_only_when_both_are_published(tmp_pat
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "awaiting_dkim"
         assert installed_selectors(bot.cfg, domain) == []
-        assert len(smtp.messages) == 1
+        assert len(case_mails(smtp)) == 1
 
         # The Ed25519 record on one name server only: still not enough.
         publish_box(bind, domain, body, f"{ed_sel}._domainkey.{domain}", servers=["127.0.0.1"])
@@ -61,7 +61,7 @@ def test_it_gives_both_records_and_advances_only_when_both_are_published(tmp_pat
         case = bot.store.get_case(case.id)
         assert case.state == "awaiting_dmarc"
         assert sorted(installed_selectors(bot.cfg, domain)) == sorted([rsa_sel, ed_sel])
-        assert "DKIM署名を開始しました" in smtp.messages[-1].message["Subject"]
+        assert "DKIM署名を開始しました" in case_mails(smtp)[-1].message["Subject"]
         proof = next(e for e in bot.store.events(case.id) if e["kind"] == "transition")["detail"]["proof"]
         assert proof["ok"] and rsa_sel in proof["detail"] and ed_sel in proof["detail"]
     finally:

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keyflow import (body_of, booking, boxes, dkimbot_cmd, publish_box, request_mail, saas_zone,
+from keyflow import (case_mails, body_of, booking, boxes, dkimbot_cmd, publish_box, request_mail, saas_zone,
                      write_config)
 
 pytestmark = pytest.mark.servers
@@ -88,7 +88,7 @@ def test_nothing_dkimbot_outputs_contains_a_private_key_or_the_passphrase(tmp_pa
 
     dovecot.append(mailbox, request_mail(domain, make_msgid(domain=domain)))
     run("-v", "run", "--once")
-    first = body_of(smtp.messages[-1].raw)
+    first = body_of(case_mails(smtp)[-1].raw)
     c = case_json()
     ref, selectors = c["case"], c["selectors"]
     assert len(selectors) == 2
@@ -104,7 +104,7 @@ def test_nothing_dkimbot_outputs_contains_a_private_key_or_the_passphrase(tmp_pa
     # The right one: the escalated case resumes by itself.
     run("-v", "run", "--once")
     assert case_json()["state"] == "awaiting_dmarc"
-    [dmarc] = boxes(body_of(smtp.messages[-1].raw))
+    [dmarc] = boxes(body_of(case_mails(smtp)[-1].raw))
     bind.update(domain, "_dmarc", "TXT", [dmarc["value"]])
     bind.update(domain, "@", "TXT", [f"v=spf1 include:_spf.{saas_zone(bind, domain)} ~all"])
     run("-v", "run", "--once")
@@ -122,11 +122,11 @@ def test_nothing_dkimbot_outputs_contains_a_private_key_or_the_passphrase(tmp_pa
     rotated = run("-v", "rotate", domain)
     assert b"pending rotation" in rotated.stdout
     new = json.loads(run("status", "--json").stdout)[0]
-    rotation_mail = body_of(smtp.messages[-1].raw)
+    rotation_mail = body_of(case_mails(smtp)[-1].raw)
     for b in boxes(rotation_mail):
         publish_box(bind, domain, rotation_mail, b["host"])
     run("-v", "run", "--once")
-    assert "古いレコードは削除できます" in smtp.messages[-1].message["Subject"]
+    assert "古いレコードは削除できます" in case_mails(smtp)[-1].message["Subject"]
     after = case_json()
     assert after["selectors"] != selectors and new["selectors"] == selectors
     run("-v", "rotate", domain)  # a second rotation: keys made again, record mailed
@@ -135,7 +135,7 @@ def test_nothing_dkimbot_outputs_contains_a_private_key_or_the_passphrase(tmp_pa
     run("show", ref, "--json")
 
     # Everything that left dkimbot, plus what it keeps in its database.
-    mails = [(f"mail {m.message['Subject']}", m.raw) for m in smtp.messages]
+    mails = [(f"mail {m.message['Subject']}", m.raw) for m in smtp.messages]  # digests too
     assert len(mails) >= 7
     stored = [(p.name, p.read_bytes()) for p in sorted(state.glob("dkimbot.sqlite3*"))]
     needles = secrets_of(state)

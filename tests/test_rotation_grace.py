@@ -13,14 +13,14 @@ import pytest
 
 from bot import jobs, rotation
 from bot.signer import installed_selectors, sign_message
-from keyflow import (STAFF, Clock, body_of, booking, boxes, open_bot, publish_box, request_mail,
+from keyflow import (case_mails, STAFF, Clock, body_of, booking, boxes, open_bot, publish_box, request_mail,
                      saas_zone, verify_all, write_config)
 
 pytestmark = pytest.mark.servers
 
 
 def sent(smtp, start: int) -> list:
-    return list(smtp.messages[start:])
+    return list(case_mails(smtp)[start:])
 
 
 def kinds(bot, case_id: int) -> list[str]:
@@ -32,11 +32,11 @@ def complete_case(bot, bind, smtp, dovecot, mailbox, domain, clock):
     dovecot.append(mailbox, request_mail(domain, make_msgid(domain=domain)))
     jobs.run_pass(bot)
     [case] = bot.store.list_cases()
-    body = body_of(smtp.messages[-1].raw)
+    body = body_of(case_mails(smtp)[-1].raw)
     publish_box(bind, domain, body, f"{case.selector}._domainkey.{domain}")
     clock.advance(minutes=30)
     jobs.run_pass(bot)
-    active = body_of(smtp.messages[-1].raw)
+    active = body_of(case_mails(smtp)[-1].raw)
     [dmarc] = boxes(active)
     bind.update(domain, "_dmarc", "TXT", [dmarc["value"]])
     bind.update(domain, "@", "TXT", [f"v=spf1 include:_spf.{saas_zone(bind, domain)} ~all"])
@@ -65,7 +65,7 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         jobs.flush_outbox_once(bot)
         [new] = r.new_selectors
         assert new != old and r.old_selectors == [old]
-        mail = smtp.messages[-1]
+        mail = case_mails(smtp)[-1]
         body = body_of(mail.raw)
         assert "DKIM鍵の更新" in mail.message["Subject"]
         assert [b["host"] for b in boxes(body)] == [f"{new}._domainkey.{domain}"]
@@ -82,10 +82,10 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         # On one of the two name servers only: still the old key.
         publish_box(bind, domain, body, f"{new}._domainkey.{domain}", servers=["127.0.0.1"])
         clock.advance(minutes=10)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         assert installed_selectors(bot.cfg, domain) == [old]
-        assert len(smtp.messages) == before
+        assert len(case_mails(smtp)) == before
 
         # Everywhere: proven, switched in one step, old record declared safe to delete.
         publish_box(bind, domain, body, f"{new}._domainkey.{domain}")
@@ -95,7 +95,7 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         assert rotation.rotations_for(bot, domain)[-1].status == "done"
         case = bot.store.get_case(case.id)
         assert (case.state, case.selector, case.selectors) == ("completed", new, [new])
-        done = smtp.messages[-1]
+        done = case_mails(smtp)[-1]
         done_body = body_of(done.raw)
         assert "古いレコードは削除できます" in done.message["Subject"]
         assert f"ホスト名：{old}._domainkey.{domain}" in done_body
@@ -107,9 +107,9 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         # Deleting the old record now is harmless: the daily watch sees nothing wrong.
         bind.delete(domain, f"{old}._domainkey")
         clock.advance(days=1, minutes=1)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
-        assert bot.store.get_case(case.id).state == "completed" and len(smtp.messages) == before
+        assert bot.store.get_case(case.id).state == "completed" and len(case_mails(smtp)) == before
     finally:
         bot.close()
 
@@ -143,17 +143,17 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         from servers import free_port
         bot.cfg.dns.port, bot.cfg.dns.timeout = free_port(), 0.4
         clock.advance(days=1)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "completed"
-        assert len(smtp.messages) == before
+        assert len(case_mails(smtp)) == before
         assert bot.store.events(case.id)[-1]["detail"]["event"] == "dns_error"
         bot.cfg.dns.port, bot.cfg.dns.timeout = good_port, 2.0
 
         # The record disappears: facility and staff warned, signing continues.
         bind.delete(domain, f"{sel}._domainkey")
         clock.advance(days=1)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         case = bot.store.get_case(case.id)
         assert case.state == "dkim_lost"
@@ -170,7 +170,7 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         # Back within the grace period: countdown stopped, said so.
         clock.advance(days=2)
         bind.update(domain, f"{sel}._domainkey", "TXT", record)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "completed"
         [restored] = sent(smtp, before)
@@ -190,7 +190,7 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
 
         # Past the grace period: the key leaves the signer; facility and staff told.
         clock.advance(hours=1, minutes=1)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "signing_stopped"
         assert installed_selectors(bot.cfg, domain) == []
@@ -202,7 +202,7 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         # The record comes back later: reinstalled, proven, signing resumed.
         bind.update(domain, f"{sel}._domainkey", "TXT", record)
         clock.advance(hours=6)
-        before = len(smtp.messages)
+        before = len(case_mails(smtp))
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "completed"
         assert installed_selectors(bot.cfg, domain) == [sel]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bot import jobs
 from bot.keyplan import choose_selector, selector_candidates
 from bot.keys import render_selector
-from keyflow import Clock, body_of, boxes, open_bot, request_mail, write_config
+from keyflow import Clock, body_of, boxes, case_mails, open_bot, request_mail, write_config
 
 pytestmark = pytest.mark.servers
 
@@ -51,7 +51,7 @@ def test_a_request_skips_a_selector_another_sender_publishes(tmp_path, dovecot, 
         jobs.run_pass(bot)
         [case] = bot.store.list_cases()
         assert case.selector == f"{base}b"
-        [box] = boxes(body_of(smtp.messages[-1].raw))
+        [box] = boxes(body_of(case_mails(smtp)[-1].raw))
         assert box["host"] == f"{base}b._domainkey.{domain}"
     finally:
         bot.close()
