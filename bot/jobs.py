@@ -51,7 +51,13 @@ def poll_inbox_once(bot: Bot) -> int:
         if why.startswith("too large"):
             log.warning("message %s skipped: %s", key, why)
 
+    # A message that failed (and will be retried) holds the IMAP progress where it is,
+    # so the next pass sees it again; handled messages after it are skipped by key.
+    held: list[str] = []
+
     def progress(mkey: str, value: str) -> None:
+        if held:
+            return
         with store.transaction():
             store.set_meta(mkey, value)
         maybe_crash("imap.progress")
@@ -72,9 +78,16 @@ def poll_inbox_once(bot: Bot) -> int:
     try:
         for message in messages:
             try:
-                process_message(bot, message.key, message.raw)
+                if message.oversized_header is not None:
+                    from bot.oversized import note_oversized
+
+                    note_oversized(bot, message.key, message.size, message.oversized_header)
+                else:
+                    process_message(bot, message.key, message.raw)
             except Exception as exc:  # our bug or a broken template: never lose the mail
                 _message_failed(bot, message.key, message.raw, exc)
+                if not store.is_handled(message.key, None):
+                    held.append(message.key)
             count += 1
     finally:
         mailbox.close()
