@@ -227,7 +227,27 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
                   if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
         domains_in_mail.setdefault(domain, []).append(case.facility or "")
         touched.append(case)
-        items.append({"kind": "record", "ref": case.ref, "facility": case.facility,
+        managed = None
+        if cfg.dns.managed_nameservers and not others:
+            # The simplified flow: our own name servers, so we publish and the facility rests.
+            from bot.managed import publish_for_domain
+
+            managed = publish_for_domain(bot, domain, key_records(bot, case))
+            if managed is not None:
+                store.add_event(case.id, now, "managed_publish", detail={
+                    "zone": managed.zone, "nameservers": managed.nameservers,
+                    "published": managed.published, "error": managed.error})
+                if managed.error:
+                    enqueue_mail(bot, "staff_escalation", [case], {
+                        "reason_title": "publishing in a managed zone failed",
+                        "reason": f"Zone {managed.zone} is served by our name servers "
+                                  f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
+                                  f"failed: {managed.error}",
+                        "decide_hint": "Publish the DKIM record in the zone by hand; the bot "
+                                       "keeps checking and continues by itself.",
+                        "diagnoses": []}, staff_only=True)
+        items.append({"kind": "managed" if managed else "record", "ref": case.ref,
+                      "facility": case.facility,
                       "admin_email": case.admin_email, "domain": domain,
                       "records": key_records(bot, case), "shared_with": others,
                       "provider_hint": None})
@@ -235,6 +255,8 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:
         subject_text = "DKIM設定のご案内：DNSへのレコード登録のお願い"
+    elif kinds == {"managed"}:
+        subject_text = "DKIM設定のお申し込みを承りました（DNSの設定は弊社で行います）"
     elif kinds == {"needs_info"}:
         subject_text = "DKIM、DMARC設定のお申し込み内容のご確認のお願い"
     else:
