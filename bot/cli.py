@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     dg = sub.add_parser("digest", help="send the daily staff digest now")
     dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
+    rk = sub.add_parser("rekey", help="before the DKIM step: a new key (e.g. --bits 1024 for a host that cuts long records)")
+    rk.add_argument("case")
+    rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
@@ -125,6 +128,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return 2
         if args.command == "show":
             return _show(bot, case, args.json)
+        if args.command == "rekey":
+            return _rekey(bot, case, args.bits)
         from bot import jobs
 
         with pass_lock(cfg, wait=True):
@@ -160,6 +165,24 @@ def _rotate(bot: Any, domain: str) -> int:
             return 2
         jobs.flush_outbox_once(bot)
     print(describe(rotation))
+    return 0
+
+
+def _rekey(bot: Any, case: Any, bits: int) -> int:
+    """`dkimbot rekey CASE --bits N`: a new key and selector for a case in awaiting_dkim."""
+    from bot import jobs
+    from bot.rekey import RekeyError, rekey_case
+    from bot.runtime import pass_lock
+
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            updated = rekey_case(bot, case, bits, reason=f"staff asked for a {bits}-bit key", who="staff")
+        except RekeyError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    for c in updated:
+        print(f"{c.ref}: {c.state}, new selector {c.selector} ({bits} bits); record mailed")
     return 0
 
 

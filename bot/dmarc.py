@@ -265,7 +265,10 @@ def check_dmarc(client: DnsClient, domain: str, rua: str | None = "") -> AreaRes
     candidates = [r for r in view.records if is_dmarc_candidate(r)]
     if len(candidates) > 1:
         parsed = [parse_dmarc(r) for r in candidates]
-        best = next((p for p in parsed if p.valid), parsed[0])
+        # The strictest valid policy among them (their order in DNS is arbitrary): an
+        # existing stricter policy is never suggested away (SPEC §4).
+        valid = [p for p in parsed if p.valid]
+        best = max(valid, key=lambda p: POLICIES.index((p.policy or "none").lower())) if valid else parsed[0]
         suggestion = suggest_dmarc_record(best.tags, rua)
         found.update(record=list(candidates), location=name, suggested=suggestion)
         diags.append(Diagnosis(
@@ -289,7 +292,7 @@ def check_dmarc(client: DnsClient, domain: str, rua: str | None = "") -> AreaRes
     for wrong, why in (
         (f"dmarc.{domain}", "先頭のアンダースコア「_」が抜けています"),
         (f"_dmarc.{domain}.{domain}", "ホスト名の欄にドメイン名まで入力されたため、ドメイン名が二重に付いています"),
-        (domain, "ホスト名が空欄（ドメイン名そのもの）になっています"),
+        (domain, "ホスト名の欄が空欄のまま登録されたようです"),
     ):
         other = _pick_view(client.authoritative_lookup(wrong, "TXT"))
         if isinstance(other, Lookup) and any(is_dmarc_candidate(r) for r in other.records):
@@ -324,6 +327,12 @@ def check_dmarc(client: DnsClient, domain: str, rua: str | None = "") -> AreaRes
             diags.extend(_check_rua(client, org, rec))
             return AreaResult(not _errors(diags), diags, found)
 
+    if found.get("wrong_location"):
+        # The record exists, only in the wrong place: the wrong-place diagnosis says
+        # where it belongs; "not found" next to it would contradict it.
+        wrong_rec = parse_dmarc(found["wrong_location"][0]["record"])
+        found["suggested"] = suggest_dmarc_record(wrong_rec.tags if wrong_rec.valid else None, rua)
+        return AreaResult(False, diags, found)
     suggestion = suggest_dmarc_record(None, rua)
     found["suggested"] = suggestion
     diags.append(Diagnosis(

@@ -234,7 +234,9 @@ def check_dkim(client: DnsClient, domain: str, selector: str,
             "一時的な問題の可能性があるため、時間をおいて自動的に再確認します。",
             servers={s: f.to_json() for s, f in failures.items()})
     missing = [s for s, recs in served.items() if not recs]
-    if served and len(missing) == len(served):
+    if served and len(missing) == len(served) and not failures:
+        # Only when every server answered: a server that did not may hold the record,
+        # so "not published" (or a wrong place) would be a guess (SPEC §4: dns_error).
         _probe_wrong_places(client, domain, selector, expected, name, label, found, add)
     elif good_servers and len(good_servers) < len(answers):
         bad = sorted(set(answers) - set(good_servers))
@@ -277,35 +279,36 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
             add(code,
                 f"{name} の DKIM レコードの値に、{'、'.join(rec.junk)} が含まれています。"
                 "値の欄には、引用符などを付けずに「v=DKIM1」から始まる文字列だけを入力してください。",
-                record=str(rec), junk=rec.junk, cleaned=rec.cleaned,
+                record=rec.text, junk=rec.junk, cleaned=rec.cleaned,
                 key_matches_after_cleaning=bool(expected and rec.key == expected))
         elif code == "dkim_syntax":
             add(code,
                 f"{name} の DKIM レコードの書き方に誤りがあります（{'。'.join(rec.problems)}）。"
                 f"{value_hint}を、そのまま1行で貼り付け直してください。",
-                record=str(rec), problems=rec.problems)
+                record=rec.text, problems=rec.problems)
         elif code == "dkim_truncated":
-            n = len(str(rec))
+            n = len(rec.text.encode())
             add(code,
-                f"{name} の DKIM レコードの値が途中で切れています（{n}文字で終わっています）。"
+                f"{name} の DKIM レコードの値が途中で切れています（登録されている値は{n}文字で終わっていて、"
+                "公開鍵の後半が足りません）。"
                 f"{value_hint}を、最後の文字まで貼り付け直してください。"
-                + ("お使いの DNS サービスの入力欄に 255 文字までの制限がある場合は、"
-                   "より短い鍵（1024ビット）をご用意しますので、このメールにご返信ください。"
+                + ("お使いの DNS の管理画面が 255 文字までしか登録できない場合は、255 文字に収まる"
+                   "短い鍵（1024ビット）をご用意します。その場合は、このメールに「短い鍵希望」とご返信ください。"
                    if v.offer_1024 else ""),
-                record=str(rec), length=n, offer_1024=v.offer_1024,
+                record=rec.text, length=n, offer_1024=v.offer_1024,
                 strings=[len(s) for s in records[0].strings],
                 host_cut_string=v.offer_1024)
         elif code == "dkim_key_mismatch":
             add(code,
                 f"{name} の DKIM レコードの公開鍵（p= の部分）が、弊社がお送りしたものと一致しません。"
                 f"値を{value_hint}に置き換えてください。",
-                record=str(rec), published_key=rec.key, expected_key=expected)
+                record=rec.text, published_key=rec.key, expected_key=expected)
     if v.good and v.testing:
         add("dkim_testing_mode",
             f"{name} の DKIM レコードにテストモードの指定（t=y）が含まれています。"
             "このままでも設定は進められますが、テストモードのままでは受信側が署名の検証結果を"
             "重視しない場合があります。落ち着いた時点で「t=y」を削除することをお勧めします。",
-            "warning", record=str(rec))
+            "warning", record=rec.text)
     return "good" if v.good else "bad"
 
 
@@ -320,7 +323,7 @@ def _probe_wrong_places(client: DnsClient, domain: str, selector: str, expected:
         (f"{selector}._domainkey.{domain}._domainkey.{domain}", "dkim_doubled_domain",
          "ホスト名が二重に付いています"),
         (f"_domainkey.{domain}", "dkim_wrong_location", "ホスト名からセレクタ名「" + selector + "」が抜けています"),
-        (domain, "dkim_wrong_location", "ホスト名が空欄（ドメイン名そのもの）になっています"),
+        (domain, "dkim_wrong_location", "ホスト名の欄が空欄のまま登録されたようです"),
     )
     for where, code, why in probes:
         ans = client.authoritative_merged(where, "TXT")

@@ -15,6 +15,7 @@ from bot import cases as sm
 from bot.cases import State
 from bot.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
+from bot.lookahead import looked_for_reply
 from bot.replies import read_reply
 from bot.runtime import Bot
 from bot.store import CaseRow
@@ -56,6 +57,11 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
     fields: dict[str, Any] = dict(thread_last=parsed.message_id or case.thread_last, thread_refs=thread[-30:])
     reading = read_reply(parsed.body_text or "")
     excerpt = (reading.new_text or (parsed.body_text or "")).strip()[:400]
+    from bot.rekey import answer_short_key_wish
+
+    # The dkim_problem mail offered a shorter key for a cut-off record (SPEC §8).
+    if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields):
+        return
     if case.state in (*sm.WAITING, State.ESCALATED):
         # Always recheck at once; only a "done" reply must get an answer from the check
         # (a question gets its answer from staff, a "thanks" needs none).
@@ -156,6 +162,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
         facilities = [Facility(None, None, None, None, None,
                                tuple(FieldProblem(f, "missing", None) for f in FIELDS))]
     domains_in_mail: dict[str, list[str]] = {}
+    seen: dict[str, Any] = {}  # look before instructing (SPEC §8): each domain once per mail
     for f in facilities:
         fields = dict(
             facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
@@ -206,7 +213,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
             items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
                           "admin_email": case.admin_email, "domain": domain,
                           "records": key_records(bot, case), "shared_with": [],
-                          "provider_hint": None})
+                          **looked_for_reply(bot, case, key_records(bot, case), seen)})
             continue
         selectors = _choose_key(bot, domain)
         due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
@@ -250,7 +257,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
                       "facility": case.facility,
                       "admin_email": case.admin_email, "domain": domain,
                       "records": key_records(bot, case), "shared_with": others,
-                      "provider_hint": None})
+                      **looked_for_reply(bot, case, key_records(bot, case), seen)})
     # Within one mail, a second facility of the same domain points at the same record.
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:

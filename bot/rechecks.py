@@ -167,7 +167,10 @@ def _dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
     found = getattr(report.dmarc, "found", {}) or {}
     errors = [d for d in report.dmarc.diagnoses if getattr(d, "severity", "error") == "error"]
     status = "ok" if report.dmarc.ok else ("missing" if [d.code for d in errors] == ["dmarc_not_published"] else "invalid")
-    suggestion = suggest_dmarc_record(found.get("tags") or None, bot.cfg.service.dmarc_rua or None)
+    # check_dmarc's own suggestion: for several records it is the strictest one merged,
+    # so the box says what the diagnosis says.
+    suggestion = found.get("suggested") or suggest_dmarc_record(found.get("tags") or None,
+                                                                bot.cfg.service.dmarc_rua or None)
     domain = case.domain or ""
     return {
         "status": status,

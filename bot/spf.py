@@ -577,10 +577,14 @@ def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
     if any(v == "temperror" for v in verdicts.values()):
         diags.append(_dns_error(domain, {"results": verdicts, "trace": traces}))
     failing = {ip: v for ip, v in verdicts.items() if v not in ("pass", "temperror")}
+    fix = merge_spf_records([text], add)
+    already = fix == merge_spf_records([text], [])
+    if failing and already and (analysis.lookups > MAX_LOOKUPS or analysis.voids > MAX_VOID_LOOKUPS):
+        # The include is there; the record fails as a whole (permerror), which the
+        # lookup-limit diagnosis above already explains with what to remove.
+        failing = {}
     if failing:
-        fix = merge_spf_records([text], add)
         found["suggested"] = fix
-        already = fix == merge_spf_records([text], [])
         if already:
             message = (f"{domain} の SPF レコードには弊社の設定（{' '.join(add)}）が含まれていますが、"
                        "弊社の送信サーバーが許可されていません。弊社で確認いたします。")
