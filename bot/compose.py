@@ -1,4 +1,5 @@
-"""Composing mails: record boxes, recipients, threading, the per-case daily limit.
+"""Composing mails: record boxes, recipients, threading, the daily limits (per case here,
+per address in ``bot/ratelimit.py``).
 
 ``enqueue_mail`` renders a template and queues the message in the outbox inside the
 caller's transaction, so a mail exists exactly when the decision that caused it does.
@@ -94,6 +95,13 @@ def enqueue_mail(
         cc = list(cfg.service.staff_cc)
     if not recipients:
         recipients, cc = list(cfg.service.staff_cc), []
+    elif not staff_only:
+        from bot.ratelimit import limit_recipients
+
+        # Per address, across cases: stops a loop that opens a new case per message.
+        recipients = limit_recipients(bot, kind, [c.id for c in cases_], recipients)
+        if not recipients:
+            return None
     if primary is not None and in_reply_to is None:
         in_reply_to = primary.thread_last
         references = primary.thread_refs

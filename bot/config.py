@@ -48,6 +48,9 @@ class ServiceConfig:
     company_name: str = "予約番サポート"
     cc_contact: bool = True
     max_mails_per_case_per_day: int = 5
+    # At most this many facility mails to one address in 24 h, whatever the case (0: no
+    # limit); staff are never limited. See bot/ratelimit.py.
+    max_mails_per_address_per_day: int = 10
 
 
 @dataclass

@@ -37,6 +37,9 @@ class InboxMessage:
     key: str                 # stable identity: "imap:<folder>:<uidvalidity>:<uid>" or "maildir:<name>"
     raw: bytes
     size: int
+    # Over [intake] max_message_bytes: never fetched, so ``raw`` is empty and this holds
+    # the header lines read to select it; the caller tells staff instead of parsing it.
+    oversized_header: bytes | None = None
 
 
 class IntakeError(Exception):
@@ -55,19 +58,24 @@ class HeaderFilter:
         self.known_ids = known_ids
 
     def wants(self, header_bytes: bytes) -> bool:
-        msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(header_bytes)
+        from bot.mailtext import decode_header_value
+
+        # compat32 + raw values + our own decoder, exactly as bot/request.py reads the
+        # subject: the stdlib's decoder turns a mislabelled encoded word (CP932 bytes
+        # labelled ISO-2022-JP, as some mailers send) into U+FFFD, and such a request
+        # would never be fetched (fixture mislabelled_charsets).
+        msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_bytes)
+        raw = {name.lower(): value for name, value in reversed(list(msg.raw_items()))
+               if isinstance(name, str) and isinstance(value, str)}
         try:
-            subject = str(msg.get("Subject", "") or "")
+            subject = re.sub(r"\s+", " ", decode_header_value(raw.get("subject"))).strip()
         except Exception:  # a broken encoded-word: let the full parser judge it
             return True
         if CASE_REF_RE.search(subject) or self.is_request_subject(subject):
             return True
         ids: list[str] = []
-        for name in ("In-Reply-To", "References"):
-            try:
-                ids += re.findall(r"<[^<>\s]+>", str(msg.get(name, "") or ""))
-            except Exception:
-                continue
+        for name in ("in-reply-to", "references"):
+            ids += re.findall(r"<[^<>\s]+>", raw.get(name, ""))
         return bool(ids) and self.known_ids(ids)
 
 
@@ -99,7 +107,7 @@ class MaildirMailbox:
                 on_skipped(key, "not a request or reply")
                 continue
             if size > max_bytes:
-                on_skipped(key, f"too large ({size} bytes)")
+                yield InboxMessage(key=key, raw=b"", size=size, oversized_header=head)
                 continue
             yield InboxMessage(key=key, raw=path.read_bytes(), size=size)
 
@@ -203,7 +211,7 @@ class ImapMailbox:
                 if last_seen(key):
                     continue
                 if size > max_bytes:
-                    on_skipped(key, f"too large ({size} bytes)")
+                    yield InboxMessage(key=key, raw=b"", size=size, oversized_header=bytes(header or b""))
                     continue
                 body = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {})
                 raw = body.get(b"BODY[]")

@@ -120,6 +120,9 @@ TAKA = dict(facility_name="髙橋旅館", contact_name="髙橋 一郎",
 UMI = dict(facility_name="海辺の宿 潮騒", contact_name="中村 健", contact_email="nakamura@shiosai-inn.jp",
            contact_phone="090-1234-5678", admin_email="reserve@shiosai-inn.jp")
 
+UMIKAZE = dict(facility_name="海風ホテル", contact_name="小林 誠", contact_email="kobayashi@umikaze-hotel.jp",
+               contact_phone="0557-12-3456", admin_email="front@umikaze-hotel.jp")
+
 LABELS = ["施設名", "担当者様のお名前", "担当者様のメールアドレス", "担当者様の電話番号",
           "予約番で使用する管理用メールアドレス"]
 KEYS = ["facility_name", "contact_name", "contact_email", "contact_phone", "admin_email"]
@@ -797,6 +800,25 @@ add("freemail_admin_gmail", bin_mail(
          extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"UTF-8\"\nContent-Transfer-Encoding: base64\n"),
     b64_lines((GREETING + block(fm) + CLOSING).encode()).encode()),
     facilities=[expect(fm)], note="admin address on gmail.com: a valid parse; onboarding rejects the domain")
+
+
+# ------------------------------------------------------------------------------ bugs found
+# Each fixture below is named after a bug the integration test (tests/test_intake_dovecot.py)
+# found; the corpus tests keep it fixed.
+
+# 64 The IMAP header pre-filter decoded the subject with the stdlib, which turns a CP932
+# encoded word labelled ISO-2022-JP into U+FFFD: the request was never fetched, although
+# the parser reads it. Here the body is proper ISO-2022-JP; only the subject is mislabelled
+# (a Windows mailer that encodes the subject from its CP932 buffer).
+add("bug_header_filter_cp932_subject_labelled_jis", bin_mail(
+    head(ew_b("小林", "iso-2022-jp") + " <kobayashi@umikaze-hotel.jp>",
+         "=?ISO-2022-JP?B?" + base64.b64encode(("【海風ホテル】" + SUBJ).encode("cp932")).decode() + "?=",
+         msgid="<20240118093000.0001@umikaze-hotel.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n"
+               "X-Mailer: Microsoft Outlook Express 6.00.2900.5931\n"),
+    jis(GREETING + block(UMIKAZE) + CLOSING)),
+    facilities=[expect(UMIKAZE)], subject="【海風ホテル】" + SUBJ,
+    note="subject: CP932 bytes in an encoded word labelled ISO-2022-JP; the header filter must still see a request")
 
 
 def main() -> None:
