@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.cases import State, WAITING
+from bot.cases import WAITING, State
 from bot.faults import maybe_crash
 from bot.runtime import Bot
 from bot.store import now_iso

@@ -22,12 +22,21 @@ import time
 from pathlib import Path
 
 import pytest
+from workerkit import (
+    IMAP_PASSWORD,
+    cases,
+    deliveries,
+    dkimbot,
+    publish_dkim,
+    publish_dmarc_spf,
+    received_for,
+    request_mail,
+    setup_domain,
+    setup_saas_zone,
+    write_config,
+)
 
 from bot.faults import POINTS
-from workerkit import (
-    SUPPORT_ADDRESS, IMAP_PASSWORD, cases, deliveries, dkimbot, publish_dkim, publish_dmarc_spf,
-    received_for, request_mail, setup_domain, setup_saas_zone, write_config,
-)
 
 pytestmark = pytest.mark.servers
 

@@ -4,7 +4,7 @@ event and queued mail kept; a failing migration changes nothing; a newer schema 
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from bot import store as store_mod
 from bot.store import MIGRATIONS, SCHEMA_VERSION, Store
 
-NOW = datetime(2026, 5, 1, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 
 
 def _old_database(path: Path, version: int = 1) -> None:

@@ -9,28 +9,36 @@ from __future__ import annotations
 import email.policy
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from workerkit import (
+    IMAP_PASSWORD,
+    STAFF,
+    SUPPORT_ADDRESS,
+    body_of,
+    publish_dkim,
+    received_for,
+    request_mail,
+    setup_domain,
+    setup_saas_zone,
+    write_config,
+)
 
 from bot import cases as sm
 from bot.config import ConfigError, load_config
 from bot.digest import META_KEY
 from bot.jobs import run_pass
 from bot.runtime import Bot
-from workerkit import (
-    IMAP_PASSWORD, STAFF, SUPPORT_ADDRESS, body_of, publish_dkim, received_for, request_mail,
-    setup_domain, setup_saas_zone, write_config,
-)
 
 pytestmark = pytest.mark.servers
 
 
 class Clock:
     def __init__(self) -> None:
-        self.start = datetime.now(timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
+        self.start = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0)
         self.now = self.start
 
     def __call__(self) -> datetime:
@@ -224,7 +232,7 @@ def test_the_daily_digest_goes_once_a_day_and_tells_what_staff_must_see(
 def test_dkimbot_digest_prints_or_sends_now(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[outbound]\nkind = "directory"\n[state]\ndir = "{tmp_path}/state"\n')
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bot", "--config", str(cfg), *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bot", "--config", str(cfg), *a],
                                     capture_output=True, timeout=60)
     r = run("digest", "--print")
     assert r.returncode == 0 and r.stdout.startswith(b"Subject: dkimbot daily digest")

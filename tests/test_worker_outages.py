@@ -18,15 +18,24 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from workerkit import (
+    IMAP_PASSWORD,
+    cases,
+    deliveries,
+    dkimbot,
+    publish_dkim,
+    received_for,
+    request_mail,
+    setup_domain,
+    setup_saas_zone,
+    start_dkimbot,
+    write_config,
+)
 
 from bot import faults
 from bot.config import load_config
 from bot.jobs import run_pass
 from bot.runtime import Bot, utcnow
-from workerkit import (
-    IMAP_PASSWORD, cases, deliveries, dkimbot, publish_dkim, received_for, request_mail,
-    setup_domain, setup_saas_zone, start_dkimbot, write_config,
-)
 
 pytestmark = pytest.mark.servers
 

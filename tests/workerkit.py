@@ -166,7 +166,23 @@ def deliveries(cfg: Path, smtp: Any, ref: str) -> Delivery:
 
 
 __all__ = [
-    "SAAS_ZONE", "STAFF", "SUPPORT_ADDRESS", "IMAP_PASSWORD", "request_mail", "body_of", "boxes",
-    "write_config", "dkimbot", "start_dkimbot", "cases", "show", "setup_domain", "setup_saas_zone",
-    "received_for", "publish_dkim", "publish_dmarc_spf", "deliveries", "Delivery",
+    "IMAP_PASSWORD",
+    "SAAS_ZONE",
+    "STAFF",
+    "SUPPORT_ADDRESS",
+    "Delivery",
+    "body_of",
+    "boxes",
+    "cases",
+    "deliveries",
+    "dkimbot",
+    "publish_dkim",
+    "publish_dmarc_spf",
+    "received_for",
+    "request_mail",
+    "setup_domain",
+    "setup_saas_zone",
+    "show",
+    "start_dkimbot",
+    "write_config",
 ]
