@@ -99,8 +99,8 @@ def hint(provider: Provider, records: Sequence[Mapping[str, str]]) -> dict[str, 
     """What this panel wants, for the record mail's step 1: ``text`` (sentences, one
     point each) and ``paste`` (lines to paste exactly, never indented by the template).
     ``records`` are the record boxes (fqdn, host_label, value)."""
-    text = [f"御社のドメインのDNSは「{provider.name}」で管理されているようです"
-            f"（DNSサーバー名から判断しました）。{provider.panel}で登録してください。"]
+    text = [(f"御社のドメインのDNSは「{provider.name}」で管理されているようです"
+            f"（DNSサーバー名から判断しました）。{provider.panel}で登録してください。")]
     copy: list[str] = []
     labels = "」「".join(r["host_label"] for r in records)
     long = [r for r in records if len(r["value"].encode()) > 255]

@@ -88,8 +88,8 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
                                  (now_iso(now), domain, sel))
         updated = []
         for c in group:
-            fields: dict[str, Any] = dict(selector=new[0], selectors=new, last_notice=None, next_check_at=due,
-                                          reminders_sent=0)
+            fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,
+                                          "reminders_sent": 0}
             if c.state == State.ESCALATED:
                 fields.update(state=State.AWAITING_DKIM, state_since=now, resume_state=None)
             else:

@@ -21,14 +21,13 @@ import json
 import os
 import secrets
 from collections import Counter
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import SUPPORT_ADDRESS
 from test_dnscheck_bind import raw_update
 from test_e2e import boxes, request_mail
@@ -140,7 +139,7 @@ dir = "{tmp_path / 'state'}"
         msg["From"] = f"山田 太郎 <yamada@{self.domain}>"
         msg["To"] = SUPPORT_ADDRESS
         msg["Subject"] = "Re: " + str(self.last_mail["Subject"])
-        msg["Date"] = format_datetime(datetime.now(timezone.utc))
+        msg["Date"] = format_datetime(datetime.now(UTC))
         msg["Message-ID"] = make_msgid(domain=self.domain)
         msg["In-Reply-To"] = msg["References"] = str(self.last_mail["Message-ID"])
         msg.set_content(text, charset="iso-2022-jp")
