@@ -22,13 +22,6 @@ from bot.store import CaseRow
 log = logging.getLogger("dkimbot")
 
 
-def _expected_key(bot: Bot, case: CaseRow) -> str:
-    for k in bot.store.domain_keys(case.domain or ""):
-        if k["selector"] == case.selector:
-            return str(k["public_b64"])
-    raise LookupError(f"{case.ref}: no stored key for {case.domain}/{case.selector}")
-
-
 def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
     """Check every due case; each domain is checked once per pass, domains concurrently.
 
