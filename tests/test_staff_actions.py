@@ -90,7 +90,7 @@ def test_resend_cancel_and_retry_are_recorded_and_do_what_they_say(tmp_path, dov
     assert r.returncode == 0, r.stderr.decode()
     replies = received_for(smtp, domain)
     assert len(replies) == 2
-    value_line = [ln for ln in body_of(first.raw).splitlines() if "p=" in ln][0]
+    value_line = next(ln for ln in body_of(first.raw).splitlines() if "p=" in ln)
     assert value_line in body_of(replies[1].raw)
     kinds = [e["kind"] for e in show(cfg, ref)["events"]]
     assert kinds.count("staff_resend") == 1
