@@ -44,9 +44,11 @@ def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
 
 
 def _addressees(names: list[str | None]) -> list[str]:
+    # A case without a facility name (a request whose fields were not found) is greeted
+    # with "ご担当者様" alone; the template adds the name in front when there is one.
     out: list[str] = []
     for n in names:
-        n = n or "ご担当者"
+        n = n or ""
         if n not in out:
             out.append(n)
     return out

@@ -130,11 +130,12 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     parsed = parse_message(raw, own_addresses=[cfg.service.support_address])
     store = bot.store
     with store.transaction():
-        if store.is_handled(key, parsed.message_id):
-            store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate")
+        if store.is_handled(key, parsed.message_id, parsed.fingerprint):
+            store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
+            log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
             return "duplicate"
         outcome = _decide_message(bot, parsed)
-        store.mark_handled(key, parsed.message_id, bot.clock(), outcome)
+        store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
         maybe_crash("message.decided")
     maybe_crash("message.committed")
     log.info("message %s: %s", parsed.message_id or key, outcome)

@@ -31,8 +31,8 @@ def note_oversized(bot: Bot, key: str, size: int, header: bytes) -> str:
     parsed = parse_message(head, own_addresses=[cfg.service.support_address])
     now = bot.clock()
     with store.transaction():
-        if store.is_handled(key, parsed.message_id):
-            store.mark_handled(key, parsed.message_id, now, "duplicate")
+        if store.is_handled(key, parsed.message_id, parsed.fingerprint):
+            store.mark_handled(key, parsed.message_id, now, "duplicate", parsed.fingerprint)
             return "duplicate"
         if parsed.no_reply_reason:
             outcome = f"ignored: {parsed.no_reply_reason} (too large to read: {size} bytes)"
@@ -52,6 +52,6 @@ def note_oversized(bot: Bot, key: str, size: int, header: bytes) -> str:
                                "(or raise [intake] max_message_bytes).",
                 "diagnoses": [],
             }, staff_only=True)
-        store.mark_handled(key, parsed.message_id, now, outcome)
+        store.mark_handled(key, parsed.message_id, now, outcome, parsed.fingerprint)
     log.warning("message %s (%s): %s", key, parsed.message_id, outcome)
     return outcome

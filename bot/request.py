@@ -10,6 +10,7 @@ Charset and MIME handling lives in ``bot/mailtext.py``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Collection, Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "Facility",
     "FieldProblem",
     "ParsedMail",
+    "message_fingerprint",
     "parse_facilities",
     "parse_message",
     "subject_is_request",
@@ -86,6 +88,10 @@ class ParsedMail:
     case_refs: tuple[str, ...]  # "DKIM-0007" references found in the subject
     body_text: str
     facilities: tuple[Facility, ...]
+    # What makes this mail this mail, beyond its Message-ID: some mailers and web forms
+    # reuse one Message-ID for every mail, so "seen this Message-ID" alone would drop a
+    # different request. Copies of one mail (an alias, a UIDVALIDITY re-read) share it.
+    fingerprint: str = ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,6 +514,16 @@ def _address(value: str | None) -> str | None:
     return None
 
 
+def message_fingerprint(date: str | None, from_addr: str | None, subject: str, body: str) -> str:
+    """A digest of what a person wrote and when: the Date header, sender, subject and the
+    decoded body text with whitespace collapsed. Transfer encoding, Received lines and
+    other relay-added headers do not change it, so two copies of one mail agree; two
+    different mails that share a Message-ID do not."""
+    parts = [re.sub(r"\s+", " ", date or "").strip(), from_addr or "", subject,
+             re.sub(r"\s+", " ", body).strip()]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedMail:
     """Read one mail. Never raises on malformed input: whatever cannot be read is empty.
 
@@ -536,4 +552,5 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedM
         case_refs=_case_refs(subject),
         body_text=body,
         facilities=facilities,
+        fingerprint=message_fingerprint(_first(headers, "date"), from_addr, subject, body),
     )

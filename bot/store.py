@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -99,6 +99,13 @@ MIGRATIONS: dict[int, str] = {
         detail TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX rotations_due ON rotations(status, next_check_at);
+    """,
+    # A handled mail is known by its Message-ID *and* what it says (request.py:
+    # message_fingerprint): a Message-ID reused for a different mail is a new mail.
+    # Rows from before keep NULL and still match by Message-ID alone.
+    3: """
+    ALTER TABLE handled ADD COLUMN fingerprint TEXT;
+    CREATE INDEX handled_fingerprint ON handled(fingerprint);
     """,
 }
 
@@ -400,19 +407,37 @@ class Store:
 
     # -- handled messages -------------------------------------------------------------------
 
-    def is_handled(self, key: str, message_id: str | None) -> bool:
+    def is_handled(self, key: str, message_id: str | None, fingerprint: str | None = None) -> bool:
+        """Was this mailbox entry, or another copy of the same mail, handled already?
+
+        A copy is the same Message-ID with the same fingerprint (or a row recorded before
+        fingerprints, or a caller that has none); without a Message-ID, the fingerprint
+        alone. The same Message-ID on a mail that says something else is not a copy:
+        some mailers reuse one Message-ID, and dropping such a mail loses a request.
+        """
         if self.db.execute("SELECT 1 FROM handled WHERE key=?", (key,)).fetchone():
             return True
-        if message_id and self.db.execute(
-            "SELECT 1 FROM handled WHERE message_id=?", (message_id,)
-        ).fetchone():
-            return True
+        if message_id:
+            if fingerprint is None:
+                row = self.db.execute("SELECT 1 FROM handled WHERE message_id=?", (message_id,)).fetchone()
+            else:
+                row = self.db.execute(
+                    "SELECT 1 FROM handled WHERE message_id=? AND (fingerprint IS NULL OR fingerprint=?)",
+                    (message_id, fingerprint),
+                ).fetchone()
+            return row is not None
+        if fingerprint:
+            return self.db.execute(
+                "SELECT 1 FROM handled WHERE message_id IS NULL AND fingerprint=?", (fingerprint,)
+            ).fetchone() is not None
         return False
 
-    def mark_handled(self, key: str, message_id: str | None, now: datetime, outcome: str) -> None:
+    def mark_handled(self, key: str, message_id: str | None, now: datetime, outcome: str,
+                     fingerprint: str | None = None) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO handled (key, message_id, handled_at, outcome) VALUES (?, ?, ?, ?)",
-            (key, message_id, now_iso(now), outcome),
+            "INSERT OR IGNORE INTO handled (key, message_id, handled_at, outcome, fingerprint) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, message_id, now_iso(now), outcome, fingerprint),
         )
 
     # -- outbox -----------------------------------------------------------------------------
