@@ -239,6 +239,17 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
         pass
+    from bot.keys import validate_domain, validate_selector
+
+    # A typo ("hotel sakura.jp", "info@hotel.jp") is named as such, not sent to DNS
+    # and reported back as a DNS error.
+    try:
+        validate_domain(domain)
+        if args.selector is not None:
+            validate_selector(args.selector)
+    except ValueError as exc:
+        print(f"dkimbot: {args.domain!r} cannot be checked: {exc}", file=sys.stderr)
+        return 2
     selector = args.selector
     expected = None
     db = cfg.state_dir / "dkimbot.sqlite3"

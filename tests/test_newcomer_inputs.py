@@ -98,3 +98,14 @@ def test_a_request_without_readable_fields_is_greeted_without_a_doubled_title(en
     [reply] = received_for(smtp, domain)
     first_line = body_of(reply.raw).lstrip("\n").splitlines()[0]
     assert first_line == "ご担当者様"
+
+
+@pytest.mark.parametrize("typed", ["hotel sakura.test", "info@hotel-sakura.test", "localhost"])
+def test_check_names_a_typo_instead_of_reporting_a_dns_error(tmp_path, typed):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[dns]\nnameservers = ["127.0.0.1"]\nport = 9\ntimeout = 0.5\n'
+                   f'[state]\ndir = "{tmp_path / "state"}"\n', encoding="utf-8")
+    r = dkimbot(cfg, "check", typed)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b""
+    assert f"{typed!r} cannot be checked" in err and "Traceback" not in err
