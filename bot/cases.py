@@ -196,6 +196,10 @@ def decide(
         decision.notice = None
         if next_state == State.ESCALATED:
             decision.resume_state = state
+        if "dkim_active" in mails and report is not None:
+            # dkim_active already names a wrong DMARC record and boxes its fix: the check
+            # chained right after it must not mail the same ask again as dmarc_problem.
+            decision.notice = notice_signature(Event.DMARC_WRONG, report)
     signature = notice_signature(event, report)
     for kind in mails:
         if kind in PROBLEM_MAILS:

@@ -184,8 +184,8 @@ def _final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
     policy = dmarc_found.get("policy") or (dmarc_found.get("tags") or {}).get("p", "")
     return [
         {"name": "SPF", "ok": report.spf.ok, "text": text(report.spf, "弊社の送信サーバーが許可されています。")},
-        {"name": "DKIM", "ok": report.dkim.ok, "text": text(report.dkim, f"セレクタ {case.selector} の公開鍵が正しく公開されています。")},
-        {"name": "DMARC", "ok": report.dmarc.ok, "text": text(report.dmarc, f"ポリシー p={policy} のレコードが公開されています。")},
+        {"name": "DKIM", "ok": report.dkim.ok, "text": text(report.dkim, f"DKIMの公開鍵（{case.selector}._domainkey.{case.domain}）が正しく公開されています。")},
+        {"name": "DMARC", "ok": report.dmarc.ok, "text": text(report.dmarc, f"DMARCのレコード（p={policy}）が正しく公開されています。")},
         {"name": "DMARCアライメント", "ok": report.alignment.ok,
          "text": text(report.alignment, f"DKIM署名のドメインと送信元アドレスのドメイン（{case.domain}）が一致しています。")},
     ]
@@ -207,8 +207,9 @@ def _fix_boxes(report: Any, case: CaseRow) -> list[dict[str, str]]:
 def _enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: tuple[bool, str] | None) -> None:
     if kind == "dkim_problem":
         truncated = any(d.code == "dkim_truncated" for d in report.dkim.diagnoses)
-        hint = ("お使いのDNS管理画面では、長い値が途中で切れてしまうようです。短い鍵（1024ビット）"
-                "をご希望の場合は、このメールに「短い鍵希望」とご返信ください。" if truncated else "")
+        # The diagnosis explains the short-key offer; the step only says how to take it up.
+        hint = ("（DNSの管理画面で値が途中で切れてしまう場合は、2.の代わりに「短い鍵希望」と"
+                "ご返信ください）" if truncated else "")
         ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot, case), "extra_hint": hint}
     elif kind == "dkim_active":
         servers = sorted((getattr(report.dkim, "found", {}) or {}).get("servers", {}) or [])
@@ -238,14 +239,6 @@ def _enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: 
 
 # -- reminders -------------------------------------------------------------------------------
 
-_WAITING_FOR = {
-    State.NEEDS_INFO: "お申し込み内容のご確認",
-    State.AWAITING_DKIM: "DKIMレコード（公開鍵）のDNSへの登録",
-    State.AWAITING_DMARC: "DMARCレコードのDNSへの登録",
-    State.AWAITING_FINAL: "最終確認で見つかった点の修正",
-}
-
-
 def remind_due_once(bot: Bot) -> int:
     cfg = bot.cfg
     now = bot.clock()
@@ -262,12 +255,10 @@ def remind_due_once(bot: Bot) -> int:
             if event == Event.REMINDER_DUE:
                 updated = bot.store.update_case(case.id, now, reminders_sent=case.reminders_sent + 1)
                 bot.store.add_event(case.id, now, "reminder", detail={"number": updated.reminders_sent})
-                records = key_records(bot, case) if case.state == State.AWAITING_DKIM else []
-                enqueue_mail(bot, "reminder", [updated], {
-                    "reminder_number": updated.reminders_sent,
-                    "waiting_for": _WAITING_FOR[State(case.state)],
-                    "records": records, "diagnoses": [],
-                })
+                from bot.reminders import reminder_context
+
+                # The record box(es) and the last findings, so the reminder alone suffices.
+                enqueue_mail(bot, "reminder", [updated], reminder_context(bot, updated, updated.reminders_sent))
             else:
                 updated = bot.store.update_case(
                     case.id, now, state=State.ESCALATED, state_since=now,
