@@ -17,7 +17,7 @@ from typing import Any
 
 import dkim
 
-from conftest import SUPPORT_ADDRESS
+from configkit import server_config
 from test_e2e import body_of, boxes, request_mail, zone_file_strings
 
 __all__ = ["body_of", "boxes", "request_mail", "zone_file_strings", "Clock", "write_config",
@@ -60,58 +60,11 @@ def write_config(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any, *, mailbox:
     dovecot.reset(mailbox)
     sched = {"check_interval_seconds": 0, "reminder_after_hours": 720, "max_reminders": 2,
              **(schedule or {})}
-    key_cfg = {"bits": 1024, **(keys or {})}
-
-    def toml(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
-        return str(v)
-
-    cfg = tmp_path / "dkimbot.toml"
-    cfg.write_text(
-        f"""
-[service]
-support_address = "{SUPPORT_ADDRESS}"
-staff_cc = ["{STAFF}"]
-sending_ips = ["203.0.113.10"]
-spf_include = "_spf.{SAAS}"
-dmarc_rua = "mailto:dmarc@{SAAS}"
-max_mails_per_case_per_day = 20
-
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{mailbox}"
-password_env = "K5_IMAP_PASSWORD"
-folder = "INBOX"
-timeout = 10
-
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-timeout = 10
-
-[dns]
-nameservers = ["{bind.host}"]
-port = {dns_port or bind.port}
-timeout = {dns_timeout}
-
-[keys]
-{chr(10).join(f"{k} = {toml(v)}" for k, v in key_cfg.items())}
-
-[schedule]
-{chr(10).join(f"{k} = {toml(v)}" for k, v in sched.items())}
-
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
+    cfg = server_config(
+        tmp_path, dovecot, bind, smtp, saas_zone=SAAS, username=mailbox, dns_port=dns_port,
+        dns_timeout=dns_timeout, keys={"bits": 1024, **(keys or {})}, schedule=sched,
+        service_extra={"max_mails_per_case_per_day": 20},
+        intake_extra={"password_env": "K5_IMAP_PASSWORD"},
     )
     os.environ["K5_IMAP_PASSWORD"] = MAILBOX_PASSWORD
     return cfg

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from configkit import server_config
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 
 pytestmark = pytest.mark.servers
@@ -34,47 +35,7 @@ SAAS_ZONE = "yoyakuban-saas.test"
 
 def write_config(tmp_path: Path, dovecot, bind, smtp, saas_zone: str = "yoyakuban-saas.test", **schedule) -> Path:
     sched = {"check_interval_seconds": 0, "reminder_after_hours": 72, "max_reminders": 2, **schedule}
-    cfg = tmp_path / "dkimbot.toml"
-    cfg.write_text(
-        f"""
-[service]
-support_address = "{SUPPORT_ADDRESS}"
-staff_cc = ["{STAFF}"]
-sending_ips = ["203.0.113.10"]
-spf_include = "_spf.{saas_zone}"
-dmarc_rua = "mailto:dmarc@{saas_zone}"
-
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{SUPPORT_ADDRESS}"
-password_env = "TEST_IMAP_PASSWORD"
-folder = "INBOX"
-timeout = 10
-
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-timeout = 10
-
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 2.0
-
-[schedule]
-{chr(10).join(f"{k} = {v}" for k, v in sched.items())}
-
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
-    return cfg
+    return server_config(tmp_path, dovecot, bind, smtp, saas_zone=saas_zone, schedule=sched)
 
 
 def dkimbot(cfg: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:

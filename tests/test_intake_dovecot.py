@@ -25,6 +25,7 @@ from bot.config import load_config
 from bot.jobs import run_pass
 from bot.request import parse_message
 from bot.runtime import Bot
+from configkit import server_config
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 from test_e2e import body_of, boxes, dkimbot, status
 
@@ -37,53 +38,13 @@ STAFF = "staff@489ban.net"
 def write_config(tmp_path: Path, dovecot, bind, smtp, *, service: str = "", intake: str = "",
                  check_interval: int = 86400, folder: str = "INBOX") -> Path:
     """The e2e test's config; a long check interval so only replies trigger a check."""
-    cfg = tmp_path / "dkimbot.toml"
-    cfg.write_text(
-        f"""
-[service]
-support_address = "{SUPPORT_ADDRESS}"
-staff_cc = ["{STAFF}"]
-sending_ips = ["203.0.113.10"]
-spf_include = "_spf.yoyakuban-saas.test"
-{service}
-
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{SUPPORT_ADDRESS}"
-password_env = "TEST_IMAP_PASSWORD"
-password = "{SUPPORT_PASSWORD}"
-folder = "{folder}"
-timeout = 10
-{intake}
-
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-timeout = 10
-
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 2.0
-
-[keys]
-bits = 1024
-
-[schedule]
-check_interval_seconds = {check_interval}
-reminder_after_hours = 72
-
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
+    return server_config(
+        tmp_path, dovecot, bind, smtp, saas_zone="yoyakuban-saas.test", keys={"bits": 1024},
+        service_extra={"dmarc_rua": False},
+        intake_extra={"password": SUPPORT_PASSWORD, "folder": folder},
+        schedule={"check_interval_seconds": check_interval, "reminder_after_hours": 72},
+        raw={"service": service, "intake": intake},  # TOML lines the test adds
     )
-    return cfg
 
 
 def one_pass(cfg_path: Path, clock=None) -> None:

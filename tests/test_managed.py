@@ -13,6 +13,7 @@ import pytest
 from bot.config import load_config
 from bot.intake import MaildirMailbox
 from bot.jobs import Bot, run_pass
+from configkit import dns, service, smtp_out, write_toml
 from test_e2e import body_of, request_mail
 
 pytestmark = pytest.mark.servers
@@ -26,32 +27,14 @@ def test_a_managed_domain_is_published_by_the_bot_and_completes(tmp_path, bind, 
     bind.add_zone(saas)
     bind.update(saas, "_spf", "TXT", ["v=spf1 ip4:203.0.113.10 -all"])
     smtp.clear()
-    cfg_file = tmp_path / "c.toml"
-    cfg_file.write_text(
-        f"""
-[service]
-support_address = "support@489ban.net"
-staff_cc = ["staff@489ban.net"]
-spf_include = "_spf.{saas}"
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 2.0
-managed_nameservers = [".{domain}"]
-tsig_key_name = "{bind.tsig_key_name}"
-tsig_secret = "{bind.tsig_secret}"
-[schedule]
-check_interval_seconds = 0
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
+    cfg_file = write_toml(tmp_path / "c.toml", {
+        "service": service(spf_include=f"_spf.{saas}"),
+        "outbound": smtp_out(smtp, timeout=None),
+        "dns": dns(bind, managed_nameservers=[f".{domain}"], tsig_key_name=bind.tsig_key_name,
+                   tsig_secret=bind.tsig_secret),
+        "schedule": {"check_interval_seconds": 0},
+        "state": {"dir": str(tmp_path / "state")},
+    })
     cfg = load_config(cfg_file)
     bot = Bot.open(cfg)
     MaildirMailbox(cfg.state_path(cfg.intake.maildir)).deliver(request_mail(domain, f"<r-{tag}@{domain}>"))
@@ -86,27 +69,13 @@ def test_a_domain_on_other_name_servers_gets_the_normal_instructions(tmp_path, b
     domain = f"selfrun-{tag}.test"
     bind.add_zone(domain)
     smtp.clear()
-    cfg_file = tmp_path / "c.toml"
-    cfg_file.write_text(
-        f"""
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-managed_nameservers = [".489ban.net"]
-tsig_key_name = "{bind.tsig_key_name}"
-tsig_secret = "{bind.tsig_secret}"
-[schedule]
-check_interval_seconds = 3600
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
+    cfg_file = write_toml(tmp_path / "c.toml", {
+        "outbound": smtp_out(smtp, timeout=None),
+        "dns": dns(bind, timeout=None, managed_nameservers=[".489ban.net"],
+                   tsig_key_name=bind.tsig_key_name, tsig_secret=bind.tsig_secret),
+        "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state")},
+    })
     cfg = load_config(cfg_file)
     bot = Bot.open(cfg)
     MaildirMailbox(cfg.state_path(cfg.intake.maildir)).deliver(request_mail(domain, f"<r-{tag}@{domain}>"))

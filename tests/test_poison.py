@@ -13,6 +13,7 @@ import pytest
 
 from bot.config import DEFAULT_TEMPLATES_DIR, load_config
 from bot.jobs import Bot, run_pass
+from configkit import imap, service, smtp_out, write_toml
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 from test_e2e import request_mail
 
@@ -20,32 +21,13 @@ pytestmark = pytest.mark.servers
 
 
 def make_bot(tmp_path: Path, dovecot, smtp, templates: Path) -> Bot:
-    cfg_file = tmp_path / "c.toml"
-    cfg_file.write_text(
-        f"""
-[service]
-support_address = "{SUPPORT_ADDRESS}"
-staff_cc = ["staff@489ban.net"]
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{SUPPORT_ADDRESS}"
-password = "{SUPPORT_PASSWORD}"
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-[schedule]
-check_interval_seconds = 3600
-[state]
-dir = "{tmp_path / 'state'}"
-templates_dir = "{templates}"
-""",
-        encoding="utf-8",
-    )
+    cfg_file = write_toml(tmp_path / "c.toml", {
+        "service": service(),
+        "intake": imap(dovecot, password_env=None, timeout=None, folder=None, password=SUPPORT_PASSWORD),
+        "outbound": smtp_out(smtp, timeout=None),
+        "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state"), "templates_dir": str(templates)},
+    })
     return Bot.open(load_config(cfg_file))
 
 

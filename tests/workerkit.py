@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from configkit import server_config
 from conftest import SUPPORT_ADDRESS
 from test_e2e import body_of, boxes, request_mail, zone_file_strings
 
@@ -25,50 +26,8 @@ def write_config(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any, *, imap_use
                  dns_timeout: float = 1.0, **schedule: Any) -> Path:
     """A config on the real servers; 1024-bit keys so a pass stays quick."""
     sched = {"check_interval_seconds": 0, "reminder_after_hours": 72, "max_reminders": 2, **schedule}
-    cfg = tmp_path / "dkimbot.toml"
-    cfg.write_text(
-        f"""
-[service]
-support_address = "{SUPPORT_ADDRESS}"
-staff_cc = ["{STAFF}"]
-sending_ips = ["203.0.113.10"]
-spf_include = "_spf.{SAAS_ZONE}"
-dmarc_rua = "mailto:dmarc@{SAAS_ZONE}"
-
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{imap_user}"
-password_env = "TEST_IMAP_PASSWORD"
-folder = "INBOX"
-timeout = 5
-
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-timeout = 5
-
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = {dns_timeout}
-
-[keys]
-bits = 1024
-
-[schedule]
-{chr(10).join(f"{k} = {json.dumps(v)}" for k, v in sched.items())}
-
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
-    return cfg
+    return server_config(tmp_path, dovecot, bind, smtp, saas_zone=SAAS_ZONE, username=imap_user,
+                         io_timeout=5, dns_timeout=dns_timeout, keys={"bits": 1024}, schedule=sched)
 
 
 def dkimbot_env(**extra: str) -> dict[str, str]:
