@@ -65,6 +65,9 @@ class IntakeConfig:
     maildir: str = "inbox"  # relative to the state dir
     timeout: float = 30.0
     max_message_bytes: int = 20 * 1024 * 1024
+    # A mail naming more facilities than this goes to staff instead of making that many
+    # keys at once (a pasted spreadsheet, or a hostile mail).
+    max_facilities_per_mail: int = 50
     header_batch: int = 500
 
 

@@ -149,13 +149,26 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
     cfg = bot.cfg
     store = bot.store
     now = bot.clock()
-    requester = parsed.from_addr
+    requester = parsed.reply_address
     thread_refs = [*parsed.references, *([parsed.message_id] if parsed.message_id else [])]
     base = dict(requester=requester, thread_root=parsed.message_id,
                 thread_last=parsed.message_id, thread_refs=thread_refs[-30:])
     items: list[dict[str, Any]] = []
     touched: list[CaseRow] = []
     facilities = list(parsed.facilities)
+    limit = cfg.intake.max_facilities_per_mail
+    if limit and len(facilities) > limit:
+        enqueue_mail(bot, "staff_escalation", [], {
+            "reason_title": f"a request names {len(facilities)} facilities",
+            "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
+                      f"{len(facilities)} facilities, over [intake] max_facilities_per_mail = {limit}. "
+                      "No case and no key was made; the mail is left in the mailbox untouched.",
+            "decide_hint": "Check the mail. If it is genuine, ask the sender to send it in parts "
+                           f"of at most {limit} facilities (or raise the limit for the next ones).",
+            "diagnoses": []}, staff_only=True)
+        log.warning("request %s names %d facilities (limit %d): handed to staff",
+                    parsed.message_id, len(facilities), limit)
+        return
     if not facilities:
         from bot.request import Facility, FieldProblem, FIELDS
 

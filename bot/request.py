@@ -92,6 +92,14 @@ class ParsedMail:
     # reuse one Message-ID for every mail, so "seen this Message-ID" alone would drop a
     # different request. Copies of one mail (an alias, a UIDVALIDITY re-read) share it.
     fingerprint: str = ""
+    # Where the sender asked replies to go (web forms send From: noreply@… with the
+    # person in Reply-To); None when absent or the same as From.
+    reply_to: str | None = None
+
+    @property
+    def reply_address(self) -> str | None:
+        """The address a reply to this mail goes to: Reply-To, else From."""
+        return self.reply_to or self.from_addr
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,6 +542,7 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedM
     headers = _headers(msg)
     subject = re.sub(r"\s+", " ", decode_header_value(_first(headers, "subject"))).strip()
     from_addr = _address(_first(headers, "from"))
+    reply_to = _address(_first(headers, "reply-to"))
     message_id_match = _MSG_ID.search(_first(headers, "message-id") or "")
     in_reply_to_match = _MSG_ID.search(_first(headers, "in-reply-to") or "")
     references = tuple(_MSG_ID.findall(" ".join(headers.get("references", []))))
@@ -553,4 +562,5 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedM
         body_text=body,
         facilities=facilities,
         fingerprint=message_fingerprint(_first(headers, "date"), from_addr, subject, body),
+        reply_to=reply_to if reply_to and reply_to != from_addr and reply_to not in own else None,
     )
