@@ -126,9 +126,10 @@ def parse_dmarc(text: str) -> DmarcRecord:
     if any(c in body for c in "\"\\"):
         rec.problems.append(DmarcProblem("", "quoted"))
         body = body.replace("\\", "").replace('"', "").strip()
-    specs = [s.strip() for s in body.split(";")]
-    if specs and specs[-1] == "":
-        specs.pop()  # one trailing ";" is allowed by the ABNF
+    # Empty parts (a trailing ";", or ";;" inside) are skipped: the ABNF allows only one
+    # trailing separator, but receivers (Gmail, OpenDMARC) accept either, so telling a
+    # clerk to fix it would cost them a DNS change for nothing.
+    specs = [s.strip() for s in body.split(";") if s.strip()]
     for i, spec in enumerate(specs):
         name, sep, value = spec.partition("=")
         name, value = name.strip().lower(), value.strip()
