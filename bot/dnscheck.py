@@ -258,18 +258,29 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
         return "missing"
     if len(records) > 1:
         joined = None
-        if expected:
+        # One record already right on its own: the others (an empty one, an old key) are
+        # extra, and "merge them" would be the wrong advice.
+        alone = bool(expected) and any(
+            _normalize_key(parse_dkim_record(r).key) == expected for r in records)
+        if expected and not alone:
             # Two records each holding half the value: the panel split it into records
             # instead of strings of one record.
             for a in records:
                 for b in records:
-                    if a is not b and _normalize_key(parse_dkim_record(a + b).key) == expected:
+                    if (a is not b and a.strip() and b.strip()
+                            and _normalize_key(parse_dkim_record(a + b).key) == expected):
                         joined = True
+        if alone:
+            advice = ("正しいレコードのほかに、余分なレコード（空のレコードや古いレコードなど）があります。"
+                      "「v=DKIM1」から始まる正しい1件だけを残し、ほかのレコードは削除してください。")
+        elif joined:
+            advice = "値が2件のレコードに分かれて登録されているようです。1件のレコードにまとめて登録し直してください。"
+        else:
+            advice = "古いレコードや誤って追加したレコードを削除してください。"
         add("dkim_multiple_records",
             f"{name} に TXT レコードが {len(records)} 件登録されています。DKIM のレコードは1件だけにしてください。"
-            + ("値が2件のレコードに分かれて登録されているようです。1件のレコードにまとめて登録し直してください。"
-               if joined else "古いレコードや誤って追加したレコードを削除してください。"),
-            records=[str(r) for r in records], split_into_records=bool(joined))
+            + advice,
+            records=[str(r) for r in records], split_into_records=bool(joined), one_is_right=alone)
         return "bad"
     rec = parse_dkim_record(records[0])
     v = _judge_record(rec, expected)

@@ -173,6 +173,14 @@ def test_a_record_split_into_two_records_is_recognised(bind, dnscfg, zone):
     assert dkim_check(dnscfg, zone).diagnoses[0].detail["split_into_records"] is True
 
 
+def test_an_empty_record_beside_the_right_one_is_called_extra_not_split(bind, dnscfg, zone):
+    bind.update(zone, f"{SEL}._domainkey", "TXT", [strings(RECORD), ""])
+    d = dkim_check(dnscfg, zone).diagnoses[0]
+    assert d.code == "dkim_multiple_records"
+    assert d.detail["split_into_records"] is False and d.detail["one_is_right"] is True
+    assert "余分なレコード" in d.message and "まとめて" not in d.message
+
+
 def test_only_some_name_servers_have_it(bind, dnscfg, zone):
     bind.update(zone, f"{SEL}._domainkey", "TXT", [strings(RECORD)], servers=["127.0.0.1"])
     res = dkim_check(dnscfg, zone)
