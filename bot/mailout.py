@@ -43,6 +43,20 @@ class TemplateError(Exception):
     """A template is missing or broken; the message names the file."""
 
 
+def show_domain(domain: str | None) -> str:
+    """A domain as a clerk recognises it: an IDN gets its Japanese form first, with the
+    ASCII (xn--) form that some DNS panels want beside it."""
+    if not domain:
+        return ""
+    if "xn--" not in domain:
+        return domain
+    try:
+        unicode = domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        return domain
+    return f"{unicode}（{domain}）"
+
+
 class MailRenderer:
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
@@ -63,6 +77,7 @@ class MailRenderer:
                 lstrip_blocks=True,
                 autoescape=False,
             )
+            self._env.filters["show_domain"] = show_domain
         return self._env
 
     def render(self, kind: str, context: dict[str, Any]) -> tuple[str, str]:
