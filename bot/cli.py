@@ -132,6 +132,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return _rekey(bot, case, args.bits)
         from bot import jobs
 
+        refusal = _staff_refusal(args.command, case)
+        if refusal:
+            print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
+            return 1
         with pass_lock(cfg, wait=True):
             if args.command == "cancel":
                 case = jobs.staff_cancel(bot, case)
@@ -144,6 +148,19 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     finally:
         bot.close()
+
+
+def _staff_refusal(command: str, case: Any) -> str | None:
+    """Why a staff action makes no sense for a case in its state (None: go ahead)."""
+    if command == "cancel" and case.state == "cancelled":
+        return "already cancelled"
+    if command == "retry" and case.state in ("cancelled", "rejected"):
+        return "nothing to retry; a new request from the facility starts a new case"
+    if command == "resend" and case.state in ("cancelled", "rejected"):
+        return "the case is closed; nothing is sent for it"
+    if command == "resend" and (case.state == "needs_info" or not case.selector):
+        return "there is no record to resend (no key was made for this case yet)"
+    return None
 
 
 def _rotate(bot: Any, domain: str) -> int:

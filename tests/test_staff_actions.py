@@ -114,6 +114,19 @@ def test_resend_cancel_and_retry_are_recorded_and_do_what_they_say(tmp_path, dov
     assert r.returncode == 0, r.stderr.decode()
     assert len(smtp.messages) == count and cases(cfg)[0]["state"] == "cancelled"
 
+    # Actions that make no sense now are refused with one line saying why.
+    for action, why in (("retry", "nothing to retry"), ("cancel", "already cancelled"),
+                        ("resend", "nothing is sent")):
+        r = dkimbot(cfg, action, ref)
+        assert r.returncode == 1
+        assert r.stderr.decode().strip() == f"dkimbot: {ref} is cancelled: " + {
+            "retry": "nothing to retry; a new request from the facility starts a new case",
+            "cancel": "already cancelled",
+            "resend": "the case is closed; nothing is sent for it",
+        }[action]
+        assert why in r.stderr.decode()
+    assert len(smtp.messages) == count
+
 
 def test_retry_brings_an_escalated_case_back_to_where_it_was(tmp_path, dovecot, bind, smtp):
     smtp.clear()
