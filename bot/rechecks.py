@@ -219,6 +219,20 @@ def _enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: 
     elif kind == "final_problem":
         diags = [d for a in (report.dkim, report.dmarc, report.spf, report.alignment) for d in a.diagnoses
                  if getattr(d, "severity", "error") == "error"]
+        if diags and all(d.code == "spf_not_authorized" and (d.detail or {}).get("include_present")
+                         for d in diags):
+            # The facility's SPF already includes ours and still does not pass our sending
+            # IPs: our include is wrong, not their record. Asking them would waste their day.
+            enqueue_mail(bot, "staff_escalation", [case], {
+                "reason_title": "our SPF include does not authorise our sending IPs",
+                "reason": f"{case.domain}'s SPF record includes {bot.cfg.service.spf_include}, yet "
+                          f"these sending IPs do not pass: {diags[0].detail.get('results')}.\n"
+                          f"Trace: {diags[0].detail.get('trace')}",
+                "decide_hint": "Fix the SaaS's own SPF include (or [service] sending_ips); the case "
+                               "completes by itself at the next check. The facility was not mailed.",
+                "diagnoses": diags,
+            }, staff_only=True)
+            return
         ctx = {"diagnoses": diags, "fixes": _fix_boxes(report, case)}
     elif kind == "completion_report":
         ctx = {"results": _final_rows(report, case)}
