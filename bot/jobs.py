@@ -128,6 +128,10 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
 
     cfg = bot.cfg
     parsed = parse_message(raw, own_addresses=[cfg.service.support_address])
+    # Counts and codes only: addresses and names stay out of the logs.
+    log.debug("message %s (%s): request=%s, %d facilities, case refs %s, no-reply: %s, %d bytes",
+              key, parsed.message_id, parsed.is_request, len(parsed.facilities),
+              ",".join(parsed.case_refs) or "-", parsed.no_reply_reason or "-", len(raw))
     store = bot.store
     with store.transaction():
         if store.is_handled(key, parsed.message_id, parsed.fingerprint):
@@ -194,6 +198,7 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
             with bot.store.transaction():
                 bot.store.mark_sent(row.id, bot.clock())
             maybe_crash("outbox.sent")
+            log.debug("sent %s (%s) to %d recipients", row.message_id, row.kind, len(row.recipients))
             sent += 1
     finally:
         transport.close()

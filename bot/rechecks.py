@@ -137,6 +137,8 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                 # Completed domains are watched daily (SPEC §8).
                 fields["next_check_at"] = now + timedelta(days=1)
             updated = bot.store.update_case(case.id, now, **fields)
+            log.debug("%s: checked %s: %s; next check %s", case.ref, case.domain, event.value,
+                      fields["next_check_at"].isoformat(timespec="seconds"))
             if decision.changes_state or decision.mails or event == Event.DNS_ERROR:
                 detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
                 if proof:

@@ -142,6 +142,8 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
     assert case["state"] == "awaiting_dkim" and case["domain"] == domain
     assert case["facility"] == "ホテルさくら" and case["admin_email"] == f"info@{domain}"
     ref, selector = case["case"], case["selector"]
+    updated = datetime.fromisoformat(case["updated_at"])  # ISO 8601 with its offset (SPEC §5)
+    assert updated.tzinfo is not None and abs(datetime.now(timezone.utc) - updated).total_seconds() < 300
     assert re.fullmatch(r"yoyakuban\d{6}", selector)
     assert_bot_headers(msg, to=f"yamada@{domain}", in_reply_to=request_id, ref=ref)
     body = body_of(first.raw)
