@@ -193,6 +193,23 @@ def _final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
     ]
 
 
+def sender_requirements(bot: Bot, report: Any, case: CaseRow) -> list[dict[str, Any]]:
+    """Gmail's and Yahoo's 2024 sender requirements, item by item (SPEC §8)."""
+    selectors = case.selectors or [case.selector]
+    rsa_bits = [k["bits"] for k in bot.store.domain_keys(case.domain or "")
+                if k["selector"] in selectors and k["algorithm"] == "rsa"]
+    shortest = min(rsa_bits) if rsa_bits else None
+    return [
+        {"name": "SPFまたはDKIMによる認証に合格していること", "ok": bool(report.spf.ok or report.dkim.ok)},
+        {"name": "DMARCのレコードが公開されていること", "ok": bool(report.dmarc.ok)},
+        {"name": "送信元アドレスのドメインとDKIM署名のドメインが一致していること",
+         "ok": bool(report.alignment.ok)},
+        {"name": "DKIMの鍵の長さが1024ビット以上であること",
+         "ok": shortest is None or shortest >= 1024,
+         "note": f"（{shortest}ビット）" if shortest else "（Ed25519）"},
+    ]
+
+
 def _fix_boxes(report: Any, case: CaseRow) -> list[dict[str, str]]:
     boxes = []
     domain = case.domain or ""
@@ -237,7 +254,8 @@ def _enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: 
             return
         ctx = {"diagnoses": diags, "fixes": _fix_boxes(report, case)}
     elif kind == "completion_report":
-        ctx = {"results": _final_rows(report, case)}
+        ctx = {"results": _final_rows(report, case),
+               "requirements": sender_requirements(bot, report, case)}
     elif kind == "staff_escalation":
         ctx = {
             "reason_title": "DKIM record is right but the signing proof failed",

@@ -215,6 +215,10 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
     assert "設定が全て完了しました" in report_body
     for item in ("・SPF：合格", "・DKIM：合格", "・DMARC：合格", "・DMARCアライメント：合格"):
         assert item in report_body
+    # Gmail's and Yahoo's sender requirements, item by item.
+    assert "【GmailやYahoo!メールの送信者の要件】" in report_body
+    assert report_body.count("：満たしています") == 4 and "満たしていません" not in report_body
+    assert "1024ビット以上であること：満たしています（2048ビット）" in report_body
 
     # One more pass changes nothing and sends nothing.
     before = status(cfg)
