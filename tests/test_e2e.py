@@ -186,7 +186,6 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
 
     # The installed key really signs: `dkimbot sign` output verifies against BIND.
     import dkim
-    import dns.resolver
 
     booking = (f"From: info@{domain}\r\nTo: guest@example.org\r\nSubject: booking\r\n"
                f"Message-ID: <b1@{domain}>\r\nDate: {format_datetime(datetime.now(timezone.utc))}\r\n"
