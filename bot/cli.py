@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     dg = sub.add_parser("digest", help="send the daily staff digest now")
     dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
+    pf = sub.add_parser("proof", help="send a DKIM-signed probe to the [proof] mailbox now; a later pass reports the receiver's verdict")
+    pf.add_argument("case")
     rk = sub.add_parser("rekey", help="before the DKIM step: a new key (e.g. --bits 1024 for a host that cuts long records)")
     rk.add_argument("case")
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
@@ -130,6 +132,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return _show(bot, case, args.json)
         if args.command == "rekey":
             return _rekey(bot, case, args.bits)
+        if args.command == "proof":
+            return _proof(bot, case)
         from bot import jobs
 
         refusal = _staff_refusal(args.command, case)
@@ -185,6 +189,26 @@ def _rotate(bot: Any, domain: str) -> int:
     return 0
 
 
+def _proof(bot: Any, case: Any) -> int:
+    """`dkimbot proof CASE`: queue a probe and deliver it; the verdict comes with a later pass."""
+    from bot import jobs
+    from bot.proof import ProofError, queue_probe
+    from bot.runtime import pass_lock
+
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            message_id = queue_probe(bot, case, by="staff")
+        except ProofError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    row = bot.store.db.execute("SELECT status, last_error FROM outbox WHERE message_id=?", (message_id,)).fetchone()
+    print(f"{case.ref}: probe {message_id} to {bot.cfg.proof.address}: {row['status']}"
+          + (f" ({row['last_error']})" if row["last_error"] else "")
+          + f"; the receiver's verdict is reported by a pass within {bot.cfg.proof.wait_minutes:g} minutes")
+    return 0
+
+
 def _rekey(bot: Any, case: Any, bits: int) -> int:
     """`dkimbot rekey CASE --bits N`: a new key and selector for a case in awaiting_dkim."""
     from bot import jobs
@@ -233,6 +257,7 @@ def _show(bot: Any, case: Any, as_json: bool) -> int:
         print(f"  {e['at']}  {e['kind']}{move}")
         detail = dict(e["detail"])
         dns = detail.pop("dns", None)
+        items = detail.pop("items", None) if e["kind"] == "proof_result" else None
         if detail:
             print(f"      {json.dumps(detail, ensure_ascii=False, default=str)[:600]}")
         if dns:
@@ -240,6 +265,8 @@ def _show(bot: Any, case: Any, as_json: bool) -> int:
                 a = dns.get(area) or {}
                 codes = ", ".join(d["code"] for d in a.get("diagnoses", [])) or "-"
                 print(f"      {area:<9} ok={a.get('ok')}  {codes}")
+        for item in items or []:  # the receiver's Authentication-Results, one line each
+            print(f"      {item['method']}={item['result']} {item['detail']}".rstrip())
     print("\nmails:")
     for m in mails:
         print(f"  {m['created_at']}  {m['kind']:<18} {m['status']:<8} {m['message_id']}")

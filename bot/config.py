@@ -9,6 +9,7 @@ unless the operator writes them there.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,31 @@ class ScheduleConfig:
 
 
 @dataclass
+class ProofConfig:
+    """SPEC §8 end-to-end proof (bot/proof.py): off unless ``enabled``.
+
+    A signed probe goes From ``from_localpart@<facility domain>`` To ``address``; the bot
+    reads it back from that mailbox (IMAP, read-only) and reports the receiver's verdict.
+    """
+
+    enabled: bool = False
+    address: str = ""              # a mailbox the operator owns at a big receiver (Gmail, Yahoo)
+    from_localpart: str = "dkimbot-proof"
+    # Only results from this receiver are trusted (RFC 8601 §5); empty: the topmost
+    # Authentication-Results header, the one the last hop (the receiver) added.
+    authserv_id: str = ""
+    wait_minutes: float = 30.0
+    notify_facility: bool = False  # also mail the facility the result (proof_report.txt)
+    imap_host: str = "127.0.0.1"
+    imap_port: int = 993
+    imap_tls: str = "ssl"
+    imap_username: str = ""
+    imap_password: str = ""
+    imap_folder: str = "INBOX"
+    imap_timeout: float = 30.0
+
+
+@dataclass
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -148,6 +174,7 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     signer: SignerConfig = field(default_factory=SignerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    proof: ProofConfig = field(default_factory=ProofConfig)
     state_dir: Path = Path("state")
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
     source: str = "embedded default"
@@ -176,6 +203,7 @@ _SECTIONS: dict[str, type] = {
     "keys": KeysConfig,
     "signer": SignerConfig,
     "schedule": ScheduleConfig,
+    "proof": ProofConfig,
 }
 
 
@@ -202,6 +230,8 @@ def _build(section: str, cls: type, raw: dict[str, Any]) -> Any:
     extra: dict[str, Any] = {}
     if section in ("intake", "outbound"):
         extra["password"] = _secret(section, raw, "password", "password_env") or ""
+    if section == "proof":
+        extra["imap_password"] = _secret(section, raw, "imap_password", "imap_password_env") or ""
     if section == "keys":
         extra["passphrase"] = _secret(section, raw, "passphrase", "passphrase_env") or None
     if section == "dns" and "tsig_secret_env" in raw:
@@ -242,6 +272,22 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[schedule] check_steps items must be [after_hours, every_seconds], got {step!r}")
     if not (0 < cfg.dns.port < 65536):
         raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
+    _validate_proof(cfg.proof)
+
+
+def _validate_proof(proof: ProofConfig) -> None:
+    if proof.imap_tls not in ("ssl", "starttls", "none"):
+        raise ConfigError(f"[proof] imap_tls must be 'ssl', 'starttls' or 'none', got {proof.imap_tls!r}")
+    if proof.wait_minutes <= 0:
+        raise ConfigError(f"[proof] wait_minutes must be more than 0, got {proof.wait_minutes}")
+    if not proof.enabled:
+        return
+    if "@" not in proof.address:
+        raise ConfigError("[proof] address must be a mail address when the proof is enabled")
+    if not proof.imap_username:
+        raise ConfigError("[proof] imap_username must name the mailbox the probes are read from")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", proof.from_localpart):
+        raise ConfigError(f"[proof] from_localpart must be a plain local part, got {proof.from_localpart!r}")
 
 
 def load_config(path: str | Path | None = None, *, state_dir: str | Path | None = None) -> Config:

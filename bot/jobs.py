@@ -261,12 +261,14 @@ def run_pass(bot: Bot) -> PassResult:
 
 
 def _watch_and_rotate(bot: Bot, result: PassResult) -> int:
-    """After-completion monitoring and key rotations; a bug there must not stop delivery."""
+    """After-completion monitoring, key rotations and the end-to-end proof (off unless
+    [proof] enabled); a bug there must not stop delivery."""
     from bot.monitor import monitor_due_once
+    from bot.proof import proof_once
     from bot.rotation import rotation_once
 
     checks = 0
-    for job in (monitor_due_once, rotation_once):
+    for job in (monitor_due_once, rotation_once, proof_once):
         try:
             checks += job(bot)
         except Exception as exc:

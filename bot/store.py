@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -106,6 +106,23 @@ MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE handled ADD COLUMN fingerprint TEXT;
     CREATE INDEX handled_fingerprint ON handled(fingerprint);
+    """,
+    # End-to-end proof (bot/proof.py): one row per probe sent to the [proof] mailbox.
+    4: """
+    CREATE TABLE proofs (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        message_id TEXT UNIQUE NOT NULL,
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'waiting',
+        created_at TEXT NOT NULL,
+        deadline_at TEXT NOT NULL,
+        done_at TEXT,
+        result TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX proofs_waiting ON proofs(status, deadline_at);
+    CREATE INDEX proofs_case ON proofs(case_id);
     """,
 }
 
