@@ -186,11 +186,9 @@ def decide(
     if state == State.ESCALATED:
         if next_state is STAY or next_state == State.ESCALATED:
             return decision  # still escalated: staff already know, nothing to mail
-        decision.next_state = next_state
+        # Resumed by itself: from here on a normal step (the same notices, the same
+        # once-per-diagnosis rule) from the state it was escalated from.
         decision.resume_state = None
-        decision.mails = list(mails)
-        decision.notice = None
-        return decision
     if next_state is not STAY:
         decision.next_state = next_state
         decision.notice = None

@@ -155,3 +155,21 @@ def test_checks_are_frequent_first_then_slower():
 def test_it_classifies_domains_that_cannot_get_a_key(domain, expected):
     got = sm.classify_domain(domain, freemail=["gmail.com", "docomo.ne.jp", "i.softbank.jp"], own=["489ban.net"])
     assert got == expected
+
+
+def test_a_resumed_case_follows_the_once_per_diagnosis_rule():
+    # Escalated while awaiting DMARC; the final check now fails on SPF.
+    r = Report(spf=area("spf_not_authorized"))
+    first = sm.decide(State.ESCALATED, Event.FINAL_FAILED, resume_state=State.AWAITING_DMARC, report=r)
+    assert first.next_state == State.AWAITING_FINAL and first.mails == ["final_problem"]
+    assert first.resume_state is None and first.notice
+    again = sm.decide(State.AWAITING_FINAL, Event.FINAL_FAILED, last_notice=first.notice, report=r)
+    assert again.mails == []
+
+
+def test_a_resumed_dkim_step_does_not_ask_for_dmarc_twice():
+    r = Report(dmarc=area("dmarc_syntax"))
+    active = sm.decide(State.ESCALATED, Event.DKIM_PROVEN, resume_state=State.AWAITING_DKIM, report=r)
+    assert active.next_state == State.AWAITING_DMARC and active.mails == ["dkim_active"]
+    chained = sm.decide(State.AWAITING_DMARC, Event.DMARC_WRONG, last_notice=active.notice, report=r)
+    assert chained.mails == []
