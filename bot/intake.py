@@ -29,9 +29,6 @@ HEADER_FIELDS = (
     "X-AUTO-RESPONSE-SUPPRESS RETURN-PATH CONTENT-TYPE X-DKIMBOT-LOOP"
 )
 
-CASE_REF_RE = re.compile(r"DKIM-\d{4,}", re.IGNORECASE)
-
-
 @dataclass
 class InboxMessage:
     key: str                 # stable identity: "imap:<folder>:<uidvalidity>:<uid>" or "maildir:<name>"
@@ -71,7 +68,9 @@ class HeaderFilter:
             subject = re.sub(r"\s+", " ", decode_header_value(raw.get("subject"))).strip()
         except Exception:  # a broken encoded-word: let the full parser judge it
             return True
-        if CASE_REF_RE.search(subject) or self.is_request_subject(subject):
+        from bot.request import case_refs_in  # one definition of a case reference
+
+        if case_refs_in(subject) or self.is_request_subject(subject):
             return True
         ids: list[str] = []
         for name in ("in-reply-to", "references"):

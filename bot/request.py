@@ -122,6 +122,11 @@ def subject_is_request(subject: str) -> bool:
     return bool(_REQUEST_SUBJECT.search(_nfkc(subject or "")))
 
 
+def case_refs_in(subject: str) -> tuple[str, ...]:
+    """The case references ("DKIM-0007") a subject names, however typed (full-width, spaced)."""
+    return _case_refs(subject)
+
+
 def _case_refs(subject: str) -> tuple[str, ...]:
     refs: list[str] = []
     for match in _CASE_REF.finditer(_nfkc(subject)):

@@ -51,3 +51,13 @@ def test_the_stdlib_decoder_alone_would_miss_the_mislabelled_subject() -> None:
     stdlib = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(_headers(raw))
     assert not subject_is_request(str(stdlib["Subject"]))
     assert HeaderFilter(subject_is_request, lambda ids: False).wants(_headers(raw))
+
+
+@pytest.mark.parametrize("subject", ["Re: ［ＤＫＩＭ－００１２］ 設定しました", "Re: [DKIM - 12] 設定しました",
+                                     "Re: [dkim-0012] done"])
+def test_it_wants_a_case_reference_however_it_is_typed(subject: str) -> None:
+    from email.header import Header
+
+    head = f"From: a@hotel.test\r\nSubject: {Header(subject, 'utf-8').encode()}\r\n".encode()
+    assert HeaderFilter(lambda s: False, lambda ids: False).wants(head)
+    assert parse_message(head + b"\r\nbody\r\n").case_refs
