@@ -85,14 +85,12 @@ class Verdict:
 
 
 def aligned(signing_domain: str | None, from_domain: str) -> bool:
-    """Relaxed alignment, simply: the same domain or one is a subdomain of the other.
-
-    (DMARC's real rule compares organisational domains; for a probe From the facility's
-    own domain, signed with the facility's own key, this is the same answer.)"""
+    """DMARC relaxed alignment (RFC 7489 §3.1.1): the same organisational domain (PSL)."""
     if not signing_domain:
         return False
-    a, b = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
-    return a == b or a.endswith("." + b) or b.endswith("." + a)
+    from bot.dnscheck import check_alignment
+
+    return check_alignment(from_domain, signing_domain, "r").ok
 
 
 def choose_results(headers: list[str], authserv_id: str = "") -> AuthResults | None:

@@ -100,3 +100,13 @@ def test_the_verdict_needs_an_aligned_dkim_pass_and_escalates_a_fail():
     other = judge(parse_authentication_results("mx.test; dkim=pass header.d=esp.example; dmarc=none"), "x.jp")
     assert not other.dkim_ok and not other.ok
     assert aligned("mail.x.jp", "x.jp") and aligned("x.jp", "news.x.jp") and not aligned("xx.jp", "x.jp")
+
+
+def test_alignment_follows_the_public_suffix_list():
+    from bot.proof import aligned
+
+    assert aligned("hotel.co.jp", "hotel.co.jp")
+    assert aligned("mail.hotel.co.jp", "hotel.co.jp")
+    assert not aligned("co.jp", "hotel.co.jp")  # a public suffix is no one's domain
+    assert not aligned("other.co.jp", "hotel.co.jp")
+    assert not aligned(None, "hotel.co.jp")
