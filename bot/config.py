@@ -2,8 +2,9 @@
 
 Without a file the embedded default applies: a Maildir inbox and an outbox directory
 under the state dir, the system resolver. Secrets come from environment variables
-named in the file (``password_env``, ``passphrase_env``), never from the file itself
-unless the operator writes them there.
+named in the file (``password_env``, ``passphrase_env``, ``tsig_secret_env``), never from
+the file itself unless the operator writes them there; a named variable that is not set
+is a ConfigError. Secret fields are left out of ``repr`` so a logged config shows none.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class IntakeConfig:
     port: int = 993
     tls: str = "ssl"
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     folder: str = "INBOX"
     maildir: str = "inbox"  # relative to the state dir
     timeout: float = 30.0
@@ -79,7 +80,7 @@ class OutboundConfig:
     port: int = 587
     tls: str = "starttls"
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     directory: str = "outbox"  # relative to the state dir
     timeout: float = 30.0
 
@@ -93,7 +94,7 @@ class DnsConfig:
     # simplified flow (records published by RFC 2136 update).
     managed_nameservers: list[str] = field(default_factory=list)
     tsig_key_name: str = ""
-    tsig_secret: str = ""
+    tsig_secret: str = field(default="", repr=False)
     tsig_algorithm: str = "hmac-sha256"
     update_server: str = ""
 
@@ -104,7 +105,7 @@ class KeysConfig:
     bits: int = 2048
     ed25519: bool = False
     selector: str = "yoyakuban{YYYYMM}"
-    passphrase: str | None = None
+    passphrase: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -160,7 +161,7 @@ class ProofConfig:
     imap_port: int = 993
     imap_tls: str = "ssl"
     imap_username: str = ""
-    imap_password: str = ""
+    imap_password: str = field(default="", repr=False)
     imap_folder: str = "INBOX"
     imap_timeout: float = 30.0
 
@@ -208,15 +209,23 @@ _SECTIONS: dict[str, type] = {
 
 
 def _secret(section: str, raw: dict[str, Any], key: str, env_key: str) -> str | None:
-    """A secret is given literally or by the name of an environment variable."""
+    """A secret is given literally or by the name of an environment variable.
+
+    A ``*_env`` naming a variable that is not set is an error, not "no secret": a cron
+    job started without the variable would otherwise quietly log in without a password
+    or, for [keys] passphrase_env, store new private keys unencrypted. A literal value
+    written next to the ``*_env`` key stays the operator's explicit fallback.
+    """
     if env_key in raw:
         name = raw.pop(env_key)
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not name:
             raise ConfigError(f"[{section}] {env_key} must be the name of an environment variable")
         value = os.environ.get(name)
         if value is None and key in raw:
             return str(raw.pop(key))
         raw.pop(key, None)
+        if value is None:
+            raise ConfigError(f"[{section}] {env_key} names the environment variable {name}, which is not set")
         return value
     if key in raw:
         return str(raw.pop(key))
@@ -234,8 +243,8 @@ def _build(section: str, cls: type, raw: dict[str, Any]) -> Any:
         extra["imap_password"] = _secret(section, raw, "imap_password", "imap_password_env") or ""
     if section == "keys":
         extra["passphrase"] = _secret(section, raw, "passphrase", "passphrase_env") or None
-    if section == "dns" and "tsig_secret_env" in raw:
-        extra["tsig_secret"] = os.environ.get(raw.pop("tsig_secret_env"), "")
+    if section == "dns":
+        extra["tsig_secret"] = _secret(section, raw, "tsig_secret", "tsig_secret_env") or ""
     defaults = cls()
     known = set(vars(defaults))
     for key, value in raw.items():

@@ -93,3 +93,52 @@ def test_the_cli_prints_one_line_and_no_traceback(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == f"dkimbot: config file not found: {tmp_path / 'missing.toml'}"
+
+
+@pytest.mark.parametrize(
+    "section,env_key",
+    [("keys", "passphrase_env"), ("intake", "password_env"), ("outbound", "password_env"),
+     ("proof", "imap_password_env"), ("dns", "tsig_secret_env")],
+)
+def test_a_secret_env_naming_an_unset_variable_is_an_error(tmp_path, monkeypatch, section, env_key):
+    # Without the variable a cron job would store keys unencrypted or log in without a password.
+    monkeypatch.delenv("DKIMBOT_UNSET_SECRET", raising=False)
+    p = tmp_path / "c.toml"
+    p.write_text(f'[{section}]\n{env_key} = "DKIMBOT_UNSET_SECRET"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "DKIMBOT_UNSET_SECRET" in str(exc.value) and "not set" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    monkeypatch.setenv("DKIMBOT_UNSET_SECRET", "from-env")
+    cfg = load_config(p)
+    field = {"keys": "passphrase", "proof": "imap_password", "dns": "tsig_secret"}.get(section, "password")
+    assert getattr(getattr(cfg, section), field) == "from-env"
+
+
+def test_literal_secrets_still_work_and_repr_shows_no_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("DKIMBOT_UNSET_SECRET", raising=False)
+    p = tmp_path / "c.toml"
+    p.write_text('[intake]\npassword = "imap-pw-literal"\n[outbound]\npassword = "smtp-pw-literal"\n'
+                 '[keys]\npassphrase = "key-pp-literal"\n[dns]\ntsig_secret = "tsig-literal"\n'
+                 '[proof]\nimap_password_env = "DKIMBOT_UNSET_SECRET"\nimap_password = "proof-pw-literal"\n',
+                 encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.intake.password, cfg.outbound.password, cfg.keys.passphrase, cfg.dns.tsig_secret,
+            cfg.proof.imap_password) == ("imap-pw-literal", "smtp-pw-literal", "key-pp-literal",
+                                         "tsig-literal", "proof-pw-literal")
+    text = repr(cfg)
+    for secret in ("imap-pw-literal", "smtp-pw-literal", "key-pp-literal", "tsig-literal", "proof-pw-literal"):
+        assert secret not in text
+
+
+def test_the_cli_refuses_an_unset_passphrase_variable_with_exit_2(tmp_path):
+    import os
+
+    p = tmp_path / "c.toml"
+    p.write_text('[keys]\npassphrase_env = "DKIMBOT_UNSET_SECRET"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "DKIMBOT_UNSET_SECRET"}
+    r = subprocess.run([sys.executable, "-m", "bot", "--config", str(p), "--state-dir", str(tmp_path / "s"),
+                        "status"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("dkimbot: [keys] passphrase_env names the environment variable "
+                                "DKIMBOT_UNSET_SECRET, which is not set")
