@@ -49,8 +49,6 @@ def run_daemon(cfg: Config, *, stop_event: threading.Event | None = None) -> int
         max_instances=1, coalesce=True, misfire_grace_time=interval,
         next_run_time=datetime.now(timezone.utc),
     )
-    for hook in extra_jobs:
-        hook(scheduler, cfg)
 
     def handle(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the current pass, then stopping", signum)
@@ -69,7 +67,3 @@ def run_daemon(cfg: Config, *, stop_event: threading.Event | None = None) -> int
         log.info("daemon stopped")
     return 0
 
-
-#: Other modules register further scheduled jobs here (e.g. the daily digest):
-#: each is called with (scheduler, cfg) before the scheduler starts.
-extra_jobs: list[Any] = []
