@@ -126,6 +126,21 @@ class MaildirMailbox:
         return final
 
 
+def connect_imap(host: str, port: int, tls: str, username: str, password: str, timeout: float):  # type: ignore[no-untyped-def]
+    """A logged-in IMAPClient ("ssl", "starttls" or "none"); raises what the library raises."""
+    from imapclient import IMAPClient  # heavy import, only when IMAP is used
+
+    if tls == "ssl":
+        client = IMAPClient(host, port=port, ssl=True, timeout=timeout,
+                            ssl_context=ssl.create_default_context())
+    else:
+        client = IMAPClient(host, port=port, ssl=False, timeout=timeout)
+        if tls == "starttls":
+            client.starttls(ssl.create_default_context())
+    client.login(username, password)
+    return client
+
+
 class ImapMailbox:
     """IMAP intake with imapclient: EXAMINE, incremental by UID, headers first."""
 
@@ -137,21 +152,11 @@ class ImapMailbox:
         self.progress: tuple[str, str] | None = None  # (meta key, value) to store after the pass
 
     def _connect(self):  # type: ignore[no-untyped-def]
-        from imapclient import IMAPClient  # heavy import, only when IMAP is used
-
         c = self.cfg
         try:
-            if c.tls == "ssl":
-                client = IMAPClient(c.host, port=c.port, ssl=True, timeout=c.timeout,
-                                    ssl_context=ssl.create_default_context())
-            else:
-                client = IMAPClient(c.host, port=c.port, ssl=False, timeout=c.timeout)
-                if c.tls == "starttls":
-                    client.starttls(ssl.create_default_context())
-            client.login(c.username, c.password)
+            return connect_imap(c.host, c.port, c.tls, c.username, c.password, c.timeout)
         except Exception as exc:  # socket errors, IMAPClient.Error, TLS errors
             raise IntakeError(f"IMAP {c.host}:{c.port} unavailable: {exc}") from None
-        return client
 
     def meta_key(self) -> str:
         return f"imap:{self.cfg.host}:{self.cfg.username}:{self.cfg.folder}"

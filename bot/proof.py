@@ -23,7 +23,6 @@ import email
 import email.policy
 import json
 import logging
-import ssl
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -233,18 +232,12 @@ def fetch_probe_headers(cfg: Config, message_ids: list[str]) -> dict[str, bytes]
 
     Read-only (EXAMINE) and BODY.PEEK: the bot never marks or moves anything there.
     """
-    from imapclient import IMAPClient  # heavy import, only when a probe is waiting
+    from bot.intake import connect_imap
 
     p = cfg.proof
     try:
-        if p.imap_tls == "ssl":
-            client = IMAPClient(p.imap_host, port=p.imap_port, ssl=True, timeout=p.imap_timeout,
-                                ssl_context=ssl.create_default_context())
-        else:
-            client = IMAPClient(p.imap_host, port=p.imap_port, ssl=False, timeout=p.imap_timeout)
-            if p.imap_tls == "starttls":
-                client.starttls(ssl.create_default_context())
-        client.login(p.imap_username, p.imap_password)
+        client = connect_imap(p.imap_host, p.imap_port, p.imap_tls, p.imap_username,
+                              p.imap_password, p.imap_timeout)
     except Exception as exc:  # noqa: BLE001 - socket, TLS and IMAP errors alike: try again next pass
         raise ProofMailboxError(f"proof mailbox {p.imap_host}:{p.imap_port} unavailable: {exc}") from None
     found: dict[str, bytes] = {}
