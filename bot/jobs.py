@@ -16,7 +16,7 @@ from bot import cases as sm
 from bot.cases import State
 from bot.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
-from bot.mailout import DeliveryError, make_transport
+from bot.mailout import DeliveryError, make_transport, scrub_addresses
 from bot.onboarding import _decide_message
 from bot.rechecks import recheck_due_once, remind_due_once
 from bot.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
@@ -178,25 +178,31 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
                 continue  # sent or claimed meanwhile by another sender
             maybe_crash("outbox.sending")
             try:
-                transport.send(row.sender, row.recipients, raw, row.message_id)
+                refused = transport.send(row.sender, row.recipients, raw, row.message_id)
             except DeliveryError as exc:
                 with bot.store.transaction():
                     if exc.server_down:
                         bot.store.mark_unsent(row.id, str(exc))  # not this mail's fault: no backoff
                     elif exc.permanent:
                         bot.store.mark_failed(row.id, now, str(exc))
-                        _escalate_delivery_failure(bot, row, str(exc))
+                        _escalate_delivery_failure(bot, row, exc.detail())
                     else:
                         delay = timedelta(seconds=min(3600, 60 * 2 ** min(row.attempts, 6)))
                         bot.store.mark_retry(row.id, now + delay, str(exc))
-                log.warning("delivery of %s failed: %s", row.message_id, exc)
+                # A server's answer may quote the address it refuses: addresses stay out of logs.
+                said = scrub_addresses(str(exc), row.recipients)
+                log.warning("delivery of %s failed: %s", row.message_id, said)
                 if not exc.permanent:
-                    errors.append(str(exc))
+                    errors.append(said)
                     break  # the server is down: the rest waits for the next pass
                 continue
             maybe_crash("smtp.accepted")  # the window bot/delivery.py explains
             with bot.store.transaction():
                 bot.store.mark_sent(row.id, bot.clock())
+                if refused:  # some recipients refused, the rest accepted: see bot/refusals.py
+                    from bot.refusals import handle_refused
+
+                    handle_refused(bot, row, refused)
             maybe_crash("outbox.sent")
             log.debug("sent %s (%s) to %d recipients", row.message_id, row.kind, len(row.recipients))
             sent += 1
@@ -205,7 +211,12 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
     return sent, errors
 
 
-def _escalate_delivery_failure(bot: Bot, row: Any, error: str) -> None:
+def _escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[str] | None = None) -> None:
+    """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
+
+    ``error`` is the server's answer, shown to staff and kept in the event (both may name
+    addresses; the log may not).
+    """
     if row.kind.startswith("staff_"):
         return  # never escalate an escalation: that is how mail loops start
     for case_id in row.case_ids:
@@ -214,10 +225,11 @@ def _escalate_delivery_failure(bot: Bot, row: Any, error: str) -> None:
         if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
             case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
                                          resume_state=case.state)
-        bot.store.add_event(case.id, now, "delivery_failed", detail={"message_id": row.message_id, "error": error})
+        bot.store.add_event(case.id, now, "delivery_failed", detail={
+            "message_id": row.message_id, "error": error, "recipients": recipients or row.recipients})
         enqueue_mail(bot, "staff_escalation", [case], {
             "reason_title": "mail to the facility was rejected",
-            "reason": f"The {row.kind} mail {row.message_id} to {', '.join(row.recipients)} was "
+            "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
                       f"rejected permanently:\n{error}",
             "decide_hint": "Find a working address for the facility and run 'dkimbot resend'.",
             "diagnoses": [],

@@ -8,7 +8,6 @@ the outbox) and delivered later by ``flush_outbox_once``.
 
 from __future__ import annotations
 
-import logging
 import os
 import smtplib
 import socket
@@ -24,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config
-
-log = logging.getLogger(__name__)
 
 LOOP_HEADER = "X-Dkimbot-Loop"
 
@@ -149,15 +146,48 @@ def build_message(
     )
 
 
-class DeliveryError(Exception):
-    """Delivery failed; ``permanent`` decides between retrying and escalating."""
+#: Recipients the server refused at RCPT TO: address -> (SMTP code, the server's text).
+Refused = dict[str, tuple[int, str]]
 
-    def __init__(self, message: str, *, permanent: bool, server_down: bool = False) -> None:
+
+def _smtp_text(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def describe_refused(refused: Refused) -> str:
+    """One line per refused address with the server's answer, for staff and events only:
+    it names addresses, so it never goes to the log."""
+    return "\n".join(f"{addr}: {code} {text}".rstrip() for addr, (code, text) in refused.items())
+
+
+def scrub_addresses(text: str, addresses: list[str]) -> str:
+    """``text`` with each of ``addresses`` replaced by ``<recipient>``: server answers may
+    quote the address they refuse, and addresses stay out of the logs."""
+    for addr in sorted(addresses, key=len, reverse=True):
+        if addr:
+            text = text.replace(addr, "<recipient>")
+    return text
+
+
+class DeliveryError(Exception):
+    """Delivery failed; ``permanent`` decides between retrying and escalating.
+
+    The message never names a recipient (it is logged); ``refused`` holds the per-address
+    answers when the server refused every recipient at RCPT TO.
+    """
+
+    def __init__(self, message: str, *, permanent: bool, server_down: bool = False,
+                 refused: Refused | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
         # The server, not this message, failed (no connection, connection lost, timeout):
         # the row keeps its place and is tried again next pass, without backoff.
         self.server_down = server_down
+        self.refused: Refused = refused or {}
+
+    def detail(self) -> str:
+        """The full story for staff and events (may name addresses)."""
+        return f"{self}\n{describe_refused(self.refused)}" if self.refused else str(self)
 
 
 class DirectoryTransport:
@@ -166,7 +196,8 @@ class DirectoryTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> None:
+    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> Refused:
+        """Write the message; a directory refuses no one (always an empty dict)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = message_id.strip("<>").replace("/", "_")
         final = self.directory / f"{name}.eml"
@@ -176,6 +207,7 @@ class DirectoryTransport:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        return {}
 
     def close(self) -> None:
         pass
@@ -208,25 +240,33 @@ class SmtpTransport:
                                 server_down=True) from None
         return conn
 
-    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> None:
+    def send(self, sender: str, recipients: list[str], raw: bytes, message_id: str) -> Refused:
+        """Deliver; returns the recipients refused at RCPT TO while others were accepted.
+
+        The caller must act on them (escalate a 5xx, retry a 4xx): smtplib only reports
+        them, and staff are always in Cc, so a typo'd facility address is the common case.
+        """
         if self._conn is None:
             self._conn = self._connect()
         try:
             refused = self._conn.sendmail(sender, recipients, raw)
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
+            answers = {addr: (code, _smtp_text(text)) for addr, (code, text) in exc.recipients.items()}
+            codes = sorted({code for code, _ in answers.values()})
             permanent = all(500 <= c < 600 for c in codes)
-            raise DeliveryError(f"SMTP refused every recipient: {exc.recipients}", permanent=permanent) from None
+            raise DeliveryError(
+                f"SMTP refused all {len(answers)} recipients ({', '.join(map(str, codes))})",
+                permanent=permanent, refused=answers,
+            ) from None
         except smtplib.SMTPResponseException as exc:
             self.close()
-            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            text = _smtp_text(exc.smtp_error)
             raise DeliveryError(f"SMTP {exc.smtp_code} {text}", permanent=500 <= exc.smtp_code < 600) from None
         except (OSError, smtplib.SMTPException, socket.timeout) as exc:
             self.close()
             raise DeliveryError(f"SMTP {self.cfg.host}:{self.cfg.port} failed: {exc}", permanent=False,
                                 server_down=True) from None
-        if refused:
-            log.warning("SMTP refused some recipients of %s: %s", message_id, sorted(refused))
+        return {addr: (code, _smtp_text(text)) for addr, (code, text) in (refused or {}).items()}
 
     def close(self) -> None:
         if self._conn is not None:

@@ -60,6 +60,8 @@ def limit_recipients(
                 "kind": kind, "reason": "daily mail limit per address reached",
                 "addresses": held, "limit": limit, "whole_mail": not kept,
             })
-        log.warning("%s mail %s for %s (daily limit %d per address)", kind,
-                    "suppressed" if not kept else "not sent", ", ".join(held), limit)
+        # Counts and case refs only: the addresses are in the events (addresses stay out of logs).
+        refs = ",".join(bot.store.get_case(c).ref or str(c) for c in case_ids) or "-"
+        log.warning("%s: %s mail %s for %d of %d recipients (daily limit %d per address)", refs, kind,
+                    "suppressed" if not kept else "not sent", len(held), len(recipients), limit)
     return kept
