@@ -21,6 +21,7 @@ from typing import Any, TextIO, TypeVar
 from bot.config import Config, ServiceConfig
 from bot.dmarc import check_dmarc, organizational_domain, suggest_dmarc_record
 from bot.dnsclient import (
+    MAX_NAME_TEXT,
     AreaResult,
     CheckReport,
     Diagnosis,
@@ -337,6 +338,10 @@ def _probe_wrong_places(client: DnsClient, domain: str, selector: str, expected:
         (domain, "dkim_wrong_location", "ホスト名の欄が空欄のまま登録されたようです"),
     )
     for where, code, why in probes:
+        if len(normalize_name(where)) > MAX_NAME_TEXT:
+            # A long domain doubled does not fit in a DNS name (RFC 1035 §2.3.4): no
+            # panel can have stored a record there, so there is nothing to ask.
+            continue
         ans = client.authoritative_merged(where, "TXT")
         if not isinstance(ans, Lookup):
             continue

@@ -131,8 +131,20 @@ class DnsFailure:
         return {"error": self.reason, "server": self.server}
 
 
-class _AliasLoop(Exception):
-    """Internal: a CNAME chain came back to a name this thread is resolving."""
+@dataclass(frozen=True)
+class _Alias:
+    """Internal: one server's answer was only an alias out of its zone; the caller
+    chases ``target`` (outside the shared cache, see ``DnsClient.query_direct``)."""
+
+    target: str
+
+
+# RFC 1035 §2.3.4: a name is at most 255 octets on the wire, i.e. 253 characters of text
+# without the trailing dot. A longer name cannot be asked; it is a failure, not a crash.
+MAX_NAME_TEXT = 253
+# CNAME hops followed across zones before giving up (RFC 1034 leaves it to the resolver;
+# real chains are one or two hops, a loop is endless).
+MAX_ALIAS_HOPS = 8
 
 
 class DnsQueryError(Exception):
@@ -263,11 +275,15 @@ class DnsClient:
     def _cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
         """Compute once per key per pass; concurrent callers wait for the first.
         Exceptions (programming errors) propagate: they are never turned into DNS
-        failures, so a bug cannot masquerade as "the facility's DNS is down"."""
+        failures, so a bug cannot masquerade as "the facility's DNS is down".
+
+        A ``compute`` never waits, directly or through another key, for a key that may
+        be waiting for it: CNAME chases run outside the cache (``query_direct``), so two
+        threads each owning one end of an alias loop cannot wait on each other."""
         owned: set[tuple[Any, ...]] = self._local.__dict__.setdefault("owned", set())
         if key in owned:
-            # The same thread already computing this key: a CNAME loop.
-            raise _AliasLoop(key)
+            # The same thread re-entering its own key would wait on itself forever.
+            raise RuntimeError(f"re-entrant DNS lookup of {key}")
         with self._lock:
             fut = self._cache.get(key)
             owner = fut is None
@@ -435,14 +451,33 @@ class DnsClient:
 
     # -- direct authoritative queries ----------------------------------------
 
-    def query_direct(self, name: str, rdtype: str, server: str) -> Answer:
-        """Ask one server directly, recursion off, at the configured port."""
-        name = normalize_name(name)
-        return self._cached(("direct", name, rdtype, server),
-                            lambda: self._direct(name, rdtype, server))
+    def query_direct(self, name: str, rdtype: str, server: str, *,
+                     _chain: tuple[str, ...] = ()) -> Answer:
+        """Ask one server directly, recursion off, at the configured port.
 
-    def _direct(self, name: str, rdtype: str, server: str) -> Answer:
-        qname = dns.name.from_text(name)
+        An alias into another zone is chased here, after the cached single-server
+        answer, never inside it: ``_chain`` (the names already on this chase) ends a
+        loop with ``cname_loop`` on whichever thread closes it."""
+        name = normalize_name(name)
+        raw = self._cached(("direct", name, rdtype, server),
+                           lambda: self._direct(name, rdtype, server))
+        if not isinstance(raw, _Alias):
+            return raw
+        chain = (*_chain, name)
+        if raw.target in chain or len(chain) > MAX_ALIAS_HOPS:
+            return DnsFailure("cname_loop", server, name)
+        chased = self.authoritative_merged(raw.target, rdtype, _chain=chain)
+        if isinstance(chased, DnsFailure):
+            return chased
+        return Lookup(name, rdtype, chased.rcode, chased.records, raw.target)
+
+    def _direct(self, name: str, rdtype: str, server: str) -> Answer | _Alias:
+        try:
+            qname = dns.name.from_text(name)
+        except dns.name.NameTooLong:
+            return DnsFailure("name_too_long", server, name)
+        except dns.exception.DNSException as exc:  # an empty or over-long label
+            return DnsFailure(type(exc).__name__, server, name)
         query = dns.message.make_query(qname, rdtype)
         query.flags &= ~dns.flags.RD  # an authoritative answer or nothing
         response = None
@@ -473,39 +508,39 @@ class DnsClient:
         if rcode == dns.rcode.NXDOMAIN and target is None:
             return Lookup(name, rdtype, "NXDOMAIN")
         if not records and target is not None:
-            # An alias into another zone: the answer lives with that zone's servers.
-            try:
-                chased = self.authoritative_merged(target, rdtype)
-            except _AliasLoop:
-                return DnsFailure("cname_loop", server, name)
-            if isinstance(chased, DnsFailure):
-                return chased
-            return Lookup(name, rdtype, chased.rcode, chased.records, target)
+            # An alias into another zone: the answer lives with that zone's servers,
+            # asked by the caller (query_direct), outside this cached computation.
+            return _Alias(target)
         return Lookup(name, rdtype, "NOERROR", tuple(records), target)
 
-    def authoritative_lookup(self, name: str, rdtype: str) -> dict[str, Answer]:
+    def authoritative_lookup(self, name: str, rdtype: str, *,
+                             _chain: tuple[str, ...] = ()) -> dict[str, Answer]:
         """Per authoritative server address, its answer. When the zone's servers
         cannot be found, the configured resolver's answer under the key "resolver"."""
         name = normalize_name(name)
+        if len(name) > MAX_NAME_TEXT:
+            # Not askable at all (a probe built from a long domain): say so, clean.
+            return {"resolver": DnsFailure("name_too_long", None, name)}
         known = self._known_zone(name)
         if known is not None and not known[1]:
             # Guess the zone of an ancestor; a referral from every server means a
             # delegation below it, and then the name's own zone is looked up.
-            answers = self._ask_zone(known[0], name, rdtype)
+            answers = self._ask_zone(known[0], name, rdtype, _chain)
             # The right zone's servers never refer a name of their own zone elsewhere.
             if not any(isinstance(a, DnsFailure) and a.reason == "not_authoritative"
                        for a in answers.values()):
                 return answers
         zone = self.zone_for(name)
-        return self._ask_zone(zone, name, rdtype)
+        return self._ask_zone(zone, name, rdtype, _chain)
 
-    def _ask_zone(self, zone: str | DnsFailure, name: str, rdtype: str) -> dict[str, Answer]:
+    def _ask_zone(self, zone: str | DnsFailure, name: str, rdtype: str,
+                  _chain: tuple[str, ...] = ()) -> dict[str, Answer]:
         hosts = self.nameserver_addresses(zone) if isinstance(zone, str) else {}
         if not any(hosts.values()):
             return {"resolver": self.lookup(name, rdtype)}
         out: dict[str, Answer] = {}
         for addrs in hosts.values():
-            answers = {addr: self.query_direct(name, rdtype, addr) for addr in addrs}
+            answers = {addr: self.query_direct(name, rdtype, addr, _chain=_chain) for addr in addrs}
             # A host without IPv6 routing cannot reach AAAA addresses; that says
             # nothing about the zone when another address of the same server answered.
             reachable = [a for a, r in answers.items()
@@ -522,10 +557,11 @@ class DnsClient:
             out[server] = ans if isinstance(ans, DnsFailure) else list(ans.records)
         return out
 
-    def authoritative_merged(self, name: str, rdtype: str) -> Answer:
+    def authoritative_merged(self, name: str, rdtype: str, *,
+                             _chain: tuple[str, ...] = ()) -> Answer:
         """One answer for ``name``: the first server that answered (servers are meant
         to agree; the DKIM check compares them, the others need one view)."""
-        answers = self.authoritative_lookup(name, rdtype)
+        answers = self.authoritative_lookup(name, rdtype, _chain=_chain)
         for ans in answers.values():
             if isinstance(ans, Lookup):
                 return ans

@@ -248,7 +248,11 @@ def run_pass(bot: Bot) -> PassResult:
         result.messages = poll_inbox_once(bot)
     except IntakeError as exc:
         result.errors.append(str(exc))  # the caller reports it: one line, no traceback
-    result.checks = recheck_due_once(bot)
+    try:
+        result.checks = recheck_due_once(bot)
+    except Exception as exc:  # each case is guarded inside; this is the last line: mail still goes out
+        log.exception("recheck_due_once failed")
+        result.errors.append(f"recheck_due_once failed: {type(exc).__name__}")
     if result.checks:
         from bot.health import resolver_down
 

@@ -21,6 +21,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot import cases as sm
+from bot.backoff import (
+    failures_in_a_row,
+    note_failure,
+    note_success,
+    record_check_crash,
+)
 from bot.cases import Event, State
 from bot.compose import enqueue_mail, key_records
 from bot.runtime import Bot
@@ -65,13 +71,24 @@ def monitor_due_once(bot: Bot) -> int:
     from bot.keyplan import check_dkim_each, expected_keys
 
     client = bot.dns_client()
-    results: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    results: dict[tuple[str, tuple[str, ...]], dict[str, Any] | Exception] = {}
     for case in due:
         sels = tuple(case.selectors or [case.selector or ""])
         key = (case.domain or "", sels)
-        if key not in results:
-            results[key] = check_dkim_each(client, key[0], expected_keys(bot, key[0], sels))
-        apply_watch(bot, bot.store.get_case(case.id), results[key], client)
+        # One watched case's trouble (no stored key, a check that raises) is recorded
+        # on that case; the later cases are still watched and the pass still delivers.
+        try:
+            if key not in results:
+                try:
+                    results[key] = check_dkim_each(client, key[0], expected_keys(bot, key[0], sels))
+                except Exception as exc:  # noqa: BLE001 - recorded on each case below
+                    results[key] = exc  # the same for every case of this domain
+            result = results[key]
+            if isinstance(result, Exception):
+                raise result
+            apply_watch(bot, bot.store.get_case(case.id), result, client)
+        except Exception as exc:  # noqa: BLE001 - one case's trouble stays its own
+            record_check_crash(bot, bot.store.get_case(case.id), exc, "watch check")
     return len(due)
 
 
@@ -118,7 +135,9 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
     decision = sm.decide(state, event)
     nxt = decision.next_state
     if event == Event.DNS_ERROR:
-        next_check = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1)
+        # Soon, then less often; the count is written with the case below.
+        attempt = failures_in_a_row(bot.store, case.id) + 1
+        next_check = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, attempt)
     elif nxt == State.COMPLETED:
         next_check = now + timedelta(days=1)  # SPEC §8: completed domains daily
     else:
@@ -129,6 +148,10 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
         deadline = (now if decision.changes_state else case.state_since) + grace
         next_check = min(next_check, deadline)
     with bot.store.transaction():
+        if event == Event.DNS_ERROR:
+            note_failure(bot.store, case.id)
+        else:
+            note_success(bot.store, case.id)
         updated = _record(bot, case, now, "transition" if decision.changes_state else "check",
                           state, nxt, detail, next_check=next_check,
                           changes_state=decision.changes_state, log_event=decision.changes_state

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot import cases as sm
+from bot.backoff import note_failure, note_success, record_check_crash
 from bot.cases import Event, State
 from bot.compose import _record_box, enqueue_mail, key_records
 from bot.faults import maybe_crash
@@ -40,29 +41,44 @@ def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
     client = bot.dns_client()
     # Expected keys are read here: the store's connection belongs to this thread.
     # Every selector of a case is checked (dual signing: RSA + Ed25519 records).
+    # One domain's trouble (a missing key row, a check that raises) stays that
+    # domain's: its cases are recorded as failed checks, the others go on.
     jobs: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+    broken: dict[tuple[str, tuple[str, ...]], Exception] = {}
     for c in due:
         sels = tuple(c.selectors or ([c.selector] if c.selector else []))
-        if c.domain and sels and (c.domain, sels) not in jobs:
-            jobs[(c.domain, sels)] = expected_keys(bot, c.domain, sels)
+        key = (c.domain or "", sels)
+        if c.domain and sels and key not in jobs and key not in broken:
+            try:
+                jobs[key] = expected_keys(bot, c.domain, sels)
+            except Exception as exc:  # noqa: BLE001 - one domain's trouble stays its own
+                broken[key] = exc
 
     def run(item: tuple[tuple[str, tuple[str, ...]], dict[str, str]]) -> tuple[tuple[str, tuple[str, ...]], Any]:
         (domain, sels), expected = item
         return (domain, sels), check_case_domain(client, domain, expected, bot.cfg.service)
 
-    if not jobs:
+    if not jobs and not broken:
         return 0
     # Each case is applied (in due order, on this thread: the store's) as soon as its
     # domain's report is in, while later domains are still being asked: the pass's
     # store and mail work overlaps the DNS waits instead of following all of them
     # (benchmarks/bench_rechecks.py: 5,000 cases at 50 ms per answer).
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool:
         futures = {key: pool.submit(run, (key, expected)) for key, expected in jobs.items()}
         for case in due:
             sels = tuple(case.selectors or ([case.selector] if case.selector else []))
-            future = futures.get((case.domain or "", sels))
-            if future is not None:
+            key = (case.domain or "", sels)
+            future = futures.get(key)
+            if future is None and key not in broken:
+                continue
+            try:
+                if key in broken:
+                    raise broken[key]
+                assert future is not None
                 apply_check(bot, case, future.result()[1], client)
+            except Exception as exc:  # noqa: BLE001 - one domain's trouble stays its own
+                record_check_crash(bot, bot.store.get_case(case.id), exc, "DNS check")
     return len(due)
 
 
@@ -123,8 +139,10 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
         with bot.store.transaction():
             fields: dict[str, Any] = {"reply_pending": False, "last_notice": decision.notice}
             if event == Event.DNS_ERROR:
-                fields["next_check_at"] = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1)
+                attempt = note_failure(bot.store, case.id)  # soon, then less often
+                fields["next_check_at"] = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, attempt)
             else:
+                note_success(bot.store, case.id)
                 since = now if decision.changes_state else case.state_since
                 fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds,
                                                                     cfg.schedule.check_steps)

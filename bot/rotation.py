@@ -180,10 +180,14 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
     dkim = fold_dkim(check_dkim_each(client, domain, expected_keys(bot, domain, rotation.new_selectors)))
     if not dkim.ok:
         codes = sorted({d.code for d in dkim.diagnoses if d.severity == "error"})
-        delay = (sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1) if "dns_error" in codes
+        # DNS errors in a row (kept in the rotation's detail) back off: soon, then less
+        # often; any clean answer, even "not published yet", starts the count again.
+        dns_errors = int(rotation.detail.get("dns_errors", 0)) + 1 if "dns_error" in codes else 0
+        delay = (sm.dns_error_delay(cfg.schedule.check_interval_seconds, dns_errors) if dns_errors
                  else sm.next_check_delay(now - rotation.created_at, cfg.schedule.check_interval_seconds))
         with bot.store.transaction():
-            _update(bot, rotation.id, next_check_at=now + delay, detail={**rotation.detail, "last_check": codes})
+            _update(bot, rotation.id, next_check_at=now + delay,
+                    detail={**rotation.detail, "last_check": codes, "dns_errors": dns_errors})
         return
     ok, why = _switch(bot, rotation, client)
     with bot.store.transaction():
