@@ -140,15 +140,25 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         if refusal:
             print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
             return 1
+        notes: list[str] = []
         with pass_lock(cfg, wait=True):
             if args.command == "cancel":
-                case = jobs.staff_cancel(bot, case)
+                from bot.cancel import CancelError, cancel_case
+
+                try:
+                    cancelled = cancel_case(bot, case)
+                except CancelError as exc:
+                    print(f"dkimbot: {case.ref}: {exc}", file=sys.stderr)
+                    return 1
+                case, notes = cancelled.case, cancelled.lines()
             elif args.command == "retry":
                 case = jobs.staff_retry(bot, case)
             elif args.command == "resend":
                 jobs.staff_resend(bot, case)
                 jobs.flush_outbox_once(bot)
         print(f"{case.ref}: {case.state}")
+        for note in notes:  # what cancel did to the signer
+            print(f"  {note}")
         return 0
     finally:
         bot.close()

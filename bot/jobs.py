@@ -297,11 +297,11 @@ def _watch_and_rotate(bot: Bot, result: PassResult) -> int:
 
 
 def staff_cancel(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
-    now = bot.clock()
-    with bot.store.transaction():
-        updated = bot.store.update_case(case.id, now, state=State.CANCELLED, state_since=now, next_check_at=None)
-        bot.store.add_event(case.id, now, "staff_cancel", case.state, State.CANCELLED, {"by": who})
-    return updated
+    """Cancel; its key leaves the signer unless another live case of the domain uses it
+    (a cancelled case is not watched). See bot/cancel.py; raises CancelError."""
+    from bot.cancel import cancel_case
+
+    return cancel_case(bot, case, who).case
 
 
 def staff_retry(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
