@@ -58,9 +58,12 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # imapclient's debug log is a protocol trace holding whole mails (addresses, names):
+    # never on stderr, even with --verbose.
+    for private in ("imapclient", "mail.log"):
+        logging.getLogger(private).setLevel(logging.WARNING)
     if not verbose:
-        for noisy in ("apscheduler", "imapclient", "mail.log"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

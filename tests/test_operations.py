@@ -97,3 +97,46 @@ def test_the_daemon_finishes_the_running_pass_then_stops(tmp_path, bind, signum)
     assert len(list(outbox.glob("*.eml"))) == 12
     # ...and no second pass started after the signal.
     assert text.count("queued request_reply") == 12
+
+
+def test_verbose_logs_keep_mail_addresses_out(tmp_path, bind, dovecot, smtp):
+    from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
+
+    domain = f"quiet-{uuid.uuid4().hex[:6]}.test"
+    dovecot.reset(SUPPORT_ADDRESS)
+    smtp.clear()
+    dovecot.append(SUPPORT_ADDRESS, request_mail(domain, f"<{uuid.uuid4().hex}@{domain}>"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f"""
+[intake]
+kind = "imap"
+host = "{dovecot.host}"
+port = {dovecot.port}
+tls = "none"
+username = "{SUPPORT_ADDRESS}"
+password = "{SUPPORT_PASSWORD}"
+[outbound]
+kind = "smtp"
+host = "{smtp.host}"
+port = {smtp.port}
+tls = "none"
+[dns]
+nameservers = ["{bind.host}"]
+port = {bind.port}
+timeout = 1.0
+[keys]
+bits = 1024
+[schedule]
+check_interval_seconds = 3600
+[state]
+dir = "{tmp_path / 'state'}"
+""",
+        encoding="utf-8",
+    )
+    r = dkimbot(cfg, "--verbose", "run", "--once")
+    assert r.returncode == 0, r.stderr
+    assert len(smtp.messages) == 1
+    assert " DEBUG " in r.stderr
+    assert f"yamada@{domain}" not in r.stderr and f"info@{domain}" not in r.stderr
+    assert "山田" not in r.stderr
