@@ -123,7 +123,13 @@ def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
 
 
 def process_message(bot: Bot, key: str, raw: bytes) -> str:
-    """Decide on one message and record it as handled, in one transaction."""
+    """Decide on one message and record it as handled, in one transaction.
+
+    The slow part (DNS lookups, key generation, a managed zone's update) is prepared
+    first, outside the transaction (bot/prepare.py), so SQLite's write lock is held only
+    for the store writes and a concurrent ``dkimbot status`` never waits for DNS.
+    """
+    from bot.prepare import Prepared, prepare_message
     from bot.request import parse_message
 
     cfg = bot.cfg
@@ -133,12 +139,16 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
               key, parsed.message_id, parsed.is_request, len(parsed.facilities),
               ",".join(parsed.case_refs) or "-", parsed.no_reply_reason or "-", len(raw))
     store = bot.store
+    # A copy of a handled mail needs no preparing; the check inside the transaction
+    # still decides (another process may handle it between the two).
+    handled = store.is_handled(key, parsed.message_id, parsed.fingerprint)
+    prepared = Prepared() if handled else prepare_message(bot, parsed)
     with store.transaction():
         if store.is_handled(key, parsed.message_id, parsed.fingerprint):
             store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
             log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
             return "duplicate"
-        outcome = _decide_message(bot, parsed)
+        outcome = _decide_message(bot, parsed, prepared)
         store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
         maybe_crash("message.decided")
     maybe_crash("message.committed")

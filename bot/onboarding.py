@@ -2,14 +2,16 @@
 needs_info), a facility's reply to a case, or nothing for us.
 
 Runs inside ``process_message``'s transaction: cases, events, the reply mail and the
-handled mark are committed together.
+handled mark are committed together. The slow part (DNS, key generation, a managed
+zone's update) is done before it, by ``bot.prepare.prepare_message``; what it prepared is
+passed in as ``prepared`` and used only when it still fits the store.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import cases as sm
 from bot.cases import State
@@ -19,6 +21,9 @@ from bot.lookahead import looked_for_reply
 from bot.replies import read_reply
 from bot.runtime import Bot
 from bot.store import CaseRow
+
+if TYPE_CHECKING:
+    from bot.prepare import Prepared
 
 log = logging.getLogger("dkimbot")
 
@@ -32,12 +37,12 @@ def _reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
     return bot.store.case_for_message_id(ids) if ids else None
 
 
-def _decide_message(bot: Bot, parsed: Any) -> str:
+def _decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
     target = _reply_target(bot, parsed)
     if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
-        handle_request(bot, parsed, target)
+        handle_request(bot, parsed, target, prepared)
         return f"request: {len(parsed.facilities)} facilities"
     if target is not None:
         handle_reply(bot, target, parsed)
@@ -104,13 +109,20 @@ def _existing_case(bot: Bot, facility: Any, requester: str | None, target: CaseR
     return None
 
 
-def _choose_key(bot: Bot, domain: str) -> list[str]:
+def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list[str]:
     """Facilities of one domain share one key: reuse the domain's live selector(s)."""
     from bot.keys import render_selector
 
     for c in bot.store.cases_for_domain(domain):
         if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
             return list(c.selectors)
+    ready = prepared.keys_for(bot, domain) if prepared is not None else None
+    if ready is not None:  # chosen and written before the transaction (bot/prepare.py)
+        now = bot.clock()
+        for key in ready.keys:
+            bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
+        return list(ready.selectors)
+    # Not foreseen by the prepare phase (the store changed meanwhile): choose here.
     from bot.keyplan import choose_selector
 
     cfg = bot.cfg
@@ -142,7 +154,7 @@ _PROBLEM_WHAT = {
 }
 
 
-def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
+def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
     """One reply per request mail, listing every facility it named."""
     from bot.request import FIELD_LABELS
 
@@ -175,7 +187,8 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
         facilities = [Facility(None, None, None, None, None,
                                tuple(FieldProblem(f, "missing", None) for f in FIELDS))]
     domains_in_mail: dict[str, list[str]] = {}
-    seen: dict[str, Any] = {}  # look before instructing (SPEC §8): each domain once per mail
+    # Look before instructing (SPEC §8): each domain once per mail, mostly done already.
+    seen: dict[str, Any] = dict(prepared.seen) if prepared is not None else {}
     for f in facilities:
         fields = dict(
             facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
@@ -228,7 +241,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
                           "records": key_records(bot, case), "shared_with": [],
                           **looked_for_reply(bot, case, key_records(bot, case), seen)})
             continue
-        selectors = _choose_key(bot, domain)
+        selectors = _choose_key(bot, domain, prepared)
         due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
         if existing is not None:
             case = store.update_case(
@@ -252,7 +265,9 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None) -> None:
             # The simplified flow: our own name servers, so we publish and the facility rests.
             from bot.managed import publish_for_domain
 
-            managed = publish_for_domain(bot, domain, key_records(bot, case))
+            done, managed = prepared.managed_for(domain, selectors) if prepared else (False, None)
+            if not done:
+                managed = publish_for_domain(bot, domain, key_records(bot, case))
             if managed is not None:
                 store.add_event(case.id, now, "managed_publish", detail={
                     "zone": managed.zone, "nameservers": managed.nameservers,

@@ -240,8 +240,9 @@ class Store:
     """SQLite access. One connection per process; WAL so readers never block a pass."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         self.db.row_factory = sqlite3.Row
@@ -249,11 +250,13 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
-        self._migrate()
-        try:
-            os.chmod(path, 0o600)
-        except OSError:
-            pass
+        if self._migrate():
+            # Only a new or upgraded database: opening a current one (dkimbot status,
+            # show, check) changes nothing on disk.
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.db.close()
@@ -269,14 +272,30 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row["value"]) if row else 0
 
-    def _migrate(self) -> None:
+    def _check_version(self, current: int) -> None:
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"state database {self.path} has schema {current}, newer than this "
+                f"dkimbot ({SCHEMA_VERSION}); upgrade dkimbot"
+            )
+
+    def _migrate(self) -> bool:
+        """Upgrade the schema to SCHEMA_VERSION; True when anything was written.
+
+        The version is read first without a write transaction, so opening a current
+        database (every pass, every ``dkimbot status``) never queues behind a pass that
+        holds the write lock; BEGIN IMMEDIATE only for a real upgrade, re-checked inside
+        it because another process may have upgraded meanwhile.
+        """
+        current = self.schema_version()
+        self._check_version(current)
+        if current == SCHEMA_VERSION:
+            return False
         with self.transaction():
             current = self.schema_version()
-            if current > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"state database {self.path} has schema {current}, newer than this "
-                    f"dkimbot ({SCHEMA_VERSION}); upgrade dkimbot"
-                )
+            self._check_version(current)
+            if current == SCHEMA_VERSION:
+                return False
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
@@ -285,6 +304,7 @@ class Store:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(version),),
                 )
+        return True
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
