@@ -41,6 +41,7 @@ pytestmark = pytest.mark.servers
 
 
 def _setup(tmp_path: Path, dovecot, bind, smtp, name: str, n: int = 2, **schedule) -> tuple[Path, str, list[str]]:
+    smtp.clear()  # the sink is session-wide: "no Message-ID twice" is about this test's mail
     user = f"{name}@489ban.net"
     dovecot.add_user(user, IMAP_PASSWORD)
     dovecot.reset(user)
