@@ -125,6 +125,12 @@ def digest_once(bot: Bot) -> int:
     """The pass's unit: send the digest if today's is due. Returns 1 when one was queued."""
     if not digest_due(bot):
         return 0
+    if bot.store.get_meta(META_KEY) is None:
+        # A new installation: its first pass is no day worth summarising. The first
+        # digest goes out on the next day, after digest_hour.
+        with bot.store.transaction():
+            bot.store.set_meta(META_KEY, bot.clock().date().isoformat())
+        return 0
     send_digest(bot)
     return 1
 
