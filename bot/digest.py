@@ -22,6 +22,7 @@ from bot.store import now_iso
 log = logging.getLogger("dkimbot")
 
 META_KEY = "digest:last_date"
+STARTED_KEY = "digest:started"  # when the bot first looked at the digest (ISO time)
 
 
 def _events_since(bot: Bot, since: datetime) -> list[dict[str, Any]]:
@@ -123,13 +124,15 @@ def digest_due(bot: Bot, now: datetime | None = None) -> bool:
 
 def digest_once(bot: Bot) -> int:
     """The pass's unit: send the digest if today's is due. Returns 1 when one was queued."""
-    if not digest_due(bot):
-        return 0
-    if bot.store.get_meta(META_KEY) is None:
-        # A new installation: its first pass is no day worth summarising. The first
-        # digest goes out on the next day, after digest_hour.
+    # A new installation has no day worth summarising yet: the first digest goes out
+    # once the bot has run for a full day (then daily after digest_hour).
+    now = bot.clock()
+    started = bot.store.get_meta(STARTED_KEY)
+    if started is None:
         with bot.store.transaction():
-            bot.store.set_meta(META_KEY, bot.clock().date().isoformat())
+            bot.store.set_meta(STARTED_KEY, now.isoformat())
+        return 0
+    if now - datetime.fromisoformat(started) < timedelta(days=1) or not digest_due(bot, now):
         return 0
     send_digest(bot)
     return 1

@@ -200,7 +200,7 @@ def test_the_daily_digest_goes_once_a_day_and_tells_what_staff_must_see(
         run_pass(bot)  # 01:00 on the day the bot starts: before digest_hour
         assert [m for m in _staff_only(smtp, start) if "digest" in m.message["Subject"]] == []
         clock.at(hours=6)
-        run_pass(bot)  # the first day of a new installation is not summarised
+        run_pass(bot)  # a new installation is summarised only once it has run a full day
         assert [m for m in _staff_only(smtp, start) if "digest" in m.message["Subject"]] == []
         clock.at(days=1, hours=6)
         run_pass(bot)
