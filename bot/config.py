@@ -135,7 +135,7 @@ class ScheduleConfig:
     # [[2, 1200], [24, 3600]]; empty: the built-in steps (bot/cases.py next_check_delay).
     check_steps: list = field(default_factory=list)
     # The daily staff digest (bot/digest.py): sent by the first pass at or after this UTC
-    # hour (0 = 09:00 in Japan), from the day after the bot's first pass; -1: never, only
+    # hour (0 = 09:00 in Japan), the first once the bot has run a full day; -1: never, only
     # `dkimbot digest`. A case waiting stuck_after_days in one state is listed as stuck.
     digest_hour: int = 0
     stuck_after_days: float = 7
