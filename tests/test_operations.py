@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_config
+from configkit import dns, imap, smtp_out, write_toml
 from bot.intake import MaildirMailbox
 from test_e2e import request_mail
 
@@ -25,23 +26,12 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNIN
 
 def setup(tmp_path: Path, bind, *, requests: int, bits: int = 1024) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f"""
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 1.0
-[keys]
-bits = {bits}
-[schedule]
-check_interval_seconds = 3600
-poll_interval_seconds = 5
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
+    cfg = write_toml(tmp_path / "c.toml", {
+        "dns": dns(bind, timeout=1.0),
+        "keys": {"bits": bits},
+        "schedule": {"check_interval_seconds": 3600, "poll_interval_seconds": 5},
+        "state": {"dir": str(tmp_path / "state")},
+    })
     inbox = MaildirMailbox(load_config(cfg).state_path("inbox"))
     for _ in range(requests):
         domain = f"ops-{uuid.uuid4().hex[:8]}.test"
@@ -106,34 +96,14 @@ def test_verbose_logs_keep_mail_addresses_out(tmp_path, bind, dovecot, smtp):
     dovecot.reset(SUPPORT_ADDRESS)
     smtp.clear()
     dovecot.append(SUPPORT_ADDRESS, request_mail(domain, f"<{uuid.uuid4().hex}@{domain}>"))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f"""
-[intake]
-kind = "imap"
-host = "{dovecot.host}"
-port = {dovecot.port}
-tls = "none"
-username = "{SUPPORT_ADDRESS}"
-password = "{SUPPORT_PASSWORD}"
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 1.0
-[keys]
-bits = 1024
-[schedule]
-check_interval_seconds = 3600
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
+    cfg = write_toml(tmp_path / "c.toml", {
+        "intake": imap(dovecot, password_env=None, timeout=None, password=SUPPORT_PASSWORD),
+        "outbound": smtp_out(smtp, timeout=None),
+        "dns": dns(bind, timeout=1.0),
+        "keys": {"bits": 1024},
+        "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state")},
+    })
     r = dkimbot(cfg, "--verbose", "run", "--once")
     assert r.returncode == 0, r.stderr
     assert len(smtp.messages) == 1

@@ -9,6 +9,7 @@ from email.message import EmailMessage
 import pytest
 
 from bot.config import load_config
+from configkit import dns, service, smtp_out, write_toml
 from bot.intake import MaildirMailbox
 from bot.jobs import Bot, run_pass
 from test_e2e import request_mail
@@ -17,35 +18,16 @@ pytestmark = pytest.mark.servers
 
 
 def make_bot(tmp_path, bind, smtp, **intake):
-    extra = "".join(f"{k} = {v}\n" for k, v in intake.items())
-    p = tmp_path / "c.toml"
-    p.write_text(
-        f"""
-[service]
-support_address = "support@489ban.net"
-staff_cc = ["staff@489ban.net"]
-[intake]
-kind = "maildir"
-{extra}
-[outbound]
-kind = "smtp"
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "none"
-[dns]
-nameservers = ["{bind.host}"]
-port = {bind.port}
-timeout = 1.0
-[keys]
-bits = 1024
-[schedule]
-check_interval_seconds = 3600
-[state]
-dir = "{tmp_path / 'state'}"
-""",
-        encoding="utf-8",
-    )
-    cfg = load_config(p)
+    cfg_file = write_toml(tmp_path / "c.toml", {
+        "service": service(),
+        "intake": {"kind": "maildir", **intake},
+        "outbound": smtp_out(smtp),
+        "dns": dns(bind, timeout=1.0),
+        "keys": {"bits": 1024},
+        "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state")},
+    })
+    cfg = load_config(cfg_file)
     return Bot.open(cfg), MaildirMailbox(cfg.state_path(cfg.intake.maildir))
 
 
