@@ -1,6 +1,6 @@
 """Keys: generation time per algorithm, and one key per domain however many facilities.
 
-Generation goes through ``bot.keys.generate_private_key`` (what the key store calls).
+Generation goes through ``bot.adapters.keys.generate_private_key`` (what the key store calls).
 The sharing check feeds two real request mails, two facilities of one domain, through
 ``jobs.process_message`` and counts the generations (a counting wrapper around the
 generator, installed only here) and the keys stored.
@@ -20,9 +20,9 @@ ALGORITHMS = {"rsa1024": ("rsa", 1024), "rsa2048": ("rsa", 2048), "rsa3072": ("r
 
 
 def run(sizes: Sizes, work: Path) -> dict[str, Any]:
-    import bot.keys
+    import bot.adapters.keys
     from bot.config import load_config
-    from bot.jobs import Bot, process_message
+    from bot.app.jobs import Bot, process_message
 
     generate_ms: dict[str, float] = {}
     for name, (alg, bits) in ALGORITHMS.items():

@@ -30,7 +30,7 @@ from common import (
 
 def _one_pass(cfg: Any) -> Any:
     """What `dkimbot run --once` does, minus the interpreter start-up."""
-    from bot.jobs import Bot, pass_lock, run_pass
+    from bot.app.jobs import Bot, pass_lock, run_pass
 
     with pass_lock(cfg):
         bot = Bot.open(cfg)
@@ -128,7 +128,7 @@ def first_pass(sizes: Sizes, work: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             result = _one_pass(cfg)
             seconds = time.perf_counter() - t0
-        from bot.store import Store
+        from bot.adapters.store import Store
 
         store = Store(cfg.state_dir / "dkimbot.sqlite3")
         try:

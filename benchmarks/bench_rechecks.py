@@ -205,7 +205,7 @@ dir = "{state}"
 
 def _make_cases(bot: Any, domains: list[str], setups: list[tuple[str, list[str], str]],
                 pems: list[bytes], publics: list[str], now: datetime) -> None:
-    from bot.keys import ensure_private_dir, write_file_atomic
+    from bot.adapters.keys import ensure_private_dir, write_file_atomic
 
     store = bot.store
     with store.transaction():
@@ -232,9 +232,9 @@ def run(sizes: Sizes, work: Path) -> dict[str, Any]:
     import servers
 
     from bot.config import load_config
-    from bot.keys import generate_private_key, public_b64_of, unencrypted_pkcs8
-    from bot.rechecks import recheck_due_once
-    from bot.runtime import Bot
+    from bot.adapters.keys import generate_private_key, public_b64_of, unencrypted_pkcs8
+    from bot.flows.rechecks import recheck_due_once
+    from bot.flows.runtime import Bot
 
     n = sizes.recheck_cases
     keys = [generate_private_key("rsa", 2048) for _ in range(KEY_POOL)]

@@ -51,7 +51,7 @@ class ServiceConfig:
     cc_contact: bool = True
     max_mails_per_case_per_day: int = 5
     # At most this many facility mails to one address in 24 h, whatever the case (0: no
-    # limit); staff are never limited. See bot/ratelimit.py.
+    # limit); staff are never limited. See bot/flows/ratelimit.py.
     max_mails_per_address_per_day: int = 10
 
 
@@ -132,9 +132,9 @@ class ScheduleConfig:
     # signature that must fail, but a short DNS mishap does not stop signing.
     signing_grace_days: float = 5
     # Slower checks the longer a case waits: [[after_hours, every_seconds], ...], e.g.
-    # [[2, 1200], [24, 3600]]; empty: the built-in steps (bot/cases.py next_check_delay).
+    # [[2, 1200], [24, 3600]]; empty: the built-in steps (bot/core/cases.py next_check_delay).
     check_steps: list = field(default_factory=list)
-    # The daily staff digest (bot/digest.py): sent by the first pass at or after this UTC
+    # The daily staff digest (bot/flows/digest.py): sent by the first pass at or after this UTC
     # hour (0 = 09:00 in Japan), the first once the bot has run a full day; -1: never, only
     # `dkimbot digest`. A case waiting stuck_after_days in one state is listed as stuck.
     digest_hour: int = 0
@@ -143,7 +143,7 @@ class ScheduleConfig:
 
 @dataclass
 class ProofConfig:
-    """SPEC §8 end-to-end proof (bot/proof.py): off unless ``enabled``.
+    """SPEC §8 end-to-end proof (bot/flows/proof.py): off unless ``enabled``.
 
     A signed probe goes From ``from_localpart@<facility domain>`` To ``address``; the bot
     reads it back from that mailbox (IMAP, read-only) and reports the receiver's verdict.

@@ -72,7 +72,7 @@ def write_config(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any, *, mailbox:
 
 def open_bot(cfg_path: Path, clock: Clock) -> Any:
     from bot.config import load_config
-    from bot.runtime import Bot
+    from bot.flows.runtime import Bot
 
     return Bot.open(load_config(cfg_path), clock=clock)
 

@@ -1,12 +1,12 @@
 """Authentication-Results (RFC 8601) as real receivers write them, parsed into items; and
-the proof's verdict on them (bot/authresults.py, bot/proof.py judge). Pure: no servers."""
+the proof's verdict on them (bot/core/authresults.py, bot/flows/proof.py judge). Pure: no servers."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.authresults import AuthResultsError, parse_authentication_results
-from bot.proof import aligned, ar_headers, choose_results, judge
+from bot.core.authresults import AuthResultsError, parse_authentication_results
+from bot.flows.proof import aligned, ar_headers, choose_results, judge
 
 GMAIL = (
     "mx.google.com;\r\n       dkim=pass header.i=@x.jp header.s=sel header.b=abc;\r\n"
@@ -103,7 +103,7 @@ def test_the_verdict_needs_an_aligned_dkim_pass_and_escalates_a_fail():
 
 
 def test_alignment_follows_the_public_suffix_list():
-    from bot.proof import aligned
+    from bot.flows.proof import aligned
 
     assert aligned("hotel.co.jp", "hotel.co.jp")
     assert aligned("mail.hotel.co.jp", "hotel.co.jp")

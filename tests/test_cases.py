@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot import cases as sm
-from bot.cases import Event, State
+from bot.core import cases as sm
+from bot.core.cases import Event, State
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.request import FIELDS, ParsedMail, parse_message
+from bot.core.request import FIELDS, ParsedMail, parse_message
 
 CORPUS = Path(__file__).parent / "corpus"
 FIXTURES = sorted(CORPUS.glob("*.eml"))

@@ -10,7 +10,7 @@ both cases must be completed, and no Message-ID may have arrived twice.
 
 The one honest exception is ``smtp.accepted``: killed after the SMTP server said 250 and
 before the bot recorded it, nobody on the sending side can know the mail left, so it is
-sent again, with the same Message-ID (bot/delivery.py explains why no SMTP client can do
+sent again, with the same Message-ID (bot/flows/delivery.py explains why no SMTP client can do
 better without the receiver's help). The test asserts exactly that: nothing lost, the
 duplicate only for mails the bot itself flagged ``delivery_in_doubt``, at most two copies.
 """

@@ -56,8 +56,8 @@ class Flow:
     def __init__(self, tmp_path: Path, bind: Any, saas: str, *, nameservers: Any = None,
                  servers: Any = None, bits: int = 2048, prefix: str = "m") -> None:
         from bot.config import load_config
-        from bot.intake import MaildirMailbox
-        from bot.runtime import Bot
+        from bot.adapters.intake import MaildirMailbox
+        from bot.flows.runtime import Bot
 
         self.bind = bind
         self.saas = saas
@@ -107,7 +107,7 @@ dir = "{tmp_path / 'state'}"
     # -- the bot
     def run(self) -> list[EmailMessage]:
         """One pass; the mails it sent (facility mails, in order)."""
-        from bot.jobs import run_pass
+        from bot.app.jobs import run_pass
 
         result = run_pass(self.bot)
         assert not [e for e in result.errors if "resolver" not in e], result.errors
@@ -153,7 +153,7 @@ dir = "{tmp_path / 'state'}"
 
     def show(self) -> dict[str, Any]:
         """`dkimbot show CASE --json`, through the CLI's own code."""
-        from bot import cli
+        from bot.app import cli
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -433,7 +433,7 @@ def test_a_short_key_wish_without_a_cut_off_record_goes_to_staff(flow):
 
 
 def test_staff_rekey_command(flow):
-    from bot import cli
+    from bot.app import cli
 
     f = flow()
     f.request()
@@ -525,8 +525,8 @@ def test_a_route53_zone_gets_the_quoted_form_and_it_works(flow):
 
 
 def test_one_pass_asks_each_name_once(flow, bind, monkeypatch):
-    from bot.dnscheck import DnsClient
-    from bot.jobs import recheck_due_once
+    from bot.checks.dnscheck import DnsClient
+    from bot.app.jobs import recheck_due_once
 
     f = flow()
     f.request()

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bot.config import load_config
-from bot.digest import digest_once
-from bot.runtime import Bot
+from bot.flows.digest import digest_once
+from bot.flows.runtime import Bot
 
 
 def test_the_first_digest_waits_a_full_day(tmp_path):

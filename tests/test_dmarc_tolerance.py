@@ -1,6 +1,6 @@
 """DMARC parsing is as tolerant as receivers are, and no more (pure)."""
 
-from bot.dmarc import parse_dmarc
+from bot.checks.dmarc import parse_dmarc
 
 
 def test_empty_parts_are_not_a_problem():

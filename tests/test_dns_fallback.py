@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from bot.config import DnsConfig
-from bot.dnscheck import DnsClient, check_dkim
+from bot.checks.dnscheck import DnsClient, check_dkim
 from test_dnscheck_bind import PUB, RECORD, SEL, strings
 
 pytestmark = pytest.mark.servers

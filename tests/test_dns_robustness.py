@@ -29,9 +29,9 @@ from keyflow import (
     write_config,
 )
 
-from bot import jobs
+from bot.app import jobs
 from bot.config import DnsConfig
-from bot.dnsclient import DnsClient, DnsFailure
+from bot.adapters.dnsclient import DnsClient, DnsFailure
 
 pytestmark = pytest.mark.servers
 

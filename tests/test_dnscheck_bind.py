@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.config import Config, DnsConfig, ServiceConfig
-from bot.dnscheck import (
+from bot.checks.dnscheck import (
     CheckRequest,
     DnsClient,
     check_dkim,

@@ -9,9 +9,9 @@ import json
 import pytest
 import spf as pyspf
 
-from bot import dnscheck
-from bot.dmarc import organizational_domain, parse_dmarc, suggest_dmarc_record
-from bot.dnscheck import (
+from bot.checks import dnscheck
+from bot.checks.dmarc import organizational_domain, parse_dmarc, suggest_dmarc_record
+from bot.checks.dnscheck import (
     AreaResult,
     CheckReport,
     Diagnosis,
@@ -19,8 +19,8 @@ from bot.dnscheck import (
     format_report_table,
     parse_dkim_record,
 )
-from bot.dnsclient import DnsFailure, Lookup, TxtRecord
-from bot.spf import (
+from bot.adapters.dnsclient import DnsFailure, Lookup, TxtRecord
+from bot.checks.spf import (
     SpfEvaluator,
     _Ctx,
     analyse_spf,

@@ -8,8 +8,8 @@ from email.utils import make_msgid
 
 import pytest
 
-from bot import jobs
-from bot.signer import installed_selectors
+from bot.app import jobs
+from bot.adapters.signer import installed_selectors
 from keyflow import (case_mails, Clock, body_of, booking, boxes, dkimbot_cmd, open_bot, publish_box,
                      request_mail, verify_all, write_config)
 

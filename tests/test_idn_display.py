@@ -1,6 +1,6 @@
 """An IDN domain is shown to the clerk in Japanese, with the ASCII form beside it (pure)."""
 
-from bot.mailout import show_domain
+from bot.adapters.mailout import show_domain
 
 
 def test_an_idn_domain_shows_its_japanese_form():
@@ -36,7 +36,7 @@ def test_the_first_reply_names_an_idn_domain_in_japanese(tmp_path, bind, smtp):
         f"[担当者様の電話番号]\n03-1234-5678\n[予約番で使用する管理用メールアドレス]\ninfo@{unicode_domain}\n",
         charset="utf-8")
     inbox.deliver(msg.as_bytes())
-    from bot.jobs import run_pass
+    from bot.app.jobs import run_pass
 
     run_pass(bot)
     [case] = bot.store.list_cases()

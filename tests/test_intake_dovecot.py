@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_config
-from bot.jobs import run_pass
-from bot.request import parse_message
-from bot.runtime import Bot
+from bot.app.jobs import run_pass
+from bot.core.request import parse_message
+from bot.flows.runtime import Bot
 from configkit import server_config
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 from test_e2e import body_of, boxes, dkimbot, status

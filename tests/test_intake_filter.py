@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.intake import HeaderFilter
-from bot.request import parse_message, subject_is_request
+from bot.adapters.intake import HeaderFilter
+from bot.core.request import parse_message, subject_is_request
 
 CORPUS = Path(__file__).parent / "corpus"
 FIXTURES = sorted(CORPUS.glob("*.eml"))

@@ -5,7 +5,7 @@ Real Dovecot and a DNS proxy in front of the test BIND that never answers ("drop
 every lookup of the request (selector choice, the look before the first reply) runs
 into the [dns] timeout. While the pass is waiting on DNS, another process's
 ``dkimbot status --json`` and another connection's ``BEGIN IMMEDIATE`` must get through
-at once. Before bot/prepare.py both waited for the whole DNS timeout chain (seconds;
+at once. Before bot/flows/prepare.py both waited for the whole DNS timeout chain (seconds;
 with many facilities past SQLite's 30 s busy timeout: "database is locked").
 """
 
@@ -23,7 +23,7 @@ from configkit import server_config
 from servers import DelayingDnsProxy
 from workerkit import IMAP_PASSWORD, SAAS_ZONE, dkimbot, request_mail, setup_domain, start_dkimbot
 
-from bot.store import Store
+from bot.adapters.store import Store
 
 pytestmark = pytest.mark.servers
 
@@ -128,7 +128,7 @@ def test_opening_a_current_store_neither_waits_for_a_writer_nor_writes(tmp_path)
 
 def _two_bots(tmp_path, bind):
     from bot.config import load_config
-    from bot.jobs import Bot
+    from bot.app.jobs import Bot
     from configkit import dns, service, write_toml
 
     cfg_file = write_toml(tmp_path / "c.toml", {
@@ -143,8 +143,8 @@ def _two_bots(tmp_path, bind):
 
 
 def test_a_message_decided_by_another_process_meanwhile_is_a_duplicate(tmp_path, bind, monkeypatch):
-    import bot.prepare as prepare_mod
-    from bot.jobs import process_message
+    import bot.flows.prepare as prepare_mod
+    from bot.app.jobs import process_message
 
     domain = f"race1-{uuid.uuid4().hex[:6]}.test"
     setup_domain(bind, domain)
@@ -166,8 +166,8 @@ def test_a_message_decided_by_another_process_meanwhile_is_a_duplicate(tmp_path,
 
 
 def test_two_requests_for_one_domain_prepared_together_share_one_key(tmp_path, bind, monkeypatch):
-    import bot.prepare as prepare_mod
-    from bot.jobs import process_message
+    import bot.flows.prepare as prepare_mod
+    from bot.app.jobs import process_message
 
     domain = f"race2-{uuid.uuid4().hex[:6]}.test"
     setup_domain(bind, domain)

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from bot.keys import (
+from bot.adapters.keys import (
     DkimKey,
     KeyPassphraseError,
     KeyStore,

@@ -187,7 +187,7 @@ class CopyFlow(Flow):
         self.staff: list[EmailMessage] = []
 
     def run(self) -> list[EmailMessage]:
-        from bot.jobs import run_pass
+        from bot.app.jobs import run_pass
 
         run_pass(self.bot)
         return self.collect()
@@ -384,7 +384,7 @@ def test_every_mail_of_a_domain_life_reads_right(copyflow, saas):  # noqa: F811
                         action=False)
 
     # A key rotation: add the new record, then the old one may go.
-    from bot.rotation import start_rotation
+    from bot.flows.rotation import start_rotation
 
     with f.bot.store.transaction():
         rotation = start_rotation(f.bot, d)
@@ -468,7 +468,7 @@ def test_provider_hint_and_managed_zone_mails(copyflow, tmp_path, bind, saas):  
                    f'tsig_key_name = "{bind.tsig_key_name}"\ntsig_secret = "{bind.tsig_secret}"\n')
     m.cfg_path.write_text(text)
     from bot.config import load_config
-    from bot.runtime import Bot
+    from bot.flows.runtime import Bot
 
     m.bot.close()
     m.cfg = load_config(m.cfg_path)
@@ -484,7 +484,7 @@ def test_provider_hint_and_managed_zone_mails(copyflow, tmp_path, bind, saas):  
 
 
 def test_staff_digest_and_escalations_say_what_to_decide(copyflow):
-    from bot.digest import render_digest
+    from bot.flows.digest import render_digest
 
     f = copyflow(bits=1024)
     f.request()

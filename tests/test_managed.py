@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from bot.config import load_config
-from bot.intake import MaildirMailbox
-from bot.jobs import Bot, run_pass
+from bot.adapters.intake import MaildirMailbox
+from bot.app.jobs import Bot, run_pass
 from configkit import dns, service, smtp_out, write_toml
 from test_e2e import body_of, request_mail
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import store as store_mod
-from bot.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.adapters import store as store_mod
+from bot.adapters.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 

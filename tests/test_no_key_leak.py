@@ -35,7 +35,7 @@ def pem_body_lines(pem: bytes) -> list[str]:
 
 def secrets_of(state: Path) -> set[str]:
     """Every string that would betray a private key, from the store and the signer's files."""
-    from bot.keys import public_b64_of
+    from bot.adapters.keys import public_b64_of
 
     needles: set[str] = set()
     public_keys: list[str] = []

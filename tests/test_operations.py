@@ -16,7 +16,7 @@ import pytest
 
 from bot.config import load_config
 from configkit import dns, imap, smtp_out, write_toml
-from bot.intake import MaildirMailbox
+from bot.adapters.intake import MaildirMailbox
 from test_e2e import request_mail
 
 pytestmark = pytest.mark.servers

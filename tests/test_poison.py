@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_TEMPLATES_DIR, load_config
-from bot.jobs import Bot, run_pass
+from bot.app.jobs import Bot, run_pass
 from configkit import imap, service, smtp_out, write_toml
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
 from test_e2e import request_mail

@@ -36,9 +36,9 @@ from keyflow import (
     saas_zone,
 )
 
-from bot import jobs
-from bot.cli import main as dkimbot_main
-from bot.proof import proofs_for, queue_probe
+from bot.app import jobs
+from bot.app.cli import main as dkimbot_main
+from bot.flows.proof import proofs_for, queue_probe
 
 pytestmark = pytest.mark.servers
 

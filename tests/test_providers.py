@@ -1,10 +1,10 @@
-"""The DNS-host table (bot/providers.py): pure, NS names in, what the panel wants out."""
+"""The DNS-host table (bot/core/providers.py): pure, NS names in, what the panel wants out."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.providers import PROVIDERS, hint, hint_for, identify
+from bot.core.providers import PROVIDERS, hint, hint_for, identify
 
 LONG = "v=DKIM1; k=rsa; p=" + "A" * 392  # a 2048-bit record's length: over one string
 SHORT = "v=DKIM1; k=rsa; p=" + "B" * 216  # 1024 bits: fits one string

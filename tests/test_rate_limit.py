@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from bot.compose import enqueue_mail
+from bot.flows.compose import enqueue_mail
 from bot.config import Config
-from bot.runtime import Bot, utcnow
+from bot.flows.runtime import Bot, utcnow
 
 
 def test_a_case_gets_at_most_the_daily_number_of_facility_mails_staff_never_limited(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""bot/replies.py: which replies a DNS recheck answers and which staff must read."""
+"""bot/core/replies.py: which replies a DNS recheck answers and which staff must read."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.replies import new_text_of, read_reply
-from bot.request import parse_message
+from bot.core.replies import new_text_of, read_reply
+from bot.core.request import parse_message
 
 CORPUS = Path(__file__).parent / "corpus"
 REPLY_FIXTURES = sorted(p for p in CORPUS.glob("*.eml")

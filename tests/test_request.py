@@ -1,11 +1,11 @@
-"""Unit tests of bot/request.py: subject matching, labels, values, sections, no-reply rules."""
+"""Unit tests of bot/core/request.py: subject matching, labels, values, sections, no-reply rules."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.mailtext import decode_bytes, decode_header_value, html_to_text
-from bot.request import (
+from bot.core.mailtext import decode_bytes, decode_header_value, html_to_text
+from bot.core.request import (
     FIELD_LABELS,
     FIELDS,
     Facility,

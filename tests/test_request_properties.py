@@ -1,4 +1,4 @@
-"""Property tests of bot/request.py: it never crashes, and formatting never changes meaning."""
+"""Property tests of bot/core/request.py: it never crashes, and formatting never changes meaning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bot.request import FIELD_LABELS, FIELDS, parse_facilities, parse_message
+from bot.core.request import FIELD_LABELS, FIELDS, parse_facilities, parse_message
 
 # Values as a facility would write them, already in their normalised form.
 NAMES = ["ホテル桜", "旅館 みどり荘", "髙橋旅館", "Hotel Sakura Kyoto", "海辺の宿 潮騒", "(株)さくら ホテル1号館"]

@@ -10,8 +10,8 @@ import pytest
 
 from bot.config import load_config
 from configkit import dns, service, smtp_out, write_toml
-from bot.intake import MaildirMailbox
-from bot.jobs import Bot, run_pass
+from bot.adapters.intake import MaildirMailbox
+from bot.app.jobs import Bot, run_pass
 from test_e2e import request_mail
 
 pytestmark = pytest.mark.servers

@@ -11,8 +11,10 @@ from email.utils import make_msgid
 
 import pytest
 
-from bot import jobs, rotation
-from bot.signer import installed_selectors, sign_message
+from bot.app import jobs
+
+from bot.flows import rotation
+from bot.adapters.signer import installed_selectors, sign_message
 from keyflow import (case_mails, STAFF, Clock, body_of, booking, boxes, open_bot, publish_box, request_mail,
                      saas_zone, verify_all, write_config)
 

@@ -27,11 +27,11 @@ from workerkit import (
     write_config,
 )
 
-from bot import cases as sm
+from bot.core import cases as sm
 from bot.config import ConfigError, load_config
-from bot.digest import META_KEY
-from bot.jobs import run_pass
-from bot.runtime import Bot
+from bot.flows.digest import META_KEY
+from bot.app.jobs import run_pass
+from bot.flows.runtime import Bot
 
 pytestmark = pytest.mark.servers
 
@@ -220,7 +220,7 @@ def test_the_daily_digest_goes_once_a_day_and_tells_what_staff_must_see(
         stuck = body_of(digests[1].raw).split("Stuck")[1].split("Delivery errors")[0]
         assert f"{case.ref} ホテルさくら ({domain}) awaiting_dkim for 8 d" in stuck
         # The next day a facility mail is refused (5xx): the case escalates, the digest says why.
-        from bot.jobs import staff_resend
+        from bot.app.jobs import staff_resend
 
         staff_resend(bot, case)
         smtp.fail_next(1, 550, "5.1.1 mailbox unknown")

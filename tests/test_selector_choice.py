@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot import jobs
-from bot.keyplan import choose_selector, selector_candidates
-from bot.keys import render_selector
+from bot.app import jobs
+from bot.checks.keyplan import choose_selector, selector_candidates
+from bot.adapters.keys import render_selector
 from keyflow import Clock, body_of, boxes, case_mails, open_bot, request_mail, write_config
 
 pytestmark = pytest.mark.servers

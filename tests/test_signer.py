@@ -10,8 +10,8 @@ import dkim
 import pytest
 
 from bot.config import Config
-from bot.keys import DkimKey, KeyStore, ed25519_selector
-from bot.signer import (
+from bot.adapters.keys import DkimKey, KeyStore, ed25519_selector
+from bot.adapters.signer import (
     EX_TEMPFAIL,
     SignerInstallError,
     UnsignableMessage,

@@ -15,8 +15,8 @@ import dkim
 import pytest
 
 from bot.config import Config, load_config
-from bot.keys import KeyStore
-from bot.signer import SignerInstallError, install_key, key_file_path
+from bot.adapters.keys import KeyStore
+from bot.adapters.signer import SignerInstallError, install_key, key_file_path
 
 SEL = "yoyakuban202611"
 
@@ -55,9 +55,9 @@ def test_an_unknown_signer_group_is_a_clear_error_and_installs_nothing(tmp_path:
 
 
 def _send_one_staff_mail(cfg: Config) -> bytes:
-    from bot.compose import enqueue_mail
-    from bot.jobs import flush_outbox_once
-    from bot.runtime import Bot
+    from bot.flows.compose import enqueue_mail
+    from bot.app.jobs import flush_outbox_once
+    from bot.flows.runtime import Bot
 
     bot = Bot.open(cfg)
     with bot.store.transaction():

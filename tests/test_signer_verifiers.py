@@ -24,8 +24,8 @@ import dns.rdatatype
 import pytest
 
 from bot.config import Config
-from bot.keys import DkimKey, KeyStore, ed25519_selector, split_txt_strings
-from bot.signer import install_key, prove_signing, sign_filter
+from bot.adapters.keys import DkimKey, KeyStore, ed25519_selector, split_txt_strings
+from bot.adapters.signer import install_key, prove_signing, sign_filter
 
 pytestmark = pytest.mark.servers
 

@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot import cases as sm
-from bot.cases import Event, State
-from bot.dnsclient import AreaResult, Diagnosis
-from bot.keyplan import fold_dkim
-from bot.monitor import classify_watch
+from bot.core import cases as sm
+from bot.core.cases import Event, State
+from bot.adapters.dnsclient import AreaResult, Diagnosis
+from bot.checks.keyplan import fold_dkim
+from bot.flows.monitor import classify_watch
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
 GRACE = timedelta(days=5)

@@ -34,8 +34,8 @@ from workerkit import (
 
 from bot import faults
 from bot.config import load_config
-from bot.jobs import run_pass
-from bot.runtime import Bot, utcnow
+from bot.app.jobs import run_pass
+from bot.flows.runtime import Bot, utcnow
 
 pytestmark = pytest.mark.servers
 

@@ -168,7 +168,7 @@ def add(name: str, raw: str | bytes, *, is_request: bool = True, no_reply: bool 
     if own_addresses:
         expected["own_addresses"] = list(own_addresses)
     if reply_can_act is not None:
-        # A reply to a case: can a DNS recheck answer it (bot/replies.py), or must staff?
+        # A reply to a case: can a DNS recheck answer it (bot/core/replies.py), or must staff?
         expected["reply_can_act"] = reply_can_act
     FIXTURES[name] = (data, expected)
 
@@ -721,7 +721,7 @@ add("apple_mail_inline_image_parts", bin_mail(
 # ------------------------------------------------------------------------------ replies to a case
 # What the bot's mails get back. The subject is the bot's own ("Re: [DKIM-0007] DKIM設定の
 # ご案内…"), so none of these is a request; reply_can_act says whether a DNS recheck answers
-# it (bot/replies.py) or staff must read it.
+# it (bot/core/replies.py) or staff must read it.
 GUIDE = "DKIM設定のご案内：DNSへのレコード登録のお願い"
 BOT_QUOTE = ("> ホテル桜 ご担当者様\n>\n> 下記のレコードをDNSに登録してください。\n"
              "> ご不明な点がございましたら、このメールにご返信ください。\n")

@@ -1,0 +1,589 @@
+"""The state store: SQLite under the state dir (cases, events, handled mail, outbox, keys).
+
+Every decision is written in one transaction (``Store.transaction()``): the case's new
+state, its event rows and the mails it causes. Delivery reads the outbox afterwards, so
+a crash between deciding and sending sends the mail later, never twice, never not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 4
+
+# Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY,
+        ref TEXT UNIQUE,
+        facility TEXT, contact_name TEXT, contact_email TEXT, contact_phone TEXT,
+        admin_email TEXT, domain TEXT, selector TEXT, selectors TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL,
+        requester TEXT,
+        thread_root TEXT, thread_last TEXT, thread_refs TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, state_since TEXT NOT NULL,
+        next_check_at TEXT,
+        reminders_sent INTEGER NOT NULL DEFAULT 0,
+        last_notice TEXT,
+        reply_pending INTEGER NOT NULL DEFAULT 0,
+        resume_state TEXT,
+        problems TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX cases_domain ON cases(domain);
+    CREATE INDEX cases_due ON cases(state, next_check_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER REFERENCES cases(id),
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT, to_state TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_case ON events(case_id);
+    CREATE TABLE handled (
+        key TEXT PRIMARY KEY,
+        message_id TEXT,
+        handled_at TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX handled_msgid ON handled(message_id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT UNIQUE NOT NULL,
+        kind TEXT NOT NULL,
+        case_ids TEXT NOT NULL DEFAULT '[]',
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        sent_at TEXT,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(status, next_attempt_at);
+    CREATE TABLE domain_keys (
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        bits INTEGER NOT NULL,
+        public_b64 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        installed_at TEXT,
+        retired_at TEXT,
+        PRIMARY KEY (domain, selector)
+    );
+    """,
+    # Key rotation (bot/flows/rotation.py): one row per `dkimbot rotate`, per domain.
+    2: """
+    CREATE TABLE rotations (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        old_selectors TEXT NOT NULL,
+        new_selectors TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        created_at TEXT NOT NULL,
+        next_check_at TEXT NOT NULL,
+        done_at TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX rotations_due ON rotations(status, next_check_at);
+    """,
+    # A handled mail is known by its Message-ID *and* what it says (request.py:
+    # message_fingerprint): a Message-ID reused for a different mail is a new mail.
+    # Rows from before keep NULL and still match by Message-ID alone.
+    3: """
+    ALTER TABLE handled ADD COLUMN fingerprint TEXT;
+    CREATE INDEX handled_fingerprint ON handled(fingerprint);
+    """,
+    # End-to-end proof (bot/flows/proof.py): one row per probe sent to the [proof] mailbox.
+    4: """
+    CREATE TABLE proofs (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        message_id TEXT UNIQUE NOT NULL,
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'waiting',
+        created_at TEXT NOT NULL,
+        deadline_at TEXT NOT NULL,
+        done_at TEXT,
+        result TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX proofs_waiting ON proofs(status, deadline_at);
+    CREATE INDEX proofs_case ON proofs(case_id);
+    """,
+}
+
+
+def now_iso(now: datetime) -> str:
+    return now.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass
+class CaseRow:
+    """One facility's case, as stored."""
+
+    id: int
+    ref: str
+    facility: str | None
+    contact_name: str | None
+    contact_email: str | None
+    contact_phone: str | None
+    admin_email: str | None
+    domain: str | None
+    selector: str | None
+    selectors: list[str]
+    state: str
+    requester: str | None
+    thread_root: str | None
+    thread_last: str | None
+    thread_refs: list[str]
+    created_at: datetime
+    updated_at: datetime
+    state_since: datetime
+    next_check_at: datetime | None
+    reminders_sent: int
+    last_notice: str | None
+    reply_pending: bool
+    resume_state: str | None
+    problems: list[dict[str, Any]]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CaseRow:
+        d = dict(row)
+        return cls(
+            id=d["id"], ref=d["ref"], facility=d["facility"], contact_name=d["contact_name"],
+            contact_email=d["contact_email"], contact_phone=d["contact_phone"],
+            admin_email=d["admin_email"], domain=d["domain"], selector=d["selector"],
+            selectors=json.loads(d["selectors"]), state=d["state"], requester=d["requester"],
+            thread_root=d["thread_root"], thread_last=d["thread_last"],
+            thread_refs=json.loads(d["thread_refs"]),
+            created_at=datetime.fromisoformat(d["created_at"]),
+            updated_at=datetime.fromisoformat(d["updated_at"]),
+            state_since=datetime.fromisoformat(d["state_since"]),
+            next_check_at=parse_iso(d["next_check_at"]), reminders_sent=d["reminders_sent"],
+            last_notice=d["last_notice"], reply_pending=bool(d["reply_pending"]),
+            resume_state=d["resume_state"], problems=json.loads(d["problems"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The public shape of ``dkimbot status --json`` (SPEC §5)."""
+        return {
+            "case": self.ref,
+            "facility": self.facility,
+            "admin_email": self.admin_email,
+            "domain": self.domain,
+            "selector": self.selector,
+            "selectors": self.selectors,
+            "state": self.state,
+            "requester": self.requester,
+            "contact_email": self.contact_email,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "state_since": self.state_since.isoformat(),
+            "next_check_at": self.next_check_at.isoformat() if self.next_check_at else None,
+            "reminders_sent": self.reminders_sent,
+            "problems": self.problems,
+        }
+
+
+@dataclass
+class OutboxRow:
+    id: int
+    message_id: str
+    kind: str
+    case_ids: list[int]
+    sender: str
+    recipients: list[str]
+    raw: bytes
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+_CASE_COLUMNS = {
+    "facility", "contact_name", "contact_email", "contact_phone", "admin_email", "domain",
+    "selector", "selectors", "state", "requester", "thread_root", "thread_last", "thread_refs",
+    "updated_at", "state_since", "next_check_at", "reminders_sent", "last_notice",
+    "reply_pending", "resume_state", "problems",
+}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return now_iso(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class Store:
+    """SQLite access. One connection per process; WAL so readers never block a pass."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+        if self._migrate():
+            # Only a new or upgraded database: opening a current one (dkimbot status,
+            # show, check) changes nothing on disk.
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        exists = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row["value"]) if row else 0
+
+    def _check_version(self, current: int) -> None:
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"state database {self.path} has schema {current}, newer than this "
+                f"dkimbot ({SCHEMA_VERSION}); upgrade dkimbot"
+            )
+
+    def _migrate(self) -> bool:
+        """Upgrade the schema to SCHEMA_VERSION; True when anything was written.
+
+        The version is read first without a write transaction, so opening a current
+        database (every pass, every ``dkimbot status``) never queues behind a pass that
+        holds the write lock; BEGIN IMMEDIATE only for a real upgrade, re-checked inside
+        it because another process may have upgraded meanwhile.
+        """
+        current = self.schema_version()
+        self._check_version(current)
+        if current == SCHEMA_VERSION:
+            return False
+        with self.transaction():
+            current = self.schema_version()
+            self._check_version(current)
+            if current == SCHEMA_VERSION:
+                return False
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(version),),
+                )
+        return True
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- cases ------------------------------------------------------------------------------
+
+    def create_case(self, *, state: str, now: datetime, **fields: Any) -> CaseRow:
+        cols = {k: _encode(v) for k, v in fields.items() if k in _CASE_COLUMNS}
+        unknown = set(fields) - _CASE_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown case fields: {sorted(unknown)}")
+        cols.update(
+            state=state, created_at=now_iso(now), updated_at=now_iso(now),
+            state_since=now_iso(now),
+        )
+        names = ", ".join(cols)
+        marks = ", ".join("?" for _ in cols)
+        cur = self.db.execute(f"INSERT INTO cases ({names}) VALUES ({marks})", tuple(cols.values()))
+        case_id = int(cur.lastrowid or 0)
+        self.db.execute("UPDATE cases SET ref=? WHERE id=?", (f"DKIM-{case_id:04d}", case_id))
+        return self.get_case(case_id)
+
+    def update_case(self, case_id: int, now: datetime, **fields: Any) -> CaseRow:
+        unknown = set(fields) - _CASE_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown case fields: {sorted(unknown)}")
+        fields = dict(fields, updated_at=now)
+        assignments = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(
+            f"UPDATE cases SET {assignments} WHERE id=?",
+            (*(_encode(v) for v in fields.values()), case_id),
+        )
+        return self.get_case(case_id)
+
+    def get_case(self, case_id: int) -> CaseRow:
+        row = self.db.execute("SELECT * FROM cases WHERE id=?", (case_id,)).fetchone()
+        if row is None:
+            raise KeyError(case_id)
+        return CaseRow.from_row(row)
+
+    def find_case(self, ref: str) -> CaseRow | None:
+        ref = ref.strip().upper()
+        if ref.isdigit():
+            ref = f"DKIM-{int(ref):04d}"
+        row = self.db.execute("SELECT * FROM cases WHERE ref=?", (ref,)).fetchone()
+        return CaseRow.from_row(row) if row else None
+
+    def list_cases(self, states: tuple[str, ...] | None = None) -> list[CaseRow]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            rows = self.db.execute(
+                f"SELECT * FROM cases WHERE state IN ({marks}) ORDER BY id", states
+            ).fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM cases ORDER BY id").fetchall()
+        return [CaseRow.from_row(r) for r in rows]
+
+    def due_cases(self, states: tuple[str, ...], now: datetime) -> list[CaseRow]:
+        marks = ", ".join("?" for _ in states)
+        rows = self.db.execute(
+            f"SELECT * FROM cases WHERE state IN ({marks}) "
+            "AND (next_check_at IS NULL OR next_check_at <= ?) ORDER BY id",
+            (*states, now_iso(now)),
+        ).fetchall()
+        return [CaseRow.from_row(r) for r in rows]
+
+    def cases_for_domain(self, domain: str) -> list[CaseRow]:
+        rows = self.db.execute(
+            "SELECT * FROM cases WHERE domain=? ORDER BY id", (domain,)
+        ).fetchall()
+        return [CaseRow.from_row(r) for r in rows]
+
+    def case_for_message_id(self, message_ids: list[str]) -> CaseRow | None:
+        """The case a reply belongs to, found by the Message-IDs of the bot's own mails."""
+        for mid in message_ids:
+            row = self.db.execute(
+                "SELECT case_ids FROM outbox WHERE message_id=?", (mid,)
+            ).fetchone()
+            if row:
+                ids = json.loads(row["case_ids"])
+                if ids:
+                    return self.get_case(ids[0])
+            row = self.db.execute(
+                "SELECT * FROM cases WHERE thread_root=? ORDER BY id LIMIT 1", (mid,)
+            ).fetchone()
+            if row:
+                return CaseRow.from_row(row)
+        return None
+
+    # -- events -----------------------------------------------------------------------------
+
+    def add_event(
+        self, case_id: int | None, now: datetime, kind: str,
+        from_state: str | None = None, to_state: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO events (case_id, at, kind, from_state, to_state, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (case_id, now_iso(now), kind, from_state, to_state,
+             json.dumps(detail or {}, ensure_ascii=False, default=str)),
+        )
+
+    def events(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM events WHERE case_id=? ORDER BY id", (case_id,)
+        ).fetchall()
+        return [dict(r, detail=json.loads(r["detail"])) for r in rows]
+
+    # -- handled messages -------------------------------------------------------------------
+
+    def is_handled(self, key: str, message_id: str | None, fingerprint: str | None = None) -> bool:
+        """Was this mailbox entry, or another copy of the same mail, handled already?
+
+        A copy is the same Message-ID with the same fingerprint (or a row recorded before
+        fingerprints, or a caller that has none); without a Message-ID, the fingerprint
+        alone. The same Message-ID on a mail that says something else is not a copy:
+        some mailers reuse one Message-ID, and dropping such a mail loses a request.
+        """
+        if self.db.execute("SELECT 1 FROM handled WHERE key=?", (key,)).fetchone():
+            return True
+        if message_id:
+            if fingerprint is None:
+                row = self.db.execute("SELECT 1 FROM handled WHERE message_id=?", (message_id,)).fetchone()
+            else:
+                row = self.db.execute(
+                    "SELECT 1 FROM handled WHERE message_id=? AND (fingerprint IS NULL OR fingerprint=?)",
+                    (message_id, fingerprint),
+                ).fetchone()
+            return row is not None
+        if fingerprint:
+            return self.db.execute(
+                "SELECT 1 FROM handled WHERE message_id IS NULL AND fingerprint=?", (fingerprint,)
+            ).fetchone() is not None
+        return False
+
+    def mark_handled(self, key: str, message_id: str | None, now: datetime, outcome: str,
+                     fingerprint: str | None = None) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO handled (key, message_id, handled_at, outcome, fingerprint) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, message_id, now_iso(now), outcome, fingerprint),
+        )
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    def enqueue(
+        self, *, message_id: str, kind: str, case_ids: list[int], sender: str,
+        recipients: list[str], raw: bytes, now: datetime,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO outbox (message_id, kind, case_ids, sender, recipients, raw, created_at, "
+            "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, kind, json.dumps(case_ids), sender, json.dumps(recipients), raw,
+             now_iso(now), now_iso(now)),
+        )
+
+    def pending_mail(self, now: datetime) -> list[OutboxRow]:
+        rows = self.db.execute(
+            "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at <= ? ORDER BY id",
+            (now_iso(now),),
+        ).fetchall()
+        return [
+            OutboxRow(
+                id=r["id"], message_id=r["message_id"], kind=r["kind"],
+                case_ids=json.loads(r["case_ids"]), sender=r["sender"],
+                recipients=json.loads(r["recipients"]), raw=r["raw"], status=r["status"],
+                attempts=r["attempts"], next_attempt_at=datetime.fromisoformat(r["next_attempt_at"]),
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    def mark_sent(self, outbox_id: int, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status='sent', sent_at=?, attempts=attempts+1, last_error=NULL "
+            "WHERE id=?",
+            (now_iso(now), outbox_id),
+        )
+
+    def mark_retry(self, outbox_id: int, next_at: datetime, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status='pending', attempts=attempts+1, next_attempt_at=?, "
+            "last_error=? WHERE id=?",
+            (now_iso(next_at), error, outbox_id),
+        )
+
+    def mark_sending(self, outbox_id: int) -> bool:
+        """Claim a row for delivery (compare-and-swap: False if another sender has it).
+
+        Committed before SMTP is spoken: a row found 'sending' after a crash is in doubt.
+        """
+        cur = self.db.execute("UPDATE outbox SET status='sending' WHERE id=? AND status='pending'", (outbox_id,))
+        return cur.rowcount == 1
+
+    def mark_unsent(self, outbox_id: int, error: str | None) -> None:
+        """Back to 'pending' without using up an attempt (the server, not the mail, failed)."""
+        self.db.execute(
+            "UPDATE outbox SET status='pending', last_error=? WHERE id=? AND status='sending'",
+            (error, outbox_id),
+        )
+
+    def in_doubt_mail(self) -> list[tuple[int, str, str, list[int]]]:
+        """(id, message_id, kind, case_ids) of rows a crash left between 'sending' and 'sent'."""
+        rows = self.db.execute(
+            "SELECT id, message_id, kind, case_ids FROM outbox WHERE status='sending' ORDER BY id"
+        ).fetchall()
+        return [(r["id"], r["message_id"], r["kind"], json.loads(r["case_ids"])) for r in rows]
+
+    def mark_failed(self, outbox_id: int, now: datetime, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status='failed', attempts=attempts+1, last_error=?, sent_at=? "
+            "WHERE id=?",
+            (error, now_iso(now), outbox_id),
+        )
+
+    def mails_for_case(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, message_id, kind, case_ids, recipients, status, created_at, sent_at, "
+            "attempts, last_error FROM outbox ORDER BY id"
+        ).fetchall()
+        return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
+
+    def facility_mails_since(self, case_id: int, since: datetime) -> int:
+        rows = self.db.execute(
+            "SELECT case_ids, kind FROM outbox WHERE created_at >= ?", (now_iso(since),)
+        ).fetchall()
+        return sum(
+            1 for r in rows if case_id in json.loads(r["case_ids"]) and not r["kind"].startswith("staff_")
+        )
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def record_key(
+        self, domain: str, selector: str, algorithm: str, bits: int, public_b64: str,
+        now: datetime,
+    ) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO domain_keys (domain, selector, algorithm, bits, public_b64, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (domain, selector, algorithm, bits, public_b64, now_iso(now)),
+        )
+
+    def domain_keys(self, domain: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM domain_keys WHERE domain=? ORDER BY created_at, selector", (domain,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def mark_key_installed(self, domain: str, selector: str, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE domain_keys SET installed_at=? WHERE domain=? AND selector=?",
+            (now_iso(now), domain, selector),
+        )

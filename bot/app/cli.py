@@ -1,0 +1,335 @@
+"""The ``dkimbot`` command line (SPEC §7). Thin: parse arguments, open the bot, call jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from bot.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dkimbot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dkimbot", description="DKIM/DMARC onboarding mail bot")
+    p.add_argument("--config", metavar="FILE", help="TOML config (default: the embedded default)")
+    p.add_argument("--state-dir", metavar="DIR", help="override [state] dir")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one pass: intake, due DNS checks, sending")
+    run.add_argument("--once", action="store_true", help="run one pass and exit (for cron)")
+    run.add_argument("--wait", action="store_true", help="wait for a running pass instead of exiting")
+    sub.add_parser("daemon", help="run passes on a schedule until SIGTERM/SIGINT")
+    st = sub.add_parser("status", help="list cases")
+    st.add_argument("--json", action="store_true")
+    sh = sub.add_parser("show", help="one case and its event log")
+    sh.add_argument("case")
+    sh.add_argument("--json", action="store_true")
+    ck = sub.add_parser("check", help="check a domain's DNS without changing any state")
+    ck.add_argument("domain")
+    ck.add_argument("--selector")
+    ck.add_argument("--json", action="store_true")
+    for name, text in (("resend", "send the facility its record again"),
+                       ("cancel", "stop a case"),
+                       ("retry", "check a case now; resume an escalated case")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("case")
+    dg = sub.add_parser("digest", help="send the daily staff digest now")
+    dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
+    sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
+    pf = sub.add_parser("proof", help="send a DKIM-signed probe to the [proof] mailbox now; a later pass reports the receiver's verdict")
+    pf.add_argument("case")
+    rk = sub.add_parser("rekey", help="before the DKIM step: a new key (e.g. --bits 1024 for a host that cuts long records)")
+    rk.add_argument("case")
+    rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
+    rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
+    rot.add_argument("domain")
+    demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # imapclient's debug log is a protocol trace holding whole mails (addresses, names):
+    # never on stderr, even with --verbose.
+    for private in ("imapclient", "mail.log"):
+        logging.getLogger(private).setLevel(logging.WARNING)
+    if not verbose:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.command == "demo":
+        from bot.app.demo import run_demo
+
+        return run_demo(keep=args.keep)
+    try:
+        cfg = load_config(args.config, state_dir=args.state_dir)
+    except ConfigError as exc:
+        print(f"dkimbot: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _dispatch(args, cfg)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one clear line, details at -v
+        log.debug("unhandled error", exc_info=True)
+        print(f"dkimbot: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "sign":
+        from bot.adapters.signer import sign_filter
+
+        return sign_filter(cfg, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+    if args.command == "check":
+        return _check(cfg, args)
+    from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
+
+    if args.command == "run":
+        try:
+            with pass_lock(cfg, wait=args.wait):
+                bot = Bot.open(cfg)
+                try:
+                    result = run_pass(bot)
+                finally:
+                    bot.close()
+        except PassLocked as exc:
+            print(f"dkimbot: {exc}; not starting a second one", file=sys.stderr)
+            return 75  # EX_TEMPFAIL: cron will simply try again
+        for err in result.errors:
+            print(f"dkimbot: {err}", file=sys.stderr)
+        log.info("pass done: %d messages, %d checks, %d mails sent", result.messages,
+                 result.checks, result.mails_sent)
+        return 1 if result.errors else 0
+    if args.command == "daemon":
+        from bot.app.scheduler import run_daemon
+
+        return run_daemon(cfg)
+    bot = Bot.open(cfg)
+    try:
+        if args.command == "status":
+            return _status(bot, args.json)
+        if args.command == "digest":
+            from bot.flows.digest import digest_command
+
+            return digest_command(bot, args.print)
+        if args.command == "rotate":
+            return _rotate(bot, args.domain)
+        case = bot.store.find_case(args.case)
+        if case is None:
+            print(f"dkimbot: no case {args.case}", file=sys.stderr)
+            return 2
+        if args.command == "show":
+            return _show(bot, case, args.json)
+        if args.command == "rekey":
+            return _rekey(bot, case, args.bits)
+        if args.command == "proof":
+            return _proof(bot, case)
+        from bot.app import jobs
+
+        refusal = _staff_refusal(args.command, case)
+        if refusal:
+            print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
+            return 1
+        notes: list[str] = []
+        with pass_lock(cfg, wait=True):
+            if args.command == "cancel":
+                from bot.flows.cancel import CancelError, cancel_case
+
+                try:
+                    cancelled = cancel_case(bot, case)
+                except CancelError as exc:
+                    print(f"dkimbot: {case.ref}: {exc}", file=sys.stderr)
+                    return 1
+                case, notes = cancelled.case, cancelled.lines()
+            elif args.command == "retry":
+                case = jobs.staff_retry(bot, case)
+            elif args.command == "resend":
+                jobs.staff_resend(bot, case)
+                jobs.flush_outbox_once(bot)
+        print(f"{case.ref}: {case.state}")
+        for note in notes:  # what cancel did to the signer
+            print(f"  {note}")
+        return 0
+    finally:
+        bot.close()
+
+
+def _staff_refusal(command: str, case: Any) -> str | None:
+    """Why a staff action makes no sense for a case in its state (None: go ahead)."""
+    if command == "cancel" and case.state == "cancelled":
+        return "already cancelled"
+    if command == "retry" and case.state in ("cancelled", "rejected"):
+        return "nothing to retry; a new request from the facility starts a new case"
+    if command == "resend" and case.state in ("cancelled", "rejected"):
+        return "the case is closed; nothing is sent for it"
+    if command == "resend" and (case.state == "needs_info" or not case.selector):
+        return "there is no record to resend (no key was made for this case yet)"
+    return None
+
+
+def _rotate(bot: Any, domain: str) -> int:
+    """`dkimbot rotate DOMAIN`: new selector and key, record mailed; the switch comes later."""
+    from bot.app import jobs
+    from bot.flows.rotation import RotationError, describe, start_rotation
+    from bot.flows.runtime import pass_lock
+
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            rotation = start_rotation(bot, domain)
+        except RotationError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    print(describe(rotation))
+    return 0
+
+
+def _proof(bot: Any, case: Any) -> int:
+    """`dkimbot proof CASE`: queue a probe and deliver it; the verdict comes with a later pass."""
+    from bot.app import jobs
+    from bot.flows.proof import ProofError, queue_probe
+    from bot.flows.runtime import pass_lock
+
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            message_id = queue_probe(bot, case, by="staff")
+        except ProofError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    row = bot.store.db.execute("SELECT status, last_error FROM outbox WHERE message_id=?", (message_id,)).fetchone()
+    print(f"{case.ref}: probe {message_id} to {bot.cfg.proof.address}: {row['status']}"
+          + (f" ({row['last_error']})" if row["last_error"] else "")
+          + f"; the receiver's verdict is reported by a pass within {bot.cfg.proof.wait_minutes:g} minutes")
+    return 0
+
+
+def _rekey(bot: Any, case: Any, bits: int) -> int:
+    """`dkimbot rekey CASE --bits N`: a new key and selector for a case in awaiting_dkim."""
+    from bot.app import jobs
+    from bot.flows.rekey import RekeyError, rekey_case
+    from bot.flows.runtime import pass_lock
+
+    with pass_lock(bot.cfg, wait=True):
+        try:
+            updated = rekey_case(bot, case, bits, reason=f"staff asked for a {bits}-bit key", who="staff")
+        except RekeyError as exc:
+            print(f"dkimbot: {exc}", file=sys.stderr)
+            return 2
+        jobs.flush_outbox_once(bot)
+    for c in updated:
+        print(f"{c.ref}: {c.state}, new selector {c.selector} ({bits} bits); record mailed")
+    return 0
+
+
+def _status(bot: Any, as_json: bool) -> int:
+    cases = bot.store.list_cases()
+    if as_json:
+        print(json.dumps([c.to_json() for c in cases], ensure_ascii=False, indent=2))
+        return 0
+    if not cases:
+        print("no cases")
+        return 0
+    print(f"{'case':<10} {'state':<15} {'domain':<28} {'selector':<20} {'updated':<25} facility")
+    for c in cases:
+        print(f"{c.ref:<10} {c.state:<15} {(c.domain or '-'):<28} {(c.selector or '-'):<20} "
+              f"{c.updated_at.isoformat():<25} {c.facility or '-'}")
+    return 0
+
+
+def _show(bot: Any, case: Any, as_json: bool) -> int:
+    events = bot.store.events(case.id)
+    mails = bot.store.mails_for_case(case.id)
+    if as_json:
+        print(json.dumps({**case.to_json(), "events": events, "mails": mails},
+                         ensure_ascii=False, indent=2, default=str))
+        return 0
+    for key, value in case.to_json().items():
+        print(f"{key:>15}: {value}")
+    print("\nevents:")
+    for e in events:
+        move = f" {e['from_state']} -> {e['to_state']}" if e["to_state"] and e["from_state"] != e["to_state"] else ""
+        print(f"  {e['at']}  {e['kind']}{move}")
+        detail = dict(e["detail"])
+        dns = detail.pop("dns", None)
+        items = detail.pop("items", None) if e["kind"] == "proof_result" else None
+        if detail:
+            print(f"      {json.dumps(detail, ensure_ascii=False, default=str)[:600]}")
+        if dns:
+            for area in ("dkim", "dmarc", "spf", "alignment"):
+                a = dns.get(area) or {}
+                codes = ", ".join(d["code"] for d in a.get("diagnoses", [])) or "-"
+                print(f"      {area:<9} ok={a.get('ok')}  {codes}")
+        for item in items or []:  # the receiver's Authentication-Results, one line each
+            print(f"      {item['method']}={item['result']} {item['detail']}".rstrip())
+    print("\nmails:")
+    for m in mails:
+        print(f"  {m['created_at']}  {m['kind']:<18} {m['status']:<8} {m['message_id']}")
+    return 0
+
+
+def _check(cfg: Config, args: argparse.Namespace) -> int:
+    """Read-only: the store is consulted (for a case's key) but never written."""
+    from bot.checks.dnscheck import run_check_command
+    from bot.adapters.store import Store
+
+    domain = args.domain.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    from bot.adapters.keys import validate_domain, validate_selector
+
+    # A typo ("hotel sakura.jp", "info@hotel.jp") is named as such, not sent to DNS
+    # and reported back as a DNS error.
+    try:
+        validate_domain(domain)
+        if args.selector is not None:
+            validate_selector(args.selector)
+    except ValueError as exc:
+        print(f"dkimbot: {args.domain!r} cannot be checked: {exc}", file=sys.stderr)
+        return 2
+    selector = args.selector
+    expected = None
+    db = cfg.state_dir / "dkimbot.sqlite3"
+    if db.exists():
+        store = Store(db)
+        try:
+            keys = store.domain_keys(domain)
+            cases = [c for c in store.cases_for_domain(domain) if c.selector]
+            if selector is None and cases:
+                selector = cases[-1].selector
+            for k in keys:
+                if k["selector"] == selector:
+                    expected = k["public_b64"]
+        finally:
+            store.close()
+    if selector is None:
+        from datetime import datetime, timezone
+
+        from bot.adapters.keys import render_selector
+
+        selector = render_selector(cfg.keys.selector, datetime.now(timezone.utc))
+    return int(run_check_command(cfg, domain, selector, expected, args.json, sys.stdout))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

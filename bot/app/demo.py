@@ -1,0 +1,198 @@
+"""``dkimbot demo``: the nine steps of the help page, played on the embedded default.
+
+Everything runs in a temporary directory: a Maildir inbox, an outbox directory, and a
+tiny DNS server on loopback (``bot.app.minidns``) standing in for the facility's DNS host.
+The bot code is the production code; only the facility's side is scripted here.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+import tempfile
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bot.config import load_config
+from bot.app.minidns import MiniDns
+
+DOMAIN = "ryokan-sakura.example"
+REQUESTER = f"tanaka@{DOMAIN}"
+
+REQUEST_BODY = f"""\
+予約番サポートご担当者様
+
+いつもお世話になっております。旅館さくらの田中です。
+DKIM、DMARCの設定を希望します。よろしくお願いいたします。
+
+[施設名]
+旅館さくら
+[担当者様のお名前]
+田中 花子
+[担当者様のメールアドレス]
+{REQUESTER}
+[担当者様の電話番号]
+03-1234-5678
+[予約番で使用する管理用メールアドレス]
+info@{DOMAIN}
+"""
+
+
+def _mail(subject: str, body: str, in_reply_to: str | None = None, charset: str = "iso-2022-jp") -> bytes:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = f"田中 花子 <{REQUESTER}>"
+    msg["To"] = "support@489ban.net"
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Message-ID"] = make_msgid(domain=DOMAIN)
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg.set_content(body, charset=charset)
+    return msg.as_bytes()
+
+
+class _Printer:
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.seen: set[str] = set()
+        self.last_message_id: str | None = None
+
+    def new_mails(self) -> list[email.message.EmailMessage]:
+        if not self.outbox.exists():
+            return []
+        files = sorted((p for p in self.outbox.glob("*.eml") if p.name not in self.seen),
+                       key=lambda p: p.stat().st_mtime_ns)
+        out = []
+        for p in files:
+            self.seen.add(p.name)
+            msg = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+            out.append(msg)  # type: ignore[arg-type]
+        return out
+
+    def show(self) -> None:
+        for msg in self.new_mails():
+            self.last_message_id = str(msg["Message-ID"])
+            print("┌─ mail sent " + "─" * 60)
+            for h in ("From", "To", "Cc", "Subject", "Message-ID", "In-Reply-To", "Auto-Submitted"):
+                if msg[h]:
+                    print(f"│ {h}: {msg[h]}")
+            print("│")
+            body = msg.get_body(preferencelist=("plain",))
+            text = body.get_content() if body is not None else ""
+            for line in text.rstrip().splitlines():
+                print(f"│ {line}")
+            print("└" + "─" * 72)
+
+
+def run_demo(keep: bool = False) -> int:
+    from bot.app.jobs import Bot, run_pass
+
+    tmp = Path(tempfile.mkdtemp(prefix="dkimbot-demo-"))
+    dns_server = MiniDns().start()
+    zones = dns_server.data
+    zones.add_zone(DOMAIN)
+    zones.add_zone("489ban.net")
+    # The SaaS's own SPF include, as the real one would publish it.
+    zones.set_txt("_spf.489ban.net", [["v=spf1 ip4:203.0.113.10 -all"]])
+    # RFC 7489 §7.1: the SaaS authorises itself to receive the facility's DMARC reports.
+    zones.set_txt(f"{DOMAIN}._report._dmarc.489ban.net", [["v=DMARC1"]])
+    config = tmp / "dkimbot.toml"
+    config.write_text(
+        f"""
+[service]
+support_address = "support@489ban.net"
+staff_cc = ["staff@489ban.net"]
+sending_ips = ["203.0.113.10"]
+spf_include = "_spf.489ban.net"
+dmarc_rua = "mailto:dmarc@489ban.net"
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {dns_server.port}
+timeout = 2.0
+
+[schedule]
+check_interval_seconds = 0
+
+[state]
+dir = "{tmp / 'state'}"
+""",
+        encoding="utf-8",
+    )
+    cfg = load_config(config)
+    bot = Bot.open(cfg)
+    from bot.adapters.intake import MaildirMailbox
+
+    inbox = MaildirMailbox(cfg.state_path(cfg.intake.maildir))
+    printer = _Printer(cfg.state_path(cfg.outbound.directory))
+
+    def step(n: int, title: str) -> None:
+        print(f"\n=== step {n}: {title} ===")
+
+    def run() -> None:
+        result = run_pass(bot)
+        for err in result.errors:
+            print(f"  (error: {err})")
+        printer.show()
+        for c in bot.store.list_cases():
+            print(f"  state: {c.ref} {c.facility} {c.domain} → {c.state}")
+
+    try:
+        print(f"dkimbot demo in {tmp} (DNS for {DOMAIN} served on 127.0.0.1:{dns_server.port})")
+        step(1, "the facility mails a request to support@ (ISO-2022-JP, like Outlook)")
+        inbox.deliver(_mail("DKIM、DMARC設定希望", REQUEST_BODY))
+        step(2, "dkimbot reads it, makes the key pair, and replies with the TXT record (step 3)")
+        run()
+        case = bot.store.list_cases()[0]
+        key = bot.keystore.get(DOMAIN, case.selector)
+        assert key is not None
+
+        step(4, "the facility pastes the record, but with the quotes of the zone-file form")
+        from bot.adapters.keys import split_txt_strings
+
+        quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
+        zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
+        inbox.deliver(_mail("Re: DKIM設定", "設定しました。", printer.last_message_id))
+        step(5, "the facility replies 設定しました; dkimbot checks at once and names the mistake")
+        run()
+
+        step(4, "the facility fixes the record (the 2048-bit value is stored as two strings)")
+        zones.set_txt(key.fqdn, [split_txt_strings(key.record)])
+        step(6, "dkimbot sees the right record on every name server, installs the key, proves it")
+        run()
+        step(7, "…and told the facility DKIM is active, with the DMARC record to publish")
+        signer_dir = cfg.state_path(cfg.signer.keytable).parent
+        for name in ("KeyTable", "SigningTable"):
+            p = signer_dir / name
+            if p.exists():
+                print(f"  {p.name}: {p.read_text().strip()}")
+
+        step(8, "the facility publishes DMARC (p=none) and its SPF record, and replies")
+        zones.set_txt(f"_dmarc.{DOMAIN}", [["v=DMARC1; p=none; rua=mailto:dmarc@489ban.net"]])
+        zones.set_txt(DOMAIN, [["v=spf1 include:_spf.489ban.net ~all"]])
+        inbox.deliver(_mail("Re: DKIM署名を開始しました", "DMARCを設定しました。", printer.last_message_id))
+        step(9, "dkimbot runs the final check and sends the completion report")
+        run()
+
+        print("\n=== one more pass: nothing changes, nothing is sent ===")
+        before = len(printer.seen)
+        run()
+        print(f"  mails sent by that pass: {len(printer.seen) - before}")
+        print("\nThe event log of the case (dkimbot show):")
+        from bot.app.cli import _show
+
+        _show(bot, bot.store.list_cases()[0], False)
+        final = bot.store.list_cases()[0].state
+        print(f"\ndemo finished: {case.ref} is {final}")
+        return 0 if final == "completed" else 1
+    finally:
+        bot.close()
+        dns_server.stop()
+        if keep:
+            print(f"(kept {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)

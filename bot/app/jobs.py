@@ -1,0 +1,342 @@
+"""Units of work: one pass is poll_inbox_once → recheck_due_once → remind_due_once →
+flush_outbox_once. Each is a plain function over a ``Bot`` so tests call them directly.
+
+Every decision (a case's new state, its events, the mails it causes, the handled mark
+of the message that caused it) is one store transaction; mail leaves only through the
+outbox, delivered by ``flush_outbox_once``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from bot.core import cases as sm
+from bot.core.cases import State
+from bot.flows.compose import enqueue_mail, key_records
+from bot.faults import maybe_crash
+from bot.adapters.mailout import DeliveryError, make_transport, scrub_addresses
+from bot.flows.onboarding import _decide_message
+from bot.flows.rechecks import recheck_due_once, remind_due_once
+from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
+from bot.adapters.store import CaseRow
+
+__all__ = [
+    "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "poll_inbox_once",
+    "process_message", "recheck_due_once", "remind_due_once", "flush_outbox_once",
+    "staff_cancel", "staff_retry", "staff_resend",
+]
+
+log = logging.getLogger("dkimbot")
+
+
+# -- intake ----------------------------------------------------------------------------------
+
+
+def poll_inbox_once(bot: Bot) -> int:
+    """Read new mail and decide on each message; returns how many messages were handled."""
+    from bot.adapters.intake import HeaderFilter, ImapMailbox, MaildirMailbox
+    from bot.core.request import subject_is_request
+
+    cfg = bot.cfg
+    store = bot.store
+    header_filter = HeaderFilter(
+        subject_is_request, lambda ids: store.case_for_message_id(ids) is not None
+    )
+
+    def skipped(key: str, why: str) -> None:
+        # Only mail the header filter ruled out comes here; an oversized request-like
+        # mail is yielded (oversized_header) and noted to staff by bot/flows/oversized.py.
+        with store.transaction():
+            store.mark_handled(key, None, bot.clock(), f"skipped: {why}")
+
+    # A message that failed (and will be retried) holds the IMAP progress where it is,
+    # so the next pass sees it again; handled messages after it are skipped by key.
+    held: list[str] = []
+
+    def progress(mkey: str, value: str) -> None:
+        if held:
+            return
+        with store.transaction():
+            store.set_meta(mkey, value)
+        maybe_crash("imap.progress")
+
+    count = 0
+    if cfg.intake.kind == "imap":
+        mailbox: Any = ImapMailbox(cfg, store.get_meta)
+        messages = mailbox.fetch_new(
+            lambda key: store.is_handled(key, None), header_filter,
+            cfg.intake.max_message_bytes, skipped, progress,
+        )
+    else:
+        mailbox = MaildirMailbox(cfg.state_path(cfg.intake.maildir))
+        messages = mailbox.fetch_new(
+            lambda key: store.is_handled(key, None), header_filter,
+            cfg.intake.max_message_bytes, skipped,
+        )
+    try:
+        for message in messages:
+            try:
+                if message.oversized_header is not None:
+                    from bot.flows.oversized import note_oversized
+
+                    note_oversized(bot, message.key, message.size, message.oversized_header)
+                else:
+                    process_message(bot, message.key, message.raw)
+            except Exception as exc:  # our bug or a broken template: never lose the mail
+                _message_failed(bot, message.key, message.raw, exc)
+                if not store.is_handled(message.key, None):
+                    held.append(message.key)
+            count += 1
+    finally:
+        mailbox.close()
+    return count
+
+
+MAX_MESSAGE_FAILURES = 3
+
+
+def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
+    """A message that fails is retried next pass; after 3 failures staff get it instead.
+
+    Like Mailman's "bad" queue: a poison message must neither loop forever nor vanish.
+    """
+    log.exception("message %s failed: %s", key, type(exc).__name__)
+    store = bot.store
+    counter = f"failures:{key}"
+    with store.transaction():
+        failures = int(store.get_meta(counter) or 0) + 1
+        store.set_meta(counter, str(failures))
+        if failures < MAX_MESSAGE_FAILURES:
+            return
+        store.mark_handled(key, None, bot.clock(), f"failed: {type(exc).__name__}")
+        headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:2000]
+        enqueue_mail(bot, "staff_escalation", [], {
+            "reason_title": "a message could not be processed",
+            "reason": f"Message {key} failed {failures} times ({type(exc).__name__}: {exc}).\n"
+                      f"It is left in the mailbox untouched. Its headers:\n\n"
+                      + headers.decode("utf-8", "replace"),
+            "decide_hint": "Handle this request by hand; the bot will not retry it.",
+            "diagnoses": [],
+        }, staff_only=True)
+
+
+def process_message(bot: Bot, key: str, raw: bytes) -> str:
+    """Decide on one message and record it as handled, in one transaction.
+
+    The slow part (DNS lookups, key generation, a managed zone's update) is prepared
+    first, outside the transaction (bot/flows/prepare.py), so SQLite's write lock is held only
+    for the store writes and a concurrent ``dkimbot status`` never waits for DNS.
+    """
+    from bot.flows.prepare import Prepared, prepare_message
+    from bot.core.request import parse_message
+
+    cfg = bot.cfg
+    parsed = parse_message(raw, own_addresses=[cfg.service.support_address])
+    # Counts and codes only: addresses and names stay out of the logs.
+    log.debug("message %s (%s): request=%s, %d facilities, case refs %s, no-reply: %s, %d bytes",
+              key, parsed.message_id, parsed.is_request, len(parsed.facilities),
+              ",".join(parsed.case_refs) or "-", parsed.no_reply_reason or "-", len(raw))
+    store = bot.store
+    # A copy of a handled mail needs no preparing; the check inside the transaction
+    # still decides (another process may handle it between the two).
+    handled = store.is_handled(key, parsed.message_id, parsed.fingerprint)
+    prepared = Prepared() if handled else prepare_message(bot, parsed)
+    with store.transaction():
+        if store.is_handled(key, parsed.message_id, parsed.fingerprint):
+            store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
+            log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
+            return "duplicate"
+        outcome = _decide_message(bot, parsed, prepared)
+        store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
+        maybe_crash("message.decided")
+    maybe_crash("message.committed")
+    log.info("message %s: %s", parsed.message_id or key, outcome)
+    return outcome
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
+    """Deliver pending mail. Transient failures back off; a 5xx escalates the case."""
+    from bot.flows.delivery import reconcile_in_doubt
+
+    reconcile_in_doubt(bot)  # rows a killed pass left between 'sending' and 'sent'
+    now = bot.clock()
+    pending = bot.store.pending_mail(now)
+    if not pending:
+        return 0, []
+    # Only now: the signer pulls in dkimpy and all of dnspython (~0.1-0.5 s of imports),
+    # which an idle cron pass must not pay (benchmarks/bench_startup.py).
+    from bot.adapters.signer import sign_message
+
+    transport = make_transport(bot.cfg)
+    sent = 0
+    errors: list[str] = []
+    try:
+        for row in pending:
+            raw = row.raw
+            try:
+                raw = sign_message(bot.cfg, raw)  # the bot's own mail, when its domain has a key
+            except Exception as exc:
+                log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
+            with bot.store.transaction():
+                claimed = bot.store.mark_sending(row.id)
+            if not claimed:
+                continue  # sent or claimed meanwhile by another sender
+            maybe_crash("outbox.sending")
+            try:
+                refused = transport.send(row.sender, row.recipients, raw, row.message_id)
+            except DeliveryError as exc:
+                with bot.store.transaction():
+                    if exc.server_down:
+                        bot.store.mark_unsent(row.id, str(exc))  # not this mail's fault: no backoff
+                    elif exc.permanent:
+                        bot.store.mark_failed(row.id, now, str(exc))
+                        _escalate_delivery_failure(bot, row, exc.detail())
+                    else:
+                        delay = timedelta(seconds=min(3600, 60 * 2 ** min(row.attempts, 6)))
+                        bot.store.mark_retry(row.id, now + delay, str(exc))
+                # A server's answer may quote the address it refuses: addresses stay out of logs.
+                said = scrub_addresses(str(exc), row.recipients)
+                log.warning("delivery of %s failed: %s", row.message_id, said)
+                if not exc.permanent:
+                    errors.append(said)
+                    break  # the server is down: the rest waits for the next pass
+                continue
+            maybe_crash("smtp.accepted")  # the window bot/flows/delivery.py explains
+            with bot.store.transaction():
+                bot.store.mark_sent(row.id, bot.clock())
+                if refused:  # some recipients refused, the rest accepted: see bot/flows/refusals.py
+                    from bot.flows.refusals import handle_refused
+
+                    handle_refused(bot, row, refused)
+            maybe_crash("outbox.sent")
+            log.debug("sent %s (%s) to %d recipients", row.message_id, row.kind, len(row.recipients))
+            sent += 1
+    finally:
+        transport.close()
+    return sent, errors
+
+
+def _escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[str] | None = None) -> None:
+    """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
+
+    ``error`` is the server's answer, shown to staff and kept in the event (both may name
+    addresses; the log may not).
+    """
+    if row.kind.startswith("staff_"):
+        return  # never escalate an escalation: that is how mail loops start
+    for case_id in row.case_ids:
+        case = bot.store.get_case(case_id)
+        now = bot.clock()
+        if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
+            case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
+                                         resume_state=case.state)
+        bot.store.add_event(case.id, now, "delivery_failed", detail={
+            "message_id": row.message_id, "error": error, "recipients": recipients or row.recipients})
+        enqueue_mail(bot, "staff_escalation", [case], {
+            "reason_title": "mail to the facility was rejected",
+            "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
+                      f"rejected permanently:\n{error}",
+            "decide_hint": "Find a working address for the facility and run 'dkimbot resend'.",
+            "diagnoses": [],
+        }, staff_only=True)
+
+
+# -- one pass --------------------------------------------------------------------------------
+
+
+def run_pass(bot: Bot) -> PassResult:
+    """Intake, due checks, reminders, delivery. Server failures are reported, not raised."""
+    from bot.adapters.intake import IntakeError
+
+    result = PassResult()
+    try:
+        result.messages = poll_inbox_once(bot)
+    except IntakeError as exc:
+        result.errors.append(str(exc))  # the caller reports it: one line, no traceback
+    try:
+        result.checks = recheck_due_once(bot)
+    except Exception as exc:  # each case is guarded inside; this is the last line: mail still goes out
+        log.exception("recheck_due_once failed")
+        result.errors.append(f"recheck_due_once failed: {type(exc).__name__}")
+    if result.checks:
+        from bot.adapters.health import resolver_down
+
+        dns_down = resolver_down(bot.cfg.dns)  # our resolver, not a facility's name server
+        if dns_down:
+            result.errors.append(dns_down)
+    result.checks += _watch_and_rotate(bot, result)
+    remind_due_once(bot)
+    sent, errors = flush_outbox_once(bot)
+    result.mails_sent = sent
+    result.errors += errors
+    try:
+        from bot.flows.digest import digest_once
+
+        # After delivery, so the digest tells this pass's delivery errors too; once a day.
+        if digest_once(bot) and not errors:
+            result.mails_sent += flush_outbox_once(bot)[0]
+    except Exception as exc:  # a broken digest template must not stop the bot
+        log.exception("daily digest failed")
+        result.errors.append(f"daily digest failed: {type(exc).__name__}: {exc}")
+    return result
+
+
+def _watch_and_rotate(bot: Bot, result: PassResult) -> int:
+    """After-completion monitoring, key rotations and the end-to-end proof (off unless
+    [proof] enabled); a bug there must not stop delivery."""
+    from bot.flows.monitor import monitor_due_once
+    from bot.flows.proof import proof_once
+    from bot.flows.rotation import rotation_once
+
+    checks = 0
+    for job in (monitor_due_once, rotation_once, proof_once):
+        try:
+            checks += job(bot)
+        except Exception as exc:
+            log.exception("%s failed", job.__name__)
+            result.errors.append(f"{job.__name__} failed: {type(exc).__name__}")
+    return checks
+
+
+# -- staff actions ---------------------------------------------------------------------------
+
+
+def staff_cancel(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
+    """Cancel; its key leaves the signer unless another live case of the domain uses it
+    (a cancelled case is not watched). See bot/flows/cancel.py; raises CancelError."""
+    from bot.flows.cancel import cancel_case
+
+    return cancel_case(bot, case, who).case
+
+
+def staff_retry(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
+    """Check now; an escalated case goes back to where it was, with fresh reminders."""
+    now = bot.clock()
+    fields: dict[str, Any] = {"next_check_at": now, "reminders_sent": 0}
+    to_state = case.state
+    if case.state == State.ESCALATED and case.resume_state:
+        fields.update(state=case.resume_state, resume_state=None, state_since=now)
+        to_state = case.resume_state
+    with bot.store.transaction():
+        updated = bot.store.update_case(case.id, now, **fields)
+        bot.store.add_event(case.id, now, "staff_retry", case.state, to_state, {"by": who})
+    return updated
+
+
+def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
+    """Send the facility its record(s) again (the same key; never a new one)."""
+    now = bot.clock()
+    with bot.store.transaction():
+        bot.store.add_event(case.id, now, "staff_resend", detail={"by": who})
+        item = {"kind": "resend", "ref": case.ref, "facility": case.facility,
+                "admin_email": case.admin_email, "domain": case.domain,
+                "records": key_records(bot, case), "shared_with": [], "provider_hint": None}
+        return enqueue_mail(bot, "request_reply", [case], {
+            "items": [item], "subject_text": "DKIM設定のご案内：DNSへのレコード登録のお願い（再送）",
+            "records": True,
+        })

@@ -1,0 +1,169 @@
+"""Which selectors a domain gets, and whether all of them are published.
+
+Two jobs that both deal in *sets* of selectors (RSA plus, with ``[keys] ed25519``, an
+Ed25519 one for dual signing):
+
+* ``choose_selector`` picks the selector for a new key. SPEC §8 "look before
+  instructing": a selector name the domain already uses in DNS (another sender's key,
+  a record left from an earlier provider) is never reused, because telling the facility
+  to *replace* it would break whoever signs with it. A DNS failure while looking never
+  blocks a request: the configured pattern is used and the failure logged.
+* ``check_dkim_selectors`` / ``check_case_domain`` run the DKIM check for every selector
+  of a case and fold the verdicts into one ``dkim`` area, so a case advances only when
+  every record it was sent is right on every authoritative server.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bot.adapters.keys import ed25519_selector, validate_selector
+
+log = logging.getLogger("dkimbot")
+
+# "yoyakuban202605" taken → "yoyakuban202605a", "…b", …; after "z", "…-2", "…-3", …
+_MAX_CANDIDATES = 40
+
+
+class SelectorLookupFailed(Exception):
+    """DNS gave no usable answer for a candidate selector (never "it is free")."""
+
+
+def selector_candidates(base: str) -> Iterable[str]:
+    """``base``, then ``base`` + a, b, …, z, then ``base-2``, ``base-3``, …"""
+    yield base
+    for letter in string.ascii_lowercase:
+        yield f"{base}{letter}"
+    n = 2
+    while True:
+        yield f"{base}-{n}"
+        n += 1
+
+
+def _dkim_key_of(text: str) -> str | None:
+    from bot.checks.dnscheck import parse_dkim_record
+
+    try:
+        return parse_dkim_record(text).key
+    except Exception:  # noqa: BLE001 - any unparsable TXT is simply "not our key"
+        return None
+
+
+def selector_in_use(client: Any, domain: str, selector: str, own_public_b64: str | None) -> bool:
+    """True when ``<selector>._domainkey.<domain>`` holds a TXT record that is not our key.
+
+    Any TXT there counts (a DKIM record of another sender, or junk someone left): we
+    would otherwise have to tell the facility to overwrite it. Our own key (a crash
+    between making the key and recording the case) does not. Raises
+    SelectorLookupFailed when no server gave a definite answer.
+    """
+    name = f"{selector}._domainkey.{domain}"
+    answers = client.authoritative_txt(name)
+    definite = [recs for recs in answers.values() if isinstance(recs, list)]
+    records = [r for recs in definite for r in recs]
+    if records:
+        return any(own_public_b64 is None or _dkim_key_of(str(r)) != own_public_b64 for r in records)
+    if not definite or len(definite) < len(answers):
+        # A server that did not answer may be the one holding the record.
+        failures = [str(a) for a in answers.values() if not isinstance(a, list)]
+        raise SelectorLookupFailed("; ".join(failures) or f"no answer for {name}")
+    return False
+
+
+def choose_selector(
+    bot: Any, domain: str, base: str, *, with_ed25519: bool, exclude: Iterable[str] = (),
+) -> str:
+    """The first candidate from ``base`` that is free in DNS (and, for dual signing, whose
+    Ed25519 companion is free too) and not in ``exclude`` (selectors the bot already used
+    for this domain). On a DNS failure: the first candidate not excluded, logged."""
+    validate_selector(base)
+    excluded = {s.lower() for s in exclude}
+    client = bot.dns_client()
+    first_allowed: str | None = None
+    for count, candidate in enumerate(selector_candidates(base)):
+        if count >= _MAX_CANDIDATES:
+            break
+        names = [candidate, ed25519_selector(candidate)] if with_ed25519 else [candidate]
+        if any(n in excluded for n in names):
+            continue
+        if first_allowed is None:
+            first_allowed = candidate
+        try:
+            taken = [n for n in names if selector_in_use(client, domain, n, _own_key(bot, domain, n))]
+        except SelectorLookupFailed as exc:
+            log.warning("selector check for %s failed (%s); using %s without looking",
+                        domain, exc, first_allowed)
+            return first_allowed
+        if not taken:
+            if candidate != base:
+                log.info("selector %s is in use at %s; using %s", base, domain, candidate)
+            return candidate
+    raise ValueError(f"no free selector for {domain} among {_MAX_CANDIDATES} candidates from {base!r}")
+
+
+def _own_key(bot: Any, domain: str, selector: str) -> str | None:
+    for k in bot.store.domain_keys(domain):
+        if k["selector"] == selector:
+            return str(k["public_b64"])
+    key = bot.keystore.get(domain, selector) if bot.keystore.exists(domain, selector) else None
+    return key.public_b64 if key is not None else None
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_dkim_each(client: Any, domain: str, expected: Mapping[str, str | None]) -> dict[str, Any]:
+    """selector → its ``check_dkim`` AreaResult (one shared client: each name asked once)."""
+    from bot.checks.dnscheck import check_dkim
+
+    if not expected:
+        raise ValueError(f"no selector to check for {domain}")
+    return {sel: check_dkim(client, domain, sel, exp) for sel, exp in expected.items()}
+
+
+def fold_dkim(results: Mapping[str, Any]) -> Any:
+    """Several selectors' DKIM AreaResults as one: ok only when every one is ok.
+
+    Diagnoses are concatenated (each names its own record). ``found`` is the first
+    selector's evidence (what single-selector readers use: servers, verdicts) plus
+    ``selectors``: each selector's own evidence.
+    """
+    from bot.adapters.dnsclient import AreaResult
+
+    first = next(iter(results.values()))
+    if len(results) == 1:
+        return first
+    found: dict[str, Any] = dict(first.found)
+    found["selectors"] = {sel: r.found for sel, r in results.items()}
+    diagnoses = [d for r in results.values() for d in r.diagnoses]
+    return AreaResult(all(r.ok for r in results.values()), diagnoses, found)
+
+
+def check_dkim_selectors(client: Any, domain: str, expected: Mapping[str, str | None]) -> Any:
+    """``check_dkim`` for every selector, folded into one AreaResult (``fold_dkim``)."""
+    return fold_dkim(check_dkim_each(client, domain, expected))
+
+
+def check_case_domain(client: Any, domain: str, expected: Mapping[str, str | None], service_cfg: Any) -> Any:
+    """``check_domain`` with the DKIM area covering every selector in ``expected``."""
+    from bot.checks.dnscheck import check_domain
+
+    selectors = list(expected)
+    report = check_domain(client, domain, selectors[0], expected[selectors[0]], service_cfg)
+    if len(selectors) > 1:
+        report.dkim = check_dkim_selectors(client, domain, expected)
+    return report
+
+
+def expected_keys(bot: Any, domain: str, selectors: Iterable[str]) -> dict[str, str]:
+    """selector → stored public key; LookupError for a selector the bot has no key for."""
+    stored = {k["selector"]: str(k["public_b64"]) for k in bot.store.domain_keys(domain)}
+    out: dict[str, str] = {}
+    for sel in selectors:
+        if sel not in stored:
+            raise LookupError(f"no stored key for {domain}/{sel}")
+        out[sel] = stored[sel]
+    return out

@@ -1,0 +1,276 @@
+"""The case state machine: pure functions from (state, observation) to a decision.
+
+Nothing here does I/O. ``jobs.py`` gathers the observations (DNS answers, the signing
+proof, the clock), calls ``decide`` and stores the decision in one transaction. Every
+transition the bot can make is a row of ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class State(StrEnum):
+    NEEDS_INFO = "needs_info"
+    REJECTED = "rejected"
+    AWAITING_DKIM = "awaiting_dkim"
+    AWAITING_DMARC = "awaiting_dmarc"
+    AWAITING_FINAL = "awaiting_final"
+    COMPLETED = "completed"
+    DKIM_LOST = "dkim_lost"              # completed, then the record vanished/changed; grace countdown
+    SIGNING_STOPPED = "signing_stopped"  # the grace period ran out; the key left the signer
+    ESCALATED = "escalated"
+    CANCELLED = "cancelled"
+
+
+class Event(StrEnum):
+    DKIM_PROVEN = "dkim_proven"              # every server serves our key; probe verified
+    DKIM_PROOF_FAILED = "dkim_proof_failed"  # DNS is right but the probe did not verify
+    DKIM_WRONG = "dkim_wrong"                # a record is there, but wrong (diagnosed)
+    DKIM_MISSING = "dkim_missing"            # nothing published yet
+    DMARC_WRONG = "dmarc_wrong"
+    DMARC_MISSING = "dmarc_missing"
+    FINAL_OK = "final_ok"
+    FINAL_FAILED = "final_failed"
+    DNS_ERROR = "dns_error"                  # transient: retried, never told to the facility
+    REMINDER_DUE = "reminder_due"
+    STALLED = "stalled"                      # reminders exhausted
+    DKIM_OK = "dkim_ok"                      # watched domain: every selector still right
+    DKIM_GONE = "dkim_gone"                  # watched domain: a record vanished or changed
+    GRACE_EXPIRED = "grace_expired"          # dkim_lost for longer than signing_grace_days
+
+
+# States in which the bot waits for the facility and checks DNS on a schedule.
+WAITING = (State.AWAITING_DKIM, State.AWAITING_DMARC, State.AWAITING_FINAL)
+# States from which nothing moves on by itself.
+TERMINAL = (State.REJECTED, State.CANCELLED)
+# After completion: the domain is rechecked daily (``bot.flows.monitor``), SPEC §8.
+WATCHED = (State.COMPLETED, State.DKIM_LOST, State.SIGNING_STOPPED)
+# States staff may cancel or retry.
+ACTIVE = (State.NEEDS_INFO, *WAITING, State.ESCALATED)
+
+STAY = None  # in the table: the case keeps its state
+
+#: (state, event) -> (next state or STAY, mail kinds caused). Problem mails are sent once
+#: per distinct diagnosis (see ``decide``); STAY rows without mails only reschedule.
+TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[str, ...]]] = {
+    (State.AWAITING_DKIM, Event.DKIM_PROVEN): (State.AWAITING_DMARC, ("dkim_active",)),
+    (State.AWAITING_DKIM, Event.DKIM_PROOF_FAILED): (State.ESCALATED, ("staff_escalation",)),
+    (State.AWAITING_DKIM, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
+    (State.AWAITING_DKIM, Event.DKIM_MISSING): (STAY, ()),
+    (State.AWAITING_DMARC, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
+    (State.AWAITING_DMARC, Event.DKIM_MISSING): (STAY, ("dkim_problem",)),
+    (State.AWAITING_DMARC, Event.DMARC_WRONG): (STAY, ("dmarc_problem",)),
+    (State.AWAITING_DMARC, Event.DMARC_MISSING): (STAY, ()),
+    (State.AWAITING_DMARC, Event.FINAL_OK): (State.COMPLETED, ("completion_report",)),
+    (State.AWAITING_DMARC, Event.FINAL_FAILED): (State.AWAITING_FINAL, ("final_problem",)),
+    (State.AWAITING_FINAL, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
+    (State.AWAITING_FINAL, Event.DKIM_MISSING): (STAY, ("dkim_problem",)),
+    (State.AWAITING_FINAL, Event.DMARC_WRONG): (STAY, ("final_problem",)),
+    (State.AWAITING_FINAL, Event.DMARC_MISSING): (STAY, ("final_problem",)),
+    (State.AWAITING_FINAL, Event.FINAL_FAILED): (STAY, ("final_problem",)),
+    (State.AWAITING_FINAL, Event.FINAL_OK): (State.COMPLETED, ("completion_report",)),
+    **{(s, Event.REMINDER_DUE): (STAY, ("reminder",)) for s in (State.NEEDS_INFO, *WAITING)},
+    **{(s, Event.STALLED): (State.ESCALATED, ("staff_escalation",)) for s in (State.NEEDS_INFO, *WAITING)},
+    **{(s, Event.DNS_ERROR): (STAY, ()) for s in (*WAITING, State.ESCALATED)},
+    # After completion (bot.monitor): warn, count down, and only then stop signing.
+    (State.COMPLETED, Event.DKIM_OK): (STAY, ()),
+    (State.COMPLETED, Event.DKIM_GONE): (State.DKIM_LOST, ("dkim_lost", "staff_escalation")),
+    (State.DKIM_LOST, Event.DKIM_GONE): (STAY, ()),
+    (State.DKIM_LOST, Event.DKIM_OK): (State.COMPLETED, ("dkim_restored",)),
+    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED, ("signing_stopped", "staff_escalation")),
+    (State.SIGNING_STOPPED, Event.DKIM_GONE): (STAY, ()),
+    (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, ("dkim_restored",)),
+    (State.SIGNING_STOPPED, Event.DKIM_PROOF_FAILED): (STAY, ()),
+    **{(s, Event.DNS_ERROR): (STAY, ()) for s in WATCHED},
+}
+
+#: Mail kinds that report a problem: sent once per distinct diagnosis, not per check.
+PROBLEM_MAILS = ("dkim_problem", "dmarc_problem", "final_problem")
+
+
+class AreaLike(Protocol):
+    ok: bool
+
+    @property
+    def diagnoses(self) -> list[Any]: ...
+
+
+class ReportLike(Protocol):
+    dkim: Any
+    dmarc: Any
+    spf: Any
+    alignment: Any
+
+
+def _codes(area: Any) -> list[str]:
+    return [d.code for d in area.diagnoses]
+
+
+def _has_dns_error(area: Any) -> bool:
+    return "dns_error" in _codes(area)
+
+
+def _errors(area: Any) -> list[str]:
+    return [d.code for d in area.diagnoses if getattr(d, "severity", "error") == "error"]
+
+
+def classify_check(state: State, report: ReportLike, proof_ok: bool | None) -> Event:
+    """Turn one DNS check (and the signing proof, if made) into the event it means."""
+    if state == State.AWAITING_DKIM:
+        if report.dkim.ok:
+            return Event.DKIM_PROVEN if proof_ok else Event.DKIM_PROOF_FAILED
+        if _has_dns_error(report.dkim):
+            return Event.DNS_ERROR
+        return Event.DKIM_MISSING if set(_errors(report.dkim)) == {"dkim_not_published"} else Event.DKIM_WRONG
+    # From here DKIM was proven once; the rest of the final check decides.
+    areas = (report.dkim, report.dmarc, report.spf, report.alignment)
+    if any(_has_dns_error(a) for a in areas):
+        return Event.DNS_ERROR
+    if not report.dkim.ok:
+        # set(): with dual signing each selector may report its own "not published".
+        return Event.DKIM_MISSING if set(_errors(report.dkim)) == {"dkim_not_published"} else Event.DKIM_WRONG
+    if not report.dmarc.ok:
+        return Event.DMARC_MISSING if _errors(report.dmarc) == ["dmarc_not_published"] else Event.DMARC_WRONG
+    if report.spf.ok and report.alignment.ok:
+        return Event.FINAL_OK
+    return Event.FINAL_FAILED
+
+
+def notice_signature(event: Event, report: ReportLike | None) -> str:
+    """What makes two problem mails "the same diagnosis": the event and its error codes."""
+    if report is None:
+        return event.value
+    codes: list[str] = []
+    for name in ("dkim", "dmarc", "spf", "alignment"):
+        codes += [f"{name}:{c}" for c in _errors(getattr(report, name))]
+    return event.value + "|" + ",".join(sorted(codes))
+
+
+@dataclass
+class Decision:
+    event: Event
+    from_state: State
+    next_state: State
+    mails: list[str] = field(default_factory=list)
+    notice: str | None = None        # new value of the case's last_notice
+    resume_state: State | None = None
+
+    @property
+    def changes_state(self) -> bool:
+        return self.next_state != self.from_state
+
+
+def decide(
+    state: State,
+    event: Event,
+    *,
+    resume_state: State | None = None,
+    last_notice: str | None = None,
+    reply_pending: bool = False,
+    report: ReportLike | None = None,
+) -> Decision:
+    """Apply one event to a case. Unknown (state, event) pairs change nothing.
+
+    An escalated case keeps being checked as the state it was escalated from
+    (``resume_state``); a step forward from there resumes it by itself.
+    """
+    effective = resume_state if state == State.ESCALATED and resume_state else state
+    next_state, mails = TRANSITIONS.get((effective, event), (STAY, ()))
+    decision = Decision(event=event, from_state=state, next_state=state, notice=last_notice,
+                        resume_state=resume_state)
+    if state == State.ESCALATED:
+        if next_state is STAY or next_state == State.ESCALATED:
+            return decision  # still escalated: staff already know, nothing to mail
+        # Resumed by itself: from here on a normal step (the same notices, the same
+        # once-per-diagnosis rule) from the state it was escalated from.
+        decision.resume_state = None
+    if next_state is not STAY:
+        decision.next_state = next_state
+        decision.notice = None
+        if next_state == State.ESCALATED:
+            decision.resume_state = state
+        if "dkim_active" in mails and report is not None:
+            # dkim_active already names a wrong DMARC record and boxes its fix: the check
+            # chained right after it must not mail the same ask again as dmarc_problem.
+            decision.notice = notice_signature(Event.DMARC_WRONG, report)
+    signature = notice_signature(event, report)
+    for kind in mails:
+        if kind in PROBLEM_MAILS:
+            # The same diagnosis is mailed once; a facility's reply always gets an answer.
+            if signature == last_notice and not reply_pending:
+                continue
+            decision.notice = signature
+        decision.mails.append(kind)
+    if (
+        not decision.mails
+        and reply_pending
+        and event in (Event.DKIM_MISSING, Event.DMARC_MISSING)
+    ):
+        # The facility said "done" but nothing is there yet: tell them what we see.
+        decision.mails.append("dkim_problem" if event == Event.DKIM_MISSING else "dmarc_problem")
+        decision.notice = signature
+    return decision
+
+
+def time_event(
+    state: State, state_since: datetime, reminders_sent: int, now: datetime,
+    reminder_after: timedelta, max_reminders: int,
+) -> Event | None:
+    """A reminder is due every ``reminder_after`` in a waiting state; after the last, escalate."""
+    if state not in (State.NEEDS_INFO, *WAITING) or reminder_after <= timedelta(0):
+        return None
+    if now < state_since + reminder_after * (reminders_sent + 1):
+        return None
+    return Event.REMINDER_DUE if reminders_sent < max_reminders else Event.STALLED
+
+
+def next_check_delay(
+    time_in_state: timedelta, base_seconds: int, steps: Sequence[Sequence[float]] = (),
+) -> timedelta:
+    """Frequent checks right after the record is sent, slower later (SPEC §8).
+
+    ``steps`` ([[after_hours, every_seconds], ...], from ``[schedule] check_steps``)
+    replaces the built-in steps: every ``base_seconds`` first, then each step's interval
+    once the case has waited ``after_hours`` in its state.
+    """
+    if base_seconds <= 0:
+        return timedelta(0)
+    base = timedelta(seconds=base_seconds)
+    if steps:
+        delay = base
+        for after_hours, every_seconds in sorted(steps):
+            if time_in_state >= timedelta(hours=after_hours):
+                delay = timedelta(seconds=every_seconds)
+        return delay
+    if time_in_state < timedelta(hours=2):
+        return base
+    if time_in_state < timedelta(days=1):
+        return min(base * 4, timedelta(hours=1))
+    return min(base * 12, timedelta(hours=6))
+
+
+def dns_error_delay(base_seconds: int, attempt: int) -> timedelta:
+    """Backoff for transient DNS failures: soon, then less often (capped at an hour)."""
+    seconds = max(base_seconds, 60) * (2 ** min(attempt, 6))
+    return timedelta(seconds=min(seconds, 3600))
+
+
+def classify_domain(
+    domain: str, *, freemail: list[str] | tuple[str, ...], own: list[str] | tuple[str, ...],
+) -> str | None:
+    """Why a domain cannot get a key: "freemail" (incl. carriers) or "own" (the SaaS's)."""
+    d = domain.lower().rstrip(".")
+
+    def under(parents: list[str] | tuple[str, ...]) -> bool:
+        return any(d == p.lower() or d.endswith("." + p.lower()) for p in parents)
+
+    if under(own):
+        return "own"
+    if under(freemail):
+        return "freemail"
+    return None

@@ -1,0 +1,127 @@
+"""Composing mails: record boxes, recipients, threading, the daily limits (per case here,
+per address in ``bot/flows/ratelimit.py``).
+
+``enqueue_mail`` renders a template and queues the message in the outbox inside the
+caller's transaction, so a mail exists exactly when the decision that caused it does.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from bot.adapters.mailout import build_message
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow
+
+log = logging.getLogger("dkimbot")
+
+
+def _record_box(domain: str, fqdn: str, value: str, rtype: str = "TXT") -> dict[str, str]:
+    from bot.adapters.keys import render_zone_line
+
+    label = fqdn[: -len(domain) - 1] if fqdn.endswith("." + domain) else "@"
+    return {
+        "fqdn": fqdn, "domain": domain, "host_label": label, "type": rtype, "value": value,
+        "zone_line": render_zone_line(fqdn, value),
+    }
+
+
+def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
+    """The DKIM record box(es) of a case's domain, from the stored public keys."""
+    boxes = []
+    if not case.domain:
+        return boxes
+    keys = {k["selector"]: k for k in bot.store.domain_keys(case.domain)}
+    for selector in case.selectors or ([case.selector] if case.selector else []):
+        k = keys.get(selector)
+        if k is None:
+            continue
+        value = f"v=DKIM1; k={k['algorithm']}; p={k['public_b64']}"
+        boxes.append(_record_box(case.domain, f"{selector}._domainkey.{case.domain}", value))
+    return boxes
+
+
+def _addressees(names: list[str | None]) -> list[str]:
+    # A case without a facility name (a request whose fields were not found) is greeted
+    # with "ご担当者様" alone; the template adds the name in front when there is one.
+    out: list[str] = []
+    for n in names:
+        n = n or ""
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _case_recipients(bot: Bot, case: CaseRow) -> list[str]:
+    to = [case.requester] if case.requester else []
+    if bot.cfg.service.cc_contact and case.contact_email and case.contact_email not in to:
+        to.append(case.contact_email)
+    return [a for a in to if a]
+
+
+def enqueue_mail(
+    bot: Bot, kind: str, cases_: list[CaseRow], context: dict[str, Any], *,
+    to: list[str] | None = None, staff_only: bool = False,
+    in_reply_to: str | None = None, references: list[str] | None = None,
+) -> str | None:
+    """Render and queue one mail (inside the caller's transaction). Returns its Message-ID."""
+    cfg = bot.cfg
+    now = bot.clock()
+    refs = [c.ref for c in cases_]
+    primary = cases_[0] if cases_ else None
+    if not staff_only and primary is not None:
+        # Loop and rate safety: a bounded number of facility mails per case per day.
+        sent_today = bot.store.facility_mails_since(primary.id, now - timedelta(days=1))
+        if sent_today >= cfg.service.max_mails_per_case_per_day:
+            bot.store.add_event(primary.id, now, "mail_suppressed",
+                                detail={"kind": kind, "reason": "daily mail limit reached"})
+            log.warning("%s: %s mail suppressed (daily limit %d)", primary.ref, kind,
+                        cfg.service.max_mails_per_case_per_day)
+            return None
+    ctx = {
+        "service": cfg.service,
+        "refs": "、".join(refs),
+        "subject_refs": "".join(f"[{r}]" for r in refs),
+        "addressees": _addressees([c.facility for c in cases_]),
+        "case": primary.to_json() | {"ref": primary.ref} if primary else {},
+        **context,
+    }
+    assert bot.renderer is not None
+    subject, body = bot.renderer.render(kind, ctx)
+    if staff_only:
+        recipients, cc = list(cfg.service.staff_cc), []
+    else:
+        recipients = to if to is not None else (_case_recipients(bot, primary) if primary else [])
+        cc = list(cfg.service.staff_cc)
+    if not recipients:
+        recipients, cc = list(cfg.service.staff_cc), []
+    elif not staff_only:
+        from bot.flows.ratelimit import limit_recipients
+
+        # Per address, across cases: stops a loop that opens a new case per message.
+        recipients = limit_recipients(bot, kind, [c.id for c in cases_], recipients)
+        if not recipients:
+            return None
+    if primary is not None and in_reply_to is None:
+        in_reply_to = primary.thread_last
+        references = primary.thread_refs
+    mail = build_message(
+        cfg, kind=kind, subject=subject, body=body, to=recipients, cc=cc, now=now,
+        in_reply_to=in_reply_to, references=references, case_refs=refs,
+    )
+    bot.store.enqueue(
+        message_id=mail.message_id, kind=kind, case_ids=[c.id for c in cases_],
+        sender=mail.sender, recipients=mail.recipients, raw=mail.raw, now=now,
+    )
+    if not staff_only:
+        for c in cases_:
+            thread = list(c.thread_refs)
+            thread.append(mail.message_id)
+            bot.store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
+    for c in cases_:
+        bot.store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
+                                                              "subject": subject})
+    log.info("%s: queued %s mail %s", ",".join(refs) or "-", kind, mail.message_id)
+    return mail.message_id

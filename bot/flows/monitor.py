@@ -1,0 +1,238 @@
+"""After completion: watch the DKIM records daily and stop signing only after a grace period.
+
+SPEC §8 "after completion, keep watching". A completed domain is rechecked once a day
+(``rechecks`` sets ``next_check_at`` to a day after completion). When a record of the
+case's selectors disappears or changes, the facility and staff are warned and the case
+goes to ``dkim_lost``; the key keeps signing for ``[schedule] signing_grace_days`` (a DNS
+mishap fixed within days must not cost a hotel its DMARC pass), and only then leaves the
+signer (``signing_stopped``), so mail never goes out with a signature that must fail
+for longer than that. A record back within the grace period stops the countdown (and
+says so); a record back after it reinstalls the key, proves it and resumes signing.
+
+A DNS failure (timeout, SERVFAIL, REFUSED) is never evidence: it neither starts nor
+advances the countdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.core import cases as sm
+from bot.flows.backoff import (
+    failures_in_a_row,
+    note_failure,
+    note_success,
+    record_check_crash,
+)
+from bot.core.cases import Event, State
+from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow
+
+log = logging.getLogger("dkimbot")
+
+JST = ZoneInfo("Asia/Tokyo")
+
+
+def classify_watch(state: State, dkim: Any, *, now: datetime, since: datetime,
+                   grace: timedelta) -> Event:
+    """Pure: a watched case's DKIM area (all selectors folded) → the event it means."""
+    codes = [d.code for d in dkim.diagnoses]
+    if "dns_error" in codes:
+        return Event.DNS_ERROR  # no clean answer: never start or advance the countdown
+    if dkim.ok:
+        return Event.DKIM_OK
+    if state == State.DKIM_LOST and now >= since + grace:
+        return Event.GRACE_EXPIRED
+    return Event.DKIM_GONE
+
+
+def grace_deadline(case: CaseRow, grace: timedelta) -> datetime:
+    return case.state_since + grace
+
+
+def _jst(when: datetime) -> str:
+    local = when.astimezone(JST)
+    return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}（日本時間）"
+
+
+def monitor_due_once(bot: Bot) -> int:
+    """Check every due watched case (completed, dkim_lost, signing_stopped); return how many."""
+    now = bot.clock()
+    due = [c for c in bot.store.due_cases(tuple(s.value for s in sm.WATCHED), now)
+           if c.domain and (c.selectors or c.selector)]
+    if not due:
+        return 0
+    # After the due check: keyplan imports the key module (cryptography), which an
+    # idle cron pass does not need (benchmarks/bench_startup.py).
+    from bot.checks.keyplan import check_dkim_each, expected_keys
+
+    client = bot.dns_client()
+    results: dict[tuple[str, tuple[str, ...]], dict[str, Any] | Exception] = {}
+    for case in due:
+        sels = tuple(case.selectors or [case.selector or ""])
+        key = (case.domain or "", sels)
+        # One watched case's trouble (no stored key, a check that raises) is recorded
+        # on that case; the later cases are still watched and the pass still delivers.
+        try:
+            if key not in results:
+                try:
+                    results[key] = check_dkim_each(client, key[0], expected_keys(bot, key[0], sels))
+                except Exception as exc:  # noqa: BLE001 - recorded on each case below
+                    results[key] = exc  # the same for every case of this domain
+            result = results[key]
+            if isinstance(result, Exception):
+                raise result
+            apply_watch(bot, bot.store.get_case(case.id), result, client)
+        except Exception as exc:  # noqa: BLE001 - one case's trouble stays its own
+            record_check_crash(bot, bot.store.get_case(case.id), exc, "watch check")
+    return len(due)
+
+
+def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: Any) -> None:
+    """One watched case, one DKIM observation: decide, act on the signer, record, mail."""
+    from bot.checks.keyplan import fold_dkim
+
+    cfg = bot.cfg
+    now = bot.clock()
+    grace = timedelta(days=cfg.schedule.signing_grace_days)
+    state = State(case.state)
+    dkim = fold_dkim(per_selector)
+    event = classify_watch(state, dkim, now=now, since=case.state_since, grace=grace)
+    detail: dict[str, Any] = {"event": event.value, "dns": {"dkim": dkim.to_json()}}
+    if state == State.SIGNING_STOPPED and event == Event.DKIM_OK:
+        # Back after the key left the signer: reinstall and prove before claiming anything.
+        from bot.flows.rechecks import install_and_prove
+
+        try:
+            ok, why = install_and_prove(bot, case, client)
+        except Exception as exc:  # the signer is ours: log, stay, retry next check
+            log.exception("%s: reinstalling the key failed", case.ref)
+            ok, why = False, f"install failed: {type(exc).__name__}"
+        event = Event.DKIM_PROVEN if ok else Event.DKIM_PROOF_FAILED
+        detail.update(event=event.value, proof={"ok": ok, "detail": why})
+    removed: list[str] = []
+    if event == Event.GRACE_EXPIRED:
+        removed, problem = _stop_signing(bot, case, per_selector)
+        detail["removed_selectors"] = removed
+        if problem:
+            # The key could not leave the signer: stay in dkim_lost and tell staff once.
+            detail["uninstall_error"] = problem
+            _record(bot, case, now, "check", state, state, detail,
+                    next_check=now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1))
+            with bot.store.transaction():
+                if case.last_notice != "uninstall_failed":
+                    bot.store.update_case(case.id, now, last_notice="uninstall_failed")
+                    enqueue_mail(bot, "staff_escalation", [case], _staff_context(
+                        case, "the DKIM key could not be removed from the signer",
+                        f"The grace period ended but removing the key failed: {problem}",
+                        "Fix the signer (tables, reload command); the bot retries by itself.",
+                        dkim), staff_only=True)
+            return
+    decision = sm.decide(state, event)
+    nxt = decision.next_state
+    if event == Event.DNS_ERROR:
+        # Soon, then less often; the count is written with the case below.
+        attempt = failures_in_a_row(bot.store, case.id) + 1
+        next_check = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, attempt)
+    elif nxt == State.COMPLETED:
+        next_check = now + timedelta(days=1)  # SPEC §8: completed domains daily
+    else:
+        since = now if decision.changes_state else case.state_since
+        next_check = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds)
+    if nxt == State.DKIM_LOST:
+        # Never sleep past the end of the grace period.
+        deadline = (now if decision.changes_state else case.state_since) + grace
+        next_check = min(next_check, deadline)
+    with bot.store.transaction():
+        if event == Event.DNS_ERROR:
+            note_failure(bot.store, case.id)
+        else:
+            note_success(bot.store, case.id)
+        updated = _record(bot, case, now, "transition" if decision.changes_state else "check",
+                          state, nxt, detail, next_check=next_check,
+                          changes_state=decision.changes_state, log_event=decision.changes_state
+                          or event == Event.DNS_ERROR or "proof" in detail)
+        for kind in decision.mails:
+            _enqueue(bot, kind, updated, dkim, was=state, removed=removed, grace=grace)
+    if decision.changes_state:
+        log.info("%s: %s -> %s (%s)", case.ref, state.value, nxt.value, event.value)
+
+
+def _record(bot: Bot, case: CaseRow, now: datetime, kind: str, state: State, nxt: State,
+            detail: dict[str, Any], *, next_check: datetime, changes_state: bool = False,
+            log_event: bool = True) -> CaseRow:
+    with bot.store.transaction():
+        fields: dict[str, Any] = {"next_check_at": next_check}
+        if changes_state:
+            fields.update(state=nxt, state_since=now, last_notice=None)
+        updated = bot.store.update_case(case.id, now, **fields)
+        if log_event:
+            bot.store.add_event(case.id, now, kind, state.value, nxt.value, detail)
+    return updated
+
+
+def _stop_signing(bot: Bot, case: CaseRow, per_selector: dict[str, Any]) -> tuple[list[str], str | None]:
+    """Remove from the signer every selector whose record is not right; (removed, error)."""
+    from bot.adapters import signer
+
+    assert case.domain
+    removed: list[str] = []
+    for sel, area in per_selector.items():
+        if area.ok:
+            continue  # its record is fine: that signature still verifies
+        try:
+            signer.uninstall_key(bot.cfg, case.domain, sel)
+        except Exception as exc:  # noqa: BLE001 - reported to staff, retried
+            return removed, f"{sel}: {type(exc).__name__}: {exc}"
+        removed.append(sel)
+        log.warning("%s: removed %s._domainkey.%s from the signer (record lost for the grace period)",
+                    case.ref, sel, case.domain)
+    return removed, None
+
+
+def _staff_context(case: CaseRow, title: str, reason: str, hint: str, dkim: Any) -> dict[str, Any]:
+    return {"reason_title": title, "reason": reason, "decide_hint": hint,
+            "diagnoses": [d for d in dkim.diagnoses if d.severity == "error"]}
+
+
+def _enqueue(bot: Bot, kind: str, case: CaseRow, dkim: Any, *, was: State, removed: list[str],
+             grace: timedelta) -> None:
+    errors = [d for d in dkim.diagnoses if d.severity == "error"]
+    if kind == "dkim_lost":
+        enqueue_mail(bot, kind, [case], {
+            "diagnoses": errors, "records": key_records(bot, case),
+            "grace_days": _days(grace), "deadline": _jst(grace_deadline(case, grace)),
+        })
+    elif kind == "dkim_restored":
+        enqueue_mail(bot, kind, [case], {"was_stopped": was == State.SIGNING_STOPPED})
+    elif kind == "signing_stopped":
+        enqueue_mail(bot, kind, [case], {
+            "diagnoses": errors, "records": key_records(bot, case), "grace_days": _days(grace),
+            "removed": [f"{s}._domainkey.{case.domain}" for s in removed],
+        })
+    elif kind == "staff_escalation":
+        if case.state == State.DKIM_LOST:
+            ctx = _staff_context(
+                case, "DKIM record lost after completion",
+                f"A DKIM record of {case.domain} disappeared or changed. The key keeps signing "
+                f"until {grace_deadline(case, grace).isoformat()} (grace period {_days(grace)} days); "
+                "then it is removed from the signer unless the record is back.",
+                "Contact the facility if the record does not come back; nothing to do if it does.", dkim)
+        else:
+            ctx = _staff_context(
+                case, "DKIM signing stopped: the record stayed missing",
+                f"The grace period ended; removed from the signer: {', '.join(removed) or '-'}. "
+                "Mail of this domain now goes out without those signatures.",
+                "Contact the facility; once the record is back the bot reinstalls the key by itself.", dkim)
+        enqueue_mail(bot, kind, [case], ctx, staff_only=True)
+    else:
+        raise ValueError(f"no context for mail kind {kind}")
+
+
+def _days(grace: timedelta) -> str:
+    days = grace.total_seconds() / 86400
+    return str(int(days)) if days == int(days) else f"{days:g}"

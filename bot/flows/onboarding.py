@@ -1,0 +1,310 @@
+"""Deciding on one incoming message: a request (new, repeated, completed after
+needs_info), a facility's reply to a case, or nothing for us.
+
+Runs inside ``process_message``'s transaction: cases, events, the reply mail and the
+handled mark are committed together. The slow part (DNS, key generation, a managed
+zone's update) is done before it, by ``bot.flows.prepare.prepare_message``; what it prepared is
+passed in as ``prepared`` and used only when it still fits the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from bot.core import cases as sm
+from bot.core.cases import State
+from bot.flows.compose import enqueue_mail, key_records
+from bot.faults import maybe_crash
+from bot.checks.lookahead import looked_for_reply
+from bot.core.replies import read_reply
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow
+
+if TYPE_CHECKING:
+    from bot.flows.prepare import Prepared
+
+log = logging.getLogger("dkimbot")
+
+
+def _reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
+    for ref in parsed.case_refs:
+        case = bot.store.find_case(ref)
+        if case is not None:
+            return case
+    ids = [i for i in [parsed.in_reply_to, *reversed(parsed.references)] if i]
+    return bot.store.case_for_message_id(ids) if ids else None
+
+
+def _decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> str:
+    if parsed.no_reply_reason:
+        return f"ignored: {parsed.no_reply_reason}"
+    target = _reply_target(bot, parsed)
+    if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
+        handle_request(bot, parsed, target, prepared)
+        return f"request: {len(parsed.facilities)} facilities"
+    if target is not None:
+        handle_reply(bot, target, parsed)
+        return f"reply to {target.ref}"
+    if parsed.is_request:
+        handle_request(bot, parsed, None)
+        return "request without fields"
+    return "not for us"
+
+
+def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
+    """A facility answered: check its case at once and answer what we then see."""
+    now = bot.clock()
+    thread = list(case.thread_refs)
+    if parsed.message_id:
+        thread.append(parsed.message_id)
+    fields: dict[str, Any] = dict(thread_last=parsed.message_id or case.thread_last, thread_refs=thread[-30:])
+    reading = read_reply(parsed.body_text or "")
+    excerpt = (reading.new_text or (parsed.body_text or "")).strip()[:400]
+    from bot.flows.rekey import answer_short_key_wish
+
+    # The dkim_problem mail offered a shorter key for a cut-off record (SPEC §8).
+    if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields):
+        return
+    if case.state in (*sm.WAITING, State.ESCALATED):
+        # Always recheck at once; only a "done" reply must get an answer from the check
+        # (a question gets its answer from staff, a "thanks" needs none).
+        fields.update(next_check_at=now, reply_pending=reading.reason == "done")
+        bot.store.update_case(case.id, now, **fields)
+        bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt, "reading": reading.reason})
+        log.info("%s: facility replied (%s); checking now", case.ref, reading.reason)
+        if reading.can_act:
+            return
+    else:
+        bot.store.update_case(case.id, now, **fields)
+    bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt, "reading": reading.reason})
+    enqueue_mail(
+        bot, "staff_escalation", [bot.store.get_case(case.id)],
+        {
+            "reason_title": "facility replied; the bot cannot act on it",
+            "reason": f"A reply from {parsed.from_addr or 'unknown sender'} (Message-ID {parsed.message_id}) "
+                      f"arrived while the case is {case.state}"
+                      + (" (rechecked at once)" if case.state in (*sm.WAITING, State.ESCALATED) else "")
+                      + f":\n\n{(reading.new_text or parsed.body_text or '').strip()[:4000]}",
+            "decide_hint": "Answer the facility yourself (reply to its mail).",
+            "diagnoses": [],
+        },
+        staff_only=True,
+    )
+
+
+def _existing_case(bot: Bot, facility: Any, requester: str | None, target: CaseRow | None) -> CaseRow | None:
+    """The case a request continues: a repeat of an active one, or a needs_info one completed."""
+    if target is not None and target.state == State.NEEDS_INFO:
+        return target
+    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE) + (State.COMPLETED.value,))
+    name = facility.facility_name
+    for c in candidates:
+        if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
+            return c
+    for c in candidates:
+        if c.state == State.NEEDS_INFO and requester and c.requester == requester and name and c.facility == name:
+            return c
+    return None
+
+
+def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list[str]:
+    """Facilities of one domain share one key: reuse the domain's live selector(s)."""
+    from bot.adapters.keys import render_selector
+
+    for c in bot.store.cases_for_domain(domain):
+        if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
+            return list(c.selectors)
+    ready = prepared.keys_for(bot, domain) if prepared is not None else None
+    if ready is not None:  # chosen and written before the transaction (bot/flows/prepare.py)
+        now = bot.clock()
+        for key in ready.keys:
+            bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
+        return list(ready.selectors)
+    # Not foreseen by the prepare phase (the store changed meanwhile): choose here.
+    from bot.checks.keyplan import choose_selector
+
+    cfg = bot.cfg
+    now = bot.clock()
+    algorithm = cfg.keys.algorithm
+    # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
+    selector = choose_selector(
+        bot, domain, render_selector(cfg.keys.selector, now),
+        with_ed25519=cfg.keys.ed25519 and algorithm != "ed25519",
+        exclude=[k["selector"] for k in bot.store.domain_keys(domain)],
+    )
+    selectors = [selector]
+    key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
+    maybe_crash("key.written")
+    bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
+    if cfg.keys.ed25519 and algorithm != "ed25519":
+        from bot.adapters.keys import ed25519_selector
+
+        ed_sel = ed25519_selector(selector)
+        ed = bot.keystore.load_or_create(domain, ed_sel, "ed25519", 256)
+        bot.store.record_key(domain, ed_sel, ed.algorithm, ed.bits, ed.public_b64, now)
+        selectors.append(ed_sel)
+    return selectors
+
+
+_PROBLEM_WHAT = {
+    "facility_name": "施設名", "contact_name": "お名前", "contact_email": "メールアドレス",
+    "contact_phone": "電話番号", "admin_email": "メールアドレス",
+}
+
+
+def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
+    """One reply per request mail, listing every facility it named."""
+    from bot.core.request import FIELD_LABELS
+
+    cfg = bot.cfg
+    store = bot.store
+    now = bot.clock()
+    requester = parsed.reply_address
+    thread_refs = [*parsed.references, *([parsed.message_id] if parsed.message_id else [])]
+    base = dict(requester=requester, thread_root=parsed.message_id,
+                thread_last=parsed.message_id, thread_refs=thread_refs[-30:])
+    items: list[dict[str, Any]] = []
+    touched: list[CaseRow] = []
+    facilities = list(parsed.facilities)
+    limit = cfg.intake.max_facilities_per_mail
+    if limit and len(facilities) > limit:
+        enqueue_mail(bot, "staff_escalation", [], {
+            "reason_title": f"a request names {len(facilities)} facilities",
+            "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
+                      f"{len(facilities)} facilities, over [intake] max_facilities_per_mail = {limit}. "
+                      "No case and no key was made; the mail is left in the mailbox untouched.",
+            "decide_hint": "Check the mail. If it is genuine, ask the sender to send it in parts "
+                           f"of at most {limit} facilities (or raise the limit for the next ones).",
+            "diagnoses": []}, staff_only=True)
+        log.warning("request %s names %d facilities (limit %d): handed to staff",
+                    parsed.message_id, len(facilities), limit)
+        return
+    if not facilities:
+        from bot.core.request import Facility, FieldProblem, FIELDS
+
+        facilities = [Facility(None, None, None, None, None,
+                               tuple(FieldProblem(f, "missing", None) for f in FIELDS))]
+    domains_in_mail: dict[str, list[str]] = {}
+    # Look before instructing (SPEC §8): each domain once per mail, mostly done already.
+    seen: dict[str, Any] = dict(prepared.seen) if prepared is not None else {}
+    for f in facilities:
+        fields = dict(
+            facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
+            contact_phone=f.contact_phone, admin_email=f.admin_email,
+        )
+        existing = _existing_case(bot, f, requester, target)
+        if f.problems:
+            problems = [
+                {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,
+                 "what": _PROBLEM_WHAT.get(p.field, "値")}
+                for p in f.problems
+            ]
+            if existing is not None and existing.state == State.NEEDS_INFO:
+                case = store.update_case(existing.id, now, problems=problems, **fields, **base)
+                store.add_event(case.id, now, "still_incomplete", detail={"problems": problems})
+            else:
+                case = store.create_case(state=State.NEEDS_INFO, now=now, problems=problems, **fields, **base)
+                store.add_event(case.id, now, "request_received", None, State.NEEDS_INFO,
+                                {"problems": problems})
+            touched.append(case)
+            items.append({"kind": "needs_info", "ref": case.ref, "facility": f.facility_name,
+                          "problems": problems, "fields": {
+                              "facility_name": f.facility_name, "contact_name": f.contact_name,
+                              "contact_email": f.contact_email, "contact_phone": f.contact_phone,
+                              "admin_email": f.admin_email}})
+            continue
+        domain = f.domain
+        reason = sm.classify_domain(
+            domain, freemail=cfg.service.freemail_domains,
+            own=[*cfg.service.own_domains, cfg.bot_domain],
+        )
+        if reason:
+            if existing is not None and existing.state == State.NEEDS_INFO:
+                case = store.update_case(existing.id, now, state=State.REJECTED, state_since=now,
+                                         domain=domain, problems=[], **fields, **base)
+            else:
+                case = store.create_case(state=State.REJECTED, now=now, domain=domain, **fields, **base)
+            store.add_event(case.id, now, "rejected", existing.state if existing else None,
+                            State.REJECTED, {"reason": reason, "domain": domain})
+            touched.append(case)
+            items.append({"kind": "rejected", "ref": case.ref, "facility": f.facility_name,
+                          "admin_email": f.admin_email, "domain": domain, "reason": reason})
+            continue
+        if existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain:
+            store.add_event(existing.id, now, "repeat_request", detail={"message_id": parsed.message_id})
+            case = store.update_case(existing.id, now, **base) if existing.state != State.COMPLETED else existing
+            touched.append(case)
+            items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
+                          "admin_email": case.admin_email, "domain": domain,
+                          "records": key_records(bot, case), "shared_with": [],
+                          **looked_for_reply(bot, case, key_records(bot, case), seen)})
+            continue
+        selectors = _choose_key(bot, domain, prepared)
+        due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
+        if existing is not None:
+            case = store.update_case(
+                existing.id, now, state=State.AWAITING_DKIM, state_since=now, domain=domain,
+                selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
+                reminders_sent=0, last_notice=None, **fields, **base,
+            )
+        else:
+            case = store.create_case(
+                state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
+                selectors=selectors, next_check_at=due, **fields, **base,
+            )
+        store.add_event(case.id, now, "key_assigned", existing.state if existing else None,
+                        State.AWAITING_DKIM, {"domain": domain, "selectors": selectors})
+        others = [c.facility for c in store.cases_for_domain(domain)
+                  if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+        domains_in_mail.setdefault(domain, []).append(case.facility or "")
+        touched.append(case)
+        managed = None
+        if cfg.dns.managed_nameservers and not others:
+            # The simplified flow: our own name servers, so we publish and the facility rests.
+            from bot.flows.managed import publish_for_domain
+
+            done, managed = prepared.managed_for(domain, selectors) if prepared else (False, None)
+            if not done:
+                managed = publish_for_domain(bot, domain, key_records(bot, case))
+            if managed is not None:
+                store.add_event(case.id, now, "managed_publish", detail={
+                    "zone": managed.zone, "nameservers": managed.nameservers,
+                    "published": managed.published, "error": managed.error})
+                if managed.error:
+                    enqueue_mail(bot, "staff_escalation", [case], {
+                        "reason_title": "publishing in a managed zone failed",
+                        "reason": f"Zone {managed.zone} is served by our name servers "
+                                  f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
+                                  f"failed: {managed.error}",
+                        "decide_hint": "Publish the DKIM record in the zone by hand; the bot "
+                                       "keeps checking and continues by itself.",
+                        "diagnoses": []}, staff_only=True)
+        items.append({"kind": "managed" if managed else "record", "ref": case.ref,
+                      "facility": case.facility,
+                      "admin_email": case.admin_email, "domain": domain,
+                      "records": key_records(bot, case), "shared_with": others,
+                      **looked_for_reply(bot, case, key_records(bot, case), seen)})
+    # Within one mail, a second facility of the same domain points at the same record.
+    kinds = {i["kind"] for i in items}
+    if kinds & {"record", "resend"}:
+        subject_text = "DKIM設定のご案内：DNSへのレコード登録のお願い"
+    elif kinds == {"managed"}:
+        subject_text = "DKIM設定のお申し込みを承りました（DNSの設定は弊社で行います）"
+    elif kinds == {"needs_info"}:
+        subject_text = "DKIM、DMARC設定のお申し込み内容のご確認のお願い"
+    else:
+        subject_text = "DKIM、DMARC設定のお申し込みについて"
+    to = [requester] if requester else []
+    if cfg.service.cc_contact:
+        for c in touched:
+            if c.contact_email and c.contact_email not in to and c.state != State.NEEDS_INFO:
+                to.append(c.contact_email)
+    touched = [store.get_case(c.id) for c in touched]
+    enqueue_mail(
+        bot, "request_reply", touched,
+        {"items": items, "subject_text": subject_text,
+         "records": any(i["kind"] in ("record", "resend") for i in items)},
+        to=to, in_reply_to=parsed.message_id, references=thread_refs,
+    )

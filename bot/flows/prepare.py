@@ -1,0 +1,189 @@
+"""The slow half of deciding on a request, done before the write transaction.
+
+Deciding on a request needs network and CPU time: the selector choice asks the
+domain's name servers (``keyplan.choose_selector``), a new key is generated
+(``KeyStore.load_or_create``), a managed zone gets an RFC 2136 update
+(``managed.publish_for_domain``) and the first reply looks at the domain's DNS
+(``lookahead.look_bounded``: up to 3 × [dns] timeout). Done inside
+``process_message``'s ``BEGIN IMMEDIATE`` transaction, all of that held SQLite's write
+lock, so ``dkimbot status`` (and every other writer) waited for a hung name server and
+could hit the 30 s busy timeout ("database is locked").
+
+So a message is handled in two phases:
+
+* **prepare** (this module, outside any transaction): walk the request's facilities the
+  way ``onboarding.handle_request`` will, reading the store without locking it, and do
+  the I/O each one will need: choose the selector and create the key files (idempotent
+  per domain + selector, so a crash or a second run reuses them), publish a managed
+  zone, look at the domain's DNS. The results are a ``Prepared``.
+* **decide** (``onboarding.handle_request`` in the transaction): re-reads the store and
+  takes a prepared result only when it still fits (``Prepared.keys_for`` checks that no
+  key was recorded for the domain since; a live case of the domain wins over the
+  prepared key, so two requests for one domain still share one key). Anything the walk
+  did not foresee (another process changed the store meanwhile) is done in place, as
+  before: slower, never different.
+
+Prepared work the decision does not use is harmless: an unused key file is never
+published or installed (the next choice of that selector reuses it, ``_own_key``), and
+a lookahead is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.core import cases as sm
+from bot.core.cases import State
+from bot.faults import maybe_crash
+from bot.flows.runtime import Bot
+
+log = logging.getLogger("dkimbot")
+
+
+@dataclass
+class PreparedKeys:
+    """A new key set for a domain: selectors (RSA first, then the Ed25519 companion)
+    with their key files written, and the domain's recorded selectors when chosen."""
+
+    selectors: list[str]
+    keys: list[Any]  # bot.keys.DkimKey, parallel to selectors
+    known: frozenset[str]  # domain_keys selectors at the time of the choice
+
+
+@dataclass
+class Prepared:
+    """What the prepare phase did for one message; empty means "do it all in place"."""
+
+    keys: dict[str, PreparedKeys] = field(default_factory=dict)
+    # domain → (the selectors published, publish_for_domain's result)
+    managed: dict[str, tuple[list[str], Any]] = field(default_factory=dict)
+    # domain → Lookahead | None: the ``seen`` cache of ``lookahead.looked_for_reply``
+    seen: dict[str, Any] = field(default_factory=dict)
+
+    def keys_for(self, bot: Bot, domain: str) -> PreparedKeys | None:
+        """The prepared keys of ``domain`` when they still fit the store (no key
+        recorded for the domain since they were chosen; call inside the transaction)."""
+        pk = self.keys.get(domain)
+        if pk is None:
+            return None
+        now_known = frozenset(k["selector"] for k in bot.store.domain_keys(domain))
+        return pk if now_known == pk.known else None
+
+    def managed_for(self, domain: str, selectors: list[str]) -> tuple[bool, Any]:
+        """(True, result) when the prepare phase published exactly these selectors."""
+        done = self.managed.get(domain)
+        if done is not None and done[0] == selectors:
+            return True, done[1]
+        return False, None
+
+
+def _records(domain: str, keys: list[Any]) -> list[dict[str, str]]:
+    """The record boxes ``compose.key_records`` would give for these keys once recorded."""
+    from bot.flows.compose import _record_box
+
+    return [_record_box(domain, f"{k.selector}._domainkey.{domain}",
+                        f"v=DKIM1; k={k.algorithm}; p={k.public_b64}") for k in keys]
+
+
+def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
+    # The same rule as onboarding._choose_key: facilities of one domain share one key.
+    for c in bot.store.cases_for_domain(domain):
+        if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
+            return list(c.selectors)
+    return None
+
+
+def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
+    """Choose a new selector for ``domain`` (asks DNS) and create its key file(s)."""
+    from bot.checks.keyplan import choose_selector
+    from bot.adapters.keys import ed25519_selector, render_selector
+
+    cfg = bot.cfg
+    algorithm = cfg.keys.algorithm
+    known = frozenset(k["selector"] for k in bot.store.domain_keys(domain))
+    dual = cfg.keys.ed25519 and algorithm != "ed25519"
+    # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
+    selector = choose_selector(bot, domain, render_selector(cfg.keys.selector, bot.clock()),
+                               with_ed25519=dual, exclude=known)
+    key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
+    maybe_crash("key.written")
+    selectors, keys = [selector], [key]
+    if dual:
+        ed_sel = ed25519_selector(selector)
+        keys.append(bot.keystore.load_or_create(domain, ed_sel, "ed25519", 256))
+        selectors.append(ed_sel)
+    return PreparedKeys(selectors, keys, known)
+
+
+def prepare_message(bot: Bot, parsed: Any) -> Prepared:
+    """Do the I/O ``onboarding._decide_message`` will need for ``parsed``; no transaction.
+
+    Mirrors the branches of ``_decide_message``/``handle_request`` closely enough to
+    foresee the usual case; a step that fails here is logged and left to the decision,
+    which then does it in place (and fails the message there, as before, if it must).
+    """
+    from bot.flows.onboarding import _existing_case, _reply_target
+
+    out = Prepared()
+    if parsed.no_reply_reason or not parsed.facilities:
+        return out
+    target = _reply_target(bot, parsed)
+    if not (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
+        return out
+    cfg = bot.cfg
+    limit = cfg.intake.max_facilities_per_mail
+    if limit and len(parsed.facilities) > limit:
+        return out
+    requester = parsed.reply_address
+    assigned: set[str] = set()  # domains an earlier facility of this mail gets a case on
+    for f in parsed.facilities:
+        if f.problems:
+            continue
+        domain = f.domain
+        if sm.classify_domain(domain, freemail=cfg.service.freemail_domains,
+                              own=[*cfg.service.own_domains, cfg.bot_domain]):
+            continue
+        existing = _existing_case(bot, f, requester, target)
+        resend = existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain
+        if not resend and domain not in assigned:
+            try:
+                _prepare_new_case(bot, out, domain, existing)
+            except Exception as exc:  # decided (and failed, if it must) in the transaction
+                log.warning("preparing a key for %s failed (%s: %s); deciding in place",
+                            domain, type(exc).__name__, exc)
+        if not resend:
+            assigned.add(domain)
+        if domain not in out.seen:
+            from bot.checks.lookahead import look_bounded
+
+            out.seen[domain] = look_bounded(cfg, domain)
+    return out
+
+
+def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> None:
+    """Keys (unless a live case of the domain has them) and, for a managed zone with no
+    other facility on it, the RFC 2136 publish, in the order handle_request does them."""
+    selectors = _live_selectors(bot, domain)
+    if selectors is None:
+        pk = prepare_keys(bot, domain)
+        out.keys[domain] = pk
+        selectors, records = pk.selectors, _records(domain, pk.keys)
+    else:
+        stored = {k["selector"]: k for k in bot.store.domain_keys(domain)}
+        from bot.flows.compose import _record_box
+
+        records = [_record_box(domain, f"{s}._domainkey.{domain}",
+                               f"v=DKIM1; k={stored[s]['algorithm']}; p={stored[s]['public_b64']}")
+                   for s in selectors if s in stored]
+    if not bot.cfg.dns.managed_nameservers:
+        return
+    skip = existing.id if existing is not None else None
+    others = [c for c in bot.store.cases_for_domain(domain)
+              if c.id != skip and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+    if others:
+        return
+    from bot.flows.managed import publish_for_domain
+
+    out.managed[domain] = (list(selectors), publish_for_domain(bot, domain, records))

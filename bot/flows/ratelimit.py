@@ -1,0 +1,67 @@
+"""Rate safety per address: at most N facility mails to one address in 24 hours.
+
+The per-case cap (``max_mails_per_case_per_day``) does not stop a loop that opens a new
+case with every message (an auto-responder that answers each of our mails with a fresh
+"request", a mail-bombed form); a cap per recipient address does. Staff addresses are
+never limited: escalations must always arrive. What is held back is recorded as an
+event on each case the mail was for, so ``dkimbot show`` tells why a facility heard
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.adapters.store import now_iso
+
+log = logging.getLogger("dkimbot")
+
+
+def mails_to_address_since(store: Any, address: str, since: datetime) -> int:
+    """Facility mails (not ``staff_*``) queued since ``since`` with ``address`` among their recipients."""
+    wanted = address.strip().lower()
+    rows = store.db.execute(
+        "SELECT recipients FROM outbox WHERE created_at >= ? AND kind NOT LIKE 'staff\\_%' ESCAPE '\\' "
+        "AND lower(recipients) LIKE ?",
+        (now_iso(since), f"%{wanted}%"),  # a cheap prefilter; the JSON comparison below decides
+    ).fetchall()
+    return sum(1 for r in rows if wanted in (a.strip().lower() for a in json.loads(r["recipients"])))
+
+
+def limit_recipients(
+    bot: Any, kind: str, case_ids: Sequence[int], recipients: list[str],
+) -> list[str]:
+    """The recipients still under their daily limit (staff always are).
+
+    Addresses held back are recorded as a ``mail_suppressed`` event on each case; an
+    empty result means the whole mail is suppressed and must not be queued.
+    """
+    cfg = bot.cfg
+    limit = cfg.service.max_mails_per_address_per_day
+    if limit <= 0:
+        return recipients  # 0: no per-address limit
+    now = bot.clock()
+    staff = {a.strip().lower() for a in cfg.service.staff_cc}
+    since = now - timedelta(days=1)
+    kept: list[str] = []
+    held: list[str] = []
+    for address in recipients:
+        if address.strip().lower() in staff or mails_to_address_since(bot.store, address, since) < limit:
+            kept.append(address)
+        else:
+            held.append(address)
+    if held:
+        for case_id in case_ids:
+            bot.store.add_event(case_id, now, "mail_suppressed", detail={
+                "kind": kind, "reason": "daily mail limit per address reached",
+                "addresses": held, "limit": limit, "whole_mail": not kept,
+            })
+        # Counts and case refs only: the addresses are in the events (addresses stay out of logs).
+        refs = ",".join(bot.store.get_case(c).ref or str(c) for c in case_ids) or "-"
+        log.warning("%s: %s mail %s for %d of %d recipients (daily limit %d per address)", refs, kind,
+                    "suppressed" if not kept else "not sent", len(held), len(recipients), limit)
+    return kept

@@ -1,0 +1,127 @@
+"""A new, shorter key for a case still waiting for its DKIM record (SPEC §8).
+
+Some DNS panels keep only the first 255 bytes of a TXT value, so a 2048-bit record
+comes back cut off (``dkim_truncated``). A 1024-bit RSA record (≈ 234 bytes) fits in one
+string. The ``dkim_problem`` mail offers it; the offer is kept two ways:
+
+* the facility replies asking for it (「短い鍵を希望します」, 「1024ビットでお願いします」)
+  while the case's last diagnosis was ``dkim_truncated`` → ``answer_short_key_wish``;
+* staff run ``dkimbot rekey CASE --bits 1024`` (any case in ``awaiting_dkim``).
+
+Either way the case gets a new selector (never one in use in DNS or used before,
+``keyplan.choose_selector``) with a new key of that size, the old key is marked retired
+(it was never installed: the case had not passed the DKIM step), the case's reminder
+clock starts again, and the facility receives the new record and is told to delete the
+cut-off one (``templates/dkim_rekey.txt``). Every case of the domain waiting on the same
+selectors moves together (facilities sharing a domain share one record).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from typing import Any
+
+from bot.core import cases as sm
+from bot.core.cases import State
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow, now_iso
+
+log = logging.getLogger("dkimbot")
+
+# Checked on the NFKC-normalised words of the facility (full-width １０２４ → 1024).
+_SHORT_KEY_WISH = re.compile(r"1024|短い(?:鍵|キー|公開鍵|もの|方|ほう)|鍵を短く|短くして|短鍵")
+
+
+class RekeyError(Exception):
+    """The case cannot get a new key now; the message says why (for staff)."""
+
+
+def asks_for_short_key(text: str) -> bool:
+    """True when the facility's own words ask for the shorter key."""
+    return bool(_SHORT_KEY_WISH.search(unicodedata.normalize("NFKC", text or "")))
+
+
+def _waiting_for_dkim(case: CaseRow) -> bool:
+    return case.state == State.AWAITING_DKIM or (
+        case.state == State.ESCALATED and case.resume_state == State.AWAITING_DKIM)
+
+
+def short_key_was_offered(case: CaseRow) -> bool:
+    """The last problem mail of the case reported a record cut off (and so offered it)."""
+    return "dkim:dkim_truncated" in (case.last_notice or "")
+
+
+def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "bot") -> list[CaseRow]:
+    """Give ``case`` (and the cases sharing its record) a new RSA key of ``bits`` under a
+    new selector and queue the mail with the new record. Runs in the caller's transaction
+    when there is one; returns the updated cases."""
+    from bot.flows.compose import enqueue_mail, key_records
+    from bot.checks.keyplan import choose_selector
+    from bot.adapters.keys import render_selector
+
+    if not _waiting_for_dkim(case):
+        raise RekeyError(f"{case.ref} is {case.state}; a new key is only made before the DKIM step "
+                         "(after it, use 'dkimbot rotate')")
+    if bits not in (1024, 2048, 3072, 4096):
+        raise RekeyError(f"{bits} bits: RSA keys are 1024, 2048, 3072 or 4096 bits")
+    domain = case.domain or ""
+    old = list(case.selectors or ([case.selector] if case.selector else []))
+    stored = {k["selector"]: k for k in bot.store.domain_keys(domain)}
+    rsa_old = [s for s in old if stored.get(s, {}).get("algorithm", "rsa") == "rsa"]
+    kept = [s for s in old if s not in rsa_old]  # an Ed25519 record is short: it stays
+    now = bot.clock()
+    selector = choose_selector(bot, domain, render_selector(bot.cfg.keys.selector, now),
+                               with_ed25519=False, exclude=[*stored, *old])
+    key = bot.keystore.load_or_create(domain, selector, "rsa", bits)
+    new = [selector, *kept]
+    group = [c for c in bot.store.cases_for_domain(domain)
+             if _waiting_for_dkim(c) and list(c.selectors or [c.selector]) == old]
+    if case.id not in [c.id for c in group]:
+        group.insert(0, case)
+    due = now + sm.next_check_delay(now - now, bot.cfg.schedule.check_interval_seconds)
+    with bot.store.transaction():
+        bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
+        for sel in rsa_old:
+            bot.store.db.execute("UPDATE domain_keys SET retired_at=? WHERE domain=? AND selector=?",
+                                 (now_iso(now), domain, sel))
+        updated = []
+        for c in group:
+            fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,
+                                          "reminders_sent": 0}
+            if c.state == State.ESCALATED:
+                fields.update(state=State.AWAITING_DKIM, state_since=now, resume_state=None)
+            else:
+                fields["state_since"] = now  # a new record to publish: the reminder clock starts again
+            updated.append(bot.store.update_case(c.id, now, **fields))
+            bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, {
+                "old_selectors": old, "new_selectors": new, "bits": bits, "reason": reason, "by": who})
+        enqueue_mail(bot, "dkim_rekey", updated, {
+            "records": key_records(bot, updated[0]),
+            "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"} for s in rsa_old],
+            "bits": bits,
+            "reason": reason,
+        })
+    log.info("%s: new %d-bit key %s (was %s; %s)", ",".join(c.ref for c in updated), bits, selector,
+             ",".join(old), reason)
+    return updated
+
+
+def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dict[str, Any]) -> bool:
+    """A reply to a case whose record was cut off, asking for the short key: make it.
+
+    ``thread_fields`` (thread_last, thread_refs) are stored first, so the new record's
+    mail answers the facility's reply. Returns False (nothing done) when the reply is
+    not that wish, the case is past the DKIM step, or no cut-off record was reported:
+    the reply then takes its usual way (a recheck, and staff when it is a question).
+    """
+    if not (_waiting_for_dkim(case) and short_key_was_offered(case) and asks_for_short_key(text)):
+        return False
+    now = bot.clock()
+    case = bot.store.update_case(case.id, now, **thread_fields)
+    bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": text.strip()[:400],
+                                                                "reading": "short_key_wish"})
+    rekey_case(bot, case, 1024, reason="the facility asked for the shorter key after a cut-off record",
+               who="facility")
+    return True

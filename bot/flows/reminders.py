@@ -1,0 +1,71 @@
+"""What a reminder mail shows: the step still awaited, what the last DNS check found,
+and the record box(es) to publish, so the facility can act on the reminder alone.
+
+A reminder that only says "please do what we asked" sends the clerk searching an old
+mail; one for DMARC or the final check would have no box at all. The last recorded
+check (the event that moved the case into its state, or a later mailed diagnosis) holds
+what was found and the fixes, so the boxes match the earlier mail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.core.cases import State
+from bot.adapters.dnsclient import AreaResult, CheckReport, Diagnosis
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow
+
+WAITING_FOR = {
+    State.NEEDS_INFO: "お申し込み内容のご記入",
+    State.AWAITING_DKIM: "DKIMのレコード（公開鍵）のDNSへの登録",
+    State.AWAITING_DMARC: "DMARCのレコードのDNSへの登録",
+    State.AWAITING_FINAL: "最終確認で見つかった点の修正",
+}
+
+
+def _report_from_evidence(dns: dict[str, Any]) -> CheckReport:
+    def area(name: str) -> AreaResult:
+        a = dns.get(name) or {}
+        diags = [Diagnosis(str(d.get("code", "")), str(d.get("message", "")), str(d.get("severity", "error")),
+                           dict(d.get("detail") or {})) for d in a.get("diagnoses", [])]
+        return AreaResult(bool(a.get("ok")), diags, dict(a.get("found") or {}))
+
+    return CheckReport(area("dkim"), area("dmarc"), area("spf"), area("alignment"))
+
+
+def _shown(diags: list[Diagnosis]) -> list[Diagnosis]:
+    # DNS errors are ours to retry, never the facility's to read (SPEC §4).
+    return [d for d in diags if d.severity == "error" and d.code != "dns_error"]
+
+
+def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
+    """Template context for ``reminder`` (besides what ``enqueue_mail`` adds)."""
+    from bot.flows.compose import key_records
+    from bot.flows.escalation import last_check
+    from bot.flows.rechecks import _dmarc_context, _fix_boxes
+
+    state = State(case.state)
+    ctx: dict[str, Any] = {"reminder_number": number, "waiting_for": WAITING_FOR[state],
+                           "records": [], "diagnoses": [], "fields": {}}
+    if state == State.NEEDS_INFO:
+        ctx["fields"] = {"facility_name": case.facility or "", "contact_name": case.contact_name or "",
+                         "contact_email": case.contact_email or "", "contact_phone": case.contact_phone or "",
+                         "admin_email": case.admin_email or ""}
+        return ctx
+    _, dns = last_check(bot, case)
+    report = _report_from_evidence(dns) if dns else None
+    if state == State.AWAITING_DKIM:
+        ctx["records"] = key_records(bot, case)
+        if report is not None:
+            ctx["diagnoses"] = _shown(report.dkim.diagnoses)
+    elif state == State.AWAITING_DMARC:
+        if report is None:
+            report = _report_from_evidence({})
+        dmarc = _dmarc_context(bot, case, report)
+        ctx["records"] = [dmarc["box"]]
+        ctx["diagnoses"] = _shown(report.dmarc.diagnoses)
+    elif state == State.AWAITING_FINAL and report is not None:
+        ctx["records"] = _fix_boxes(report, case)
+        ctx["diagnoses"] = _shown([d for _, a in report.areas() for d in a.diagnoses])
+    return ctx

@@ -1,0 +1,283 @@
+"""Key rotation with overlap: `dkimbot rotate DOMAIN` and the job that finishes it.
+
+SPEC §8: a new selector is published and verified before the old one is retired, and
+the old record is only declared safe to remove afterwards. So:
+
+1. ``start_rotation`` (the command) makes a new selector (never one in use in DNS or used
+   before, ``keyplan.choose_selector``) and key(s), records a ``rotations`` row and mails
+   the facility the new record(s) (``rotation_record``). The old key keeps signing.
+2. ``rotation_once`` (every pass) checks the new record(s) on every authoritative server.
+   When all are right, a probe signed with each new key is verified through DNS, then
+   the signer switches in one reload (``install_key(..., retire=old)``), the cases move to
+   the new selectors and the facility hears that the old record may go (``rotation_done``).
+   A failed proof or install leaves the old key signing and escalates to staff; running
+   `dkimbot rotate` again retries that rotation (same new key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.core import cases as sm
+from bot.core.cases import State
+from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.runtime import Bot
+from bot.adapters.store import CaseRow, now_iso
+
+log = logging.getLogger("dkimbot")
+
+# A domain past the DKIM step: its key is installed and signing.
+ROTATABLE = (State.AWAITING_DMARC, State.AWAITING_FINAL, State.COMPLETED)
+
+
+class RotationError(Exception):
+    """The rotation cannot start; the message says why, for the staff member who asked."""
+
+
+@dataclass
+class Rotation:
+    id: int
+    domain: str
+    old_selectors: list[str]
+    new_selectors: list[str]
+    status: str  # "pending" | "done" | "failed"
+    created_at: datetime
+    next_check_at: datetime
+    done_at: datetime | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Rotation:
+        return cls(
+            id=row["id"], domain=row["domain"], old_selectors=json.loads(row["old_selectors"]),
+            new_selectors=json.loads(row["new_selectors"]), status=row["status"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+            next_check_at=datetime.fromisoformat(row["next_check_at"]),
+            done_at=datetime.fromisoformat(row["done_at"]) if row["done_at"] else None,
+            detail=json.loads(row["detail"]),
+        )
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def rotations_for(bot: Bot, domain: str) -> list[Rotation]:
+    rows = bot.store.db.execute("SELECT * FROM rotations WHERE domain=? ORDER BY id", (domain,)).fetchall()
+    return [Rotation.from_row(r) for r in rows]
+
+
+def _due(bot: Bot, now: datetime) -> list[Rotation]:
+    rows = bot.store.db.execute(
+        "SELECT * FROM rotations WHERE status='pending' AND next_check_at <= ? ORDER BY id",
+        (now_iso(now),),
+    ).fetchall()
+    return [Rotation.from_row(r) for r in rows]
+
+
+def _update(bot: Bot, rotation_id: int, **fields: Any) -> None:
+    values = {k: (now_iso(v) if isinstance(v, datetime) else json.dumps(v) if isinstance(v, (dict, list)) else v)
+              for k, v in fields.items()}
+    assignments = ", ".join(f"{k}=?" for k in values)
+    bot.store.db.execute(f"UPDATE rotations SET {assignments} WHERE id=?", (*values.values(), rotation_id))
+
+
+def _mark_retired(bot: Bot, domain: str, selectors: list[str], now: datetime) -> None:
+    for sel in selectors:
+        bot.store.db.execute("UPDATE domain_keys SET retired_at=? WHERE domain=? AND selector=?",
+                             (now_iso(now), domain, sel))
+
+
+def _cases(bot: Bot, domain: str, selectors: list[str] | None = None) -> list[CaseRow]:
+    return [c for c in bot.store.cases_for_domain(domain)
+            if c.state in ROTATABLE and (selectors is None or c.selectors == selectors)]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def start_rotation(bot: Bot, domain: str) -> Rotation:
+    """Make the new selector and key(s), record the rotation, queue the record mail.
+
+    A failed rotation of the domain is retried (same new key) instead of making another.
+    """
+    from bot.checks.keyplan import choose_selector
+    from bot.adapters.keys import ed25519_selector, render_selector
+
+    cfg = bot.cfg
+    now = bot.clock()
+    cases = _cases(bot, domain)
+    if not cases:
+        states = ", ".join(s.value for s in ROTATABLE)
+        raise RotationError(f"{domain} has no case in {states}; only a signing domain can rotate")
+    for r in rotations_for(bot, domain):
+        if r.status == "pending":
+            raise RotationError(f"{domain} is already rotating to {', '.join(r.new_selectors)} "
+                                f"(since {r.created_at.isoformat()})")
+        if r.status == "failed":
+            with bot.store.transaction():
+                _update(bot, r.id, status="pending", next_check_at=now)
+                for c in _cases(bot, domain, r.old_selectors):
+                    bot.store.add_event(c.id, now, "rotation_retry", detail={"new_selectors": r.new_selectors})
+            log.info("%s: retrying the failed rotation to %s", domain, ", ".join(r.new_selectors))
+            return rotations_for(bot, domain)[-1]
+    old = list(cases[0].selectors or [cases[0].selector or ""])
+    cases = [c for c in cases if c.selectors == old]
+    keys = {k["selector"]: k for k in bot.store.domain_keys(domain)}
+    dual = any(keys.get(s, {}).get("algorithm") == "ed25519" for s in old) or (
+        cfg.keys.ed25519 and cfg.keys.algorithm != "ed25519")
+    selector = choose_selector(bot, domain, render_selector(cfg.keys.selector, now),
+                               with_ed25519=dual, exclude=[*keys, *old])
+    made = [bot.keystore.load_or_create(domain, selector, cfg.keys.algorithm, cfg.keys.bits)]
+    if dual:
+        made.append(bot.keystore.load_or_create(domain, ed25519_selector(selector), "ed25519", 256))
+    new = [k.selector for k in made]
+    with bot.store.transaction():
+        for k in made:
+            bot.store.record_key(domain, k.selector, k.algorithm, k.bits, k.public_b64, now)
+        cur = bot.store.db.execute(
+            "INSERT INTO rotations (domain, old_selectors, new_selectors, status, created_at, next_check_at) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)",
+            (domain, json.dumps(old), json.dumps(new), now_iso(now), now_iso(now)),
+        )
+        for c in cases:
+            bot.store.add_event(c.id, now, "rotation_started", detail={"old_selectors": old, "new_selectors": new})
+        # The boxes are rendered from the new selectors; the case itself keeps the old.
+        shown = CaseRow(**{**cases[0].__dict__, "selectors": new, "selector": new[0]})
+        enqueue_mail(bot, "rotation_record", cases, {
+            "records": key_records(bot, shown),
+            "old_names": [f"{s}._domainkey.{domain}" for s in old],
+        })
+    log.info("%s: rotation %s -> %s started", domain, ",".join(old), ",".join(new))
+    row = bot.store.db.execute("SELECT * FROM rotations WHERE id=?", (cur.lastrowid,)).fetchone()
+    return Rotation.from_row(row)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def rotation_once(bot: Bot) -> int:
+    """Finish every due rotation whose new record(s) verify; return how many were checked."""
+    now = bot.clock()
+    due = _due(bot, now)
+    if not due:
+        return 0
+    client = bot.dns_client()
+    for rotation in due:
+        check_rotation(bot, rotation, client)
+    return len(due)
+
+
+def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
+    from bot.checks.keyplan import check_dkim_each, expected_keys, fold_dkim
+
+    cfg = bot.cfg
+    now = bot.clock()
+    domain = rotation.domain
+    dkim = fold_dkim(check_dkim_each(client, domain, expected_keys(bot, domain, rotation.new_selectors)))
+    if not dkim.ok:
+        codes = sorted({d.code for d in dkim.diagnoses if d.severity == "error"})
+        # DNS errors in a row (kept in the rotation's detail) back off: soon, then less
+        # often; any clean answer, even "not published yet", starts the count again.
+        dns_errors = int(rotation.detail.get("dns_errors", 0)) + 1 if "dns_error" in codes else 0
+        delay = (sm.dns_error_delay(cfg.schedule.check_interval_seconds, dns_errors) if dns_errors
+                 else sm.next_check_delay(now - rotation.created_at, cfg.schedule.check_interval_seconds))
+        with bot.store.transaction():
+            _update(bot, rotation.id, next_check_at=now + delay,
+                    detail={**rotation.detail, "last_check": codes, "dns_errors": dns_errors})
+        return
+    ok, why = _switch(bot, rotation, client)
+    with bot.store.transaction():
+        cases = _cases(bot, domain, rotation.old_selectors)
+        if not ok:
+            _update(bot, rotation.id, status="failed", detail={**rotation.detail, "failure": why})
+            for c in cases:
+                bot.store.add_event(c.id, now, "rotation_failed", detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
+            enqueue_mail(bot, "staff_escalation", cases[:1], {
+                "reason_title": f"key rotation of {domain} failed; the old key keeps signing",
+                "reason": why,
+                "decide_hint": f"Fix the signer, then run 'dkimbot rotate {domain}' to retry this rotation.",
+                "diagnoses": [],
+            }, staff_only=True)
+            log.error("%s: rotation failed: %s", domain, why)
+            return
+        for sel in rotation.new_selectors:
+            bot.store.mark_key_installed(domain, sel, now)
+        _mark_retired(bot, domain, rotation.old_selectors, now)
+        _update(bot, rotation.id, status="done", done_at=now, detail={**rotation.detail, "proof": why})
+        updated = []
+        for c in cases:
+            updated.append(bot.store.update_case(c.id, now, selector=rotation.new_selectors[0],
+                                                 selectors=rotation.new_selectors))
+            bot.store.add_event(c.id, now, "rotation_done", detail={
+                "old_selectors": rotation.old_selectors, "new_selectors": rotation.new_selectors,
+                "proof": why, "dns": {"dkim": dkim.to_json()}})
+        if updated:
+            enqueue_mail(bot, "rotation_done", updated, {
+                "new_names": [f"{s}._domainkey.{domain}" for s in rotation.new_selectors],
+                "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"}
+                        for s in rotation.old_selectors],
+            })
+    log.info("%s: signing switched to %s", domain, ", ".join(rotation.new_selectors))
+
+
+def _switch(bot: Bot, rotation: Rotation, client: Any) -> tuple[bool, str]:
+    """Prove each new key via DNS, install them retiring the old ones, prove again.
+
+    Until the last install the old keys sign; if the installed keys then fail their
+    proof, the old keys are put back (nothing was retired from DNS, so they verify).
+    """
+    from bot.adapters import signer
+    from bot.checks.dnscheck import make_dkim_dnsfunc
+
+    cfg = bot.cfg
+    domain = rotation.domain
+    dnsfunc = make_dkim_dnsfunc(client)
+    new = []
+    for sel in rotation.new_selectors:
+        key = bot.keystore.get(domain, sel)
+        if key is None:
+            return False, f"no private key stored for {sel}._domainkey.{domain}"
+        pem = bot.keystore.private_pem(domain, sel)
+        ok, why = signer.prove_signing(cfg, key, pem, dnsfunc)
+        if not ok:
+            return False, f"before switching: {why}"
+        new.append((key, pem))
+    notes = []
+    try:
+        for i, (key, pem) in enumerate(new):
+            last = i == len(new) - 1
+            signer.install_key(cfg, key, pem, retire=rotation.old_selectors if last else ())
+        for key, pem in new:
+            ok, why = signer.prove_signing(cfg, key, pem, dnsfunc)
+            notes.append(why)
+            if not ok:
+                raise signer.SignerError(f"after switching: {why}")
+    except Exception as exc:  # noqa: BLE001 - put the old keys back, then report
+        problem = f"{type(exc).__name__}: {exc}"
+        try:
+            for key, _ in new:
+                signer.uninstall_key(cfg, domain, key.selector)
+            for sel in rotation.old_selectors:
+                old_key = bot.keystore.get(domain, sel)
+                if old_key is not None and not signer_has(cfg, domain, sel):
+                    signer.install_key(cfg, old_key, bot.keystore.private_pem(domain, sel))
+        except Exception as again:  # noqa: BLE001 - staff must clean up by hand
+            problem += f"; restoring the old keys failed too ({type(again).__name__})"
+        return False, problem
+    return True, "; ".join(notes)
+
+
+def signer_has(cfg: Any, domain: str, selector: str) -> bool:
+    from bot.adapters.signer import installed_selectors
+
+    return selector in installed_selectors(cfg, domain)
+
+
+def describe(rotation: Rotation) -> str:
+    """One line for the CLI."""
+    return (f"{rotation.domain}: {rotation.status} rotation {', '.join(rotation.old_selectors)} -> "
+            f"{', '.join(rotation.new_selectors)}")
