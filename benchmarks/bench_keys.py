@@ -29,7 +29,7 @@ def run(sizes: Sizes, work: Path) -> dict[str, Any]:
         n = sizes.key_repeats[name]
         t0 = time.perf_counter()
         for _ in range(n):
-            bot.keys.generate_private_key(alg, bits)
+            bot.adapters.keys.generate_private_key(alg, bits)
         generate_ms[name] = (time.perf_counter() - t0) / n * 1000
 
     # Two facilities of one domain (two request mails), one domain: one key.
@@ -44,14 +44,14 @@ timeout = 0.2
 dir = "{work / 'state'}"
 """)
     cfg = load_config(cfg_path)
-    real = bot.keys.generate_private_key
+    real = bot.adapters.keys.generate_private_key
     made: list[str] = []
 
     def counting(algorithm: str, bits: int = 2048) -> Any:
         made.append(f"{algorithm}{bits}")
         return real(algorithm, bits)
 
-    bot.keys.generate_private_key = counting
+    bot.adapters.keys.generate_private_key = counting
     # No DNS answers here (the reply says so and goes on); keep the table readable.
     logging.getLogger("dkimbot").setLevel(logging.ERROR)
     domain = "ryokan-shared.test"
@@ -62,7 +62,7 @@ dir = "{work / 'state'}"
         stored = b.store.domain_keys(domain)
         cases = [c for c in b.store.list_cases() if c.domain == domain]
     finally:
-        bot.keys.generate_private_key = real
+        bot.adapters.keys.generate_private_key = real
         b.close()
     return {
         "generate_ms": generate_ms, "repeats": dict(sizes.key_repeats),
