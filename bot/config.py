@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATES_DIR = REPO_DIR / "templates"
-
 # Free-mail and carrier domains: a DKIM key for these can never be published by a
 # facility, so a request naming one is rejected with an explanation (SPEC §2).
 DEFAULT_FREEMAIL_DOMAINS = (
@@ -53,6 +50,10 @@ class ServiceConfig:
     # At most this many facility mails to one address in 24 h, whatever the case (0: no
     # limit); staff are never limited. See bot/flows/ratelimit.py.
     max_mails_per_address_per_day: int = 10
+    # Staff-edited mail templates: a file here replaces the shipped one of the same name;
+    # the others stay the shipped ones. Empty: only the shipped templates. A relative
+    # path is relative to the config file.
+    templates_dir: str = ""
 
 
 @dataclass
@@ -177,7 +178,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     proof: ProofConfig = field(default_factory=ProofConfig)
     state_dir: Path = Path("state")
-    templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    # The override directory of [service] templates_dir (None: the shipped templates only).
+    templates_dir: Path | None = None
     source: str = "embedded default"
 
     def state_path(self, relative: str) -> Path:
@@ -323,11 +325,20 @@ def load_config(path: str | Path | None = None, *, state_dir: str | Path | None 
         raise ConfigError("[state] must be a table")
     state = dict(state)
     cfg.state_dir = Path(state_dir or state.pop("dir", "state"))
+    # [state] templates_dir and [mail] templates_dir are the older spellings of
+    # [service] templates_dir, still read.
     if "templates_dir" in state:
         cfg.templates_dir = Path(state.pop("templates_dir"))
     mail = raw.pop("mail", {})
     if isinstance(mail, dict) and "templates_dir" in mail:
         cfg.templates_dir = Path(mail["templates_dir"])
+    if cfg.service.templates_dir:
+        override = Path(cfg.service.templates_dir).expanduser()
+        if not override.is_absolute() and path is not None:
+            override = Path(path).resolve().parent / override
+        cfg.templates_dir = override
+    if cfg.templates_dir is not None and not cfg.templates_dir.is_dir():
+        raise ConfigError(f"[service] templates_dir is not a directory: {cfg.templates_dir}")
     for key in list(state) + list(raw):
         raise ConfigError(f"unknown config key or section: {key!r}")
     _validate(cfg)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import DEFAULT_TEMPLATES_DIR, load_config
+from bot.adapters.mailout import shipped_templates_dir
+from bot.config import load_config
 from bot.app.jobs import Bot, run_pass
 from configkit import imap, service, smtp_out, write_toml
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
@@ -33,7 +34,7 @@ def make_bot(tmp_path: Path, dovecot, smtp, templates: Path) -> Bot:
 
 def test_a_failing_message_is_retried_and_then_handed_to_staff(tmp_path, dovecot, smtp):
     templates = tmp_path / "templates"
-    shutil.copytree(DEFAULT_TEMPLATES_DIR, templates)
+    shutil.copytree(shipped_templates_dir(), templates)
     good = (templates / "request_reply.txt").read_text(encoding="utf-8")
     (templates / "request_reply.txt").write_text(good.replace("{{ subject_text }}", "{{ no_such_var }}"),
                                                   encoding="utf-8")
@@ -60,7 +61,7 @@ def test_a_failing_message_is_retried_and_then_handed_to_staff(tmp_path, dovecot
 
 def test_a_message_failing_three_times_goes_to_staff_once(tmp_path, dovecot, smtp):
     templates = tmp_path / "templates"
-    shutil.copytree(DEFAULT_TEMPLATES_DIR, templates)
+    shutil.copytree(shipped_templates_dir(), templates)
     text = (templates / "request_reply.txt").read_text(encoding="utf-8")
     (templates / "request_reply.txt").write_text(text.replace("{{ subject_text }}", "{{ no_such_var }}"),
                                                   encoding="utf-8")

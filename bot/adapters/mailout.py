@@ -1,7 +1,10 @@
 """Outbound mail: render a jinja2 template into a threaded, UTF-8 message; deliver it.
 
 A template file ``templates/<kind>.txt`` holds the subject on its first line
-(``Subject: …``), a blank line, then the body. Staff can edit them without touching code.
+(``Subject: …``), a blank line, then the body. The templates ship inside the package
+(``bot.templates``, mapped from the checkout's top-level ``templates/`` at build time);
+staff edit copies in ``[service] templates_dir``, and any file not there falls back to
+the shipped one, so an override directory holds only the edited few.
 Messages are rendered when a decision is made (so the Message-ID is fixed and stored in
 the outbox) and delivered later by ``flush_outbox_once``.
 """
@@ -54,9 +57,37 @@ def show_domain(domain: str | None) -> str:
     return f"{unicode}（{domain}）"
 
 
+# A source checkout (editable install, PYTHONPATH) reads its own templates/, so an edit
+# there shows at once; an installed wheel has no pyproject.toml beside the package and
+# reads the package data instead. The marker file keeps a stray top-level "templates"
+# directory that some other distribution dropped into site-packages from being used.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def shipped_templates_dir() -> Path:
+    """Where the templates this dkimbot came with are: the checkout's ``templates/`` or
+    the installed package data ``bot/templates`` (found with importlib.resources)."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "templates").is_dir():
+        return _CHECKOUT / "templates"
+    from importlib.resources import files
+
+    # "bot" is a regular package, so files() gives a real Path for it (bot.templates is a
+    # data directory without __init__.py: files() on it would give a MultiplexedPath).
+    root = files("bot")
+    if not isinstance(root, Path):  # pip never installs zipped; say so rather than guess
+        raise TemplateError(f"the shipped mail templates are not on a file system: {root}")
+    shipped = root / "templates"
+    if not (shipped / "_footer.txt").is_file():
+        raise TemplateError(f"the shipped mail templates are missing from {shipped}")
+    return shipped
+
+
 class MailRenderer:
-    def __init__(self, templates_dir: Path) -> None:
-        self.templates_dir = templates_dir
+    """Renders ``<kind>.txt``: from ``override`` (staff's edited copies) when the file is
+    there, else the shipped one. Includes (``_footer.txt``…) follow the same rule."""
+
+    def __init__(self, override: Path | None = None) -> None:
+        self.override = override
         self._env: Any = None
 
     @property
@@ -66,8 +97,11 @@ class MailRenderer:
         if self._env is None:
             import jinja2
 
+            dirs = [str(shipped_templates_dir())]
+            if self.override is not None:
+                dirs.insert(0, str(self.override))
             self._env = jinja2.Environment(
-                loader=jinja2.FileSystemLoader(str(self.templates_dir)),
+                loader=jinja2.FileSystemLoader(dirs),
                 undefined=jinja2.StrictUndefined,
                 keep_trailing_newline=True,
                 trim_blocks=True,

@@ -1,0 +1,15 @@
+"""Packaging beyond pyproject.toml: the mail templates ship inside the wheel.
+
+The templates stay in the top-level ``templates/`` (staff and engineers edit them there);
+at build time that directory becomes the package ``bot.templates`` (package-dir mapping),
+its ``*.txt`` files package data, read at run time with importlib.resources
+(``bot.adapters.mailout.shipped_templates_dir``). Everything else is in pyproject.toml.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=find_packages(include=["bot", "bot.*"]) + ["bot.templates"],
+    package_dir={"bot.templates": "templates"},
+    package_data={"bot.templates": ["*.txt"]},
+)
