@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Ways a file can lean on something only the authors' machine had: a sibling "shared"
 # folder of the workplace, or an absolute path into it.
-OUTSIDE = re.compile(r"\.\./shared|shared/SPEC|shared/seed|/work/(?:shared|main|wt)\b")
+# (Spelt in pieces so that this file itself is not a hit for `git grep` on those names.)
+_SHARED = "shar" + "ed"
+OUTSIDE = re.compile(rf"\.\./{_SHARED}|{_SHARED}/SPEC|{_SHARED}/seed|/work/(?:{_SHARED}|main|wt)\b")
 
 
 def tracked_files() -> list[Path]:
@@ -33,13 +35,13 @@ def test_no_tracked_file_refers_outside_the_repository() -> None:
         except UnicodeDecodeError:
             continue
         for n, line in enumerate(text.splitlines(), 1):
-            if OUTSIDE.search(line) and path.name != Path(__file__).name:
+            if OUTSIDE.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:120]}")
     assert offenders == []
 
 
 def test_the_pattern_catches_what_it_is_for() -> None:
-    for bad in ("see ../shared/SPEC.md", "`shared/SPEC.md` §4", "/work/shared/seed/x.txt"):
+    for bad in (f"see ../{_SHARED}/SPEC.md", f"`{_SHARED}/SPEC.md` §4", f"/work/{_SHARED}/seed/x.txt"):
         assert OUTSIDE.search(bad), bad
     assert not OUTSIDE.search("docs/CONTRACT.md §4")
 
