@@ -525,7 +525,7 @@ def test_a_route53_zone_gets_the_quoted_form_and_it_works(flow):
 
 
 def test_one_pass_asks_each_name_once(flow, bind, monkeypatch):
-    from bot.checks.dnscheck import DnsClient
+    from bot.adapters.dnsclient import DnsClient
     from bot.app.jobs import recheck_due_once
 
     f = flow()

@@ -8,7 +8,8 @@ import secrets
 import pytest
 
 from bot.config import DnsConfig
-from bot.checks.dnscheck import DnsClient, check_dkim
+from bot.adapters.dnsclient import DnsClient
+from bot.checks.dnscheck import check_dkim
 from test_dnscheck_bind import PUB, RECORD, SEL, strings
 
 pytestmark = pytest.mark.servers

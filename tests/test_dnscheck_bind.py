@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.config import Config, DnsConfig, ServiceConfig
+from bot.adapters.dnsclient import DnsClient
 from bot.checks.dnscheck import (
     CheckRequest,
-    DnsClient,
     check_dkim,
     check_dmarc,
     check_domain,
@@ -330,15 +330,15 @@ def test_check_domain_and_the_cli(bind, dnscfg, zone, svc, saas):
     import io
     import json
     out = io.StringIO()
-    assert run_check_command(cfg, zone, SEL, PUB, True, out) == 0
+    assert run_check_command(DnsClient(cfg.dns), cfg.service, zone, SEL, PUB, True, out) == 0
     data = json.loads(out.getvalue())
     assert all(data[a]["ok"] for a in ("dkim", "dmarc", "spf", "alignment"))
     bind.delete(zone, f"{SEL}._domainkey")
     out = io.StringIO()
-    assert run_check_command(cfg, zone, SEL, PUB, False, out) == 1
+    assert run_check_command(DnsClient(cfg.dns), cfg.service, zone, SEL, PUB, False, out) == 1
     assert "dkim_not_published" in out.getvalue()
     cfg_lame = Config(service=svc, dns=dnscfg)
-    assert run_check_command(cfg_lame, "nowhere.invalid", SEL, PUB, True, io.StringIO()) == 2
+    assert run_check_command(DnsClient(cfg_lame.dns), cfg_lame.service, "nowhere.invalid", SEL, PUB, True, io.StringIO()) == 2
 
 
 def test_check_many_asks_each_name_once(bind, dnscfg, svc):

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.app import jobs
-from bot.checks.keyplan import choose_selector, selector_candidates
+from bot.checks.keyplan import selector_candidates
+from bot.flows.selectors import choose_selector
 from bot.adapters.keys import render_selector
 from keyflow import Clock, body_of, boxes, case_mails, open_bot, request_mail, write_config
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dns.exception
@@ -36,99 +36,24 @@ from bot.config import DnsConfig
 
 T = TypeVar("T")
 
-# ---------------------------------------------------------------------------
-# Result values (shared by the DKIM, DMARC, SPF and alignment checks)
-# ---------------------------------------------------------------------------
+from bot.core.dnsresults import (  # the values the checks use; re-exported for callers
+    MAX_ALIAS_HOPS,
+    MAX_NAME_TEXT,
+    Answer,
+    AreaResult,
+    CheckReport,
+    Diagnosis,
+    DnsFailure,
+    DnsQueryError,
+    Lookup,
+    TxtRecord,
+    normalize_name,
+)
 
-
-@dataclass
-class Diagnosis:
-    """One named finding: a stable ``code`` (SPEC §4), a Japanese sentence fit for a
-    facility mail, and the evidence for the event log."""
-
-    code: str
-    message: str
-    severity: str = "error"  # "error" | "warning"
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "severity": self.severity,
-                "detail": self.detail}
-
-
-@dataclass
-class AreaResult:
-    """The verdict of one area (dkim, dmarc, spf, alignment)."""
-
-    ok: bool
-    diagnoses: list[Diagnosis] = field(default_factory=list)
-    found: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dns_error(self) -> bool:
-        return any(d.code == "dns_error" for d in self.diagnoses)
-
-    @property
-    def codes(self) -> list[str]:
-        return [d.code for d in self.diagnoses]
-
-    @property
-    def errors(self) -> list[Diagnosis]:
-        return [d for d in self.diagnoses if d.severity == "error"]
-
-    @property
-    def only_dns_errors(self) -> bool:
-        """Failing, but only because DNS did not answer: retry, tell nobody outside."""
-        errs = self.errors
-        return not self.ok and bool(errs) and all(d.code == "dns_error" for d in errs)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "diagnoses": [d.to_json() for d in self.diagnoses],
-                "found": self.found}
-
-
-@dataclass
-class CheckReport:
-    dkim: AreaResult
-    dmarc: AreaResult
-    spf: AreaResult
-    alignment: AreaResult
-
-    AREAS = ("dkim", "dmarc", "spf", "alignment")
-
-    def areas(self) -> list[tuple[str, AreaResult]]:
-        return [(name, getattr(self, name)) for name in self.AREAS]
-
-    @property
-    def ok(self) -> bool:
-        return all(area.ok for _, area in self.areas())
-
-    def to_json(self) -> dict[str, Any]:
-        """The SPEC §4 shape: each area holds ``ok`` and ``diagnoses`` of code+message
-        (plus severity, detail and ``found`` as evidence)."""
-        return {name: area.to_json() for name, area in self.areas()}
-
-
-# ---------------------------------------------------------------------------
-# DNS answers
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DnsFailure:
-    """No usable answer: timeout, SERVFAIL, REFUSED, unreachable, not authoritative.
-    Never a statement that a record is missing."""
-
-    reason: str
-    server: str | None = None
-    name: str | None = None
-
-    def __str__(self) -> str:
-        where = f" from {self.server}" if self.server else ""
-        return f"{self.reason}{where} for {self.name}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": self.reason, "server": self.server}
+__all__ = [
+    "MAX_ALIAS_HOPS", "MAX_NAME_TEXT", "Answer", "AreaResult", "CheckReport", "Diagnosis",
+    "DnsClient", "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "normalize_name",
+]
 
 
 @dataclass(frozen=True)
@@ -138,81 +63,6 @@ class _Alias:
 
     target: str
 
-
-# RFC 1035 §2.3.4: a name is at most 255 octets on the wire, i.e. 253 characters of text
-# without the trailing dot. A longer name cannot be asked; it is a failure, not a crash.
-MAX_NAME_TEXT = 253
-# CNAME hops followed across zones before giving up (RFC 1034 leaves it to the resolver;
-# real chains are one or two hops, a loop is endless).
-MAX_ALIAS_HOPS = 8
-
-
-class DnsQueryError(Exception):
-    """Raised by the ``query_*`` convenience calls; carries the DnsFailure."""
-
-    def __init__(self, failure: DnsFailure):
-        super().__init__(str(failure))
-        self.failure = failure
-
-
-class TxtRecord(str):
-    """One TXT record: its character-strings joined without separator (RFC 6376
-    §3.6.2.2, RFC 7208 §3.3), as text; ``strings`` keeps the raw bytes so a caller
-    can see how it was split and whether literal quotes were stored."""
-
-    strings: tuple[bytes, ...]
-
-    def __new__(cls, strings: tuple[bytes, ...] | list[bytes] | bytes | str) -> TxtRecord:  # noqa: PYI034
-        if isinstance(strings, str):
-            strings = (strings.encode("utf-8"),)
-        elif isinstance(strings, bytes):
-            strings = (strings,)
-        raw = b"".join(strings)
-        # A TXT value is bytes; clerks paste ASCII, but a full-width character pasted
-        # by mistake must still be shown, not crash the check.
-        obj = super().__new__(cls, raw.decode("utf-8", errors="replace"))
-        obj.strings = tuple(strings)
-        return obj
-
-    @property
-    def raw(self) -> bytes:
-        return b"".join(self.strings)
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """A definite answer: NOERROR (maybe with no data) or NXDOMAIN."""
-
-    name: str
-    rdtype: str
-    rcode: str = "NOERROR"
-    records: tuple[Any, ...] = ()
-    cname: str | None = None  # the name was an alias (chased) to this target
-
-    @property
-    def void(self) -> bool:
-        """RFC 7208 §4.6.4: NXDOMAIN or no answer."""
-        return not self.records
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rcode": self.rcode, "records": [str(r) for r in self.records]}
-        if self.cname:
-            out["cname"] = self.cname
-        return out
-
-
-Answer = Lookup | DnsFailure
-
-
-def normalize_name(name: str) -> str:
-    """Lower case, no trailing dot, IDNA A-labels (a clerk may type 日本語.jp)."""
-    name = name.strip().rstrip(".").lower()
-    if not name:
-        return name
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
 
 
 def _rdata_value(rdtype: str, rdata: Any) -> Any:

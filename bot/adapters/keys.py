@@ -6,9 +6,8 @@ one file per (domain, selector), directories 0700 and files 0600, encrypted with
 configured passphrase when there is one. Nothing here logs, prints or puts into an
 exception message any key material, passphrase or file contents.
 
-Also here, because they are pure functions of a key: the selector name
-(``render_selector``), the TXT value (``DkimKey.record``) and its zone-file form
-(``render_zone_line``, strings of at most 255 bytes).
+The pure parts (``DkimKey``, the selector name, the TXT value and its zone-file form)
+live in ``bot/core/records.py``; they are re-exported here for the callers that hold a key.
 """
 
 from __future__ import annotations
@@ -18,17 +17,32 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from bot.core.records import (
+    DkimKey,
+    ed25519_selector,
+    render_selector,
+    render_zone_line,
+    split_txt_strings,
+    validate_domain,
+    validate_selector,
+)
+
+__all__ = [
+    "ALGORITHMS", "ED25519_BITS", "RSA_SIZES", "DkimKey", "KeyPassphraseError", "KeyStore",
+    "KeyStoreError", "PrivateKey", "algorithm_of_key", "dkim_key_from_private", "ed25519_selector",
+    "ensure_private_dir", "file_lock", "fsync_dir", "generate_private_key", "load_private_pem",
+    "public_b64_of", "render_selector", "render_zone_line", "split_txt_strings",
+    "unencrypted_pkcs8", "validate_domain", "validate_selector", "write_file_atomic",
+]
 
 ALGORITHMS = ("rsa", "ed25519")
 RSA_SIZES = (1024, 2048, 3072, 4096)
@@ -38,8 +52,6 @@ ED25519_BITS = 256
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 
 
 class KeyStoreError(Exception):
@@ -48,134 +60,6 @@ class KeyStoreError(Exception):
 
 class KeyPassphraseError(KeyStoreError):
     """The key is encrypted and the passphrase is missing or wrong."""
-
-
-@dataclass(frozen=True)
-class DkimKey:
-    """The public half of a DKIM key and where it is published."""
-
-    domain: str
-    selector: str
-    algorithm: str  # "rsa" | "ed25519"
-    bits: int
-    public_b64: str  # the p= value
-
-    @property
-    def fqdn(self) -> str:
-        return f"{self.selector}._domainkey.{self.domain}"
-
-    @property
-    def host_label(self) -> str:
-        """The name relative to the zone, as most web DNS control panels want it."""
-        return f"{self.selector}._domainkey"
-
-    @property
-    def record(self) -> str:
-        """The TXT value on one line (RFC 6376 §3.6.1; RFC 8463 §4.2 for k=ed25519)."""
-        return f"v=DKIM1; k={self.algorithm}; p={self.public_b64}"
-
-    @property
-    def zone_line(self) -> str:
-        return render_zone_line(self.fqdn, self.record)
-
-
-# --------------------------------------------------------------------------- names
-
-
-def _check_label(label: str, what: str) -> str:
-    if not label:
-        raise ValueError(f"{what} is empty")
-    if len(label) > 63:
-        raise ValueError(f"{what} {label!r} is {len(label)} characters; a DNS label has at most 63")
-    if not _LABEL_RE.match(label):
-        raise ValueError(
-            f"{what} {label!r} is not a valid DNS label: use only lower-case letters a-z, "
-            "digits and '-', not starting or ending with '-'"
-        )
-    return label
-
-
-def render_selector(pattern: str, now: datetime) -> str:
-    """Fill ``{YYYYMM}``, ``{YYYY}``, ``{MM}``, ``{DD}``, ``{YYYYMMDD}`` and check the label.
-
-    Upper-case letters are folded to lower case (DNS names compare case-insensitively,
-    so nothing is lost); anything else that is not a letter, digit or hyphen is an error.
-    """
-    values = {
-        "YYYYMMDD": now.strftime("%Y%m%d"),
-        "YYYYMM": now.strftime("%Y%m"),
-        "YYYY": now.strftime("%Y"),
-        "MM": now.strftime("%m"),
-        "DD": now.strftime("%d"),
-    }
-
-    def fill(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in values:
-            known = ", ".join("{" + k + "}" for k in values)
-            raise ValueError(f"selector pattern {pattern!r}: unknown placeholder {{{name}}} (known: {known})")
-        return values[name]
-
-    selector = _PLACEHOLDER_RE.sub(fill, pattern).lower()
-    return _check_label(selector, f"selector (from pattern {pattern!r})")
-
-
-def ed25519_selector(selector: str) -> str:
-    """The selector of the additional Ed25519 key for dual signing (RFC 8463 §5)."""
-    return _check_label(f"{selector}-ed", "Ed25519 selector")
-
-
-def validate_domain(domain: str) -> str:
-    """An ASCII (IDNA) lower-case domain name; also what keeps key paths inside the store."""
-    if not domain or len(domain) > 253 or domain != domain.lower():
-        raise ValueError(f"domain {domain!r} must be a lower-case ASCII domain name")
-    labels = domain.rstrip(".").split(".")
-    if len(labels) < 2:
-        raise ValueError(f"domain {domain!r} must have at least two labels")
-    for label in labels:
-        _check_label(label, f"label of domain {domain!r}")
-    return domain.rstrip(".")
-
-
-def validate_selector(selector: str) -> str:
-    """A selector may have several labels (RFC 6376 §3.1); each must be a valid label."""
-    for label in selector.split("."):
-        _check_label(label, f"selector {selector!r} label")
-    return selector
-
-
-# --------------------------------------------------------------------------- records
-
-
-def split_txt_strings(value: str, limit: int = 255) -> list[str]:
-    """Cut a TXT value into character-strings of at most ``limit`` bytes (RFC 1035 §3.3).
-
-    DKIM values are ASCII, so bytes and characters coincide; a non-ASCII value is refused
-    rather than cut inside a multi-byte character. Verifiers join the strings without
-    separators (RFC 6376 §3.6.2.2), so ``"".join(result) == value``.
-    """
-    if not 1 <= limit <= 255:
-        raise ValueError(f"limit must be 1..255 bytes, got {limit}")
-    try:
-        data = value.encode("ascii")
-    except UnicodeEncodeError:
-        raise ValueError("a TXT value to split must be ASCII") from None
-    if not data:
-        return [""]
-    return [data[i : i + limit].decode("ascii") for i in range(0, len(data), limit)]
-
-
-def _quote(chunk: str) -> str:
-    # Zone-file escaping: the escapes are one byte on the wire, so splitting happens
-    # before quoting and the 255-byte limit still holds.
-    return '"' + chunk.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_zone_line(fqdn: str, value: str) -> str:
-    """``<fqdn>. IN TXT ( "..." "..." )``: the zone-file form, each string ≤ 255 bytes."""
-    name = fqdn if fqdn.endswith(".") else fqdn + "."
-    strings = " ".join(_quote(s) for s in split_txt_strings(value))
-    return f"{name} IN TXT ( {strings} )"
 
 
 # --------------------------------------------------------------------------- keys

@@ -49,6 +49,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from bot.config import Config
+from bot.core.signertables import (
+    InstalledKey,
+    keyname_for,
+    parse_keytable,
+    signing_keys,
+    updated_keytable,
+    updated_signingtable,
+)
 from bot.adapters.keys import (
     DkimKey,
     KeyStoreError,
@@ -91,16 +99,6 @@ class UnsignableMessage(SignerError):
     """The message cannot be signed as written (several From domains, malformed header)."""
 
 
-@dataclass(frozen=True)
-class InstalledKey:
-    """One KeyTable entry that the SigningTable uses for a domain."""
-
-    keyname: str
-    domain: str
-    selector: str
-    path: Path
-
-
 @dataclass
 class SignResult:
     """What :func:`sign_report` did, for the filter's note on stderr."""
@@ -112,10 +110,6 @@ class SignResult:
 
 
 # --------------------------------------------------------------------------- tables
-
-
-def keyname_for(domain: str, selector: str) -> str:
-    return f"{selector}._domainkey.{domain}"
 
 
 def keys_dir(cfg: Config) -> Path:
@@ -139,85 +133,16 @@ def _read_optional(path: Path) -> bytes | None:
         return None
 
 
-def _entries(text: str) -> list[tuple[str, str]]:
-    """(first field, rest) of each non-comment line of an OpenDKIM table."""
-    out = []
-    for line in text.splitlines():
-        stripped = line.split("#", 1)[0].strip()
-        if not stripped:
-            continue
-        parts = stripped.split(None, 1)
-        out.append((parts[0], parts[1].strip() if len(parts) > 1 else ""))
-    return out
-
-
-def _parse_keytable(text: str) -> dict[str, InstalledKey]:
-    table: dict[str, InstalledKey] = {}
-    for name, value in _entries(text):
-        pieces = value.split(":", 2)
-        if len(pieces) == 3:
-            table[name.lower()] = InstalledKey(name, pieces[0].lower(), pieces[1], Path(pieces[2]))
-    return table
-
-
 def installed_keys(cfg: Config, domain: str) -> list[InstalledKey]:
     """The keys OpenDKIM would sign ``domain``'s mail with, in SigningTable order."""
     keytable_path, signingtable_path = _table_paths(cfg)
-    keytable = _parse_keytable((_read_optional(keytable_path) or b"").decode("utf-8", "replace"))
+    keytable = (_read_optional(keytable_path) or b"").decode("utf-8", "replace")
     signing = (_read_optional(signingtable_path) or b"").decode("utf-8", "replace")
-    pattern = f"*@{domain.lower()}"
-    found: list[InstalledKey] = []
-    for pat, keyname in _entries(signing):
-        entry = keytable.get(keyname.lower())
-        if pat.lower() == pattern and entry is not None and entry not in found:
-            found.append(entry)
-    return found
+    return signing_keys(keytable, signing, domain)
 
 
 def installed_selectors(cfg: Config, domain: str) -> list[str]:
     return [k.selector for k in installed_keys(cfg, domain)]
-
-
-def _updated_keytable(text: str, add: dict[str, str], remove: set[str]) -> str:
-    """Replace/append the lines of ``add`` (keyname → value), drop ``remove``; keep the rest."""
-    lines: list[str] = []
-    pending = dict(add)
-    for line in text.splitlines():
-        stripped = line.split("#", 1)[0].strip()
-        name = stripped.split(None, 1)[0].lower() if stripped else ""
-        if name in remove:
-            continue
-        if name in pending:
-            lines.append(f"{name} {pending.pop(name)}")
-            continue
-        lines.append(line)
-    lines.extend(f"{name} {value}" for name, value in pending.items())
-    return "".join(line + "\n" for line in lines)
-
-
-def _updated_signingtable(text: str, domain: str, add: list[str], remove: set[str]) -> str:
-    """Ensure ``*@domain keyname`` for each of ``add``; drop the domain's lines for ``remove``."""
-    pattern = f"*@{domain}"
-    lines: list[str] = []
-    present: set[str] = set()
-    last_of_domain = -1
-    for line in text.splitlines():
-        stripped = line.split("#", 1)[0].strip()
-        parts = stripped.split() if stripped else []
-        if len(parts) >= 2 and parts[0].lower() == pattern:
-            keyname = parts[1].lower()
-            if keyname in remove or keyname in present:
-                continue
-            present.add(keyname)
-            lines.append(line)
-            last_of_domain = len(lines) - 1
-            continue
-        lines.append(line)
-    new = [f"{pattern} {k}" for k in add if k not in present]
-    # Next to the domain's other lines, so a reader sees a domain's keys together.
-    at = last_of_domain + 1 if last_of_domain >= 0 else len(lines)
-    lines[at:at] = new
-    return "".join(line + "\n" for line in lines)
 
 
 # --------------------------------------------------------------------------- install
@@ -331,10 +256,10 @@ def install_key(cfg: Config, key: DkimKey, private_pem: bytes, *, retire: Iterab
         old_keytable = _read_optional(keytable_path)
         old_signing = _read_optional(signingtable_path)
         old_key = _read_optional(key_path)
-        new_keytable = _updated_keytable(
+        new_keytable = updated_keytable(
             (old_keytable or b"").decode("utf-8"), {name: f"{domain}:{selector}:{key_path}"}, retired
         )
-        new_signing = _updated_signingtable((old_signing or b"").decode("utf-8"), domain, [name], retired)
+        new_signing = updated_signingtable((old_signing or b"").decode("utf-8"), domain, [name], retired)
         try:
             if old_key != pem:
                 write_file_atomic(key_path, pem, cfg.signer.key_mode, owner=owner)
@@ -352,7 +277,7 @@ def install_key(cfg: Config, key: DkimKey, private_pem: bytes, *, retire: Iterab
                 raise SignerInstallError(f"installing the key for {domain} failed: {exc.strerror}") from None
             raise
         # Only after the reload: until then the running signer may still read these files.
-        old_table = _parse_keytable((old_keytable or b"").decode("utf-8"))
+        old_table = parse_keytable((old_keytable or b"").decode("utf-8"))
         for gone in retired:
             entry = old_table.get(gone)
             if entry is not None and entry.path.parent == key_path.parent:
@@ -384,9 +309,9 @@ def uninstall_key(cfg: Config, domain: str, selector: str) -> bool:
     with file_lock(keytable_path.parent / ".dkimbot-signer.lock"):
         old_keytable = _read_optional(keytable_path)
         old_signing = _read_optional(signingtable_path)
-        entry = _parse_keytable((old_keytable or b"").decode("utf-8")).get(name)
-        new_signing = _updated_signingtable((old_signing or b"").decode("utf-8"), domain, [], {name})
-        new_keytable = _updated_keytable((old_keytable or b"").decode("utf-8"), {}, {name})
+        entry = parse_keytable((old_keytable or b"").decode("utf-8")).get(name)
+        new_signing = updated_signingtable((old_signing or b"").decode("utf-8"), domain, [], {name})
+        new_keytable = updated_keytable((old_keytable or b"").decode("utf-8"), {}, {name})
         changed = (old_signing is not None and new_signing.encode() != old_signing) or (
             old_keytable is not None and new_keytable.encode() != old_keytable
         )

@@ -12,8 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,95 +126,9 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-def now_iso(now: datetime) -> str:
-    return now.astimezone(timezone.utc).isoformat(timespec="seconds")
+from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
-
-def parse_iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-@dataclass
-class CaseRow:
-    """One facility's case, as stored."""
-
-    id: int
-    ref: str
-    facility: str | None
-    contact_name: str | None
-    contact_email: str | None
-    contact_phone: str | None
-    admin_email: str | None
-    domain: str | None
-    selector: str | None
-    selectors: list[str]
-    state: str
-    requester: str | None
-    thread_root: str | None
-    thread_last: str | None
-    thread_refs: list[str]
-    created_at: datetime
-    updated_at: datetime
-    state_since: datetime
-    next_check_at: datetime | None
-    reminders_sent: int
-    last_notice: str | None
-    reply_pending: bool
-    resume_state: str | None
-    problems: list[dict[str, Any]]
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> CaseRow:
-        d = dict(row)
-        return cls(
-            id=d["id"], ref=d["ref"], facility=d["facility"], contact_name=d["contact_name"],
-            contact_email=d["contact_email"], contact_phone=d["contact_phone"],
-            admin_email=d["admin_email"], domain=d["domain"], selector=d["selector"],
-            selectors=json.loads(d["selectors"]), state=d["state"], requester=d["requester"],
-            thread_root=d["thread_root"], thread_last=d["thread_last"],
-            thread_refs=json.loads(d["thread_refs"]),
-            created_at=datetime.fromisoformat(d["created_at"]),
-            updated_at=datetime.fromisoformat(d["updated_at"]),
-            state_since=datetime.fromisoformat(d["state_since"]),
-            next_check_at=parse_iso(d["next_check_at"]), reminders_sent=d["reminders_sent"],
-            last_notice=d["last_notice"], reply_pending=bool(d["reply_pending"]),
-            resume_state=d["resume_state"], problems=json.loads(d["problems"]),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The public shape of ``dkimbot status --json`` (SPEC §5)."""
-        return {
-            "case": self.ref,
-            "facility": self.facility,
-            "admin_email": self.admin_email,
-            "domain": self.domain,
-            "selector": self.selector,
-            "selectors": self.selectors,
-            "state": self.state,
-            "requester": self.requester,
-            "contact_email": self.contact_email,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "state_since": self.state_since.isoformat(),
-            "next_check_at": self.next_check_at.isoformat() if self.next_check_at else None,
-            "reminders_sent": self.reminders_sent,
-            "problems": self.problems,
-        }
-
-
-@dataclass
-class OutboxRow:
-    id: int
-    message_id: str
-    kind: str
-    case_ids: list[int]
-    sender: str
-    recipients: list[str]
-    raw: bytes
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "Store", "now_iso", "parse_iso"]
 
 
 _CASE_COLUMNS = {
@@ -371,14 +284,14 @@ class Store:
         row = self.db.execute("SELECT * FROM cases WHERE id=?", (case_id,)).fetchone()
         if row is None:
             raise KeyError(case_id)
-        return CaseRow.from_row(row)
+        return CaseRow.from_row(dict(row))
 
     def find_case(self, ref: str) -> CaseRow | None:
         ref = ref.strip().upper()
         if ref.isdigit():
             ref = f"DKIM-{int(ref):04d}"
         row = self.db.execute("SELECT * FROM cases WHERE ref=?", (ref,)).fetchone()
-        return CaseRow.from_row(row) if row else None
+        return CaseRow.from_row(dict(row)) if row else None
 
     def list_cases(self, states: tuple[str, ...] | None = None) -> list[CaseRow]:
         if states:
@@ -388,7 +301,7 @@ class Store:
             ).fetchall()
         else:
             rows = self.db.execute("SELECT * FROM cases ORDER BY id").fetchall()
-        return [CaseRow.from_row(r) for r in rows]
+        return [CaseRow.from_row(dict(r)) for r in rows]
 
     def due_cases(self, states: tuple[str, ...], now: datetime) -> list[CaseRow]:
         marks = ", ".join("?" for _ in states)
@@ -397,13 +310,13 @@ class Store:
             "AND (next_check_at IS NULL OR next_check_at <= ?) ORDER BY id",
             (*states, now_iso(now)),
         ).fetchall()
-        return [CaseRow.from_row(r) for r in rows]
+        return [CaseRow.from_row(dict(r)) for r in rows]
 
     def cases_for_domain(self, domain: str) -> list[CaseRow]:
         rows = self.db.execute(
             "SELECT * FROM cases WHERE domain=? ORDER BY id", (domain,)
         ).fetchall()
-        return [CaseRow.from_row(r) for r in rows]
+        return [CaseRow.from_row(dict(r)) for r in rows]
 
     def case_for_message_id(self, message_ids: list[str]) -> CaseRow | None:
         """The case a reply belongs to, found by the Message-IDs of the bot's own mails."""
@@ -419,7 +332,7 @@ class Store:
                 "SELECT * FROM cases WHERE thread_root=? ORDER BY id LIMIT 1", (mid,)
             ).fetchone()
             if row:
-                return CaseRow.from_row(row)
+                return CaseRow.from_row(dict(row))
         return None
 
     # -- events -----------------------------------------------------------------------------

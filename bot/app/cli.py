@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from bot.app.show import show_case
 from bot.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dkimbot")
@@ -132,7 +133,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
             return 2
         if args.command == "show":
-            return _show(bot, case, args.json)
+            return show_case(bot.store, case, args.json)
         if args.command == "rekey":
             return _rekey(bot, case, args.bits)
         if args.command == "proof":
@@ -255,37 +256,6 @@ def _status(bot: Any, as_json: bool) -> int:
     return 0
 
 
-def _show(bot: Any, case: Any, as_json: bool) -> int:
-    events = bot.store.events(case.id)
-    mails = bot.store.mails_for_case(case.id)
-    if as_json:
-        print(json.dumps({**case.to_json(), "events": events, "mails": mails},
-                         ensure_ascii=False, indent=2, default=str))
-        return 0
-    for key, value in case.to_json().items():
-        print(f"{key:>15}: {value}")
-    print("\nevents:")
-    for e in events:
-        move = f" {e['from_state']} -> {e['to_state']}" if e["to_state"] and e["from_state"] != e["to_state"] else ""
-        print(f"  {e['at']}  {e['kind']}{move}")
-        detail = dict(e["detail"])
-        dns = detail.pop("dns", None)
-        items = detail.pop("items", None) if e["kind"] == "proof_result" else None
-        if detail:
-            print(f"      {json.dumps(detail, ensure_ascii=False, default=str)[:600]}")
-        if dns:
-            for area in ("dkim", "dmarc", "spf", "alignment"):
-                a = dns.get(area) or {}
-                codes = ", ".join(d["code"] for d in a.get("diagnoses", [])) or "-"
-                print(f"      {area:<9} ok={a.get('ok')}  {codes}")
-        for item in items or []:  # the receiver's Authentication-Results, one line each
-            print(f"      {item['method']}={item['result']} {item['detail']}".rstrip())
-    print("\nmails:")
-    for m in mails:
-        print(f"  {m['created_at']}  {m['kind']:<18} {m['status']:<8} {m['message_id']}")
-    return 0
-
-
 def _check(cfg: Config, args: argparse.Namespace) -> int:
     """Read-only: the store is consulted (for a case's key) but never written."""
     from bot.checks.dnscheck import run_check_command
@@ -296,7 +266,7 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
         pass
-    from bot.adapters.keys import validate_domain, validate_selector
+    from bot.core.records import validate_domain, validate_selector
 
     # A typo ("hotel sakura.jp", "info@hotel.jp") is named as such, not sent to DNS
     # and reported back as a DNS error.
@@ -325,10 +295,13 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
     if selector is None:
         from datetime import datetime, timezone
 
-        from bot.adapters.keys import render_selector
+        from bot.core.records import render_selector
 
         selector = render_selector(cfg.keys.selector, datetime.now(timezone.utc))
-    return int(run_check_command(cfg, domain, selector, expected, args.json, sys.stdout))
+    from bot.adapters.dnsclient import DnsClient
+
+    return int(run_check_command(DnsClient(cfg.dns), cfg.service, domain, selector, expected,
+                                 args.json, sys.stdout))
 
 
 if __name__ == "__main__":

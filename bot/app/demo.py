@@ -157,7 +157,7 @@ dir = "{tmp / 'state'}"
         assert key is not None
 
         step(4, "the facility pastes the record, but with the quotes of the zone-file form")
-        from bot.adapters.keys import split_txt_strings
+        from bot.core.records import split_txt_strings
 
         quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
         zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
@@ -188,9 +188,9 @@ dir = "{tmp / 'state'}"
         run()
         print(f"  mails sent by that pass: {len(printer.seen) - before}")
         print("\nThe event log of the case (dkimbot show):")
-        from bot.app.cli import _show
+        from bot.app.show import show_case
 
-        _show(bot, bot.store.list_cases()[0], False)
+        show_case(bot.store, bot.store.list_cases()[0], False)
         final = bot.store.list_cases()[0].state
         print(f"\ndemo finished: {case.ref} is {final}")
         return 0 if final == "completed" else 1

@@ -9,18 +9,16 @@ outbox, delivered by ``flush_outbox_once``.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
-from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
-from bot.adapters.mailout import DeliveryError, make_transport, scrub_addresses
-from bot.flows.onboarding import _decide_message
+from bot.flows.delivery import flush_outbox_once
+from bot.flows.onboarding import decide_message
 from bot.flows.rechecks import recheck_due_once, remind_due_once
 from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 __all__ = [
     "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "poll_inbox_once",
@@ -148,102 +146,12 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
             store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
             log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
             return "duplicate"
-        outcome = _decide_message(bot, parsed, prepared)
+        outcome = decide_message(bot, parsed, prepared)
         store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
         maybe_crash("message.decided")
     maybe_crash("message.committed")
     log.info("message %s: %s", parsed.message_id or key, outcome)
     return outcome
-
-
-# -- delivery --------------------------------------------------------------------------------
-
-
-def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
-    """Deliver pending mail. Transient failures back off; a 5xx escalates the case."""
-    from bot.flows.delivery import reconcile_in_doubt
-
-    reconcile_in_doubt(bot)  # rows a killed pass left between 'sending' and 'sent'
-    now = bot.clock()
-    pending = bot.store.pending_mail(now)
-    if not pending:
-        return 0, []
-    # Only now: the signer pulls in dkimpy and all of dnspython (~0.1-0.5 s of imports),
-    # which an idle cron pass must not pay (benchmarks/bench_startup.py).
-    from bot.adapters.signer import sign_message
-
-    transport = make_transport(bot.cfg)
-    sent = 0
-    errors: list[str] = []
-    try:
-        for row in pending:
-            raw = row.raw
-            try:
-                raw = sign_message(bot.cfg, raw)  # the bot's own mail, when its domain has a key
-            except Exception as exc:
-                log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
-            with bot.store.transaction():
-                claimed = bot.store.mark_sending(row.id)
-            if not claimed:
-                continue  # sent or claimed meanwhile by another sender
-            maybe_crash("outbox.sending")
-            try:
-                refused = transport.send(row.sender, row.recipients, raw, row.message_id)
-            except DeliveryError as exc:
-                with bot.store.transaction():
-                    if exc.server_down:
-                        bot.store.mark_unsent(row.id, str(exc))  # not this mail's fault: no backoff
-                    elif exc.permanent:
-                        bot.store.mark_failed(row.id, now, str(exc))
-                        _escalate_delivery_failure(bot, row, exc.detail())
-                    else:
-                        delay = timedelta(seconds=min(3600, 60 * 2 ** min(row.attempts, 6)))
-                        bot.store.mark_retry(row.id, now + delay, str(exc))
-                # A server's answer may quote the address it refuses: addresses stay out of logs.
-                said = scrub_addresses(str(exc), row.recipients)
-                log.warning("delivery of %s failed: %s", row.message_id, said)
-                if not exc.permanent:
-                    errors.append(said)
-                    break  # the server is down: the rest waits for the next pass
-                continue
-            maybe_crash("smtp.accepted")  # the window bot/flows/delivery.py explains
-            with bot.store.transaction():
-                bot.store.mark_sent(row.id, bot.clock())
-                if refused:  # some recipients refused, the rest accepted: see bot/flows/refusals.py
-                    from bot.flows.refusals import handle_refused
-
-                    handle_refused(bot, row, refused)
-            maybe_crash("outbox.sent")
-            log.debug("sent %s (%s) to %d recipients", row.message_id, row.kind, len(row.recipients))
-            sent += 1
-    finally:
-        transport.close()
-    return sent, errors
-
-
-def _escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[str] | None = None) -> None:
-    """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
-
-    ``error`` is the server's answer, shown to staff and kept in the event (both may name
-    addresses; the log may not).
-    """
-    if row.kind.startswith("staff_"):
-        return  # never escalate an escalation: that is how mail loops start
-    for case_id in row.case_ids:
-        case = bot.store.get_case(case_id)
-        now = bot.clock()
-        if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
-            case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
-                                         resume_state=case.state)
-        bot.store.add_event(case.id, now, "delivery_failed", detail={
-            "message_id": row.message_id, "error": error, "recipients": recipients or row.recipients})
-        enqueue_mail(bot, "staff_escalation", [case], {
-            "reason_title": "mail to the facility was rejected",
-            "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
-                      f"rejected permanently:\n{error}",
-            "decide_hint": "Find a working address for the facility and run 'dkimbot resend'.",
-            "diagnoses": [],
-        }, staff_only=True)
 
 
 # -- one pass --------------------------------------------------------------------------------

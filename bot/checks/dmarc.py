@@ -17,10 +17,10 @@ from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from bot.adapters.dnsclient import (
+from bot.core.dnsresults import (
     AreaResult,
     Diagnosis,
-    DnsClient,
+    DnsLookup,
     DnsFailure,
     Lookup,
     normalize_name,
@@ -242,7 +242,7 @@ def _dns_error(name: str, answers: Mapping[str, Any]) -> Diagnosis:
         "error", {"name": name, "servers": _evidence(answers)})
 
 
-def check_dmarc(client: DnsClient, domain: str, rua: str | None = "") -> AreaResult:
+def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaResult:
     """The DMARC record governing ``domain`` (its own, else its organisational
     domain's), its syntax, wrong places it was put, and its report authorisation."""
     domain = normalize_name(domain)
@@ -377,7 +377,7 @@ def _syntax_diagnoses(rec: DmarcRecord, name: str, rua: str | None) -> list[Diag
     return out
 
 
-def _check_rua(client: DnsClient, policy_domain: str, rec: DmarcRecord) -> list[Diagnosis]:
+def _check_rua(client: DnsLookup, policy_domain: str, rec: DmarcRecord) -> list[Diagnosis]:
     """RFC 7489 §7.1: a report address in another organisational domain receives
     reports only if that domain publishes ``<policy-domain>._report._dmarc.<dest>``."""
     out: list[Diagnosis] = []

@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
-from bot.config import Config, ServiceConfig
+from bot.config import ServiceConfig
 from bot.checks.dmarc import check_dmarc, organizational_domain, suggest_dmarc_record
-from bot.adapters.dnsclient import (
+from bot.core.dnsresults import (
     MAX_NAME_TEXT,
     AreaResult,
     CheckReport,
     Diagnosis,
-    DnsClient,
+    DnsLookup,
     DnsFailure,
     DnsQueryError,
     Lookup,
@@ -35,7 +35,7 @@ from bot.adapters.dnsclient import (
 from bot.checks.spf import check_spf
 
 __all__ = [
-    "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsClient",
+    "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
     "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "check_alignment", "check_dkim",
     "check_dmarc", "check_domain", "check_many", "check_spf", "format_report_table",
     "make_dkim_dnsfunc", "map_concurrently", "organizational_domain", "parse_dkim_record",
@@ -199,7 +199,7 @@ def _judge_record(rec: DkimRecord, expected: str | None) -> _Verdict:
     return v
 
 
-def check_dkim(client: DnsClient, domain: str, selector: str,
+def check_dkim(client: DnsLookup, domain: str, selector: str,
                expected_public_b64: str | None) -> AreaResult:
     """The DKIM record at ``<selector>._domainkey.<domain>`` on every authoritative
     server. ok only when each serves exactly one valid record with the expected key
@@ -324,7 +324,7 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
     return "good" if v.good else "bad"
 
 
-def _probe_wrong_places(client: DnsClient, domain: str, selector: str, expected: str | None,
+def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected: str | None,
                         name: str, label: str, found: dict[str, Any],
                         add: Callable[..., None]) -> None:
     """Nothing at the right name: look where web panels put it by mistake."""
@@ -396,7 +396,7 @@ def _skipped(why: str) -> AreaResult:
     return AreaResult(True, [], {"skipped": why})
 
 
-def check_domain(client: DnsClient, domain: str, selector: str | None,
+def check_domain(client: DnsLookup, domain: str, selector: str | None,
                  expected_public_b64: str | None, service_cfg: ServiceConfig,
                  dkim_domain: str | None = None) -> CheckReport:
     """All four areas. Without a selector, DKIM is reported as skipped (ok)."""
@@ -429,7 +429,7 @@ def map_concurrently(func: Callable[[I], R], items: Iterable[I], max_workers: in
         return list(pool.map(func, items))
 
 
-def check_many(client: DnsClient, requests: Iterable[CheckRequest], service_cfg: ServiceConfig,
+def check_many(client: DnsLookup, requests: Iterable[CheckRequest], service_cfg: ServiceConfig,
                *, max_workers: int = 64) -> list[CheckReport]:
     """``check_domain`` for many domains at once; one shared client, so every
     (name, type, server) is asked once in the pass."""
@@ -438,7 +438,7 @@ def check_many(client: DnsClient, requests: Iterable[CheckRequest], service_cfg:
         requests, max_workers)
 
 
-def make_dkim_dnsfunc(client: DnsClient) -> Callable[..., bytes | None]:
+def make_dkim_dnsfunc(client: DnsLookup) -> Callable[..., bytes | None]:
     """A ``dnsfunc(name, timeout=5)`` for dkimpy: the authoritative TXT value (bytes,
     strings joined) or None, so a probe signature is verified against live DNS."""
 
@@ -497,11 +497,10 @@ def exit_code(report: CheckReport) -> int:
     return 2 if all(a.only_dns_errors for a in failing) else 1
 
 
-def run_check_command(cfg: Config, domain: str, selector: str | None,
+def run_check_command(client: DnsLookup, service_cfg: ServiceConfig, domain: str, selector: str | None,
                       expected_public_b64: str | None, as_json: bool, out: TextIO) -> int:
     """``dkimbot check``: read-only; prints the table or the SPEC §4 JSON."""
-    client = DnsClient(cfg.dns)
-    report = check_domain(client, domain, selector, expected_public_b64, cfg.service)
+    report = check_domain(client, domain, selector, expected_public_b64, service_cfg)
     if as_json:
         out.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     else:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from bot.adapters.keys import ed25519_selector, validate_selector
+from bot.core.dnsresults import DnsLookup
+from bot.core.records import ed25519_selector, validate_selector
 
 log = logging.getLogger("dkimbot")
 
@@ -52,7 +53,7 @@ def _dkim_key_of(text: str) -> str | None:
         return None
 
 
-def selector_in_use(client: Any, domain: str, selector: str, own_public_b64: str | None) -> bool:
+def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b64: str | None) -> bool:
     """True when ``<selector>._domainkey.<domain>`` holds a TXT record that is not our key.
 
     Any TXT there counts (a DKIM record of another sender, or junk someone left): we
@@ -74,14 +75,14 @@ def selector_in_use(client: Any, domain: str, selector: str, own_public_b64: str
 
 
 def choose_selector(
-    bot: Any, domain: str, base: str, *, with_ed25519: bool, exclude: Iterable[str] = (),
+    client: DnsLookup, domain: str, base: str, *, with_ed25519: bool, exclude: Iterable[str] = (),
+    own_key: Callable[[str], str | None] = lambda selector: None,
 ) -> str:
     """The first candidate from ``base`` that is free in DNS (and, for dual signing, whose
     Ed25519 companion is free too) and not in ``exclude`` (selectors the bot already used
     for this domain). On a DNS failure: the first candidate not excluded, logged."""
     validate_selector(base)
     excluded = {s.lower() for s in exclude}
-    client = bot.dns_client()
     first_allowed: str | None = None
     for count, candidate in enumerate(selector_candidates(base)):
         if count >= _MAX_CANDIDATES:
@@ -92,7 +93,7 @@ def choose_selector(
         if first_allowed is None:
             first_allowed = candidate
         try:
-            taken = [n for n in names if selector_in_use(client, domain, n, _own_key(bot, domain, n))]
+            taken = [n for n in names if selector_in_use(client, domain, n, own_key(n))]
         except SelectorLookupFailed as exc:
             log.warning("selector check for %s failed (%s); using %s without looking",
                         domain, exc, first_allowed)
@@ -102,14 +103,6 @@ def choose_selector(
                 log.info("selector %s is in use at %s; using %s", base, domain, candidate)
             return candidate
     raise ValueError(f"no free selector for {domain} among {_MAX_CANDIDATES} candidates from {base!r}")
-
-
-def _own_key(bot: Any, domain: str, selector: str) -> str | None:
-    for k in bot.store.domain_keys(domain):
-        if k["selector"] == selector:
-            return str(k["public_b64"])
-    key = bot.keystore.get(domain, selector) if bot.keystore.exists(domain, selector) else None
-    return key.public_b64 if key is not None else None
 
 
 # --------------------------------------------------------------------------- checking
@@ -131,7 +124,7 @@ def fold_dkim(results: Mapping[str, Any]) -> Any:
     selector's evidence (what single-selector readers use: servers, verdicts) plus
     ``selectors``: each selector's own evidence.
     """
-    from bot.adapters.dnsclient import AreaResult
+    from bot.core.dnsresults import AreaResult
 
     first = next(iter(results.values()))
     if len(results) == 1:
@@ -156,14 +149,3 @@ def check_case_domain(client: Any, domain: str, expected: Mapping[str, str | Non
     if len(selectors) > 1:
         report.dkim = check_dkim_selectors(client, domain, expected)
     return report
-
-
-def expected_keys(bot: Any, domain: str, selectors: Iterable[str]) -> dict[str, str]:
-    """selector → stored public key; LookupError for a selector the bot has no key for."""
-    stored = {k["selector"]: str(k["public_b64"]) for k in bot.store.domain_keys(domain)}
-    out: dict[str, str] = {}
-    for sel in selectors:
-        if sel not in stored:
-            raise LookupError(f"no stored key for {domain}/{sel}")
-        out[sel] = stored[sel]
-    return out

@@ -18,7 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.config import Config
+from bot.config import ServiceConfig
+from bot.core.dnsresults import DnsLookup
 
 log = logging.getLogger("dkimbot")
 
@@ -89,14 +90,13 @@ def _spf_view(area: Any) -> dict[str, Any] | None:
             "message": " ".join(d.message for d in area.diagnoses if d.severity == "error") or None}
 
 
-def look(cfg: Config, domain: str, client: Any = None) -> Lookahead:
+def look(client: DnsLookup, service: ServiceConfig, domain: str) -> Lookahead:
     """Read the domain's NS, DMARC and SPF (may raise; see ``look_bounded``)."""
     from bot.checks.dmarc import check_dmarc
-    from bot.checks.dnscheck import DnsClient, Lookup
-    from bot.core.providers import identify
     from bot.checks.spf import check_spf
+    from bot.core.dnsresults import Lookup
+    from bot.core.providers import identify
 
-    client = client or DnsClient(cfg.dns)
     out = Lookahead(domain)
     zone = client.zone_for(domain)
     if isinstance(zone, str):
@@ -108,24 +108,28 @@ def look(cfg: Config, domain: str, client: Any = None) -> Lookahead:
         out.provider = identify(out.ns_names)
     else:
         out.notes.append(f"zone of {domain} not found: {zone}")
-    out.dmarc = _dmarc_view(check_dmarc(client, domain, cfg.service.dmarc_rua), domain)
-    out.spf = _spf_view(check_spf(client, domain, cfg.service.sending_ips, cfg.service.spf_include))
+    out.dmarc = _dmarc_view(check_dmarc(client, domain, service.dmarc_rua), domain)
+    out.spf = _spf_view(check_spf(client, domain, service.sending_ips, service.spf_include))
     return out
 
 
-def look_bounded(cfg: Config, domain: str, budget: float | None = None) -> Lookahead | None:
-    """``look`` within ``budget`` seconds (default: 3 × [dns] timeout, at least 2 s).
+def look_budget(dns_timeout: float) -> float:
+    """The default time budget of a look: 3 × [dns] timeout, at least 2 s."""
+    return max(2.0, 3 * float(dns_timeout))
+
+
+def look_bounded(client: DnsLookup, service: ServiceConfig, domain: str, budget: float) -> Lookahead | None:
+    """``look`` within ``budget`` seconds (callers use ``look_budget``).
 
     A daemon thread, so a hung name server can neither hold the request nor keep the
     process alive at exit. Any failure is logged and gives None.
     """
-    budget = budget if budget is not None else max(2.0, 3 * float(cfg.dns.timeout))
     result: list[Lookahead] = []
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
-            result.append(look(cfg, domain))
+            result.append(look(client, service, domain))
         except BaseException as exc:  # noqa: BLE001 - reported below, never raised into a request
             failure.append(exc)
 
@@ -145,7 +149,7 @@ def look_bounded(cfg: Config, domain: str, budget: float | None = None) -> Looka
 
 def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dict[str, Any]:
     """The request_reply item keys: ``provider_hint`` and ``existing`` (notes with boxes)."""
-    from bot.flows.compose import _record_box
+    from bot.core.records import record_box
     from bot.core.providers import hint
 
     if found is None:
@@ -164,7 +168,7 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dic
                     f"SPFレコード「{current}」が既に登録されています。弊社の送信サーバーを加えるため、"
                     "新しく追加せずに、この1件を次の内容に書き換えてください")
             existing.append({"text": what + "（SPFレコードが2件になると、どちらも無効になってしまいます）。",
-                             "box": _record_box(domain, domain, spf["fix"])})
+                             "box": record_box(domain, domain, spf["fix"])})
         elif spf.get("message"):
             existing.append({"text": f"SPFレコード「{current}」が既に登録されています。{spf['message']}",
                              "box": None})
@@ -193,18 +197,3 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dic
                                      "この既存のレコードの修正内容をご案内します。", "box": None})
     return {"provider_hint": hint(found.provider, records) if found.provider and records else None,
             "existing": existing}
-
-
-def looked_for_reply(bot: Any, case: Any, records: list[dict[str, str]], seen: dict[str, Any]) -> dict[str, Any]:
-    """The request_reply item keys for one case, looking at its domain once per mail
-    (``seen`` caches per domain) and recording what was seen in the case's events."""
-    domain = case.domain or ""
-    if domain not in seen:
-        seen[domain] = look_bounded(bot.cfg, domain)
-    found = seen[domain]
-    now = bot.clock()
-    if found is None:
-        bot.store.add_event(case.id, now, "dns_lookahead", detail={"domain": domain, "ok": False})
-        return reply_context(None, records)
-    bot.store.add_event(case.id, now, "dns_lookahead", detail={"ok": True, **found.to_event()})
-    return reply_context(found, records)

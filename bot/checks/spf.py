@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.adapters.dnsclient import (
+from bot.core.dnsresults import (
     AreaResult,
     Diagnosis,
-    DnsClient,
+    DnsLookup,
     DnsFailure,
     Lookup,
     normalize_name,
@@ -491,7 +491,7 @@ def merge_spf_records(records: Sequence[str], add_terms: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def check_spf(client: DnsClient, domain: str, sending_ips: Sequence[str],
+def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
               spf_include: str) -> AreaResult:
     """One record, valid syntax, ≤10 lookups and ≤2 void lookups, and every sending
     address authorised; otherwise the exact merged record to publish."""

@@ -141,6 +141,19 @@ def classify_check(state: State, report: ReportLike, proof_ok: bool | None) -> E
     return Event.FINAL_FAILED
 
 
+def classify_watch(state: State, dkim: Any, *, now: datetime, since: datetime,
+                   grace: timedelta) -> Event:
+    """Pure: a watched case's DKIM area (all selectors folded) → the event it means."""
+    codes = [d.code for d in dkim.diagnoses]
+    if "dns_error" in codes:
+        return Event.DNS_ERROR  # no clean answer: never start or advance the countdown
+    if dkim.ok:
+        return Event.DKIM_OK
+    if state == State.DKIM_LOST and now >= since + grace:
+        return Event.GRACE_EXPIRED
+    return Event.DKIM_GONE
+
+
 def notice_signature(event: Event, report: ReportLike | None) -> str:
     """What makes two problem mails "the same diagnosis": the event and its error codes."""
     if report is None:

@@ -90,7 +90,7 @@ def identify(ns_names: Iterable[str], table: Sequence[Provider] = PROVIDERS) -> 
 
 
 def _quoted(value: str) -> str:
-    from bot.adapters.keys import split_txt_strings
+    from bot.core.records import split_txt_strings
 
     return " ".join(f'"{s}"' for s in split_txt_strings(value))
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 

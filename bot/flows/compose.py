@@ -13,19 +13,10 @@ from typing import Any
 
 from bot.adapters.mailout import build_message
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
+from bot.core.records import dkim_box
 
 log = logging.getLogger("dkimbot")
-
-
-def _record_box(domain: str, fqdn: str, value: str, rtype: str = "TXT") -> dict[str, str]:
-    from bot.adapters.keys import render_zone_line
-
-    label = fqdn[: -len(domain) - 1] if fqdn.endswith("." + domain) else "@"
-    return {
-        "fqdn": fqdn, "domain": domain, "host_label": label, "type": rtype, "value": value,
-        "zone_line": render_zone_line(fqdn, value),
-    }
 
 
 def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
@@ -38,8 +29,7 @@ def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
         k = keys.get(selector)
         if k is None:
             continue
-        value = f"v=DKIM1; k={k['algorithm']}; p={k['public_b64']}"
-        boxes.append(_record_box(case.domain, f"{selector}._domainkey.{case.domain}", value))
+        boxes.append(dkim_box(case.domain, selector, k["algorithm"], k["public_b64"]))
     return boxes
 
 

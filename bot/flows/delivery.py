@@ -14,7 +14,11 @@ name every such mail so staff know.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from bot.adapters.mailout import DeliveryError, make_transport, scrub_addresses
+from bot.faults import maybe_crash
+from bot.flows.escalation import escalate_delivery_failure
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -37,3 +41,63 @@ def reconcile_in_doubt(bot: Bot) -> int:
             log.warning("%s: %s mail %s may have been delivered before a crash; sending it again "
                         "(same Message-ID)", refs, kind, message_id)
     return len(rows)
+
+
+def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
+    """Deliver pending mail. Transient failures back off; a 5xx escalates the case."""
+    reconcile_in_doubt(bot)  # rows a killed pass left between 'sending' and 'sent'
+    now = bot.clock()
+    pending = bot.store.pending_mail(now)
+    if not pending:
+        return 0, []
+    # Only now: the signer pulls in dkimpy and all of dnspython (~0.1-0.5 s of imports),
+    # which an idle cron pass must not pay (benchmarks/bench_startup.py).
+    from bot.adapters.signer import sign_message
+
+    transport = make_transport(bot.cfg)
+    sent = 0
+    errors: list[str] = []
+    try:
+        for row in pending:
+            raw = row.raw
+            try:
+                raw = sign_message(bot.cfg, raw)  # the bot's own mail, when its domain has a key
+            except Exception as exc:
+                log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
+            with bot.store.transaction():
+                claimed = bot.store.mark_sending(row.id)
+            if not claimed:
+                continue  # sent or claimed meanwhile by another sender
+            maybe_crash("outbox.sending")
+            try:
+                refused = transport.send(row.sender, row.recipients, raw, row.message_id)
+            except DeliveryError as exc:
+                with bot.store.transaction():
+                    if exc.server_down:
+                        bot.store.mark_unsent(row.id, str(exc))  # not this mail's fault: no backoff
+                    elif exc.permanent:
+                        bot.store.mark_failed(row.id, now, str(exc))
+                        escalate_delivery_failure(bot, row, exc.detail())
+                    else:
+                        delay = timedelta(seconds=min(3600, 60 * 2 ** min(row.attempts, 6)))
+                        bot.store.mark_retry(row.id, now + delay, str(exc))
+                # A server's answer may quote the address it refuses: addresses stay out of logs.
+                said = scrub_addresses(str(exc), row.recipients)
+                log.warning("delivery of %s failed: %s", row.message_id, said)
+                if not exc.permanent:
+                    errors.append(said)
+                    break  # the server is down: the rest waits for the next pass
+                continue
+            maybe_crash("smtp.accepted")  # the window bot/flows/delivery.py explains
+            with bot.store.transaction():
+                bot.store.mark_sent(row.id, bot.clock())
+                if refused:  # some recipients refused, the rest accepted: see bot/flows/refusals.py
+                    from bot.flows.refusals import handle_refused
+
+                    handle_refused(bot, row, refused)
+            maybe_crash("outbox.sent")
+            log.debug("sent %s (%s) to %d recipients", row.message_id, row.kind, len(row.recipients))
+            sent += 1
+    finally:
+        transport.close()
+    return sent, errors

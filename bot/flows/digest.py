@@ -17,7 +17,7 @@ from typing import Any
 from bot.core.cases import WAITING, State
 from bot.faults import maybe_crash
 from bot.flows.runtime import Bot
-from bot.adapters.store import now_iso
+from bot.core.rows import now_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -146,7 +146,7 @@ def digest_command(bot: Bot, print_only: bool) -> int:
         subject, body = render_digest(bot)
         sys.stdout.write(f"Subject: {subject}\n\n{body}")
         return 0
-    from bot.app.jobs import flush_outbox_once
+    from bot.flows.delivery import flush_outbox_once
     from bot.flows.runtime import pass_lock
 
     with pass_lock(bot.cfg, wait=True):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.core import cases as sm
 from bot.core.cases import State
+from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 _AREAS = ("dkim", "dmarc", "spf", "alignment")
 
@@ -71,3 +73,28 @@ def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
         "decide_hint": hint,
         "diagnoses": diagnoses,
     }
+
+
+def escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[str] | None = None) -> None:
+    """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
+
+    ``error`` is the server's answer, shown to staff and kept in the event (both may name
+    addresses; the log may not).
+    """
+    if row.kind.startswith("staff_"):
+        return  # never escalate an escalation: that is how mail loops start
+    for case_id in row.case_ids:
+        case = bot.store.get_case(case_id)
+        now = bot.clock()
+        if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
+            case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
+                                         resume_state=case.state)
+        bot.store.add_event(case.id, now, "delivery_failed", detail={
+            "message_id": row.message_id, "error": error, "recipients": recipients or row.recipients})
+        enqueue_mail(bot, "staff_escalation", [case], {
+            "reason_title": "mail to the facility was rejected",
+            "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
+                      f"rejected permanently:\n{error}",
+            "decide_hint": "Find a working address for the facility and run 'dkimbot resend'.",
+            "diagnoses": [],
+        }, staff_only=True)

@@ -62,7 +62,7 @@ def _txt_rdata(value: str) -> Any:
     import dns.rdatatype
     from dns.rdtypes.ANY.TXT import TXT
 
-    from bot.adapters.keys import split_txt_strings
+    from bot.core.records import split_txt_strings
 
     return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [s.encode() for s in split_txt_strings(value)])
 

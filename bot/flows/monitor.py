@@ -27,27 +27,14 @@ from bot.flows.backoff import (
     note_success,
     record_check_crash,
 )
-from bot.core.cases import Event, State
+from bot.core.cases import Event, State, classify_watch
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 
 JST = ZoneInfo("Asia/Tokyo")
-
-
-def classify_watch(state: State, dkim: Any, *, now: datetime, since: datetime,
-                   grace: timedelta) -> Event:
-    """Pure: a watched case's DKIM area (all selectors folded) → the event it means."""
-    codes = [d.code for d in dkim.diagnoses]
-    if "dns_error" in codes:
-        return Event.DNS_ERROR  # no clean answer: never start or advance the countdown
-    if dkim.ok:
-        return Event.DKIM_OK
-    if state == State.DKIM_LOST and now >= since + grace:
-        return Event.GRACE_EXPIRED
-    return Event.DKIM_GONE
 
 
 def grace_deadline(case: CaseRow, grace: timedelta) -> datetime:
@@ -68,7 +55,8 @@ def monitor_due_once(bot: Bot) -> int:
         return 0
     # After the due check: keyplan imports the key module (cryptography), which an
     # idle cron pass does not need (benchmarks/bench_startup.py).
-    from bot.checks.keyplan import check_dkim_each, expected_keys
+    from bot.checks.keyplan import check_dkim_each
+    from bot.flows.selectors import expected_keys
 
     client = bot.dns_client()
     results: dict[tuple[str, tuple[str, ...]], dict[str, Any] | Exception] = {}

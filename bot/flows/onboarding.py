@@ -17,10 +17,11 @@ from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
-from bot.checks.lookahead import looked_for_reply
 from bot.core.replies import read_reply
+from bot.flows.matching import existing_case, reply_target
+from bot.flows.prepare import looked_for_reply
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 if TYPE_CHECKING:
     from bot.flows.prepare import Prepared
@@ -28,19 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("dkimbot")
 
 
-def _reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
-    for ref in parsed.case_refs:
-        case = bot.store.find_case(ref)
-        if case is not None:
-            return case
-    ids = [i for i in [parsed.in_reply_to, *reversed(parsed.references)] if i]
-    return bot.store.case_for_message_id(ids) if ids else None
-
-
-def _decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> str:
+def decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
-    target = _reply_target(bot, parsed)
+    target = reply_target(bot, parsed)
     if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
         handle_request(bot, parsed, target, prepared)
         return f"request: {len(parsed.facilities)} facilities"
@@ -94,24 +86,9 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
     )
 
 
-def _existing_case(bot: Bot, facility: Any, requester: str | None, target: CaseRow | None) -> CaseRow | None:
-    """The case a request continues: a repeat of an active one, or a needs_info one completed."""
-    if target is not None and target.state == State.NEEDS_INFO:
-        return target
-    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE) + (State.COMPLETED.value,))
-    name = facility.facility_name
-    for c in candidates:
-        if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
-            return c
-    for c in candidates:
-        if c.state == State.NEEDS_INFO and requester and c.requester == requester and name and c.facility == name:
-            return c
-    return None
-
-
 def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list[str]:
     """Facilities of one domain share one key: reuse the domain's live selector(s)."""
-    from bot.adapters.keys import render_selector
+    from bot.core.records import render_selector
 
     for c in bot.store.cases_for_domain(domain):
         if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
@@ -123,7 +100,7 @@ def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list
             bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
         return list(ready.selectors)
     # Not foreseen by the prepare phase (the store changed meanwhile): choose here.
-    from bot.checks.keyplan import choose_selector
+    from bot.flows.selectors import choose_selector
 
     cfg = bot.cfg
     now = bot.clock()
@@ -139,7 +116,7 @@ def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list
     maybe_crash("key.written")
     bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
     if cfg.keys.ed25519 and algorithm != "ed25519":
-        from bot.adapters.keys import ed25519_selector
+        from bot.core.records import ed25519_selector
 
         ed_sel = ed25519_selector(selector)
         ed = bot.keystore.load_or_create(domain, ed_sel, "ed25519", 256)
@@ -194,7 +171,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
             facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
             contact_phone=f.contact_phone, admin_email=f.admin_email,
         )
-        existing = _existing_case(bot, f, requester, target)
+        existing = existing_case(bot, f, requester, target)
         if f.problems:
             problems = [
                 {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,

@@ -36,7 +36,9 @@ from typing import Any
 
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.records import dkim_box, ed25519_selector, render_selector
 from bot.faults import maybe_crash
+from bot.flows.matching import existing_case, reply_target
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -81,10 +83,7 @@ class Prepared:
 
 def _records(domain: str, keys: list[Any]) -> list[dict[str, str]]:
     """The record boxes ``compose.key_records`` would give for these keys once recorded."""
-    from bot.flows.compose import _record_box
-
-    return [_record_box(domain, f"{k.selector}._domainkey.{domain}",
-                        f"v=DKIM1; k={k.algorithm}; p={k.public_b64}") for k in keys]
+    return [dkim_box(domain, k.selector, k.algorithm, k.public_b64) for k in keys]
 
 
 def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
@@ -97,8 +96,7 @@ def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
 
 def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
     """Choose a new selector for ``domain`` (asks DNS) and create its key file(s)."""
-    from bot.checks.keyplan import choose_selector
-    from bot.adapters.keys import ed25519_selector, render_selector
+    from bot.flows.selectors import choose_selector
 
     cfg = bot.cfg
     algorithm = cfg.keys.algorithm
@@ -118,18 +116,16 @@ def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
 
 
 def prepare_message(bot: Bot, parsed: Any) -> Prepared:
-    """Do the I/O ``onboarding._decide_message`` will need for ``parsed``; no transaction.
+    """Do the I/O ``onboarding.decide_message`` will need for ``parsed``; no transaction.
 
-    Mirrors the branches of ``_decide_message``/``handle_request`` closely enough to
+    Mirrors the branches of ``decide_message``/``handle_request`` closely enough to
     foresee the usual case; a step that fails here is logged and left to the decision,
     which then does it in place (and fails the message there, as before, if it must).
     """
-    from bot.flows.onboarding import _existing_case, _reply_target
-
     out = Prepared()
     if parsed.no_reply_reason or not parsed.facilities:
         return out
-    target = _reply_target(bot, parsed)
+    target = reply_target(bot, parsed)
     if not (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
         return out
     cfg = bot.cfg
@@ -145,7 +141,7 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
         if sm.classify_domain(domain, freemail=cfg.service.freemail_domains,
                               own=[*cfg.service.own_domains, cfg.bot_domain]):
             continue
-        existing = _existing_case(bot, f, requester, target)
+        existing = existing_case(bot, f, requester, target)
         resend = existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain
         if not resend and domain not in assigned:
             try:
@@ -156,9 +152,7 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
         if not resend:
             assigned.add(domain)
         if domain not in out.seen:
-            from bot.checks.lookahead import look_bounded
-
-            out.seen[domain] = look_bounded(cfg, domain)
+            out.seen[domain] = look_at(bot, domain)
     return out
 
 
@@ -172,10 +166,7 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> No
         selectors, records = pk.selectors, _records(domain, pk.keys)
     else:
         stored = {k["selector"]: k for k in bot.store.domain_keys(domain)}
-        from bot.flows.compose import _record_box
-
-        records = [_record_box(domain, f"{s}._domainkey.{domain}",
-                               f"v=DKIM1; k={stored[s]['algorithm']}; p={stored[s]['public_b64']}")
+        records = [dkim_box(domain, s, stored[s]["algorithm"], stored[s]["public_b64"])
                    for s in selectors if s in stored]
     if not bot.cfg.dns.managed_nameservers:
         return
@@ -187,3 +178,29 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> No
     from bot.flows.managed import publish_for_domain
 
     out.managed[domain] = (list(selectors), publish_for_domain(bot, domain, records))
+
+
+def look_at(bot: Bot, domain: str) -> Any:
+    """What the domain's DNS holds before the first reply (``lookahead.look_bounded``:
+    a fresh client, within 3 × [dns] timeout; None when it failed or took too long)."""
+    from bot.checks import lookahead
+
+    return lookahead.look_bounded(bot.dns_client(), bot.cfg.service, domain,
+                                  lookahead.look_budget(bot.cfg.dns.timeout))
+
+
+def looked_for_reply(bot: Bot, case: Any, records: list[dict[str, str]], seen: dict[str, Any]) -> dict[str, Any]:
+    """The request_reply item keys for one case, looking at its domain once per mail
+    (``seen`` caches per domain) and recording what was seen in the case's events."""
+    from bot.checks import lookahead
+
+    domain = case.domain or ""
+    if domain not in seen:
+        seen[domain] = look_at(bot, domain)
+    found = seen[domain]
+    now = bot.clock()
+    if found is None:
+        bot.store.add_event(case.id, now, "dns_lookahead", detail={"domain": domain, "ok": False})
+        return lookahead.reply_context(None, records)
+    bot.store.add_event(case.id, now, "dns_lookahead", detail={"ok": True, **found.to_event()})
+    return lookahead.reply_context(found, records)

@@ -43,7 +43,7 @@ from bot.flows.compose import enqueue_mail
 from bot.config import Config
 from bot.adapters.mailout import LOOP_HEADER
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow, now_iso, parse_iso
+from bot.core.rows import CaseRow, now_iso, parse_iso
 
 log = logging.getLogger("dkimbot")
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.adapters.store import now_iso
+from bot.core.rows import now_iso
 
 log = logging.getLogger("dkimbot")
 

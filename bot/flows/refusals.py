@@ -6,7 +6,7 @@ the mail still "goes out": without this module the row was marked sent and the f
 never heard from us. Here, in the same transaction that marks the row sent:
 
 - a 5xx for a facility address escalates the case to staff with the server's answer
-  (``jobs._escalate_delivery_failure``'s mail, naming the refused address);
+  (``escalation.escalate_delivery_failure``'s mail, naming the refused address);
 - a 4xx goes into a new outbox row for the refused addresses only, so nobody who already
   has the mail (staff, the other contact) gets it twice. The row needs its own
   Message-ID (the outbox keys on it); In-Reply-To/References stay, so it threads the same.
@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from bot.adapters.mailout import Refused, describe_refused, new_message_id
+from bot.flows.escalation import escalate_delivery_failure
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -57,8 +58,6 @@ def handle_refused(bot: Bot, row: Any, refused: Refused) -> None:
 
     Runs inside the caller's transaction (the one that marks the row sent).
     """
-    from bot.app.jobs import _escalate_delivery_failure
-
     if not refused:
         return
     now = bot.clock()
@@ -75,7 +74,7 @@ def handle_refused(bot: Bot, row: Any, refused: Refused) -> None:
         })
     escalated = bool(facility_bounced) and not row.kind.startswith("staff_")
     if escalated:
-        _escalate_delivery_failure(bot, row, describe_refused(facility_bounced),
+        escalate_delivery_failure(bot, row, describe_refused(facility_bounced),
                                    recipients=list(facility_bounced))
     refs = ",".join(bot.store.get_case(c).ref or str(c) for c in row.case_ids) or "-"
     codes = ",".join(sorted({str(code) for code, _ in refused.values()}))

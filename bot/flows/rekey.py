@@ -26,7 +26,7 @@ from typing import Any
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow, now_iso
+from bot.core.rows import CaseRow, now_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -58,8 +58,8 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     new selector and queue the mail with the new record. Runs in the caller's transaction
     when there is one; returns the updated cases."""
     from bot.flows.compose import enqueue_mail, key_records
-    from bot.checks.keyplan import choose_selector
-    from bot.adapters.keys import render_selector
+    from bot.flows.selectors import choose_selector
+    from bot.core.records import render_selector
 
     if not _waiting_for_dkim(case):
         raise RekeyError(f"{case.ref} is {case.state}; a new key is only made before the DKIM step "

@@ -14,7 +14,7 @@ from typing import Any
 from bot.core.cases import State
 from bot.adapters.dnsclient import AreaResult, CheckReport, Diagnosis
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow
+from bot.core.rows import CaseRow
 
 WAITING_FOR = {
     State.NEEDS_INFO: "お申し込み内容のご記入",
@@ -43,7 +43,7 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     """Template context for ``reminder`` (besides what ``enqueue_mail`` adds)."""
     from bot.flows.compose import key_records
     from bot.flows.escalation import last_check
-    from bot.flows.rechecks import _dmarc_context, _fix_boxes
+    from bot.flows.checkmail import dmarc_context, fix_boxes
 
     state = State(case.state)
     ctx: dict[str, Any] = {"reminder_number": number, "waiting_for": WAITING_FOR[state],
@@ -62,10 +62,10 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     elif state == State.AWAITING_DMARC:
         if report is None:
             report = _report_from_evidence({})
-        dmarc = _dmarc_context(bot, case, report)
+        dmarc = dmarc_context(bot, case, report)
         ctx["records"] = [dmarc["box"]]
         ctx["diagnoses"] = _shown(report.dmarc.diagnoses)
     elif state == State.AWAITING_FINAL and report is not None:
-        ctx["records"] = _fix_boxes(report, case)
+        ctx["records"] = fix_boxes(report, case)
         ctx["diagnoses"] = _shown([d for _, a in report.areas() for d in a.diagnoses])
     return ctx

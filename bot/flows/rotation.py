@@ -26,7 +26,7 @@ from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
-from bot.adapters.store import CaseRow, now_iso
+from bot.core.rows import CaseRow, now_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -104,8 +104,8 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
 
     A failed rotation of the domain is retried (same new key) instead of making another.
     """
-    from bot.checks.keyplan import choose_selector
-    from bot.adapters.keys import ed25519_selector, render_selector
+    from bot.flows.selectors import choose_selector
+    from bot.core.records import ed25519_selector, render_selector
 
     cfg = bot.cfg
     now = bot.clock()
@@ -172,7 +172,8 @@ def rotation_once(bot: Bot) -> int:
 
 
 def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
-    from bot.checks.keyplan import check_dkim_each, expected_keys, fold_dkim
+    from bot.checks.keyplan import check_dkim_each, fold_dkim
+    from bot.flows.selectors import expected_keys
 
     cfg = bot.cfg
     now = bot.clock()

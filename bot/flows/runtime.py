@@ -72,7 +72,7 @@ class Bot:
         return self._keystore
 
     def dns_client(self) -> Any:
-        from bot.checks.dnscheck import DnsClient
+        from bot.adapters.dnsclient import DnsClient
 
         return DnsClient(self.cfg.dns)
 

@@ -1,0 +1,38 @@
+"""A case's selectors against the store and the key files: which selector a new key
+gets (``keyplan.choose_selector`` asks DNS; here we add what the bot already holds), and
+which public key each selector of a case is expected to publish."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bot.flows.runtime import Bot
+
+
+def own_key(bot: Bot, domain: str, selector: str) -> str | None:
+    """Our public key for ``domain``/``selector``: recorded, or a key file a crash left."""
+    for k in bot.store.domain_keys(domain):
+        if k["selector"] == selector:
+            return str(k["public_b64"])
+    key = bot.keystore.get(domain, selector) if bot.keystore.exists(domain, selector) else None
+    return key.public_b64 if key is not None else None
+
+
+def choose_selector(bot: Bot, domain: str, base: str, *, with_ed25519: bool,
+                    exclude: Iterable[str] = ()) -> str:
+    """``keyplan.choose_selector`` through a fresh DNS client, our own keys not counted as taken."""
+    from bot.checks import keyplan
+
+    return keyplan.choose_selector(bot.dns_client(), domain, base, with_ed25519=with_ed25519,
+                                   exclude=exclude, own_key=lambda sel: own_key(bot, domain, sel))
+
+
+def expected_keys(bot: Bot, domain: str, selectors: Iterable[str]) -> dict[str, str]:
+    """selector → stored public key; LookupError for a selector the bot has no key for."""
+    stored = {k["selector"]: str(k["public_b64"]) for k in bot.store.domain_keys(domain)}
+    out: dict[str, str] = {}
+    for sel in selectors:
+        if sel not in stored:
+            raise LookupError(f"no stored key for {domain}/{sel}")
+        out[sel] = stored[sel]
+    return out

@@ -1,0 +1,289 @@
+"""The layout's rules (DESIGN.md "Layers"), checked by reading every module's imports.
+
+Every ``import``/``from … import`` in ``bot/`` counts, at module level and inside
+functions alike (a function-level import is still a dependency; it only runs later).
+The rules:
+
+* no import circle between modules;
+* no import from a higher layer into a lower one:
+  base (config, faults) < core < checks, adapters < flows < app;
+  checks and adapters are siblings and never import each other (a check reaches DNS
+  through ``bot.core.dnsresults.DnsLookup``, a Protocol the adapter's client satisfies);
+* no ``from x import _name`` of another module's private name;
+* ``bot/core`` does no I/O: it imports none of the I/O modules and writes no file;
+* only ``bot/core/records.py`` writes a ``v=DKIM1`` record.
+
+Each rule is a function over a parsed module set, so the tests below also feed it a
+deliberate violation and check that it is caught (a rule that cannot fail proves nothing).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT = ROOT / "bot"
+
+# The layer of each top-level part of ``bot``; a module's layer is its package's.
+LAYERS = {"config": 0, "faults": 0, "core": 1, "checks": 2, "adapters": 2, "flows": 3, "app": 4,
+          "__main__": 4, "__init__": 0}
+# Same rank, still forbidden: checks judge DNS answers without the I/O layer (and the
+# adapters never need a check).
+SIBLINGS_APART = {("checks", "adapters"), ("adapters", "checks")}
+
+IO_MODULES = ("sqlite3", "smtplib", "imaplib", "imapclient", "socket", "subprocess", "fcntl",
+              "dns.resolver", "dns.query", "dns.update", "shutil", "tempfile")
+WRITE_METHODS = ("write_text", "write_bytes", "unlink", "mkdir", "rename", "chmod", "touch", "symlink_to")
+# os.<name>(...) calls that change files (str.replace is not one; os.replace is).
+OS_WRITES = ("replace", "rename", "write", "open", "remove", "unlink", "makedirs", "mkdir", "chmod",
+             "fsync", "system", "popen")
+RECORD_MODULE = "bot.core.records"
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str      # the importing module, e.g. "bot.flows.rechecks"
+    target: str      # the module imported from, e.g. "bot.core.cases"
+    name: str | None  # the name taken by ``from target import name``; None for ``import target``
+    line: int
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def parse_modules(root: Path) -> dict[str, ast.Module]:
+    return {module_name(p, root): ast.parse(p.read_text(encoding="utf-8"), str(p))
+            for p in sorted((root / "bot").rglob("*.py"))}
+
+
+def imports_of(name: str, tree: ast.Module, is_package: bool = False) -> list[Import]:
+    """Every import in ``tree`` (ast.walk: function bodies and ``if TYPE_CHECKING`` too)."""
+    package = name if is_package else name.rpartition(".")[0]
+    out: list[Import] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [Import(name, a.name, None, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out += [Import(name, target, a.name, node.lineno) for a in node.names]
+    return out
+
+
+def all_imports(modules: dict[str, ast.Module]) -> list[Import]:
+    out: list[Import] = []
+    for name, tree in modules.items():
+        out += imports_of(name, tree, is_package=name.count(".") == 0 or name.endswith("__init__"))
+    return out
+
+
+def resolve(imp: Import, modules: dict[str, ast.Module]) -> str | None:
+    """The bot module ``imp`` depends on (``from bot.adapters import signer`` → the signer)."""
+    if imp.name and f"{imp.target}.{imp.name}" in modules:
+        return f"{imp.target}.{imp.name}"
+    return imp.target if imp.target in modules else None
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def graph(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for imp in all_imports(modules):
+        target = resolve(imp, modules)
+        if target and target != imp.module:
+            edges[imp.module].add(target)
+    return edges
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def upward_imports(modules: dict[str, ast.Module]) -> list[str]:
+    bad = []
+    for imp in all_imports(modules):
+        target = resolve(imp, modules)
+        if target is None:
+            continue
+        a, b = layer_of(imp.module), layer_of(target)
+        if LAYERS[b] > LAYERS[a] or (a, b) in SIBLINGS_APART:
+            bad.append(f"{imp.module}:{imp.line} imports {target} ({a} may not import {b})")
+    return bad
+
+
+def private_imports(modules: dict[str, ast.Module]) -> list[str]:
+    return [f"{imp.module}:{imp.line} imports {imp.target}.{imp.name}"
+            for imp in all_imports(modules)
+            if imp.name and imp.name.startswith("_") and not imp.name.startswith("__")
+            and imp.target.startswith("bot") and imp.target != imp.module]
+
+
+def core_io(modules: dict[str, ast.Module]) -> list[str]:
+    """I/O imports and file writes in ``bot.core``."""
+    bad = []
+    for name, tree in modules.items():
+        if layer_of(name) != "core":
+            continue
+        for imp in imports_of(name, tree):
+            full = f"{imp.target}.{imp.name}" if imp.name else imp.target
+            if any(full == io or full.startswith(io + ".") or imp.target == io
+                   or imp.target.startswith(io + ".") for io in IO_MODULES):
+                bad.append(f"{name}:{imp.line} imports {full}")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "open":
+                mode = node.args[1] if len(node.args) > 1 else next(
+                    (k.value for k in node.keywords if k.arg == "mode"), None)
+                if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)
+                        and set(mode.value) <= {"r", "b", "t"}):
+                    bad.append(f"{name}:{node.lineno} open() for writing (or mode not a plain read)")
+            elif (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                  and func.value.id == "os" and func.attr in OS_WRITES):
+                bad.append(f"{name}:{node.lineno} calls os.{func.attr}()")
+            elif isinstance(func, ast.Attribute) and func.attr in WRITE_METHODS:
+                bad.append(f"{name}:{node.lineno} calls .{func.attr}()")
+            elif isinstance(func, ast.Attribute) and func.attr == "open" and node.args:
+                mode = node.args[0]
+                if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)
+                        and set(mode.value) <= {"r", "b", "t"}):
+                    bad.append(f"{name}:{node.lineno} .open() for writing")
+    return bad
+
+
+def dkim_record_builders(modules: dict[str, ast.Module]) -> list[str]:
+    """f-strings that write ``v=DKIM1`` outside the one record module."""
+    bad = []
+    for name, tree in modules.items():
+        if name == RECORD_MODULE:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr) and any(
+                    isinstance(v, ast.Constant) and "v=DKIM1;" in str(v.value) for v in node.values):
+                bad.append(f"{name}:{node.lineno}")
+    return bad
+
+
+# ------------------------------------------------------------------------ the rules on bot/
+
+
+@pytest.fixture(scope="module")
+def modules() -> dict[str, ast.Module]:
+    return parse_modules(ROOT)
+
+
+def test_every_module_is_in_a_layer(modules: dict[str, ast.Module]) -> None:
+    assert {layer_of(m) for m in modules} <= set(LAYERS)
+
+
+def test_no_import_circles(modules: dict[str, ast.Module]) -> None:
+    assert circles(graph(modules)) == []
+
+
+def test_no_upward_imports(modules: dict[str, ast.Module]) -> None:
+    assert upward_imports(modules) == []
+
+
+def test_no_private_names_across_modules(modules: dict[str, ast.Module]) -> None:
+    assert private_imports(modules) == []
+
+
+def test_core_does_no_io(modules: dict[str, ast.Module]) -> None:
+    assert core_io(modules) == []
+
+
+def test_one_place_writes_a_dkim_record(modules: dict[str, ast.Module]) -> None:
+    assert RECORD_MODULE in modules
+    assert dkim_record_builders(modules) == []
+
+
+# ------------------------------------------------------------ the rules catch a violation
+
+
+def _with(modules: dict[str, ast.Module], name: str, source: str) -> dict[str, ast.Module]:
+    return {**modules, name: ast.parse(source)}
+
+
+def test_a_circle_through_a_function_level_import_is_caught(modules: dict[str, ast.Module]) -> None:
+    bad = _with(modules, "bot.core.cases", ast.unparse(modules["bot.core.cases"])
+                + "\ndef f():\n    from bot.core.records import dkim_record\n")
+    bad = _with(bad, "bot.core.records", ast.unparse(modules["bot.core.records"])
+                + "\ndef g():\n    from bot.core import cases\n")
+    assert ["bot.core.cases", "bot.core.records"] in circles(graph(bad))
+
+
+def test_an_upward_import_is_caught(modules: dict[str, ast.Module]) -> None:
+    bad = _with(modules, "bot.checks.spf", ast.unparse(modules["bot.checks.spf"])
+                + "\ndef f():\n    from bot.flows.compose import enqueue_mail\n")
+    assert any("bot.checks.spf" in b and "bot.flows.compose" in b for b in upward_imports(bad))
+    sibling = _with(modules, "bot.checks.dmarc", "from bot.adapters.dnsclient import DnsClient\n")
+    assert any("bot.checks.dmarc" in b for b in upward_imports(sibling))
+    relative = _with(modules, "bot.core.cases", "from ..flows import runtime\n")
+    assert any("bot.flows.runtime" in b for b in upward_imports(relative))
+
+
+def test_a_private_import_is_caught(modules: dict[str, ast.Module]) -> None:
+    bad = _with(modules, "bot.flows.rechecks", "def f():\n    from bot.flows.compose import _secret\n")
+    assert private_imports(bad) == ["bot.flows.rechecks:2 imports bot.flows.compose._secret"]
+
+
+@pytest.mark.parametrize("source", [
+    "import sqlite3\n", "from socket import create_connection\n", "import dns.resolver\n",
+    "from dns import query\n", "def f():\n    import subprocess\n",
+    "def f(p):\n    p.write_text('x')\n", "def f():\n    open('x', 'w')\n",
+    "def f(m):\n    open('x', m)\n", "def f(p):\n    p.open('a')\n",
+    "import os\ndef f():\n    os.replace('a', 'b')\n",
+])
+def test_io_in_core_is_caught(modules: dict[str, ast.Module], source: str) -> None:
+    assert core_io(_with(modules, "bot.core.cases", source))
+
+
+def test_a_second_dkim_record_builder_is_caught(modules: dict[str, ast.Module]) -> None:
+    bad = _with(modules, "bot.flows.compose", "def f(a, p):\n    return f'v=DKIM1; k={a}; p={p}'\n")
+    assert dkim_record_builders(bad) == ["bot.flows.compose:2"]
