@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
+    sub.add_parser("doctor", help="check every connection and permission against the real servers, changing nothing")
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     return p
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, state_dir=args.state_dir)
     except ConfigError as exc:
+        if args.command == "doctor":  # the doctor's first line: the config, with the fix
+            print(f"✖ config: {exc} — fix: correct the file; every other check needs it")
         print(f"dkimbot: {exc}", file=sys.stderr)
         return 2
     try:
@@ -96,6 +99,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return sign_filter(cfg, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
     if args.command == "check":
         return _check(cfg, args)
+    if args.command == "doctor":
+        from bot.app.doctor import run_doctor
+
+        return run_doctor(cfg, sys.stdout)
     from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
 
     if args.command == "run":

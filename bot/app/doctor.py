@@ -1,0 +1,370 @@
+"""``dkimbot doctor``: before go-live, every connection and permission the bot needs,
+checked against the real servers, one line each with ✔/✖ and the fix.
+
+Nothing is changed anywhere: IMAP is opened with EXAMINE (read-only), SMTP gets EHLO,
+STARTTLS and AUTH but no MAIL FROM, the TSIG key is tried with an RFC 2136 update that
+holds only a prerequisite ("the zone's SOA exists") and no change, the signer's files are
+opened for appending and closed unwritten (a temporary file is made and removed beside
+them), stored keys are decrypted in memory only. The reload command is run, since a
+signer that cannot be reloaded is what the operator needs to know before go-live.
+
+The system clock is compared with what a server said its time was: the time in a TSIG
+-signed DNS answer (BIND signs its answer with its own clock) and a date in the SMTP
+greeting when the server gives one (Sendmail, Exim do; Postfix, aiosmtpd do not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import smtplib
+import ssl
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot.config import Config
+
+log = logging.getLogger("dkimbot")
+
+# More than this between our clock and a server's is worth fixing: DKIM signatures carry
+# t= and x=, TSIG refuses beyond 300 s, and the schedule's "due" times drift.
+MAX_CLOCK_SKEW_SECONDS = 60.0
+# Decrypting a key is slow by design (PBKDF); a few hundred cover a real check.
+MAX_KEYS_TRIED = 200
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool | None  # None: does not apply to this configuration
+    name: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {True: "✔", False: "✖", None: "–"}[self.ok]
+        text = f"{mark} {self.name}: {self.detail}"
+        return f"{text} — fix: {self.fix}" if self.ok is False and self.fix else text
+
+
+@dataclass
+class Doctor:
+    """Runs the checks in order; the servers' clock readings are gathered on the way."""
+
+    cfg: Config
+    clocks: list[tuple[str, datetime]] = field(default_factory=list)
+
+    def run(self) -> list[Finding]:
+        checks: list[tuple[str, Callable[[], list[Finding]]]] = [
+            ("config", self.check_config),
+            ("IMAP", self.check_intake),
+            ("proof mailbox", self.check_proof),
+            ("SMTP", self.check_smtp),
+            ("DNS", self.check_resolvers),
+            ("TSIG", self.check_tsig),
+            ("signer", self.check_signer),
+            ("keys", self.check_keys),
+            ("state dir", self.check_state_dir),
+            ("clock", self.check_clock),
+        ]
+        findings: list[Finding] = []
+        for name, check in checks:
+            try:
+                findings.extend(check())
+            except Exception as exc:  # a doctor reports, it never stops half-way
+                log.debug("doctor: %s check failed unexpectedly", name, exc_info=True)
+                findings.append(Finding(False, name, f"the check itself failed: {type(exc).__name__}: {exc}",
+                                        "run with -v for the traceback and report it"))
+        return findings
+
+    # -- config ------------------------------------------------------------
+    def check_config(self) -> list[Finding]:
+        c = self.cfg
+        inbound = (f"imap {c.intake.host}:{c.intake.port}" if c.intake.kind == "imap"
+                   else f"maildir {c.state_path(c.intake.maildir)}")
+        outbound = (f"smtp {c.outbound.host}:{c.outbound.port}" if c.outbound.kind == "smtp"
+                    else f"directory {c.state_path(c.outbound.directory)}")
+        detail = f"{c.source} read; intake {inbound}, outbound {outbound}, state {c.state_dir}"
+        if c.templates_dir is not None:
+            detail += f", templates override {c.templates_dir}"
+        return [Finding(True, "config", detail)]
+
+    # -- IMAP ----------------------------------------------------------------
+    def check_intake(self) -> list[Finding]:
+        i = self.cfg.intake
+        if i.kind == "maildir":
+            path = self.cfg.state_path(i.maildir)
+            return [_writable_dir_finding("intake Maildir", path, "make it a directory the bot's user can write")]
+        return [self._imap("IMAP", i.host, i.port, i.tls, i.username, i.password, i.timeout, i.folder,
+                           "[intake]")]
+
+    def check_proof(self) -> list[Finding]:
+        p = self.cfg.proof
+        if not p.enabled:
+            return [Finding(None, "proof mailbox", "[proof] is off")]
+        return [self._imap("proof mailbox", p.imap_host, p.imap_port, p.imap_tls, p.imap_username,
+                           p.imap_password, p.imap_timeout, p.imap_folder, "[proof]")]
+
+    def _imap(self, name: str, host: str, port: int, tls: str, username: str, password: str,
+              timeout: float, folder: str, section: str) -> Finding:
+        from imapclient.exceptions import IMAPClientError, LoginError  # type: ignore[import-untyped]
+
+        from bot.adapters.intake import connect_imap
+
+        where = f"{host}:{port} ({tls})"
+        try:
+            client = connect_imap(host, port, tls, username, password, timeout)
+        except LoginError as exc:
+            return Finding(False, name, f"{where}: login refused for {username}: {_text(exc)}",
+                           f"check {section} {_key(section, 'username')} and the password "
+                           f"{_key(section, 'password_env')} names")
+        except ssl.SSLError as exc:
+            return Finding(False, name, f"{where}: TLS failed: {exc}",
+                           f"check {section} {_key(section, 'tls')} (ssl on 993, starttls or none on 143) "
+                           "and the server's certificate")
+        except (OSError, IMAPClientError) as exc:
+            return Finding(False, name, f"{where}: cannot connect: {_text(exc)}",
+                           f"check {section} {_key(section, 'host')} and {_key(section, 'port')}, and that "
+                           "the IMAP server runs and is reachable")
+        try:
+            info = client.select_folder(folder, readonly=True)  # EXAMINE: nothing is marked
+            count = info.get(b"EXISTS", "?")
+            return Finding(True, name, f"{where}: login as {username}, EXAMINE {folder} ({count} messages)")
+        except IMAPClientError as exc:
+            return Finding(False, name, f"{where}: EXAMINE {folder} failed: {_text(exc)}",
+                           f"set {section} {_key(section, 'folder')} to a folder that exists (e.g. INBOX)")
+        finally:
+            try:
+                client.logout()
+            except (OSError, IMAPClientError) as exc:
+                log.debug("doctor: IMAP logout: %s", exc)
+
+    # -- SMTP ----------------------------------------------------------------
+    def check_smtp(self) -> list[Finding]:
+        o = self.cfg.outbound
+        if o.kind == "directory":
+            path = self.cfg.state_path(o.directory)
+            return [_writable_dir_finding("outbox directory", path, "make it a directory the bot's user can write")]
+        where = f"{o.host}:{o.port} ({o.tls})"
+        steps: list[str] = []
+        conn: smtplib.SMTP | None = None
+        try:
+            if o.tls == "ssl":
+                conn = smtplib.SMTP_SSL(timeout=o.timeout, context=ssl.create_default_context())
+            else:
+                conn = smtplib.SMTP(timeout=o.timeout)
+            # Connecting here rather than in the constructor keeps the greeting (for the
+            # clock); smtplib takes the TLS server name from _host, which only the
+            # constructor sets.
+            conn._host = o.host  # type: ignore[attr-defined]
+            code, banner = conn.connect(o.host, o.port)
+            if code != 220:
+                return [Finding(False, "SMTP", f"{where}: greeting {code} {_text(banner)}",
+                                "the server is not accepting connections from this host")]
+            self._clock_from_banner(_text(banner))
+            steps.append("connect")
+            code, _ = conn.ehlo()
+            if code != 250:
+                return [Finding(False, "SMTP", f"{where}: EHLO answered {code}", "check the server's HELO rules")]
+            steps.append("EHLO")
+            if o.tls == "starttls":
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+                steps.append("STARTTLS")
+            if o.username:
+                conn.login(o.username, o.password)
+                steps.append(f"AUTH as {o.username}")
+        except smtplib.SMTPAuthenticationError as exc:
+            return [Finding(False, "SMTP", f"{where}: login refused for {o.username}: {exc.smtp_code}",
+                            "check [outbound] username and the password password_env names")]
+        except smtplib.SMTPNotSupportedError as exc:
+            return [Finding(False, "SMTP", f"{where}: after {', '.join(steps)}: {exc}",
+                            "the server does not offer what [outbound] tls/username ask for; change those")]
+        except (OSError, smtplib.SMTPException) as exc:
+            done = f" after {', '.join(steps)}" if steps else ""
+            return [Finding(False, "SMTP", f"{where}: failed{done}: {_text(exc)}",
+                            "check [outbound] host, port and tls, and that the server runs and is reachable")]
+        finally:
+            if conn is not None:
+                try:
+                    conn.quit()
+                except (OSError, smtplib.SMTPException) as exc:
+                    log.debug("doctor: SMTP quit: %s", exc)
+        return [Finding(True, "SMTP", f"{where}: {', '.join(steps)}; nothing sent")]
+
+    def _clock_from_banner(self, banner: str) -> None:
+        m = re.search(r"(?:[A-Z][a-z]{2}, )?\d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [+-]\d{4}", banner)
+        if m:
+            try:
+                self.clocks.append(("the SMTP greeting", parsedate_to_datetime(m.group(0))))
+            except (TypeError, ValueError):
+                log.debug("doctor: SMTP greeting date unreadable: %s", m.group(0))
+
+    # -- DNS -----------------------------------------------------------------
+    def check_resolvers(self) -> list[Finding]:
+        from bot.adapters.dnsprobe import probe_resolvers
+
+        return [Finding(ok, "DNS resolver", detail, fix) for ok, detail, fix in probe_resolvers(self.cfg)]
+
+    def check_tsig(self) -> list[Finding]:
+        from bot.adapters.dnsprobe import probe_update
+
+        result = probe_update(self.cfg)
+        if result.server_time is not None:
+            self.clocks.append((f"the update server {result.server} (TSIG)", result.server_time))
+        return [Finding(result.ok, "TSIG update", result.detail, result.fix)]
+
+    # -- signer, keys, state --------------------------------------------------
+    def check_signer(self) -> list[Finding]:
+        from bot.adapters.signer import SignerInstallError, keys_dir, run_reload
+
+        s = self.cfg.signer
+        out = [_writable_file_finding("signer KeyTable", self.cfg.state_path(s.keytable)),
+               _writable_file_finding("signer SigningTable", self.cfg.state_path(s.signingtable)),
+               _writable_dir_finding("signer keys dir", keys_dir(self.cfg),
+                                     "make it a directory the bot's user can write (the signer only reads it)")]
+        if not s.reload_command.strip():
+            out.append(Finding(None, "signer reload", "no [signer] reload_command (the signer rereads its tables itself)"))
+            return out
+        try:
+            run_reload(self.cfg)
+            out.append(Finding(True, "signer reload", f"`{s.reload_command}` succeeded"))
+        except SignerInstallError as exc:
+            out.append(Finding(False, "signer reload", str(exc),
+                               "run [signer] reload_command by hand as the bot's user and fix what it says"))
+        return out
+
+    def check_keys(self) -> list[Finding]:
+        from bot.adapters.keys import KeyStoreError, load_private_pem
+
+        folder = self.cfg.state_dir / "keys"
+        files = sorted(folder.glob("*/*.pem")) if folder.is_dir() else []
+        if not files:
+            return [Finding(True, "stored keys", f"none yet under {folder}")]
+        passphrase = self.cfg.keys.passphrase
+        plain = 0
+        tried = files[:MAX_KEYS_TRIED]
+        for path in tried:
+            what = f"{path.parent.name} selector {path.stem}"
+            try:
+                data = path.read_bytes()
+                load_private_pem(data, passphrase, what=what)
+            except KeyStoreError as exc:
+                return [Finding(False, "stored keys", str(exc),
+                                "set the environment variable named by [keys] passphrase_env to the passphrase "
+                                "the keys were stored with")]
+            except OSError as exc:
+                return [Finding(False, "stored keys", f"cannot read {path}: {exc.strerror}",
+                                "run the bot as the user that owns the state directory")]
+            plain += b"ENCRYPTED" not in data[:64]
+        how = "decrypt with the passphrase" if passphrase else "read (no passphrase configured: stored unencrypted)"
+        detail = f"{len(tried)} of {len(files)} key files {how}"
+        if passphrase and plain:
+            detail += f"; {plain} were stored before the passphrase was set and are not encrypted"
+        return [Finding(True, "stored keys", detail)]
+
+    def check_state_dir(self) -> list[Finding]:
+        state = self.cfg.state_dir
+        if not state.exists():
+            parent = _nearest_existing(state)
+            if not _can_create_in(parent):
+                return [Finding(False, "state dir", f"{state} does not exist and {parent} is not writable",
+                                f"create {state} (mode 0700) owned by the bot's user")]
+            return [Finding(True, "state dir", f"{state} will be made (mode 0700) by the first pass")]
+        problems = []
+        for path in [state, state / "dkimbot.sqlite3", state / "keys"]:
+            if path.exists():
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & 0o077:
+                    problems.append(f"{path} is mode {mode:04o}")
+                if path.stat().st_uid != os.geteuid():
+                    problems.append(f"{path} belongs to uid {path.stat().st_uid}, not the bot's {os.geteuid()}")
+        if problems:
+            return [Finding(False, "state dir", "; ".join(problems),
+                            f"chown -R the bot's user {state} && chmod -R go-rwx {state} (it holds private keys)")]
+        if not _can_create_in(state):
+            return [Finding(False, "state dir", f"{state} is not writable", f"make {state} writable by the bot's user")]
+        return [Finding(True, "state dir", f"{state}: only the bot's user can read it, and it can write")]
+
+    def check_clock(self) -> list[Finding]:
+        if not self.clocks:
+            return [Finding(None, "clock", "no server told its time (used: TSIG-signed DNS answers, a date in "
+                                           "the SMTP greeting)")]
+        now = datetime.now(UTC)
+        worst_source, worst = max(((s, (now - t).total_seconds()) for s, t in self.clocks), key=lambda x: abs(x[1]))
+        detail = f"{abs(worst):.0f} s {'ahead of' if worst > 0 else 'behind'} {worst_source}"
+        if abs(worst) > MAX_CLOCK_SKEW_SECONDS:
+            return [Finding(False, "clock", detail, "synchronise the system clock (chrony, systemd-timesyncd)")]
+        others = f" and {len(self.clocks) - 1} more" if len(self.clocks) > 1 else ""
+        return [Finding(True, "clock", f"within {MAX_CLOCK_SKEW_SECONDS:.0f} s: {detail}{others}")]
+
+
+def _key(section: str, key: str) -> str:
+    """The config key's name in its section: [proof] spells its IMAP keys imap_*."""
+    return f"imap_{key}" if section == "[proof]" else key
+
+
+def _text(exc: object) -> str:
+    value = exc.decode("utf-8", "replace") if isinstance(exc, bytes) else str(exc)
+    return " ".join(value.split())[:200] or type(exc).__name__
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_create_in(directory: Path) -> bool:
+    """A real try (a temporary file, removed), not os.access: root passes os.access on an
+    immutable or read-only-mounted directory, and so would a doctor that only asked."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dkimbot-doctor-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def _writable_dir_finding(name: str, path: Path, fix: str) -> Finding:
+    where = path if path.exists() else _nearest_existing(path)
+    if not where.is_dir():
+        return Finding(False, name, f"{where} is not a directory", fix)
+    if not _can_create_in(where):
+        return Finding(False, name, f"cannot create files in {where}", fix)
+    note = "" if where == path else f" (not there yet; {where} lets the bot make it)"
+    return Finding(True, name, f"{path} writable{note}")
+
+
+def _writable_file_finding(name: str, path: Path) -> Finding:
+    """The bot rewrites a table as temp file + rename in its directory, so both the
+    directory and (for an existing table) the file must take writes."""
+    fix = f"make {path} and its directory writable by the bot's user (and readable by the signer)"
+    directory = _writable_dir_finding(name, path.parent, fix)
+    if not directory.ok:
+        return directory
+    if path.exists():
+        try:
+            with open(path, "ab"):  # opened for appending and closed: not a byte written
+                pass
+        except OSError as exc:
+            return Finding(False, name, f"{path}: {exc.strerror}", fix)
+        return Finding(True, name, f"{path} writable")
+    return Finding(True, name, f"{path} will be made by the first key install ({path.parent} writable)")
+
+
+def run_doctor(cfg: Config, out: TextIO) -> int:
+    findings = Doctor(cfg).run()
+    for finding in findings:
+        print(finding.line(), file=out)
+    failed = [f for f in findings if f.ok is False]
+    print(f"{len(failed)} problem(s) found" if failed else "all checks passed", file=out)
+    return 1 if failed else 0
