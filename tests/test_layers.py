@@ -11,7 +11,11 @@ The rules:
   through ``bot.core.dnsresults.DnsLookup``, a Protocol the adapter's client satisfies);
 * no ``from x import _name`` of another module's private name;
 * ``bot/core`` does no I/O: it imports none of the I/O modules and writes no file;
-* only ``bot/core/records.py`` writes a ``v=DKIM1`` record.
+* only ``bot/core/records.py`` writes a ``v=DKIM1`` record;
+* SQL only in the store: no other module imports sqlite3, calls ``.execute``/
+  ``.executemany``/``.executescript`` or reaches past the store to its connection
+  (``store.db``). ``SQL_MODULES`` is the explicit allowlist (a backup tool in
+  ``bot/adapters`` that needs the sqlite3 backup API joins it by name).
 
 Each rule is a function over a parsed module set, so the tests below also feed it a
 deliberate violation and check that it is caught (a rule that cannot fail proves nothing).
@@ -42,6 +46,7 @@ WRITE_METHODS = ("write_text", "write_bytes", "unlink", "mkdir", "rename", "chmo
 OS_WRITES = ("replace", "rename", "write", "open", "remove", "unlink", "makedirs", "mkdir", "chmod",
              "fsync", "system", "popen")
 RECORD_MODULE = "bot.core.records"
+SQL_MODULES = frozenset({"bot.adapters.store"})
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,25 @@ def dkim_record_builders(modules: dict[str, ast.Module]) -> list[str]:
     return bad
 
 
+def sql_outside_store(modules: dict[str, ast.Module]) -> list[str]:
+    bad = []
+    for name, tree in modules.items():
+        if name in SQL_MODULES:
+            continue
+        for imp in imports_of(name, tree):
+            if imp.target == "sqlite3" or imp.target.startswith("sqlite3.") or (
+                    imp.name == "sqlite3"):
+                bad.append(f"{name}:{imp.line} imports sqlite3")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "executescript"):
+                bad.append(f"{name}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Attribute) and node.attr == "db" and (
+                    (isinstance(node.value, ast.Attribute) and node.value.attr == "store")
+                    or (isinstance(node.value, ast.Name) and node.value.id == "store")):
+                bad.append(f"{name}:{node.lineno} store.db")
+    return bad
+
+
 # ------------------------------------------------------------------------ the rules on bot/
 
 
@@ -241,6 +265,10 @@ def test_core_does_no_io(modules: dict[str, ast.Module]) -> None:
 def test_one_place_writes_a_dkim_record(modules: dict[str, ast.Module]) -> None:
     assert RECORD_MODULE in modules
     assert dkim_record_builders(modules) == []
+
+
+def test_sql_only_in_the_store(modules: dict[str, ast.Module]) -> None:
+    assert sql_outside_store(modules) == []
 
 
 # ------------------------------------------------------------ the rules catch a violation
@@ -287,3 +315,12 @@ def test_io_in_core_is_caught(modules: dict[str, ast.Module], source: str) -> No
 def test_a_second_dkim_record_builder_is_caught(modules: dict[str, ast.Module]) -> None:
     bad = _with(modules, "bot.flows.compose", "def f(a, p):\n    return f'v=DKIM1; k={a}; p={p}'\n")
     assert dkim_record_builders(bad) == ["bot.flows.compose:2"]
+
+
+@pytest.mark.parametrize("source", [
+    "import sqlite3\n", "def f(bot):\n    bot.store.db.execute('DELETE FROM cases')\n",
+    "def f(store):\n    return store.db\n", "def f(c):\n    c.executescript('x')\n",
+    "def f(c):\n    c.executemany('x', [])\n",
+])
+def test_sql_outside_the_store_is_caught(modules: dict[str, ast.Module], source: str) -> None:
+    assert sql_outside_store(_with(modules, "bot.flows.rotation", source))

@@ -500,3 +500,116 @@ class Store:
             "UPDATE domain_keys SET installed_at=? WHERE domain=? AND selector=?",
             (now_iso(now), domain, selector),
         )
+
+    def retire_key(self, domain: str, selector: str, now: datetime) -> None:
+        """A key replaced (rotation, rekey): kept for the record, never offered again."""
+        self.db.execute(
+            "UPDATE domain_keys SET retired_at=? WHERE domain=? AND selector=?",
+            (now_iso(now), domain, selector),
+        )
+
+    # -- meta (beyond get/set) --------------------------------------------------------------
+
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+
+    # -- reports over events and the outbox (digest, rate limit, cli) -----------------------
+
+    def events_since(self, since: datetime) -> list[dict[str, Any]]:
+        """Every event at or after ``since`` with its case's ref, oldest first."""
+        rows = self.db.execute(
+            "SELECT e.*, c.ref FROM events e LEFT JOIN cases c ON c.id = e.case_id "
+            "WHERE e.at >= ? ORDER BY e.id", (now_iso(since),),
+        ).fetchall()
+        return [dict(r, detail=json.loads(r["detail"])) for r in rows]
+
+    def delivery_problems(self, since: datetime) -> list[dict[str, Any]]:
+        """Outbox rows with an error: still unsent, or created since ``since``."""
+        rows = self.db.execute(
+            "SELECT message_id, kind, case_ids, status, attempts, last_error FROM outbox "
+            "WHERE last_error IS NOT NULL AND (status != 'sent' OR created_at >= ?) ORDER BY id",
+            (now_iso(since),),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def facility_recipient_lists(self, since: datetime, address: str) -> list[list[str]]:
+        """Recipient lists of facility mails (not ``staff_*``) queued since ``since`` whose
+        recipients mention ``address`` (a cheap prefilter; the caller compares exactly)."""
+        rows = self.db.execute(
+            "SELECT recipients FROM outbox WHERE created_at >= ? AND kind NOT LIKE 'staff\\_%' ESCAPE '\\' "
+            "AND lower(recipients) LIKE ?",
+            (now_iso(since), f"%{address}%"),
+        ).fetchall()
+        return [list(json.loads(r["recipients"])) for r in rows]
+
+    def outbox_status(self, message_id: str) -> dict[str, Any] | None:
+        """``status`` and ``last_error`` of one outbox mail."""
+        row = self.db.execute(
+            "SELECT status, last_error FROM outbox WHERE message_id=?", (message_id,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def outbox_of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
+        """message_id → (message_id, status, last_error) of every outbox mail of ``kind``."""
+        rows = self.db.execute(
+            "SELECT message_id, status, last_error FROM outbox WHERE kind=?", (kind,)
+        ).fetchall()
+        return {r["message_id"]: dict(r) for r in rows}
+
+    # -- rotations --------------------------------------------------------------------------
+
+    def add_rotation(self, domain: str, old: list[str], new: list[str], now: datetime) -> dict[str, Any]:
+        """A pending rotation of ``domain`` from ``old`` to ``new`` selectors; the new row."""
+        cur = self.db.execute(
+            "INSERT INTO rotations (domain, old_selectors, new_selectors, status, created_at, next_check_at) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)",
+            (domain, json.dumps(old), json.dumps(new), now_iso(now), now_iso(now)),
+        )
+        row = self.db.execute("SELECT * FROM rotations WHERE id=?", (cur.lastrowid,)).fetchone()
+        return dict(row)
+
+    def rotations_for_domain(self, domain: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM rotations WHERE domain=? ORDER BY id", (domain,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def due_rotations(self, now: datetime) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM rotations WHERE status='pending' AND next_check_at <= ? ORDER BY id",
+            (now_iso(now),),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    _ROTATION_COLUMNS = frozenset({"status", "next_check_at", "done_at", "detail"})
+
+    def update_rotation(self, rotation_id: int, **fields: Any) -> None:
+        unknown = set(fields) - self._ROTATION_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown rotation fields: {sorted(unknown)}")
+        values = {k: _encode(v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k}=?" for k in values)
+        self.db.execute(f"UPDATE rotations SET {assignments} WHERE id=?", (*values.values(), rotation_id))
+
+    # -- proofs -----------------------------------------------------------------------------
+
+    def add_proof(self, case_id: int, message_id: str, domain: str | None, address: str,
+                  now: datetime, deadline: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO proofs (case_id, message_id, domain, address, created_at, deadline_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (case_id, message_id, domain, address, now_iso(now), now_iso(deadline)),
+        )
+
+    def proofs_for_case(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM proofs WHERE case_id=? ORDER BY id", (case_id,)).fetchall()
+        return [dict(r, result=json.loads(r["result"])) for r in rows]
+
+    def has_proof(self, case_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM proofs WHERE case_id=?", (case_id,)).fetchone() is not None
+
+    def waiting_proofs(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM proofs WHERE status='waiting' ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def finish_proof(self, proof_id: int, status: str, now: datetime, result: dict[str, Any]) -> None:
+        self.db.execute("UPDATE proofs SET status=?, done_at=?, result=? WHERE id=?",
+                        (status, now_iso(now), json.dumps(result, ensure_ascii=False), proof_id))

@@ -223,7 +223,7 @@ def _proof(bot: Any, case: Any) -> int:
             print(f"dkimbot: {exc}", file=sys.stderr)
             return 2
         jobs.flush_outbox_once(bot)
-    row = bot.store.db.execute("SELECT status, last_error FROM outbox WHERE message_id=?", (message_id,)).fetchone()
+    row = bot.store.outbox_status(message_id) or {"status": "unknown", "last_error": None}
     print(f"{case.ref}: probe {message_id} to {bot.cfg.proof.address}: {row['status']}"
           + (f" ({row['last_error']})" if row["last_error"] else "")
           + f"; the receiver's verdict is reported by a pass within {bot.cfg.proof.wait_minutes:g} minutes")

@@ -50,7 +50,7 @@ def note_failure(store: Any, case_id: int) -> int:
 def note_success(store: Any, case_id: int) -> None:
     """A clean answer: the next failure is a first one again."""
     if store.get_meta(_key(case_id)) is not None:
-        store.db.execute("DELETE FROM meta WHERE key=?", (_key(case_id),))
+        store.delete_meta(_key(case_id))
 
 
 def record_check_crash(bot: Any, case: Any, exc: BaseException, where: str) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from bot.core.cases import WAITING, State
 from bot.faults import maybe_crash
 from bot.flows.runtime import Bot
-from bot.core.rows import now_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -26,11 +25,7 @@ STARTED_KEY = "digest:started"  # when the bot first looked at the digest (ISO t
 
 
 def _events_since(bot: Bot, since: datetime) -> list[dict[str, Any]]:
-    rows = bot.store.db.execute(
-        "SELECT e.*, c.ref FROM events e LEFT JOIN cases c ON c.id = e.case_id "
-        "WHERE e.at >= ? ORDER BY e.id", (now_iso(since),),
-    ).fetchall()
-    return [dict(r, detail=json.loads(r["detail"])) for r in rows]
+    return bot.store.events_since(since)
 
 
 def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
@@ -60,11 +55,7 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
             "why": reasons[-1]["detail"].get("subject", "") if reasons else "",
             "new": c.state_since >= day_ago,
         })
-    rows = bot.store.db.execute(
-        "SELECT message_id, kind, case_ids, status, attempts, last_error FROM outbox "
-        "WHERE last_error IS NOT NULL AND (status != 'sent' OR created_at >= ?) ORDER BY id",
-        (now_iso(day_ago),),
-    ).fetchall()
+    rows = bot.store.delivery_problems(day_ago)
     refs = {c.id: c.ref for c in cases}
     delivery = [
         {"refs": ",".join(refs.get(i, "?") for i in json.loads(r["case_ids"])) or "-",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from bot.flows.compose import enqueue_mail
 from bot.config import Config
 from bot.adapters.mailout import LOOP_HEADER
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow, now_iso, parse_iso
+from bot.core.rows import CaseRow, parse_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -190,11 +189,7 @@ def queue_probe(bot: Bot, case: CaseRow, by: str = "bot") -> str:
     with bot.store.transaction():
         bot.store.enqueue(message_id=message_id, kind="proof_probe", case_ids=[], sender=sender,
                           recipients=[cfg.proof.address], raw=raw, now=now)
-        bot.store.db.execute(
-            "INSERT INTO proofs (case_id, message_id, domain, address, created_at, deadline_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (case.id, message_id, case.domain, cfg.proof.address, now_iso(now), now_iso(deadline)),
-        )
+        bot.store.add_proof(case.id, message_id, case.domain, cfg.proof.address, now, deadline)
         bot.store.add_event(case.id, now, "proof_sent", detail={
             "message_id": message_id, "to": cfg.proof.address, "by": by,
             "wait_minutes": cfg.proof.wait_minutes})
@@ -203,8 +198,7 @@ def queue_probe(bot: Bot, case: CaseRow, by: str = "bot") -> str:
 
 
 def proofs_for(bot: Bot, case_id: int) -> list[dict[str, Any]]:
-    rows = bot.store.db.execute("SELECT * FROM proofs WHERE case_id=? ORDER BY id", (case_id,)).fetchall()
-    return [dict(r, result=json.loads(r["result"])) for r in rows]
+    return bot.store.proofs_for_case(case_id)
 
 
 def _auto_probes(bot: Bot) -> int:
@@ -213,7 +207,7 @@ def _auto_probes(bot: Bot) -> int:
     for case in bot.store.list_cases((State.COMPLETED.value,)):
         if now - case.state_since > AUTO_PROBE_WITHIN:
             continue
-        if bot.store.db.execute("SELECT 1 FROM proofs WHERE case_id=?", (case.id,)).fetchone():
+        if bot.store.has_proof(case.id):
             continue
         try:
             queue_probe(bot, case)
@@ -279,12 +273,10 @@ def proof_once(bot: Bot) -> int:
     if not cfg.proof.enabled:
         return 0
     _auto_probes(bot)
-    waiting = [dict(r) for r in bot.store.db.execute(
-        "SELECT * FROM proofs WHERE status='waiting' ORDER BY id").fetchall()]
+    waiting = bot.store.waiting_proofs()
     if not waiting:
         return 0
-    outbox = {r["message_id"]: dict(r) for r in bot.store.db.execute(
-        "SELECT message_id, status, last_error FROM outbox WHERE kind='proof_probe'").fetchall()}
+    outbox = bot.store.outbox_of_kind("proof_probe")
     sent = [p["message_id"] for p in waiting if outbox.get(p["message_id"], {}).get("status") == "sent"]
     try:
         found = fetch_probe_headers(cfg, sent) if sent else {}
@@ -311,8 +303,7 @@ def proof_once(bot: Bot) -> int:
 
 
 def _finish(bot: Bot, proof: dict[str, Any], status: str, result: dict[str, Any]) -> None:
-    bot.store.db.execute("UPDATE proofs SET status=?, done_at=?, result=? WHERE id=?",
-                         (status, now_iso(bot.clock()), json.dumps(result, ensure_ascii=False), proof["id"]))
+    bot.store.finish_proof(proof["id"], status, bot.clock(), result)
 
 
 def _record_result(bot: Bot, proof: dict[str, Any], header: bytes) -> None:

@@ -10,13 +10,11 @@ nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.core.rows import now_iso
 
 log = logging.getLogger("dkimbot")
 
@@ -24,12 +22,8 @@ log = logging.getLogger("dkimbot")
 def mails_to_address_since(store: Any, address: str, since: datetime) -> int:
     """Facility mails (not ``staff_*``) queued since ``since`` with ``address`` among their recipients."""
     wanted = address.strip().lower()
-    rows = store.db.execute(
-        "SELECT recipients FROM outbox WHERE created_at >= ? AND kind NOT LIKE 'staff\\_%' ESCAPE '\\' "
-        "AND lower(recipients) LIKE ?",
-        (now_iso(since), f"%{wanted}%"),  # a cheap prefilter; the JSON comparison below decides
-    ).fetchall()
-    return sum(1 for r in rows if wanted in (a.strip().lower() for a in json.loads(r["recipients"])))
+    lists = store.facility_recipient_lists(since, wanted)  # a prefilter; the comparison below decides
+    return sum(1 for recipients in lists if wanted in (a.strip().lower() for a in recipients))
 
 
 def limit_recipients(

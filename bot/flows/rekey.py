@@ -26,7 +26,7 @@ from typing import Any
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow, now_iso
+from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 
@@ -84,8 +84,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     with bot.store.transaction():
         bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
         for sel in rsa_old:
-            bot.store.db.execute("UPDATE domain_keys SET retired_at=? WHERE domain=? AND selector=?",
-                                 (now_iso(now), domain, sel))
+            bot.store.retire_key(domain, sel, now)
         updated = []
         for c in group:
             fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,

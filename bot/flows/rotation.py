@@ -26,7 +26,7 @@ from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow, now_iso
+from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 
@@ -66,29 +66,20 @@ class Rotation:
 
 
 def rotations_for(bot: Bot, domain: str) -> list[Rotation]:
-    rows = bot.store.db.execute("SELECT * FROM rotations WHERE domain=? ORDER BY id", (domain,)).fetchall()
-    return [Rotation.from_row(r) for r in rows]
+    return [Rotation.from_row(r) for r in bot.store.rotations_for_domain(domain)]
 
 
 def _due(bot: Bot, now: datetime) -> list[Rotation]:
-    rows = bot.store.db.execute(
-        "SELECT * FROM rotations WHERE status='pending' AND next_check_at <= ? ORDER BY id",
-        (now_iso(now),),
-    ).fetchall()
-    return [Rotation.from_row(r) for r in rows]
+    return [Rotation.from_row(r) for r in bot.store.due_rotations(now)]
 
 
 def _update(bot: Bot, rotation_id: int, **fields: Any) -> None:
-    values = {k: (now_iso(v) if isinstance(v, datetime) else json.dumps(v) if isinstance(v, (dict, list)) else v)
-              for k, v in fields.items()}
-    assignments = ", ".join(f"{k}=?" for k in values)
-    bot.store.db.execute(f"UPDATE rotations SET {assignments} WHERE id=?", (*values.values(), rotation_id))
+    bot.store.update_rotation(rotation_id, **fields)
 
 
 def _mark_retired(bot: Bot, domain: str, selectors: list[str], now: datetime) -> None:
     for sel in selectors:
-        bot.store.db.execute("UPDATE domain_keys SET retired_at=? WHERE domain=? AND selector=?",
-                             (now_iso(now), domain, sel))
+        bot.store.retire_key(domain, sel, now)
 
 
 def _cases(bot: Bot, domain: str, selectors: list[str] | None = None) -> list[CaseRow]:
@@ -138,11 +129,7 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
     with bot.store.transaction():
         for k in made:
             bot.store.record_key(domain, k.selector, k.algorithm, k.bits, k.public_b64, now)
-        cur = bot.store.db.execute(
-            "INSERT INTO rotations (domain, old_selectors, new_selectors, status, created_at, next_check_at) "
-            "VALUES (?, ?, ?, 'pending', ?, ?)",
-            (domain, json.dumps(old), json.dumps(new), now_iso(now), now_iso(now)),
-        )
+        row = bot.store.add_rotation(domain, old, new, now)
         for c in cases:
             bot.store.add_event(c.id, now, "rotation_started", detail={"old_selectors": old, "new_selectors": new})
         # The boxes are rendered from the new selectors; the case itself keeps the old.
@@ -152,7 +139,6 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
             "old_names": [f"{s}._domainkey.{domain}" for s in old],
         })
     log.info("%s: rotation %s -> %s started", domain, ",".join(old), ",".join(new))
-    row = bot.store.db.execute("SELECT * FROM rotations WHERE id=?", (cur.lastrowid,)).fetchone()
     return Rotation.from_row(row)
 
 
