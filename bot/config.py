@@ -168,6 +168,27 @@ class ProofConfig:
 
 
 @dataclass
+class ReportsConfig:
+    """DMARC aggregate reports (rua) mailbox (bot/flows/dmarcreports.py): off unless the
+    [reports] section is present. Read-only like the support mailbox."""
+
+    enabled: bool = False
+    kind: str = "imap"             # "imap" or "maildir"
+    host: str = "127.0.0.1"
+    port: int = 993
+    tls: str = "ssl"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    folder: str = "INBOX"
+    path: str = "dmarc-reports"    # the Maildir, relative to the state dir
+    timeout: float = 30.0
+    max_message_bytes: int = 10 * 1024 * 1024   # a larger mail is not fetched (counted)
+    max_report_bytes: int = 20 * 1024 * 1024    # decompressed XML per report (zip/gzip bombs)
+    facility_report_days: int = 14              # the facility's report mail, days after completion
+    quarantine_min_messages: int = 100          # p=quarantine advised only with this much mail in 30 days
+
+
+@dataclass
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -177,6 +198,7 @@ class Config:
     signer: SignerConfig = field(default_factory=SignerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     proof: ProofConfig = field(default_factory=ProofConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
     state_dir: Path = Path("state")
     # The override directory of [service] templates_dir (None: the shipped templates only).
     templates_dir: Path | None = None
@@ -207,6 +229,7 @@ _SECTIONS: dict[str, type] = {
     "signer": SignerConfig,
     "schedule": ScheduleConfig,
     "proof": ProofConfig,
+    "reports": ReportsConfig,
 }
 
 
@@ -239,7 +262,7 @@ def _build(section: str, cls: type, raw: dict[str, Any]) -> Any:
         raise ConfigError(f"[{section}] must be a table")
     raw = dict(raw)
     extra: dict[str, Any] = {}
-    if section in ("intake", "outbound"):
+    if section in ("intake", "outbound", "reports"):
         extra["password"] = _secret(section, raw, "password", "password_env") or ""
     if section == "proof":
         extra["imap_password"] = _secret(section, raw, "imap_password", "imap_password_env") or ""
@@ -284,6 +307,19 @@ def _validate(cfg: Config) -> None:
     if not (0 < cfg.dns.port < 65536):
         raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
     _validate_proof(cfg.proof)
+    _validate_reports(cfg.reports)
+
+
+def _validate_reports(rep: ReportsConfig) -> None:
+    if rep.kind not in ("imap", "maildir"):
+        raise ConfigError(f"[reports] kind must be 'imap' or 'maildir', got {rep.kind!r}")
+    if rep.tls not in ("ssl", "starttls", "none"):
+        raise ConfigError(f"[reports] tls must be 'ssl', 'starttls' or 'none', got {rep.tls!r}")
+    for name in ("facility_report_days", "quarantine_min_messages", "max_message_bytes", "max_report_bytes"):
+        if getattr(rep, name) <= 0:
+            raise ConfigError(f"[reports] {name} must be more than 0, got {getattr(rep, name)}")
+    if rep.enabled and rep.kind == "imap" and not rep.username:
+        raise ConfigError("[reports] username must name the mailbox the DMARC reports arrive in")
 
 
 def _validate_proof(proof: ProofConfig) -> None:
@@ -319,7 +355,10 @@ def load_config(path: str | Path | None = None, *, state_dir: str | Path | None 
     cfg = Config(source=source)
     for section, cls in _SECTIONS.items():
         if section in raw:
-            setattr(cfg, section, _build(section, cls, raw.pop(section)))
+            table = raw.pop(section)
+            setattr(cfg, section, _build(section, cls, table))
+            if section == "reports" and "enabled" not in table:
+                cfg.reports.enabled = True  # the section's presence turns it on
     state = raw.pop("state", {})
     if not isinstance(state, dict):
         raise ConfigError("[state] must be a table")

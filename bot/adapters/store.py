@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -123,12 +123,83 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX proofs_waiting ON proofs(status, deadline_at);
     CREATE INDEX proofs_case ON proofs(case_id);
     """,
+    # DMARC aggregate reports (bot/flows/dmarcreports.py): one row per report (unique per
+    # reporter and report id: a report sent twice counts once), its records by day,
+    # reporter and source IP, the names of source addresses, and every report mail's outcome.
+    5: """
+    CREATE TABLE dmarc_reports (
+        id INTEGER PRIMARY KEY,
+        reporter TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        reporter_email TEXT NOT NULL DEFAULT '',
+        sent_by TEXT NOT NULL DEFAULT '',
+        domain TEXT NOT NULL,
+        begin_at TEXT NOT NULL,
+        end_at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        schema TEXT NOT NULL,
+        policy_p TEXT NOT NULL DEFAULT '',
+        flags TEXT NOT NULL DEFAULT '[]',
+        messages INTEGER NOT NULL,
+        mail_key TEXT NOT NULL DEFAULT '',
+        UNIQUE (reporter, report_id)
+    );
+    CREATE INDEX dmarc_reports_domain ON dmarc_reports(domain, begin_at);
+    CREATE TABLE dmarc_rows (
+        id INTEGER PRIMARY KEY,
+        report INTEGER NOT NULL REFERENCES dmarc_reports(id),
+        domain TEXT NOT NULL,
+        day TEXT NOT NULL,
+        reporter TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        ours INTEGER NOT NULL,
+        messages INTEGER NOT NULL,
+        dmarc_pass INTEGER NOT NULL,
+        dkim_result TEXT NOT NULL, dkim_aligned INTEGER NOT NULL, dkim_domain TEXT NOT NULL DEFAULT '',
+        spf_result TEXT NOT NULL, spf_aligned INTEGER NOT NULL, spf_domain TEXT NOT NULL DEFAULT '',
+        disposition TEXT NOT NULL,
+        header_from TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX dmarc_rows_domain_day ON dmarc_rows(domain, day);
+    CREATE TABLE dmarc_sources (
+        ip TEXT PRIMARY KEY,
+        name TEXT,
+        how TEXT NOT NULL,
+        checked_at TEXT NOT NULL
+    );
+    CREATE TABLE dmarc_mail (
+        key TEXT PRIMARY KEY,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX dmarc_mail_at ON dmarc_mail(at);
+    """,
 }
 
 
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "Store", "now_iso", "parse_iso"]
+
+
+@dataclass(frozen=True)
+class DmarcRowIn:
+    """One report record as stored (bot/flows/dmarcreports.py builds these)."""
+
+    day: str
+    source_ip: str
+    ours: bool
+    messages: int
+    dmarc_pass: bool
+    dkim_result: str
+    dkim_aligned: bool
+    dkim_domain: str
+    spf_result: str
+    spf_aligned: bool
+    spf_domain: str
+    disposition: str
+    header_from: str
 
 
 _CASE_COLUMNS = {
@@ -613,3 +684,111 @@ class Store:
     def finish_proof(self, proof_id: int, status: str, now: datetime, result: dict[str, Any]) -> None:
         self.db.execute("UPDATE proofs SET status=?, done_at=?, result=? WHERE id=?",
                         (status, now_iso(now), json.dumps(result, ensure_ascii=False), proof_id))
+
+    # -- DMARC aggregate reports ------------------------------------------------------------
+
+    def dmarc_mail_seen(self, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM dmarc_mail WHERE key=?", (key,)).fetchone() is not None
+
+    def record_dmarc_mail(self, key: str, now: datetime, outcome: str, detail: str = "") -> None:
+        """A report mail's outcome ("stored", "duplicate", "no_case", "malformed", ...)."""
+        self.db.execute("INSERT OR REPLACE INTO dmarc_mail (key, at, outcome, detail) VALUES (?, ?, ?, ?)",
+                        (key, now_iso(now), outcome, detail[:500]))
+
+    def dmarc_mail_counts(self, since: datetime) -> dict[str, int]:
+        rows = self.db.execute("SELECT outcome, COUNT(*) AS n FROM dmarc_mail WHERE at >= ? GROUP BY outcome",
+                               (now_iso(since),)).fetchall()
+        return {r["outcome"]: int(r["n"]) for r in rows}
+
+    def add_dmarc_report(
+        self, *, reporter: str, report_id: str, reporter_email: str, sent_by: str, domain: str,
+        begin: datetime, end: datetime, now: datetime, schema: str, policy_p: str, flags: list[str],
+        mail_key: str, rows: list[DmarcRowIn],
+    ) -> bool:
+        """Store one report and its rows; False (nothing written) when the same reporter's
+        report id is already stored."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO dmarc_reports (reporter, report_id, reporter_email, sent_by, domain, "
+            "begin_at, end_at, received_at, schema, policy_p, flags, messages, mail_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (reporter, report_id, reporter_email, sent_by, domain, now_iso(begin), now_iso(end),
+             now_iso(now), schema, policy_p, json.dumps(flags), sum(r.messages for r in rows), mail_key),
+        )
+        if cur.rowcount != 1:
+            return False
+        pk = int(cur.lastrowid or 0)
+        self.db.executemany(
+            "INSERT INTO dmarc_rows (report, domain, day, reporter, source_ip, ours, messages, dmarc_pass, "
+            "dkim_result, dkim_aligned, dkim_domain, spf_result, spf_aligned, spf_domain, disposition, "
+            "header_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(pk, domain, r.day, reporter, r.source_ip, int(r.ours), r.messages, int(r.dmarc_pass),
+              r.dkim_result, int(r.dkim_aligned), r.dkim_domain, r.spf_result, int(r.spf_aligned),
+              r.spf_domain, r.disposition, r.header_from) for r in rows],
+        )
+        return True
+
+    def dmarc_source_rows(self, domain: str, since_day: str) -> list[dict[str, Any]]:
+        """Per source IP and reporter since ``since_day`` (YYYY-MM-DD): message sums."""
+        rows = self.db.execute(
+            "SELECT r.source_ip AS ip, r.reporter AS reporter, MAX(r.ours) AS ours, "
+            "SUM(r.messages) AS messages, SUM(r.messages * r.dmarc_pass) AS dmarc_pass, "
+            "SUM(r.messages * r.dkim_aligned) AS dkim_aligned, SUM(r.messages * r.spf_aligned) AS spf_aligned, "
+            "SUM(CASE WHEN r.dkim_result = 'pass' THEN r.messages ELSE 0 END) AS dkim_pass, "
+            "SUM(CASE WHEN r.spf_result = 'pass' THEN r.messages ELSE 0 END) AS spf_pass, "
+            "GROUP_CONCAT(DISTINCT NULLIF(r.dkim_domain, '')) AS dkim_domains, "
+            "MIN(r.day) AS first_day, MAX(r.day) AS last_day, MAX(s.name) AS name "
+            "FROM dmarc_rows r LEFT JOIN dmarc_sources s ON s.ip = r.source_ip "
+            "WHERE r.domain = ? AND r.day >= ? GROUP BY r.source_ip, r.reporter ORDER BY r.source_ip, r.reporter",
+            (domain, since_day),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def dmarc_days(self, domain: str, since_day: str) -> list[dict[str, Any]]:
+        """Per day since ``since_day``: messages, DMARC passes, and those of our own IPs."""
+        rows = self.db.execute(
+            "SELECT day, SUM(messages) AS messages, SUM(messages * dmarc_pass) AS dmarc_pass, "
+            "SUM(messages * ours) AS ours_messages, SUM(messages * ours * dmarc_pass) AS ours_pass "
+            "FROM dmarc_rows WHERE domain = ? AND day >= ? GROUP BY day ORDER BY day",
+            (domain, since_day),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def dmarc_first_day(self, domain: str) -> str | None:
+        row = self.db.execute("SELECT MIN(day) AS d FROM dmarc_rows WHERE domain = ?", (domain,)).fetchone()
+        return row["d"] if row else None
+
+    def dmarc_latest_policy(self, domain: str) -> str:
+        row = self.db.execute("SELECT policy_p FROM dmarc_reports WHERE domain = ? ORDER BY begin_at DESC, id DESC "
+                              "LIMIT 1", (domain,)).fetchone()
+        return str(row["policy_p"]) if row else ""
+
+    def dmarc_domains(self, since_day: str) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT domain FROM dmarc_rows WHERE day >= ? ORDER BY domain",
+                               (since_day,)).fetchall()
+        return [r["domain"] for r in rows]
+
+    def dmarc_ours_failing(self, received_since: datetime) -> list[dict[str, Any]]:
+        """Our own IPs' DMARC failures in reports received since then, per domain and reporter."""
+        rows = self.db.execute(
+            "SELECT r.domain AS domain, r.reporter AS reporter, "
+            "SUM(r.messages * (1 - r.dmarc_pass)) AS failed, SUM(r.messages) AS messages, "
+            "GROUP_CONCAT(DISTINCT r.source_ip) AS ips "
+            "FROM dmarc_rows r JOIN dmarc_reports p ON p.id = r.report "
+            "WHERE r.ours = 1 AND p.received_at >= ? GROUP BY r.domain, r.reporter "
+            "HAVING failed > 0 ORDER BY r.domain, r.reporter",
+            (now_iso(received_since),),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def dmarc_unnamed_sources(self, ips: list[str], checked_before: datetime) -> list[str]:
+        """Which of ``ips`` have no name yet and were not looked up since ``checked_before``."""
+        out = []
+        for ip in ips:
+            row = self.db.execute("SELECT name, checked_at FROM dmarc_sources WHERE ip=?", (ip,)).fetchone()
+            if row is None or (row["name"] is None and row["checked_at"] < now_iso(checked_before)):
+                out.append(ip)
+        return out
+
+    def set_dmarc_source(self, ip: str, name: str | None, how: str, now: datetime) -> None:
+        self.db.execute("INSERT OR REPLACE INTO dmarc_sources (ip, name, how, checked_at) VALUES (?, ?, ?, ?)",
+                        (ip, name, how, now_iso(now)))

@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
     sub.add_parser("doctor", help="check every connection and permission against the real servers, changing nothing")
+    rp = sub.add_parser("reports", help="what DMARC aggregate reports say about a domain's mail ([reports])")
+    rp.add_argument("domain")
+    rp.add_argument("--days", type=int, default=30, help="the window, in days up to today (default 30)")
+    rp.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     return p
@@ -135,6 +139,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return digest_command(bot, args.print)
         if args.command == "rotate":
             return _rotate(bot, args.domain)
+        if args.command == "reports":
+            return _reports(bot, args.domain, args.days, args.json)
         case = bot.store.find_case(args.case)
         if case is None:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
@@ -173,6 +179,35 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     finally:
         bot.close()
+
+
+def _reports(bot: Any, domain: str, days: int, as_json: bool) -> int:
+    """`dkimbot reports DOMAIN`: messages and DMARC passes per source, from stored reports."""
+    from bot.core.dmarcstats import percent
+    from bot.flows.dmarcnotify import summary
+
+    if days <= 0:
+        print("dkimbot: --days must be more than 0", file=sys.stderr)
+        return 2
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    result = summary(bot, domain, days)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"{domain}: {result.messages} messages in {days} days, {result.dmarc_pass} passed DMARC "
+          f"({percent(result.dmarc_pass, result.messages)})")
+    for s in result.sources:
+        who = "ours" if s.ours else (s.name or "other")
+        advice = f"  needs: {', '.join(s.advice)}" if s.advice else ""
+        print(f"  {s.ip:<39} {who:<30} {s.messages:>8} msgs {s.dmarc_pass:>8} pass  "
+              f"{', '.join(s.reporters)}{advice}")
+    if not result.sources:
+        print("  no reports stored for this domain in the window")
+    return 0
 
 
 def _staff_refusal(command: str, case: Any) -> str | None:

@@ -178,6 +178,13 @@ def run_pass(bot: Bot) -> PassResult:
         if dns_down:
             result.errors.append(dns_down)
     result.checks += _watch_and_rotate(bot, result)
+    try:
+        from bot.flows.dmarcnotify import reports_once
+
+        result.errors += reports_once(bot)  # [reports]: DMARC aggregate reports (off by default)
+    except Exception as exc:  # a bug there must not stop delivery
+        log.exception("reports_once failed")
+        result.errors.append(f"reports_once failed: {type(exc).__name__}")
     remind_due_once(bot)
     sent, errors = flush_outbox_once(bot)
     result.mails_sent = sent

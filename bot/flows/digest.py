@@ -16,6 +16,7 @@ from typing import Any
 
 from bot.core.cases import WAITING, State
 from bot.faults import maybe_crash
+from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -80,6 +81,7 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
         "new_cases": sum(1 for c in cases if c.created_at >= day_ago),
         "completed_today": sum(1 for e in events if e["to_state"] == State.COMPLETED
                                and e["from_state"] != State.COMPLETED),
+        "dmarc": dmarc_digest_section(bot, now),
     }
 
 

@@ -1,0 +1,204 @@
+"""What the stored DMARC reports tell people: staff alerts, the facility's report mail,
+the digest's section and ``dkimbot reports``.
+
+* **Staff, the same day**: 予約番's own sending IPs failing DMARC at a receiver is a
+  signer or key problem the DNS checks cannot see; the first report of the day that
+  shows it raises a staff escalation mail (reporter and count), once per domain a day.
+* **The facility**, ``[reports] facility_report_days`` after completion: how many mails
+  receivers saw in the last 30 days, the share that passed, 予約番's mail apart, and every
+  other sender that fails with what to do. When every source passed DMARC for 30 days
+  with ``quarantine_min_messages`` or more, the mail advises ``p=quarantine`` with the
+  exact record (their record with only ``p`` changed) — advice only: the bot never
+  changes a facility's DMARC record. A facility told before it was ready gets one more
+  mail when it becomes ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from bot.adapters.store import CaseRow
+from bot.core.cases import State
+from bot.core.dmarcstats import (
+    QUARANTINE_WINDOW_DAYS,
+    DomainSummary,
+    Readiness,
+    percent,
+    quarantine_ready,
+    summarise,
+)
+from bot.flows.compose import enqueue_mail
+from bot.flows.runtime import Bot
+
+log = logging.getLogger("dkimbot")
+
+ALERT_META = "dmarc:alerted:"          # + domain → the UTC date of its last alert
+SENT_EVENT = "dmarc_report_sent"
+ADVISED_EVENT = "dmarc_quarantine_advised"
+
+
+def summary(bot: Bot, domain: str, days: int, today: date | None = None) -> DomainSummary:
+    today = today or bot.clock().date()
+    since = (today - timedelta(days=days)).isoformat()
+    return summarise(domain, days, bot.store.dmarc_source_rows(domain, since))
+
+
+def readiness(bot: Bot, domain: str, today: date) -> tuple[Readiness, DomainSummary]:
+    window = summary(bot, domain, QUARANTINE_WINDOW_DAYS, today)
+    verdict = quarantine_ready(window, bot.store.dmarc_first_day(domain), today,
+                               bot.cfg.reports.quarantine_min_messages, bot.store.dmarc_latest_policy(domain))
+    return verdict, window
+
+
+def quarantine_record(bot: Bot, domain: str) -> str:
+    """The facility's DMARC record with p=quarantine (what DNS has now, else a new one)."""
+    from bot.adapters.dnsclient import DnsQueryError
+    from bot.checks.dmarc import is_dmarc_candidate, parse_dmarc, suggest_dmarc_record
+
+    tags: dict[str, str] = {}
+    try:
+        found = [t for t in bot.dns_client().query_txt(f"_dmarc.{domain}") if is_dmarc_candidate(t)]
+    except DnsQueryError as exc:
+        log.warning("%s: DMARC record not read for the quarantine advice (%s); suggesting a new one", domain, exc)
+        found = []
+    if len(found) == 1:
+        tags = dict(parse_dmarc(found[0]).tags)
+    tags["p"] = "quarantine"
+    return suggest_dmarc_record(tags, bot.cfg.service.dmarc_rua)
+
+
+def _live_case(bot: Bot, domain: str) -> CaseRow | None:
+    cases = [c for c in bot.store.cases_for_domain(domain) if c.state not in (State.REJECTED, State.CANCELLED)]
+    return cases[-1] if cases else None
+
+
+def alert_ours_failing(bot: Bot) -> int:
+    """Same-day staff mail when our own IPs fail DMARC in today's reports."""
+    now = bot.clock()
+    today = now.date().isoformat()
+    midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=now.tzinfo)
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for row in bot.store.dmarc_ours_failing(midnight):
+        by_domain.setdefault(row["domain"], []).append(row)
+    sent = 0
+    for domain, rows in by_domain.items():
+        if bot.store.get_meta(ALERT_META + domain) == today:
+            continue
+        case = _live_case(bot, domain)
+        lines = "\n".join(f"- {r['reporter']}: {r['failed']} of {r['messages']} messages from {r['ips']} failed DMARC"
+                          for r in rows)
+        with bot.store.transaction():
+            enqueue_mail(bot, "staff_escalation", [case] if case else [], {
+                "reason_title": f"{bot.cfg.service.saas_name} mail for {domain} fails DMARC at receivers",
+                "reason": f"DMARC aggregate reports received today show mail from our own sending IPs "
+                          f"for {domain} failing DMARC (neither aligned DKIM nor aligned SPF passed):\n{lines}",
+                "decide_hint": f"DNS checks cannot see this: compare the signer's key with the published record "
+                               f"('dkimbot check {domain}'), check that the outgoing mail is signed, and see "
+                               f"'dkimbot reports {domain}'.",
+                "diagnoses": [],
+            }, staff_only=True)
+            bot.store.set_meta(ALERT_META + domain, today)
+            if case is not None:
+                bot.store.add_event(case.id, now, "dmarc_ours_failing", detail={"reporters": rows})
+        log.warning("%s: our mail fails DMARC at %s", domain, ", ".join(r["reporter"] for r in rows))
+        sent += 1
+    return sent
+
+
+def facility_context(bot: Bot, case: CaseRow, today: date) -> dict[str, Any]:
+    domain = case.domain or ""
+    verdict, window = readiness(bot, domain, today)
+    ours = window.ours
+    ours_messages = sum(s.messages for s in ours)
+    ours_pass = sum(s.dmarc_pass for s in ours)
+    others = [{"ip": s.ip, "name": s.name, "messages": s.messages, "failing": s.failing,
+               "reporters": ", ".join(s.reporters), "advice": s.advice} for s in window.failing_others]
+    record = quarantine_record(bot, domain) if verdict.ready else ""
+    return {
+        "domain": domain, "days": QUARANTINE_WINDOW_DAYS, "messages": window.messages,
+        "dmarc_pass": window.dmarc_pass, "pass_share": percent(window.dmarc_pass, window.messages),
+        "ours_messages": ours_messages, "ours_pass": ours_pass, "ours_share": percent(ours_pass, ours_messages),
+        "reporters": sorted({r for s in window.sources for r in s.reporters}),
+        "others_failing": others, "advise_quarantine": verdict.ready,
+        "quarantine_record": record, "report_days": bot.cfg.reports.facility_report_days,
+        "quarantine_box": {"fqdn": f"_dmarc.{domain}", "host_label": "_dmarc", "domain": domain,
+                           "type": "TXT", "value": record},
+        "min_messages": bot.cfg.reports.quarantine_min_messages, "readiness": verdict.reason,
+    }
+
+
+def _send_facility_report(bot: Bot, case: CaseRow, ctx: dict[str, Any], first: bool) -> None:
+    now = bot.clock()
+    with bot.store.transaction():
+        mid = enqueue_mail(bot, "dmarc_report", [case], {**ctx, "first": first})
+        detail = {"message_id": mid, "messages": ctx["messages"], "dmarc_pass": ctx["dmarc_pass"],
+                  "others_failing": len(ctx["others_failing"]), "advise_quarantine": ctx["advise_quarantine"],
+                  "readiness": ctx["readiness"]}
+        bot.store.add_event(case.id, now, SENT_EVENT, detail=detail)
+        if ctx["advise_quarantine"]:
+            bot.store.add_event(case.id, now, ADVISED_EVENT, detail={"record": ctx["quarantine_record"]})
+    log.info("%s: DMARC report mail queued (%s messages, %s passed%s)", case.ref, ctx["messages"],
+             ctx["pass_share"], ", p=quarantine advised" if ctx["advise_quarantine"] else "")
+
+
+def facility_reports_once(bot: Bot) -> int:
+    """The facility's report mail when due, and the quarantine advice once it is ready."""
+    now = bot.clock()
+    due_after = timedelta(days=bot.cfg.reports.facility_report_days)
+    sent = 0
+    for case in bot.store.list_cases((State.COMPLETED.value,)):
+        if not case.domain or now - case.state_since < due_after:
+            continue
+        kinds = {e["kind"] for e in bot.store.events(case.id)}
+        if ADVISED_EVENT in kinds:
+            continue
+        first = SENT_EVENT not in kinds
+        if not first and not readiness(bot, case.domain, now.date())[0].ready:
+            continue
+        ctx = facility_context(bot, case, now.date())
+        if ctx["messages"] == 0:
+            continue  # no report yet: nothing to tell; asked again next pass
+        _send_facility_report(bot, case, ctx, first)
+        sent += 1
+    return sent
+
+
+def digest_section(bot: Bot, now: datetime) -> dict[str, Any]:
+    """The digest's DMARC part: report mails of the last day, our failures, who is ready."""
+    if not bot.cfg.reports.enabled:
+        return {"enabled": False}
+    day_ago = now - timedelta(days=1)
+    failing = bot.store.dmarc_ours_failing(day_ago)
+    ready = []
+    since = (now.date() - timedelta(days=QUARANTINE_WINDOW_DAYS)).isoformat()
+    for domain in bot.store.dmarc_domains(since):
+        verdict, window = readiness(bot, domain, now.date())
+        if verdict.ready:
+            case = _live_case(bot, domain)
+            ready.append({"domain": domain, "ref": case.ref if case else "-", "messages": window.messages,
+                          "sources": len(window.sources)})
+    return {"enabled": True, "mail_counts": sorted(bot.store.dmarc_mail_counts(day_ago).items()),
+            "failing": failing, "ready": ready}
+
+
+def reports_once(bot: Bot) -> list[str]:
+    """The pass's unit ([reports] on): read new reports, alert staff, mail facilities.
+
+    Returns the mailbox's error (one line) when it could not be read; the alerts and
+    facility mails still run on what is stored.
+    """
+    from bot.adapters.reportbox import ReportsMailboxError
+    from bot.flows.dmarcintake import intake_once
+
+    if not bot.cfg.reports.enabled:
+        return []
+    errors: list[str] = []
+    try:
+        intake_once(bot)
+    except ReportsMailboxError as exc:
+        errors.append(str(exc))
+    alert_ours_failing(bot)
+    facility_reports_once(bot)
+    return errors

@@ -1,0 +1,88 @@
+"""DMARC aggregate report mails for the tests, built from tests/corpus/dmarc_reports/.
+
+Each report is wrapped the way its kind of sender wraps it (see the corpus README):
+Google zips it next to a short text part, Yahoo, Microsoft and FastMail attach it
+gzip'd, Mimecast sends the gzip as the whole body, and the DMARCbis reporter attaches
+plain XML. ``hostile`` builds the bad inputs of issue 17.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+from pathlib import Path
+
+CORPUS = Path(__file__).resolve().parent / "corpus" / "dmarc_reports"
+DOMAIN = "ryokan-kaede.test"
+OUR_IP = "203.0.113.10"
+
+# (XML file, From, wrapping, attachment name)
+ENVELOPES = [
+    ("google.xml", "noreply-dmarc-support@google.com", "zip+text", f"google.com!{DOMAIN}!1795132800!1795219199.zip"),
+    ("yahoo.xml", "noreply@dmarc.yahoo.com", "gzip", f"yahoo.com!{DOMAIN}!1795132800!1795219199.xml.gz"),
+    ("microsoft.xml", "dmarcreport@microsoft.com", "gzip",
+     f"enterprise.protection.outlook.com!{DOMAIN}!1795219200!1795305600.xml.gz"),
+    ("fastmail.xml", "reports@fastmaildmarc.test", "gzip", f"fastmail.com!{DOMAIN}!1795219200!1795305599!310457882.xml.gz"),
+    ("mimecast.xml", "no-reply@mimecastreport.test", "gzip-body", f"mimecast.org!{DOMAIN}!1795305600!1795391999.xml.gz"),
+    ("dmarcbis.xml", "dmarc-reports@reporter.test", "xml", f"reporter.test!{DOMAIN}!1795305600!1795391999.xml"),
+    ("google_no_case.xml", "noreply-dmarc-support@google.com", "zip+text",
+     "google.com!other-hotel.test!1795132800!1795219199.zip"),
+]
+
+# Hand-counted from the XML files (the corpus README lists the same figures).
+EXPECTED = {
+    "messages": 236,
+    "dmarc_pass": 221,
+    "sources": {  # ip: (messages, dmarc_pass, ours, reporters)
+        OUR_IP: (203, 203, True, ["fastmail pty ltd", "google.com", "mimecast", "outlook.com", "reporter.test", "yahoo"]),
+        "198.51.100.25": (18, 18, False, ["google.com", "outlook.com"]),
+        "198.51.100.60": (9, 0, False, ["yahoo"]),
+        "192.0.2.77": (5, 0, False, ["google.com", "reporter.test"]),
+        "2001:db8::25": (1, 0, False, ["fastmail pty ltd"]),
+    },
+}
+
+
+def zipped(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name.removesuffix(".zip") + ".xml", data)
+    return buf.getvalue()
+
+
+def report_mail(xml: bytes, sender: str, wrapping: str, filename: str, *, domain: str = DOMAIN) -> bytes:
+    """One report mail as its kind of sender sends it."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "dmarc@489ban.net"
+    msg["Subject"] = f"Report domain: {domain} Submitter: {sender.rpartition('@')[2]} Report-ID: <{filename}>"
+    msg["Date"] = format_datetime(datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc))
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2])
+    if wrapping == "zip+text":
+        msg.set_content(f"This is an aggregate report from {sender.rpartition('@')[2]}.\n")
+        msg.add_attachment(zipped(filename, xml), maintype="application", subtype="zip", filename=filename)
+    elif wrapping == "gzip":
+        msg.set_content("DMARC aggregate report attached.\n")
+        msg.add_attachment(gzip.compress(xml), maintype="application", subtype="gzip", filename=filename)
+    elif wrapping == "gzip-body":
+        msg.set_content(gzip.compress(xml), maintype="application", subtype="gzip",
+                        disposition="attachment", filename=filename)
+    elif wrapping == "xml":
+        msg.set_content("DMARC aggregate report (RFC 9990).\n")
+        msg.add_attachment(xml, maintype="text", subtype="xml", filename=filename)
+    else:
+        raise ValueError(wrapping)
+    return msg.as_bytes()
+
+
+def corpus_mails() -> list[tuple[str, bytes]]:
+    """(XML file name, mail) for every corpus report, plus the Google one sent twice."""
+    mails = [(name, report_mail((CORPUS / name).read_bytes(), sender, wrapping, filename))
+             for name, sender, wrapping, filename in ENVELOPES]
+    first = ENVELOPES[0]
+    mails.append(("google.xml (again)", report_mail((CORPUS / first[0]).read_bytes(), *first[1:])))
+    return mails
