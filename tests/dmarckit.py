@@ -86,3 +86,28 @@ def corpus_mails() -> list[tuple[str, bytes]]:
     first = ENVELOPES[0]
     mails.append(("google.xml (again)", report_mail((CORPUS / first[0]).read_bytes(), *first[1:])))
     return mails
+
+
+def google_style_xml(domain: str, begin: datetime, report_id: str,
+                     rows: list[tuple[str, int, str, str]], *, org: str = "google.com",
+                     email: str = "noreply-dmarc-support@google.com") -> bytes:
+    """A one-day report in Google's shape; rows are (ip, count, dkim_eval, spf_eval)."""
+    start = int(begin.timestamp())
+    records = "".join(
+        f"<record><row><source_ip>{ip}</source_ip><count>{count}</count><policy_evaluated>"
+        f"<disposition>none</disposition><dkim>{dkim}</dkim><spf>{spf}</spf></policy_evaluated></row>"
+        f"<identifiers><header_from>{domain}</header_from></identifiers><auth_results>"
+        + (f"<dkim><domain>{domain}</domain><result>pass</result><selector>s1</selector></dkim>" if dkim == "pass" else "")
+        + f"<spf><domain>{domain}</domain><result>{'pass' if spf == 'pass' else 'softfail'}</result></spf>"
+        "</auth_results></record>"
+        for ip, count, dkim, spf in rows)
+    return (f'<?xml version="1.0" encoding="UTF-8" ?><feedback><report_metadata><org_name>{org}</org_name>'
+            f"<email>{email}</email><report_id>{report_id}</report_id><date_range><begin>{start}</begin>"
+            f"<end>{start + 86399}</end></date_range></report_metadata><policy_published><domain>{domain}</domain>"
+            f"<adkim>r</adkim><aspf>r</aspf><p>none</p><sp>none</sp><pct>100</pct></policy_published>{records}"
+            "</feedback>").encode()
+
+
+def google_mail(xml: bytes, domain: str, begin: datetime, sender: str = "noreply-dmarc-support@google.com") -> bytes:
+    start = int(begin.timestamp())
+    return report_mail(xml, sender, "zip+text", f"google.com!{domain}!{start}!{start + 86399}.zip", domain=domain)

@@ -1,0 +1,156 @@
+"""DMARC aggregate report parsing (pure): the corpus of receivers' shapes, and hostile input.
+
+bot/core/dmarcxml.py and bot/core/dmarcmail.py take bytes and return values, so these
+tests need no server; the pass over real Dovecot is tests/test_dmarc_dovecot.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from datetime import datetime, timezone
+
+import pytest
+
+import dmarckit
+from bot.core.dmarcmail import documents_in, read_report_mail
+from bot.core.dmarcxml import ReportError, parse_aggregate
+
+NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+MiB = 1024 * 1024
+
+
+def corpus(name: str) -> bytes:
+    return (dmarckit.CORPUS / name).read_bytes()
+
+
+@pytest.mark.parametrize("name, schema, reporter, rows, messages", [
+    ("google.xml", "draft", "google.com", 3, 137),
+    ("yahoo.xml", "draft", "yahoo", 2, 49),
+    ("microsoft.xml", "rfc7489", "outlook.com", 2, 29),
+    ("fastmail.xml", "rfc7489", "fastmail pty ltd", 2, 3),
+    ("mimecast.xml", "draft", "mimecast", 1, 6),
+    ("dmarcbis.xml", "dmarcbis", "reporter.test", 2, 12),
+])
+def test_corpus_reports_parse_with_their_shapes(name: str, schema: str, reporter: str, rows: int, messages: int) -> None:
+    report = parse_aggregate(corpus(name), now=NOW)
+    assert (report.schema, report.reporter, len(report.rows), report.messages) == (schema, reporter, rows, messages)
+    assert report.domain == dmarckit.DOMAIN
+    assert report.begin.tzinfo is not None and report.begin <= report.end
+
+
+def test_dmarcbis_fields_and_disposition_pass() -> None:
+    report = parse_aggregate(corpus("dmarcbis.xml"), now=NOW)
+    assert report.policy["np"] == "none" and report.policy["discovery_method"] == "treewalk"
+    ours = report.rows[0]
+    assert (ours.disposition, ours.dkim_eval, ours.dmarc_pass) == ("pass", "pass", True)
+    assert ours.dkim[0].selector == "yoyakuban202611"
+
+
+def test_alignment_comes_from_policy_evaluated() -> None:
+    # Yahoo's newsletter row: DKIM and SPF pass, but for another domain: DMARC fails.
+    row = parse_aggregate(corpus("yahoo.xml"), now=NOW).rows[1]
+    assert row.dkim[0].result == "pass" and row.spf[0].result == "pass"
+    assert not row.dmarc_pass
+
+
+@pytest.mark.parametrize("envelope", dmarckit.ENVELOPES, ids=[e[0] for e in dmarckit.ENVELOPES])
+def test_every_wrapping_yields_the_xml(envelope: tuple[str, str, str, str]) -> None:
+    name, sender, wrapping, filename = envelope
+    xml = corpus(name)
+    mail = read_report_mail(dmarckit.report_mail(xml, sender, wrapping, filename), 20 * MiB)
+    assert mail.documents == [xml] and mail.errors == []
+    assert mail.from_domain == sender.rpartition("@")[2]
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>
+<feedback><report_metadata><org_name>&lol4;</org_name></report_metadata></feedback>"""
+
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE feedback [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<feedback><report_metadata><org_name>&xxe;</org_name></report_metadata></feedback>"""
+
+
+def _with(xml: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in xml
+    return xml.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("xml, code", [
+    (BILLION_LAUGHS, "entities"),
+    (EXTERNAL_ENTITY, "entities"),
+    (b"<feedback><report_metadata>", "malformed"),
+    (b"<html><body>not a report</body></html>", "not_aggregate"),
+    (_with(corpus("google.xml"), b"<count>120</count>", b"<count>-5</count>"), "bad_count"),
+    (_with(corpus("google.xml"), b"<count>120</count>", b"<count>99999999999</count>"), "bad_count"),
+    (_with(corpus("google.xml"), b"<count>120</count>", b"<count>many</count>"), "malformed"),
+    (_with(corpus("google.xml"), b"<begin>1795132800</begin>", b"<begin>1895132800</begin>"), "future_dates"),
+    (_with(corpus("google.xml"), b"<end>1795219199</end>", b"<end>1795000000</end>"), "bad_dates"),
+    (_with(corpus("microsoft.xml"), b"<version>1.0</version>", b"<version>3.0</version>"), "unknown_schema"),
+    (_with(corpus("dmarcbis.xml"), b"dmarc-2.0", b"dmarc-9.0"), "unknown_schema"),
+    (_with(corpus("google.xml"), b"<source_ip>192.0.2.77</source_ip>", b"<source_ip>localhost</source_ip>"), "malformed"),
+])
+def test_hostile_xml_is_refused_with_a_code(xml: bytes, code: str) -> None:
+    with pytest.raises(ReportError) as info:
+        parse_aggregate(xml, now=NOW)
+    assert info.value.code == code
+
+
+def test_billion_laughs_is_refused_before_expanding() -> None:
+    # Refused at the DOCTYPE: nothing is expanded, so the error comes at once and small.
+    with pytest.raises(ReportError) as info:
+        parse_aggregate(BILLION_LAUGHS, now=NOW)
+    assert "lol" not in str(info.value)
+
+
+def test_zip_bomb_stops_at_the_limit() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("report.xml", b"<?xml version='1.0'?><feedback>" + b" " * (64 * MiB))
+    bomb = buf.getvalue()
+    assert len(bomb) < MiB  # 64 MiB behind less than 1 MiB
+    with pytest.raises(ReportError) as info:
+        documents_in(bomb, 4 * MiB)
+    assert info.value.code == "oversized"
+
+
+def test_gzip_bomb_stops_at_the_limit() -> None:
+    bomb = gzip.compress(b"<?xml version='1.0'?><feedback>" + b"\0" * (64 * MiB))
+    with pytest.raises(ReportError) as info:
+        documents_in(bomb, 4 * MiB)
+    assert info.value.code == "oversized"
+
+
+def test_truncated_gzip_and_corrupt_zip_are_malformed() -> None:
+    data = gzip.compress(corpus("google.xml"))
+    with pytest.raises(ReportError) as info:
+        documents_in(data[: len(data) // 2], MiB)
+    assert info.value.code == "malformed"
+    with pytest.raises(ReportError) as info:
+        documents_in(b"PK\x03\x04" + b"\x00" * 100, MiB)
+    assert info.value.code == "malformed"
+
+
+def test_gzip_with_trailing_bytes_still_reads() -> None:
+    # Some gateways pad the attachment after the gzip member.
+    assert documents_in(gzip.compress(corpus("google.xml")) + b"\r\n\r\n", MiB) == [corpus("google.xml")]
+
+
+def test_a_mail_with_a_bomb_and_a_good_report_keeps_the_good_one() -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "noreply-dmarc-support@google.com"
+    msg.set_content("two attachments")
+    msg.add_attachment(gzip.compress(b"<feedback>" + b"\0" * (8 * MiB)), maintype="application",
+                       subtype="gzip", filename="bomb.xml.gz")
+    msg.add_attachment(corpus("google.xml"), maintype="text", subtype="xml", filename="ok.xml")
+    mail = read_report_mail(msg.as_bytes(), MiB)
+    assert mail.documents == [corpus("google.xml")]
+    assert [e.code for e in mail.errors] == ["oversized"]
