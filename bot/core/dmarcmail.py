@@ -61,7 +61,7 @@ def _unzip(data: bytes, max_bytes: int) -> list[bytes]:
         docs = []
         for member in members:
             out = bytearray()
-            with archive.open(member) as fh:
+            with archive.open(name=member, mode="r") as fh:  # read-only: a member of a zip in memory
                 while chunk := fh.read(CHUNK):
                     out += chunk
                     if len(out) > max_bytes:
