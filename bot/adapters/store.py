@@ -178,28 +178,10 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "Store", "now_iso", "parse_iso"]
-
-
-@dataclass(frozen=True)
-class DmarcRowIn:
-    """One report record as stored (bot/flows/dmarcreports.py builds these)."""
-
-    day: str
-    source_ip: str
-    ours: bool
-    messages: int
-    dmarc_pass: bool
-    dkim_result: str
-    dkim_aligned: bool
-    dkim_domain: str
-    spf_result: str
-    spf_aligned: bool
-    spf_domain: str
-    disposition: str
-    header_from: str
 
 
 _CASE_COLUMNS = {

@@ -18,6 +18,25 @@ QUARANTINE_WINDOW_DAYS = 30
 
 
 @dataclass(frozen=True)
+class DmarcRowIn:
+    """One report record as stored (bot/flows/dmarcintake.py builds them, the store writes them)."""
+
+    day: str
+    source_ip: str
+    ours: bool
+    messages: int
+    dmarc_pass: bool
+    dkim_result: str
+    dkim_aligned: bool
+    dkim_domain: str
+    spf_result: str
+    spf_aligned: bool
+    spf_domain: str
+    disposition: str
+    header_from: str
+
+
+@dataclass(frozen=True)
 class SourceStat:
     ip: str
     name: str | None          # reverse DNS name, when known

@@ -24,10 +24,10 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from bot.adapters.reportbox import ReportMessage, open_report_mailbox
-from bot.adapters.store import DmarcRowIn
 from bot.checks.dmarc import organizational_domain
 from bot.core.cases import State
 from bot.core.dmarcmail import ReportMail, read_report_mail
+from bot.core.dmarcstats import DmarcRowIn
 from bot.core.dmarcxml import AggregateReport, ReportError, ReportRow, parse_aggregate
 from bot.flows.runtime import Bot
 
