@@ -301,6 +301,21 @@ class KeyStore:
             )
         return found
 
+    def import_key(self, domain: str, selector: str, key: PrivateKey) -> DkimKey:
+        """Store a key made elsewhere (``dkimbot adopt``: a key the signer already had).
+        Idempotent; a different key already stored under the name is an error."""
+        path = self.path(domain, selector)
+        ensure_private_dir(self.directory)
+        ensure_private_dir(path.parent)
+        with file_lock(path.parent / ".lock"):
+            stored = self._read(domain, selector)
+            if stored is None:
+                self._remove_stale_temps(path)
+                write_file_atomic(path, self._serialize(key), 0o600)
+            elif public_b64_of(stored) != public_b64_of(key):
+                raise KeyStoreError(f"{domain} selector {selector} already holds another key")
+        return dkim_key_from_private(domain, selector, key)
+
     @staticmethod
     def _remove_stale_temps(path: Path) -> None:
         # Left by a crash inside write_file_atomic; they may hold an (encrypted) key.

@@ -548,6 +548,23 @@ class Store:
         ).fetchall()
         return [dict(r) for r in rows]
 
+    def adopt_case(
+        self, *, domain: str, keys: list[tuple[str, str, int, str]], now: datetime,
+        next_check_at: datetime, detail: dict[str, Any],
+    ) -> CaseRow:
+        """A domain signed before dkimbot (``dkimbot adopt``): a ``completed`` case, its
+        keys (selector, algorithm, bits, public key) recorded as installed, and its
+        ``adopted`` event, in one transaction."""
+        selectors = [k[0] for k in keys]
+        with self.transaction():
+            case = self.create_case(state="completed", now=now, domain=domain, selector=selectors[0],
+                                    selectors=selectors, next_check_at=next_check_at)
+            for selector, algorithm, bits, public_b64 in keys:
+                self.record_key(domain, selector, algorithm, bits, public_b64, now)
+                self.mark_key_installed(domain, selector, now)
+            self.add_event(case.id, now, "adopted", None, "completed", detail)
+        return self.get_case(case.id)
+
     def mark_key_installed(self, domain: str, selector: str, now: datetime) -> None:
         self.db.execute(
             "UPDATE domain_keys SET installed_at=? WHERE domain=? AND selector=?",

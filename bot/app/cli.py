@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
+    ad = sub.add_parser("adopt", help="take in domains already signed by hand (OpenDKIM tables) whose records are right")
+    ad.add_argument("--keytable", metavar="PATH", help="default: [signer] keytable")
+    ad.add_argument("--signingtable", metavar="PATH", help="default: [signer] signingtable")
+    ad.add_argument("--dry-run", action="store_true", help="only list what would be adopted")
     sub.add_parser("doctor", help="check every connection and permission against the real servers, changing nothing")
     rp = sub.add_parser("reports", help="what DMARC aggregate reports say about a domain's mail ([reports])")
     rp.add_argument("domain")
@@ -141,6 +145,11 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return _rotate(bot, args.domain)
         if args.command == "reports":
             return _reports(bot, args.domain, args.days, args.json)
+        if args.command == "adopt":
+            from bot.flows.adopt import adopt_command
+
+            with pass_lock(cfg, wait=True):
+                return adopt_command(bot, args.keytable, args.signingtable, args.dry_run)
         case = bot.store.find_case(args.case)
         if case is None:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
