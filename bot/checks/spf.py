@@ -61,6 +61,7 @@ class SpfRecord:
     text: str
     terms: list[Term] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # English, for the evidence
+    issues: list[TermIssue] = field(default_factory=list)  # the faulty terms, by position
 
     @property
     def valid(self) -> bool:
@@ -74,6 +75,18 @@ class SpfRecord:
         return [t for t in self.terms if not t.modifier]
 
 
+def valid_dns_name(name: str) -> bool:
+    """A name a DNS query can carry: labels of 1-63 octets, 253 characters in all."""
+    name = name[:-1] if name.endswith(".") else name
+    return 0 < len(name) <= 253 and all(0 < len(lab.encode()) < 64 for lab in name.split("."))
+
+
+def valid_fqdn(domain: str) -> bool:
+    """RFC 7208 §4.3: a fully qualified ASCII domain (two labels at least)."""
+    return domain.isascii() and valid_dns_name(domain) and "." in domain.strip(".") \
+        and not domain.startswith("[")
+
+
 def is_spf_record(text: str) -> bool:
     """RFC 7208 §4.5: exactly "v=spf1" followed by a space or the end."""
     low = text.lower()
@@ -85,77 +98,138 @@ def is_spf_candidate(text: str) -> bool:
     return "v=spf1" in text.lower()
 
 
+# RFC 7208 §7.1: macro-expand / literals. Letters c, r, t only in exp= text (§7.3).
 _MACRO_RE = re.compile(r"%\{([slodiphcrtvSLODIPHCRTV])([0-9]*)(r?)([.\-+,/_=]*)\}|%%|%_|%-",
                        re.IGNORECASE)
+_MACRO_ANY_RE = re.compile(r"%\{([A-Za-z])([0-9]*)(r?)([.\-+,/_=]*)\}|%%|%_|%-", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.]*$")
+# toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )
+_TOPLABEL_RE = re.compile(r"[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9]")
+_VISIBLE = frozenset(chr(c) for c in range(0x21, 0x7F))
+# ip4-cidr-length = "/" ("0" / %x31-39 0*1DIGIT); ip6 likewise up to three digits
+_PREFIX_RE = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
-def _valid_domain_spec(spec: str) -> bool:
-    if not spec or " " in spec:
-        return False
-    rest = _MACRO_RE.sub("x", spec)
-    if "%" in rest:
-        return False
-    if _MACRO_RE.search(spec):
-        return True  # ends with a macro or a label: checked at expansion time
-    labels = spec.rstrip(".").split(".")
-    return len(labels) >= 2 and all(0 < len(lab) < 64 for lab in labels) and \
-        bool(re.fullmatch(r"[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*|[A-Za-z0-9-]+", labels[-1]))
+def _macro_string_problem(value: str, *, exp: bool = False) -> str | None:
+    """Why ``value`` is not a macro-string (RFC 7208 §7.1); None when it is one."""
+    if any(ch not in _VISIBLE for ch in value):
+        return "non-ASCII or control character"
+    pos = 0
+    for m in _MACRO_ANY_RE.finditer(value):
+        if "%" in value[pos:m.start()]:
+            return "a '%' not followed by '{', '%', '-' or '_'"
+        letter = m.group(1)
+        if letter is not None:
+            if letter.lower() not in "slodiphvcrt":
+                return f"unknown macro letter %{{{letter}}}"
+            if letter.lower() in "crt" and not exp:
+                return f"macro %{{{letter}}} is allowed only in exp= text"
+        pos = m.end()
+    if "%" in value[pos:]:
+        return "a '%' not followed by '{', '%', '-' or '_'"
+    return None
+
+
+def _domain_spec_problem(spec: str) -> str | None:
+    """RFC 7208 §7.1 domain-spec = macro-string domain-end; None when valid."""
+    if not spec:
+        return "empty domain"
+    problem = _macro_string_problem(spec)
+    if problem:
+        return problem
+    # domain-end = ( "." toplabel [ "." ] ) / macro-expand
+    if _MACRO_ANY_RE.search(spec) and re.search(r"%\{[^}]*\}$", spec):
+        return None
+    body = spec[:-1] if spec.endswith(".") else spec
+    head, dot, top = body.rpartition(".")
+    if not dot or not head:
+        return "a domain needs at least two labels"
+    if not _TOPLABEL_RE.fullmatch(top):
+        return f"invalid top-level label {top!r}"
+    return None
+
+
+def _parse_prefix(text: str, limit: int) -> int | None:
+    if not _PREFIX_RE.fullmatch(text) or int(text) > limit:
+        return None
+    return int(text)
 
 
 def _parse_cidr(arg: str, t: Term) -> str | None:
     """Split "domain/24//64" into domain and prefix lengths; None if malformed."""
-    m = re.fullmatch(r"(.*?)(?:/(\d+))?(?://(\d+))?", arg)
+    m = re.fullmatch(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?", arg, re.DOTALL)
     if not m:
         return None
     spec, c4, c6 = m.groups()
     if c4 is not None:
-        if len(c4) > 1 and c4.startswith("0") or int(c4) > 32:
+        t.cidr4 = _parse_prefix(c4, 32)
+        if t.cidr4 is None:
             return None
-        t.cidr4 = int(c4)
     if c6 is not None:
-        if len(c6) > 1 and c6.startswith("0") or int(c6) > 128:
+        t.cidr6 = _parse_prefix(c6, 128)
+        if t.cidr6 is None:
             return None
-        t.cidr6 = int(c6)
     return spec
 
 
+@dataclass(frozen=True)
+class TermIssue:
+    """One faulty term: where (1-based term number) and what (a stable kind)."""
+
+    index: int
+    term: str
+    kind: str    # bad_character | unknown_mechanism | bad_domain | bad_address | bad_prefix
+    #              | prefix_not_allowed | all_argument | bad_macro | duplicate_modifier
+    problem: str  # English, for the evidence
+
+
 def parse_spf(text: str) -> SpfRecord:
-    """Parse one SPF record; every problem is listed, the record is still usable for
-    merging where the terms themselves are sound."""
+    """Parse one SPF record (RFC 7208 §4.6.1: terms separated by SP only); every problem
+    is listed, the record is still usable for merging where the terms are sound."""
     rec = SpfRecord(text)
-    if not is_spf_record(text.strip()):
+    if not is_spf_record(text):
         rec.problems.append("record does not start with 'v=spf1 '")
         body = text.lower().split("v=spf1", 1)[-1] if is_spf_candidate(text) else text
         body = body.replace('"', " ").replace("\\", " ")
     else:
-        body = text.strip()[6:]
+        body = text[6:]
     seen_mods: set[str] = set()
-    for raw in body.split():
+    for index, raw in enumerate((w for w in body.split(" ") if w), start=1):
         t = _parse_term(raw)
-        if isinstance(t, str):
-            rec.problems.append(t)
+        if isinstance(t, tuple):
+            kind, problem = t
+            rec.problems.append(problem)
+            rec.issues.append(TermIssue(index, raw, kind, problem))
             continue
         if t.modifier and t.name in ("redirect", "exp"):
             if t.name in seen_mods:
-                rec.problems.append(f"modifier {t.name}= appears twice")
+                problem = f"modifier {t.name}= appears twice"
+                rec.problems.append(problem)
+                rec.issues.append(TermIssue(index, raw, "duplicate_modifier", problem))
             seen_mods.add(t.name)
         rec.terms.append(t)
     return rec
 
 
-def _parse_term(raw: str) -> Term | str:
+def _parse_term(raw: str) -> Term | tuple[str, str]:
+    if any(ch not in _VISIBLE for ch in raw):
+        return "bad_character", f"control or non-ASCII character in {raw!r}"
     qualifier = "+"
     body = raw
     if body[:1] in "+-~?":
         qualifier, body = body[0], body[1:]
     m = re.fullmatch(r"([A-Za-z][A-Za-z0-9\-_.]*)=(.*)", body)
-    if m and qualifier == "+" and raw[:1] not in "+-~?":
+    if m and raw[:1] not in "+-~?":
         name, value = m.group(1).lower(), m.group(2)
-        if name in ("redirect", "exp") and not _valid_domain_spec(value):
-            return f"invalid domain in {raw!r}"
-        if name not in ("redirect", "exp") and not _NAME_RE.match(name):
-            return f"invalid modifier {raw!r}"
+        if name == "redirect":
+            problem = _domain_spec_problem(value)
+        elif name == "exp":
+            problem = _domain_spec_problem(value)
+        else:
+            problem = _macro_string_problem(value)
+        if problem:
+            return "bad_macro" if "%" in problem or "macro" in problem else "bad_domain", \
+                f"{problem} in {raw!r}"
         return Term(raw, name, arg=value, modifier=True)
     name, sep, arg = body.partition(":")
     if not sep:
@@ -166,29 +240,53 @@ def _parse_term(raw: str) -> Term | str:
     name = name.lower()
     t = Term(raw, name, qualifier)
     if name not in MECHANISMS:
-        return f"unknown mechanism {raw!r}"
+        return "unknown_mechanism", f"unknown mechanism {raw!r}"
     if name == "all":
-        return t if not arg and not sep else f"'all' takes no argument: {raw!r}"
+        return t if not arg and not sep else ("all_argument", f"'all' takes no argument: {raw!r}")
     if name in ("ip4", "ip6"):
-        try:
-            net = ipaddress.ip_network(arg, strict=False)
-        except ValueError:
-            return f"invalid address in {raw!r}"
-        if (name == "ip4") != (net.version == 4):
-            return f"wrong address family in {raw!r}"
-        t.arg = arg
+        return _parse_ip(raw, name, arg, sep, t)
+    if name in ("include", "exists", "ptr"):
+        if arg.startswith("/") or "/" in arg and name == "ptr":
+            return "prefix_not_allowed", f"{name} takes no prefix length: {raw!r}"
+        if name != "ptr" and not sep:
+            return "bad_domain", f"{name} needs a domain: {raw!r}"
+        if sep or name != "ptr":
+            problem = _domain_spec_problem(arg)
+            if problem:
+                return _domain_kind(problem), f"{problem} in {raw!r}"
+        t.arg = arg or None
         return t
-    if name in ("include", "exists"):
-        if not sep or not _valid_domain_spec(arg):
-            return f"{name} needs a domain: {raw!r}"
-        t.arg = arg
-        return t
-    spec = _parse_cidr(arg, t) if name in ("a", "mx") else arg
+    spec = _parse_cidr(arg, t)
     if spec is None:
-        return f"invalid prefix length in {raw!r}"
-    if sep and not _valid_domain_spec(spec):
-        return f"invalid domain in {raw!r}"
+        return "bad_prefix", f"invalid prefix length in {raw!r}"
+    if sep:
+        problem = _domain_spec_problem(spec)
+        if problem:
+            return _domain_kind(problem), f"{problem} in {raw!r}"
+    elif spec:
+        return "unknown_mechanism", f"unknown mechanism {raw!r}"
     t.arg = spec or None
+    return t
+
+
+def _domain_kind(problem: str) -> str:
+    return "bad_macro" if "%" in problem or "macro" in problem else "bad_domain"
+
+
+def _parse_ip(raw: str, name: str, arg: str, sep: str, t: Term) -> Term | tuple[str, str]:
+    addr, slash, prefix = arg.partition("/")
+    limit = 32 if name == "ip4" else 128
+    if not sep or not addr:
+        return "bad_address", f"{name} needs an address: {raw!r}"
+    if slash and _parse_prefix(prefix, limit) is None:
+        return "bad_prefix", f"invalid prefix length in {raw!r}"
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return "bad_address", f"invalid address in {raw!r}"
+    if (name == "ip4") != (ip.version == 4):
+        return "bad_address", f"wrong address family in {raw!r}"
+    t.arg = arg
     return t
 
 
@@ -205,6 +303,8 @@ class _Ctx:
     lookups: int = 0
     voids: int = 0
     trace: list[str] = field(default_factory=list)
+    # %{p} (RFC 7208 §7.3): the validated name, looked up only when a macro asks for it
+    validated_name: Callable[[str], str] | None = None
 
 
 def expand_macros(spec: str, ctx: _Ctx, domain: str) -> str:
@@ -223,8 +323,11 @@ def expand_macros(spec: str, ctx: _Ctx, domain: str) -> str:
         if tok == "%-":
             return "%20"
         letter, digits, rev, delims = m.groups()
-        value = {"s": ctx.sender, "l": local or "postmaster", "o": sdomain, "d": domain,
-                 "i": ip_text, "p": "unknown", "v": "in-addr" if ctx.ip.version == 4 else "ip6",
+        if letter.lower() == "p":
+            value = ctx.validated_name(domain) if ctx.validated_name else "unknown"
+        else:
+            value = {"s": ctx.sender, "l": local or "postmaster", "o": sdomain, "d": domain,
+                 "i": ip_text, "v": "in-addr" if ctx.ip.version == 4 else "ip6",
                  "h": ctx.helo}.get(letter.lower(), "")
         parts = re.split("[" + re.escape(delims or ".") + "]", value)
         if rev:
@@ -269,7 +372,17 @@ class SpfEvaluator:
                    helo: str | None = None) -> tuple[str, _Ctx]:
         """(result, context): result is pass/fail/softfail/neutral/none/permerror/temperror."""
         domain = normalize_name(domain)
-        ctx = _Ctx(ipaddress.ip_address(ip), sender or f"postmaster@{domain}", helo or domain)
+        addr = ipaddress.ip_address(ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # RFC 7208 §5: an IPv4-mapped address is IPv4
+        local, at, _ = (sender or "").rpartition("@")
+        sender = f"{local or 'postmaster'}@{domain}" if at or not sender else sender
+        ctx = _Ctx(addr, sender, helo or domain)
+        ctx.validated_name = lambda target: self._validated_name(ctx, target)
+        if not valid_fqdn(domain):
+            # RFC 7208 §4.3: a malformed domain is "none", before any DNS query
+            ctx.trace.append(f"none: {domain!r} is not a valid domain name")
+            return "none", ctx
         try:
             result = self._check(ctx, domain, depth=0)
         except PermError as exc:
@@ -282,7 +395,9 @@ class SpfEvaluator:
         return ("permerror" if result == "permerror_none" else result), ctx
 
     def _query(self, ctx: _Ctx, name: str, rdtype: str, count_void: bool = True) -> list[Any]:
-        ans = self._lookup(name, rdtype)
+        # A name no query can carry (a label over 63, an empty label: often the result of
+        # a macro) does not exist (RFC 7208 §4.8, as pyspf treats it).
+        ans = self._lookup(name, rdtype) if valid_dns_name(name) else Lookup(name, rdtype, "NXDOMAIN")
         if isinstance(ans, DnsFailure):
             raise TempError(str(ans))
         if not ans.records and count_void:
@@ -352,15 +467,38 @@ class SpfEvaluator:
         if t.name == "exists":
             return bool(self._query(ctx, target, "A"))
         if t.name == "ptr":
-            rev = ctx.ip.reverse_pointer
-            names = self._query(ctx, rev, "PTR")[:MAX_MX_PTR_NAMES]
-            for host in names:
-                # RFC 7208 §5.5: a validated name (forward-confirmed) in the target domain.
-                validated = str(ctx.ip) in self._addresses(ctx, host, count_void=False)
-                if validated and (host == target or host.endswith("." + target)):
-                    return True
-            return False
+            target = target.lower()
+            return any(host == target or host.endswith("." + target)
+                       for host in self._validated_names(ctx))
         raise PermError(f"unknown mechanism {t.name}")
+
+    def _validated_names(self, ctx: _Ctx) -> list[str]:
+        """RFC 7208 §5.5: PTR names of the address (at most 10) whose forward lookup
+        gives the address back; a DNS error for one name just skips that name."""
+        names = [str(n).lower().rstrip(".")
+                 for n in self._query(ctx, ctx.ip.reverse_pointer, "PTR")[:MAX_MX_PTR_NAMES]]
+        out = []
+        for host in names:
+            try:
+                addrs = self._addresses(ctx, host, count_void=False)
+            except TempError:
+                continue
+            if any(ipaddress.ip_address(a) == ctx.ip for a in addrs):
+                out.append(host)
+        return out
+
+    def _validated_name(self, ctx: _Ctx, domain: str) -> str:
+        """%{p}: the target domain itself, else a subdomain of it, else any validated name."""
+        try:
+            names = self._validated_names(ctx)
+        except (TempError, PermError):
+            return "unknown"
+        domain = domain.lower()
+        for pick in ([n for n in names if n == domain],
+                     [n for n in names if n.endswith("." + domain)], names):
+            if pick:
+                return pick[0]
+        return "unknown"
 
 
 # ---------------------------------------------------------------------------
