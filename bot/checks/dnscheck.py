@@ -9,8 +9,6 @@ queries in ``bot.adapters.dnsclient``; the names of DESIGN.md are all importable
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +30,9 @@ from bot.core.dnsresults import (
     TxtRecord,
     normalize_name,
 )
+from bot.checks.dkimkey import public_key_problem
 from bot.checks.spf import check_spf
+from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
 
 __all__ = [
     "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
@@ -64,6 +64,9 @@ class DkimRecord:
     cleaned: str | None = None      # the value with that junk removed
     problems: list[str] = field(default_factory=list)   # syntax, in Japanese
     testing: bool = False
+    # Characters pasted from a word processor (full-width space, zero-width, BOM, smart
+    # quotes); SP/TAB/CR/LF are folding white space, legal between tags and inside p=.
+    pasted: list[PastedChar] = field(default_factory=list)
 
     @property
     def syntax_ok(self) -> bool:
@@ -107,8 +110,9 @@ def parse_dkim_record(text: str) -> DkimRecord:
     parentheses, doubled ';', a pasted zone-file prefix) is named separately and the
     rest of the value is still parsed, so the clerk hears both at once."""
     rec = DkimRecord(text)
-    rec.junk, cleaned = _find_junk(text)
-    if rec.junk:
+    rec.pasted = [c for c in find_pasted(text) if c.char not in "\t\r\n"]
+    rec.junk, cleaned = _find_junk(clean_pasted(text) if rec.pasted else text)
+    if rec.junk or rec.pasted:
         rec.cleaned = cleaned
     specs = [s for s in cleaned.split(";")]
     if specs and not specs[-1].strip():
@@ -147,14 +151,6 @@ def parse_dkim_record(text: str) -> DkimRecord:
     return rec
 
 
-def _b64_ok(key: str) -> bool:
-    try:
-        base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
-        return True
-    except (binascii.Error, ValueError):
-        return False
-
-
 def _normalize_key(b64: str | None) -> str | None:
     return re.sub(r"\s+", "", b64) if b64 else None
 
@@ -172,10 +168,13 @@ class _Verdict:
     good: bool = False
     testing: bool = False
     offer_1024: bool = False
+    key_bits: int | None = None
 
 
 def _judge_record(rec: DkimRecord, expected: str | None) -> _Verdict:
     v = _Verdict(testing=rec.testing)
+    if rec.pasted:
+        v.codes.append("dkim_pasted_character")
     if rec.junk:
         v.codes.append("dkim_quoted")
     if not rec.syntax_ok:
@@ -191,8 +190,12 @@ def _judge_record(rec: DkimRecord, expected: str | None) -> _Verdict:
             v.offer_1024 = len(rec.text.encode()) <= TXT_STRING_LIMIT
         else:
             v.codes.append("dkim_key_mismatch")
-    elif key is not None and not expected and key and not _b64_ok(key):
-        v.codes.append("dkim_truncated")
+    elif key and not expected and rec.tags.get("k", "rsa") in ("rsa", "ed25519"):
+        # No key to compare with: the key itself must be usable (bot/checks/dkimkey.py).
+        problem = public_key_problem(rec.tags.get("k", "rsa"), key)
+        if problem is not None:
+            v.codes.append("dkim_key_too_short" if problem.kind == "too_short" else "dkim_truncated")
+            v.key_bits = problem.bits
     elif key == "" and "dkim_syntax" not in v.codes:
         v.codes.append("dkim_key_mismatch")  # p= empty: a revoked key (RFC 6376 §3.6.1)
     v.good = not v.codes
@@ -287,7 +290,19 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
     v = _judge_record(rec, expected)
     value_hint = "弊社がお送りした「v=DKIM1; k=rsa; p=…」の値"
     for code in v.codes:
-        if code == "dkim_quoted":
+        if code == "dkim_pasted_character":
+            add(code,
+                f"{name} の DKIM レコードの値に、{describe_all_ja(rec.pasted)}が入っています。"
+                "このままでは受信側がこのレコードを読めず、DKIM の確認に失敗します。"
+                f"{value_hint}を、メモ帳などを通さずにそのままコピーして貼り付け直してください。",
+                record=rec.text, pasted=[c.to_json() for c in rec.pasted], cleaned=rec.cleaned,
+                key_matches_after_cleaning=bool(expected and rec.key == expected))
+        elif code == "dkim_key_too_short":
+            add(code,
+                f"{name} の DKIM レコードの公開鍵は {v.key_bits} ビットで、短すぎるため受信側では"
+                "使われません（1024 ビット以上が必要です）。弊社がお送りした値に置き換えてください。",
+                record=rec.text, bits=v.key_bits)
+        elif code == "dkim_quoted":
             add(code,
                 f"{name} の DKIM レコードの値に、{'、'.join(rec.junk)} が含まれています。"
                 "値の欄には、引用符などを付けずに「v=DKIM1」から始まる文字列だけを入力してください。",
