@@ -36,6 +36,7 @@ from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_
 
 __all__ = [
     "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
+    "dkim_record_codes",
     "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "check_alignment", "check_dkim",
     "check_dmarc", "check_domain", "check_many", "check_spf", "format_report_table",
     "make_dkim_dnsfunc", "map_concurrently", "organizational_domain", "parse_dkim_record",
@@ -169,6 +170,12 @@ class _Verdict:
     testing: bool = False
     offer_1024: bool = False
     key_bits: int | None = None
+
+
+def dkim_record_codes(text: str, expected_public_b64: str | None = None) -> list[str]:
+    """The diagnosis codes one DKIM key record gets on its own ([] = usable); the
+    conformance tests hold this to dkimpy's ``evaluate_pk``."""
+    return _judge_record(parse_dkim_record(text), _normalize_key(expected_public_b64)).codes
 
 
 def _judge_record(rec: DkimRecord, expected: str | None) -> _Verdict:
