@@ -25,6 +25,7 @@ from bot.core.dnsresults import (
     Lookup,
     normalize_name,
 )
+from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
 
 POLICIES = ("none", "quarantine", "reject")
 # The order tags are written in when we suggest a record: v and p first (RFC 7489
@@ -32,6 +33,10 @@ POLICIES = ("none", "quarantine", "reject")
 TAG_ORDER = ("v", "p", "sp", "adkim", "aspf", "pct", "fo", "rf", "ri", "rua", "ruf")
 # RFC 7489 tags plus DMARCbis' np/psd/t, which receivers already see in the wild.
 KNOWN_TAGS = frozenset(TAG_ORDER) | {"np", "psd", "t"}
+# Named, but receivers still use the record: an unknown tag is ignored (RFC 7489 §6.3);
+# p= later than second breaks RFC 7489's ABNF order, which no receiver we know enforces
+# (OpenDMARC reads tags in any order, DMARCbis allows it).
+SOFT_PROBLEMS = frozenset({"unknown", "order"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,11 +55,18 @@ def organizational_domain(domain: str) -> str:
 @dataclass
 class DmarcProblem:
     tag: str        # the tag at fault ("" for the record as a whole)
-    kind: str       # "quoted", "v_not_first", "bad_tag", "duplicate", "missing", "invalid", "unknown"
+    kind: str       # "quoted", "pasted", "leading_space", "v_not_first", "bad_tag", "duplicate",
+    #                 "missing", "invalid"; warnings: "unknown", "order"
     value: str = ""
 
     def ja(self) -> str:
         """The problem in plain Japanese, for the facility mail."""
+        if self.kind == "pasted":
+            return f"{self.value}が入っています（受信側はこのレコードを正しく読めません）"
+        if self.kind == "leading_space":
+            return "先頭に空白があります（受信側は「v=DMARC1」で始まらないレコードを無視します）"
+        if self.kind == "order":
+            return "「p=」は「v=DMARC1」のすぐ後に書くのが正式な形です"
         if self.kind == "quoted":
             return "値に「\"」（引用符）などの余分な文字が含まれています"
         if self.kind == "v_not_first":
@@ -85,10 +97,11 @@ class DmarcRecord:
     text: str
     tags: dict[str, str] = field(default_factory=dict)
     problems: list[DmarcProblem] = field(default_factory=list)
+    pasted: list[PastedChar] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
-        return not [p for p in self.problems if p.kind != "unknown"]
+        return not [p for p in self.problems if p.kind not in SOFT_PROBLEMS]
 
     @property
     def policy(self) -> str | None:
@@ -122,7 +135,15 @@ def parse_dmarc(text: str) -> DmarcRecord:
     """Parse one DMARC TXT value; every problem found is listed (not only the first),
     so a clerk fixes them in one go."""
     rec = DmarcRecord(text)
-    body = text.strip()
+    # TAB is legal white space around ';' and '=' (RFC 7489 §6.4 WSP); other pasted
+    # characters (full-width space, BOM, zero-width, smart quotes) are not.
+    rec.pasted = [c for c in find_pasted(text) if c.char != "\t"]
+    if rec.pasted:
+        rec.problems.append(DmarcProblem("", "pasted", describe_all_ja(rec.pasted)))
+        text = clean_pasted(text)
+    elif text[:1] in (" ", "\t"):
+        rec.problems.append(DmarcProblem("", "leading_space"))
+    body = text.strip(" \t")
     if any(c in body for c in "\"\\"):
         rec.problems.append(DmarcProblem("", "quoted"))
         body = body.replace("\\", "").replace('"', "").strip()
@@ -142,6 +163,8 @@ def parse_dmarc(text: str) -> DmarcRecord:
         rec.tags[name] = value
         if i == 0 and not (name == "v" and value == "DMARC1") or i > 0 and name == "v":
             rec.problems.append(DmarcProblem("v", "v_not_first", spec))
+        if name == "p" and i != 1 and "v" in rec.tags:
+            rec.problems.append(DmarcProblem("p", "order", spec))
     if "v" not in rec.tags and not any(p.kind == "v_not_first" for p in rec.problems):
         rec.problems.append(DmarcProblem("v", "v_not_first", ""))
     for name, value in rec.tags.items():
@@ -169,7 +192,11 @@ def _check_tag(name: str, value: str) -> DmarcProblem | None:
         ok = value.isdigit() and int(value) < 2**32
     elif name in ("rua", "ruf"):
         ok = parse_report_uris(value) is not None
-    elif name in ("v", "psd", "t"):
+    elif name == "psd":
+        ok = low in ("y", "n", "u")   # DMARCbis
+    elif name == "t":
+        ok = low in ("y", "n")        # DMARCbis
+    elif name == "v":
         ok = True
     else:
         return DmarcProblem(name, "unknown", value)
@@ -355,25 +382,30 @@ def _describe(found: dict[str, Any], rec: DmarcRecord, location: str, policy: st
 
 
 def _syntax_diagnoses(rec: DmarcRecord, name: str, rua: str | None) -> list[Diagnosis]:
-    hard = [p for p in rec.problems if p.kind != "unknown"]
-    soft = [p for p in rec.problems if p.kind == "unknown"]
+    hard = [p for p in rec.problems if p.kind not in SOFT_PROBLEMS]
+    soft = [p for p in rec.problems if p.kind in SOFT_PROBLEMS]
     out: list[Diagnosis] = []
     fix = suggest_dmarc_record(rec.tags, rua)
     if hard:
         out.append(Diagnosis(
-            "dmarc_syntax",
+            # A pasted character gets its own name: the record looks right on screen.
+            "dmarc_pasted_character" if rec.pasted else "dmarc_syntax",
             f"「{name}」の DMARC レコード「{rec.text}」に誤りがあります："
             + "、".join(p.ja() for p in hard)
             + f"。値を次のように修正してください：{fix}",
             "error", {"name": name, "record": str(rec.text),
-                      "problems": [p.to_json() for p in hard], "fix": fix, "fix_host": name}))
+                      "problems": [p.to_json() for p in hard], "fix": fix, "fix_host": name,
+                      "pasted": [c.to_json() for c in rec.pasted]}))
     if soft:
-        # Unknown tags are ignored by receivers (RFC 7489 §6.3) but usually a typo.
+        # Unknown tags are ignored by receivers (RFC 7489 §6.3) but usually a typo; the
+        # tag order is RFC 7489's ABNF, not what receivers check.
+        order = any(p.kind == "order" for p in soft)
         out.append(Diagnosis(
-            "dmarc_syntax",
-            f"「{name}」の DMARC レコードに不明な項目があります："
-            + "、".join(p.ja() for p in soft) + "。動作には影響しませんが、ご確認ください。",
-            "warning", {"name": name, "problems": [p.to_json() for p in soft]}))
+            "dmarc_tag_order" if order and len(soft) == 1 else "dmarc_syntax",
+            f"「{name}」の DMARC レコードに気になる点があります："
+            + "、".join(p.ja() for p in soft) + "。動作には影響しませんが、"
+            + (f"次の形に整えることをお勧めします：{fix}" if order else "ご確認ください。"),
+            "warning", {"name": name, "problems": [p.to_json() for p in soft], "fix": fix}))
     return out
 
 

@@ -119,7 +119,17 @@ def _context(text: str, i: int, kind: str) -> str:
     end = i + 1
     while end < len(text) and not is_sep(text[end]):
         end += 1
-    return f"「{text[start:end]}」の中"
+    if kind in ("invisible", "control", "replacement"):
+        # An invisible character cannot be shown; say where it sits in the word.
+        word = _visible(text[start:end])
+        where = "の前" if i == start else ("の後" if i == end - 1 else "の途中")
+        return f"「{word}」{where}"
+    return f"「{_visible(text[start:end], keep=text[i])}」の中"
+
+
+def _visible(word: str, keep: str = "") -> str:
+    return "".join(c for c in word if c == keep or " " <= c <= "~" or
+                   (_classify(c) or ("", ""))[0] in ("fullwidth", "quote", "other"))
 
 
 def find_pasted(text: str) -> list[PastedChar]:
@@ -157,7 +167,21 @@ def clean_pasted(text: str, separator: str = " ") -> str:
 
 def describe_all_ja(found: list[PastedChar], limit: int = 5) -> str:
     """「12文字目の全角スペース（「a:mail.example.jp」と「-all」の間）」, joined with 、."""
-    parts = [p.describe_ja() for p in found[:limit]]
-    if len(found) > limit:
-        parts.append(f"ほか{len(found) - limit}か所")
+    runs: list[list[PastedChar]] = []
+    for p in found:
+        last = runs[-1][-1] if runs else None
+        if last and p.position == last.position + 1 and p.kind == last.kind == "fullwidth":
+            runs[-1].append(p)   # 「ｍａｉｌ」 is one mistake, not four
+        else:
+            runs.append([p])
+    parts = []
+    for run in runs[:limit]:
+        if len(run) == 1:
+            parts.append(run[0].describe_ja())
+        else:
+            text = "".join(p.char for p in run)
+            parts.append(f"{run[0].position}〜{run[-1].position}文字目の全角文字「{text}」"
+                         f"（{run[0].context}）")
+    if len(runs) > limit:
+        parts.append(f"ほか{len(runs) - limit}か所")
     return "、".join(parts)
