@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import spf as pyspf  # noqa: E402
 
-from bot.adapters.dnsclient import DnsFailure  # noqa: E402
+from bot.core.dnsresults import DnsFailure  # noqa: E402
 from conformance import spf_runner  # noqa: E402
 from conformance.spfsuite import SuiteDns, load_cases  # noqa: E402
 

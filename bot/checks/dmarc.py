@@ -20,8 +20,8 @@ from publicsuffixlist import PublicSuffixList
 from bot.core.dnsresults import (
     AreaResult,
     Diagnosis,
-    DnsLookup,
     DnsFailure,
+    DnsLookup,
     Lookup,
     normalize_name,
 )

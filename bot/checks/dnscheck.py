@@ -16,31 +16,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
-from bot.config import ServiceConfig
+from bot.checks.dkimkey import public_key_problem
 from bot.checks.dmarc import check_dmarc, organizational_domain, suggest_dmarc_record
+from bot.checks.spf import check_spf
+from bot.config import ServiceConfig
 from bot.core.dnsresults import (
     MAX_NAME_TEXT,
     AreaResult,
     CheckReport,
     Diagnosis,
-    DnsLookup,
     DnsFailure,
+    DnsLookup,
     DnsQueryError,
     Lookup,
     TxtRecord,
     normalize_name,
 )
-from bot.checks.dkimkey import public_key_problem
-from bot.checks.spf import check_spf
 from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
 
 __all__ = [
     "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
-    "dkim_record_codes",
     "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "check_alignment", "check_dkim",
-    "check_dmarc", "check_domain", "check_many", "check_spf", "format_report_table",
-    "make_dkim_dnsfunc", "map_concurrently", "organizational_domain", "parse_dkim_record",
-    "run_check_command", "suggest_dmarc_record",
+    "check_dmarc", "check_domain", "check_many", "check_spf", "dkim_record_codes",
+    "format_report_table", "make_dkim_dnsfunc", "map_concurrently", "organizational_domain",
+    "parse_dkim_record", "run_check_command", "suggest_dmarc_record",
 ]
 
 R = TypeVar("R")

@@ -19,15 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.checks.spfsyntax import syntax_diagnosis
 from bot.core.dnsresults import (
     AreaResult,
     Diagnosis,
-    DnsLookup,
     DnsFailure,
+    DnsLookup,
     Lookup,
     normalize_name,
 )
-from bot.checks.spfsyntax import syntax_diagnosis
 from bot.core.recordtext import clean_pasted, find_pasted
 
 MAX_LOOKUPS = 10       # RFC 7208 §4.6.4

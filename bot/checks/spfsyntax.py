@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from bot.adapters.dnsclient import Diagnosis
+from bot.core.dnsresults import Diagnosis
 from bot.core.recordtext import PastedChar, describe_all_ja
 
 

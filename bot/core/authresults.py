@@ -97,7 +97,8 @@ def _segments(text: str) -> list[tuple[str, str]]:
                 if depth == 0:
                     comments.append(" ".join("".join(comment).split()))
                     comment = []
-                    buf.append(" ")  # a comment separates tokens: "pass(p=REJECT)header.from=…"
+                    if not skip_space:  # "= (wait for it) fail": the value still follows "="
+                        buf.append(" ")  # a comment separates tokens: "pass(p=REJECT)header.from=…"
                     i += 1
                     continue
             comment.append(ch)
@@ -118,7 +119,10 @@ def _segments(text: str) -> list[tuple[str, str]]:
             out.append(("".join(buf), " ".join(c for c in comments if c)))
             buf, comments = [], []
             skip_space = False
-        elif ch == "=":
+        elif ch == "=" or ch in "./" and buf and buf[-1].isspace():
+            # CFWS may surround "=", and "/" (method/version) and "." (ptype.property)
+            # too (RFC 8601 §2.2; B.7's "policy (A dot can go here) . (like that) expired").
+            # A "." or "/" right after text ("example.com.", "a/b") is part of a value.
             while buf and buf[-1].isspace():
                 buf.pop()
             buf.append(ch)
@@ -179,7 +183,8 @@ def parse_authentication_results(value: str) -> AuthResults:
         head = first.split()
         if not head:
             raise AuthResultsError("Authentication-Results without an authserv-id")
-        authserv_id = head[0].lower()
+        # authserv-id = value: a token or a quoted-string (RFC 8601 §2.2)
+        authserv_id = _unquote(head[0]).lower()
         if len(head) > 1 and head[1].isdigit():
             version = head[1]
     results = [r for r in (_resinfo(t, c) for t, c in rest) if r is not None]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from bot.adapters.dnsclient import DnsFailure, Lookup, TxtRecord
+from bot.core.dnsresults import DnsFailure, Lookup, TxtRecord
 
 HERE = Path(__file__).parent / "spf"
 SUITES = {"rfc7208": HERE / "rfc7208-tests.yml", "rfc4408": HERE / "rfc4408-tests.yml"}
