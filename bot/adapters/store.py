@@ -227,6 +227,16 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def backup_to(self, target: Path) -> None:
+        """Copy the database to ``target`` while passes may be writing: SQLite's online
+        backup API copies the last committed state (WAL readers block no writer), so the
+        copy is one consistent moment, never a half-written transaction."""
+        dest = sqlite3.connect(str(target))
+        try:
+            self.db.backup(dest)
+        finally:
+            dest.close()
+
     # -- schema ---------------------------------------------------------------------------
 
     def schema_version(self) -> int:

@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     ad.add_argument("--keytable", metavar="PATH", help="default: [signer] keytable")
     ad.add_argument("--signingtable", metavar="PATH", help="default: [signer] signingtable")
     ad.add_argument("--dry-run", action="store_true", help="only list what would be adopted")
+    bk = sub.add_parser("backup", help="a consistent copy of the state (database, keys, signer files) into FILE")
+    bk.add_argument("file")
+    rs = sub.add_parser("restore", help="put a backup into an empty state directory")
+    rs.add_argument("file")
+    rs.add_argument("--force", action="store_true", help="write over a state directory that is not empty")
     sub.add_parser("doctor", help="check every connection and permission against the real servers, changing nothing")
     rp = sub.add_parser("reports", help="what DMARC aggregate reports say about a domain's mail ([reports])")
     rp.add_argument("domain")
@@ -100,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _backup_restore(cfg: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot.app.backup import BackupError, make_backup, restore_backup
+
+    try:
+        if args.command == "backup":
+            summary = make_backup(cfg, Path(args.file))
+        else:
+            summary = restore_backup(cfg, Path(args.file), force=args.force)
+    except BackupError as exc:
+        print(f"dkimbot: {exc}", file=sys.stderr)
+        return 1
+    for line in summary.lines:
+        print(line)
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "sign":
         from bot.adapters.signer import sign_filter
@@ -107,6 +130,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return sign_filter(cfg, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
     if args.command == "check":
         return _check(cfg, args)
+    if args.command in ("backup", "restore"):
+        return _backup_restore(cfg, args)
     if args.command == "doctor":
         from bot.app.doctor import run_doctor
 
