@@ -50,12 +50,16 @@ class Sizes:
     startup_repeats: int = 10
     key_repeats: dict[str, int] = field(default_factory=lambda: {
         "rsa1024": 10, "rsa2048": 10, "rsa3072": 5, "rsa4096": 3, "ed25519": 50})
+    dmarc_reports: int = 2_000        # DMARC aggregate reports (bench_dmarc.py); big ones: 1/20 of it
+    dmarc_records: int = 10
+    dmarc_big_records: int = 1_000
 
 
 FULL = Sizes()
 QUICK = Sizes(big_mailbox=400, small_mailbox=10, idle_repeats=3, new_unrelated=200, new_requests=5,
               recheck_cases=60, startup_repeats=3,
-              key_repeats={"rsa1024": 1, "rsa2048": 1, "rsa3072": 1, "rsa4096": 1, "ed25519": 3})
+              key_repeats={"rsa1024": 1, "rsa2048": 1, "rsa3072": 1, "rsa4096": 1, "ed25519": 3},
+              dmarc_reports=100, dmarc_records=10, dmarc_big_records=200)
 
 
 # --------------------------------------------------------------------------- meters

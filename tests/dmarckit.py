@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 from pathlib import Path
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "dmarc_reports"
@@ -60,7 +60,7 @@ def report_mail(xml: bytes, sender: str, wrapping: str, filename: str, *, domain
     msg["From"] = sender
     msg["To"] = "dmarc@489ban.net"
     msg["Subject"] = f"Report domain: {domain} Submitter: {sender.rpartition('@')[2]} Report-ID: <{filename}>"
-    msg["Date"] = format_datetime(datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc))
+    msg["Date"] = format_datetime(datetime(2026, 11, 23, 3, 0, tzinfo=UTC))
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2])
     if wrapping == "zip+text":
         msg.set_content(f"This is an aggregate report from {sender.rpartition('@')[2]}.\n")

@@ -6,14 +6,13 @@ are counted and skipped without stopping the pass.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import subprocess
 import sys
 import zipfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def test_corpus_reports_flow_from_dovecot_to_the_json(tmp_path, dovecot, bind, s
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "corpus")
     for _name, raw in dmarckit.corpus_mails():
         dovecot.append(rua, raw)
-    clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=UTC))
     bot = open_bot(cfg, clock)
     try:
         completed_case(bot, domain, clock.now - timedelta(days=13))
@@ -83,7 +82,7 @@ def test_corpus_reports_flow_from_dovecot_to_the_json(tmp_path, dovecot, bind, s
         assert len(stored) == 8 and all("\\Seen" not in flags for _uid, flags, _raw in stored)
 
         # The figures, hand-counted from the corpus (tests/corpus/dmarc_reports/README.md).
-        days = (datetime.now(timezone.utc).date() - datetime(2026, 11, 20).date()).days + 1
+        days = (datetime.now(UTC).date() - datetime(2026, 11, 20).date()).days + 1
         got = reports_cli(cfg, domain, days)
         assert (got["domain"], got["days"], got["messages"], got["dmarc_pass"]) == (
             domain, days, dmarckit.EXPECTED["messages"], dmarckit.EXPECTED["dmarc_pass"])
@@ -97,9 +96,9 @@ def test_corpus_reports_flow_from_dovecot_to_the_json(tmp_path, dovecot, bind, s
         # Incremental: a second pass reads nothing old; one new mail is one new outcome.
         jobs.run_pass(bot)
         assert sum(bot.store.dmarc_mail_counts(clock.now - timedelta(days=1)).values()) == 8
-        xml = dmarckit.google_style_xml(domain, datetime(2026, 11, 22, tzinfo=timezone.utc), "new-1",
+        xml = dmarckit.google_style_xml(domain, datetime(2026, 11, 22, tzinfo=UTC), "new-1",
                                         [("203.0.113.10", 4, "pass", "fail")])
-        dovecot.append(rua, dmarckit.google_mail(xml, domain, datetime(2026, 11, 22, tzinfo=timezone.utc)))
+        dovecot.append(rua, dmarckit.google_mail(xml, domain, datetime(2026, 11, 22, tzinfo=UTC)))
         jobs.run_pass(bot)
         assert bot.store.dmarc_mail_counts(clock.now - timedelta(days=1))["stored"] == 7
         assert reports_cli(cfg, domain, days)["messages"] == dmarckit.EXPECTED["messages"] + 4
@@ -121,7 +120,7 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
     domain = "ryokan-kusu.test"
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "hostile",
                               extra={"max_report_bytes": 4 * 1024 * 1024, "max_message_bytes": 2 * 1024 * 1024})
-    day = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    day = datetime(2026, 11, 20, tzinfo=UTC)
     good = dmarckit.google_style_xml(domain, day, "g-1", [("203.0.113.10", 30, "pass", "fail"),
                                                           ("192.0.2.9", 2, "fail", "fail")])
     from test_dmarc_parse import BILLION_LAUGHS, EXTERNAL_ENTITY
@@ -140,7 +139,7 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
         ("entities", attach(BILLION_LAUGHS)),
         ("entities", attach(EXTERNAL_ENTITY)),
         ("oversized", _bomb_mail(domain)),  # a 48 MiB XML behind a ~50 KB zip, as Google wraps it
-        ("future_dates", attach(dmarckit.google_style_xml(domain, datetime(2027, 6, 1, tzinfo=timezone.utc),
+        ("future_dates", attach(dmarckit.google_style_xml(domain, datetime(2027, 6, 1, tzinfo=UTC),
                                                           "f-1", [("203.0.113.10", 1, "pass", "pass")]))),
         ("bad_count", attach(good.replace(b"<count>30</count>", b"<count>-30</count>"))),
         ("unknown_schema", attach(good.replace(b"<feedback>", b"<feedback><version>7.0</version>"))),
@@ -154,7 +153,7 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
     hostile.append(("oversized", big))  # over max_message_bytes: never fetched
     for _expected, raw in hostile:
         dovecot.append(rua, raw)
-    clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=UTC))
     bot = open_bot(cfg, clock)
     try:
         completed_case(bot, domain, clock.now - timedelta(days=2))
@@ -165,7 +164,7 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
         for outcome, _raw in hostile:
             expected[outcome] = expected.get(outcome, 0) + 1
         assert counts == expected
-        days = (datetime.now(timezone.utc).date() - day.date()).days + 1
+        days = (datetime.now(UTC).date() - day.date()).days + 1
         got = reports_cli(cfg, domain, days)
         by_ip = {s["ip"]: s for s in got["sources"]}
         # The forged report is kept, marked by its sender, and did not shadow the real one.

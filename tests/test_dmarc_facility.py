@@ -7,7 +7,7 @@ same-day staff alert when our own mail fails, and the digest's section.
 from __future__ import annotations
 
 import email.policy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from typing import Any
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.servers
 
 OURS = "203.0.113.10"
 OWN_SERVER = "198.51.100.99"
-T0 = datetime(2026, 9, 1, tzinfo=timezone.utc)  # the case completes at 00:00 on day 0
+T0 = datetime(2026, 9, 1, tzinfo=UTC)  # the case completes at 00:00 on day 0
 
 
 def body(raw: bytes) -> str:
@@ -62,7 +62,7 @@ def test_facility_report_then_quarantine_advice_with_a_moved_clock(tmp_path, dov
     bot = open_bot(cfg, clock)
     try:
         case = completed_case(bot, domain, T0)
-        deliver_days(dovecot, rua, domain, range(0, 13), rows)
+        deliver_days(dovecot, rua, domain, range(13), rows)
         jobs.run_pass(bot)
         assert facility_mails(smtp, domain) == []  # day 13: not yet
 
@@ -117,11 +117,11 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
     smtp.clear()
     domain = "ryokan-sugi.test"
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "sugi")
-    clock = Clock(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
     bot = open_bot(cfg, clock)
     try:
         case = completed_case(bot, domain, clock.now - timedelta(days=3))
-        day = datetime(2026, 11, 22, tzinfo=timezone.utc)
+        day = datetime(2026, 11, 22, tzinfo=UTC)
         xml = dmarckit.google_style_xml(domain, day, "s-1", [(OURS, 7, "fail", "fail"), (OURS, 3, "pass", "fail")])
         dovecot.append(rua, dmarckit.google_mail(xml, domain, day))
         jobs.run_pass(bot)

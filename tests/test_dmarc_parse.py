@@ -9,15 +9,16 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
-from datetime import datetime, timezone
-
-import pytest
+from datetime import UTC, datetime
+from typing import Any
 
 import dmarckit
+import pytest
+
 from bot.core.dmarcmail import documents_in, read_report_mail
 from bot.core.dmarcxml import ReportError, parse_aggregate
 
-NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
 MiB = 1024 * 1024
 
 
@@ -154,3 +155,34 @@ def test_a_mail_with_a_bomb_and_a_good_report_keeps_the_good_one() -> None:
     mail = read_report_mail(msg.as_bytes(), MiB)
     assert mail.documents == [corpus("google.xml")]
     assert [e.code for e in mail.errors] == ["oversized"]
+
+
+def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkeypatch) -> None:
+    """A bug while storing one mail rolls back its batch; the others are stored alone."""
+    import bot.flows.dmarcintake as intake
+    from bot.adapters.intake import MaildirMailbox
+    from bot.config import load_config
+    from bot.flows.runtime import Bot
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f'[reports]\nkind = "maildir"\npath = "rua"\n[service]\nsending_ips = ["0.0.0.0/0"]\n'
+                        f'[state]\ndir = "{tmp_path / "state"}"\n')
+    bot = Bot.open(load_config(cfg_path), clock=lambda: NOW)
+    try:
+        with bot.store.transaction():
+            bot.store.create_case(state="completed", now=NOW, domain=dmarckit.DOMAIN)
+        box = MaildirMailbox(bot.cfg.state_path("rua"))
+        for name, raw in dmarckit.corpus_mails()[:3]:
+            box.deliver(raw)
+        real = intake.store_report
+
+        def broken_for_yahoo(bot_: Bot, report: Any, mail: Any, key: str, now: datetime) -> str:
+            if report.reporter == "yahoo":
+                raise RuntimeError("bug")
+            return real(bot_, report, mail, key, now)
+
+        monkeypatch.setattr(intake, "store_report", broken_for_yahoo)
+        assert intake.intake_once(bot) == {"stored": 2, "error": 1}
+        assert intake.intake_once(bot) == {}  # the failed mail is not retried forever
+    finally:
+        bot.close()

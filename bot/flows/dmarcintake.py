@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.adapters.reportbox import ReportMessage, open_report_mailbox
@@ -33,6 +34,8 @@ from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
+BATCH = 50                        # report mails stored per transaction
+BATCH_BYTES = 32 * 1024 * 1024    # ... or fewer, when they are big
 PTR_PER_PASS = 20                 # new source names looked up per pass (bounded DNS work)
 PTR_RETRY = timedelta(days=7)     # a source without a name is asked again after this
 
@@ -118,45 +121,89 @@ def store_report(bot: Bot, report: AggregateReport, mail: ReportMail, key: str, 
     return "stored" if added else "duplicate"
 
 
-def take_message(bot: Bot, message: ReportMessage) -> tuple[str, list[str]]:
-    """Handle one report mail in one transaction; (outcome, IPs of stored rows)."""
-    now = bot.clock()
-    max_bytes = bot.cfg.reports.max_report_bytes
-    outcomes: list[str] = []
-    details: list[str] = []
-    ips: list[str] = []
-    mail = ReportMail(from_domain="", subject="")
+@dataclass
+class ReadMail:
+    """One report mail read and parsed (outside any transaction): what to store."""
+
+    key: str
+    mail: ReportMail
+    reports: list[AggregateReport] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+
+def read_message(message: ReportMessage, max_bytes: int, now: datetime) -> ReadMail:
+    """Decompress and parse (pure work, no store): errors become counted outcomes."""
     if message.oversized:
-        outcomes.append("oversized")
-        details.append(f"mail of {message.size} bytes not fetched")
-    else:
-        mail = read_report_mail(message.raw, max_bytes)
-        for err in mail.errors:
-            outcomes.append(err.code)
-            details.append(err.message)
-    with bot.store.transaction():
-        for doc in mail.documents:
-            try:
-                report = parse_aggregate(doc, now=now)
-            except ReportError as exc:
-                outcomes.append(exc.code)
-                details.append(exc.message)
-                continue
-            outcome = store_report(bot, report, mail, message.key, now)
-            outcomes.append(outcome)
-            details.append(f"{report.reporter} {report.report_id} {report.domain} {report.messages} msgs")
-            if outcome == "stored":
-                ips += [r.source_ip for r in report.rows]
-        final = ",".join(sorted(set(outcomes))) if outcomes else "no_report"
-        bot.store.record_dmarc_mail(message.key, now, final, "; ".join(details))
+        return ReadMail(message.key, ReportMail(from_domain="", subject=""), outcomes=["oversized"],
+                        details=[f"mail of {message.size} bytes not fetched"])
+    mail = read_report_mail(message.raw, max_bytes)
+    read = ReadMail(message.key, mail, outcomes=[e.code for e in mail.errors], details=[e.message for e in mail.errors])
+    for doc in mail.documents:
+        try:
+            read.reports.append(parse_aggregate(doc, now=now))
+        except ReportError as exc:
+            read.outcomes.append(exc.code)
+            read.details.append(exc.message)
+    return read
+
+
+def store_mail(bot: Bot, read: ReadMail, now: datetime) -> tuple[str, list[str]]:
+    """Store a read mail's reports and its outcome (inside the caller's transaction)."""
+    outcomes, details, ips = list(read.outcomes), list(read.details), []
+    for report in read.reports:
+        outcome = store_report(bot, report, read.mail, read.key, now)
+        outcomes.append(outcome)
+        details.append(f"{report.reporter} {report.report_id} {report.domain} {report.messages} msgs")
+        if outcome == "stored":
+            ips += [r.source_ip for r in report.rows]
+    final = ",".join(sorted(set(outcomes))) if outcomes else "no_report"
+    bot.store.record_dmarc_mail(read.key, now, final, "; ".join(details))
     if final != "stored":
-        log.info("DMARC report mail %s: %s (%s)", message.key, final, "; ".join(details)[:300])
+        log.info("DMARC report mail %s: %s (%s)", read.key, final, "; ".join(details)[:300])
     return final, ips
 
 
+def take_messages(bot: Bot, messages: list[ReportMessage]) -> list[tuple[str, list[str]]]:
+    """Read, then store a batch of mails in one transaction (a commit costs more than
+    parsing a small report). If storing fails (a bug), the batch is rolled back and each
+    mail is taken alone, so one mail's failure is that mail's outcome only."""
+    now = bot.clock()
+    reads = []
+    for m in messages:
+        try:
+            reads.append(read_message(m, bot.cfg.reports.max_report_bytes, now))
+        except Exception as exc:  # a parser bug on one mail: that mail's outcome, not the pass's end
+            log.exception("DMARC report mail %s could not be read", m.key)
+            reads.append(ReadMail(m.key, ReportMail(from_domain="", subject=""), outcomes=["error"],
+                                  details=[f"{type(exc).__name__}: {exc}"]))
+    try:
+        with bot.store.transaction():
+            return [store_mail(bot, r, now) for r in reads]
+    except Exception:
+        if len(reads) == 1:
+            raise
+        log.warning("DMARC report batch of %d failed; taking the mails one by one", len(reads))
+    results = []
+    for message in messages:
+        try:
+            results += take_messages(bot, [message])
+        except Exception as exc:  # our bug on one mail must not stop the others nor loop forever
+            log.exception("DMARC report mail %s failed", message.key)
+            with bot.store.transaction():
+                bot.store.record_dmarc_mail(message.key, bot.clock(), "error", f"{type(exc).__name__}: {exc}")
+            results.append(("error", []))
+    return results
+
+
 def name_sources(bot: Bot, ips: list[str]) -> int:
-    """Reverse DNS (PTR, via the configured resolver) for other senders' addresses."""
+    """Reverse DNS (PTR, via the configured resolver) for other senders' addresses.
+
+    At most PTR_PER_PASS new addresses a pass, asked at once (a pool as the DNS checks
+    use), so a slow or dead resolver costs one timeout, not twenty in a row.
+    """
     from bot.adapters.dnsclient import DnsFailure
+    from bot.checks.dnscheck import map_concurrently
 
     ours = OurAddresses(bot.cfg.service.sending_ips)
     now = bot.clock()
@@ -164,15 +211,17 @@ def name_sources(bot: Bot, ips: list[str]) -> int:
     if not todo:
         return 0
     client = bot.dns_client()
+    batch = todo[:PTR_PER_PASS]
+    answers = map_concurrently(lambda ip: client.lookup(ipaddress.ip_address(ip).reverse_pointer, "PTR"),
+                               batch, max_workers=PTR_PER_PASS)
     named = 0
-    for ip in todo[:PTR_PER_PASS]:
-        answer = client.lookup(ipaddress.ip_address(ip).reverse_pointer, "PTR")
-        if isinstance(answer, DnsFailure):
-            continue  # asked again next pass
-        name = str(answer.records[0]) if answer.records else None
-        with bot.store.transaction():
+    with bot.store.transaction():
+        for ip, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, DnsFailure):
+                continue  # asked again next pass
+            name = str(answer.records[0]) if answer.records else None
             bot.store.set_dmarc_source(ip, name, "ptr" if name else "none", now)
-        named += bool(name)
+            named += bool(name)
     return named
 
 
@@ -183,17 +232,20 @@ def intake_once(bot: Bot) -> Counter[str]:
     box = open_report_mailbox(cfg.reports, cfg.state_path(cfg.reports.path), store.get_meta)
     counts: Counter[str] = Counter()
     ips: list[str] = []
+    batch: list[ReportMessage] = []
+
+    def flush() -> None:
+        for outcome, new_ips in take_messages(bot, batch) if batch else []:
+            counts[outcome] += 1
+            ips.extend(new_ips)
+        batch.clear()
+
     try:
         for message in box.messages(store.dmarc_mail_seen):
-            try:
-                outcome, new_ips = take_message(bot, message)
-            except Exception as exc:  # our bug on one mail must not stop the others nor loop forever
-                log.exception("DMARC report mail %s failed", message.key)
-                with store.transaction():
-                    store.record_dmarc_mail(message.key, bot.clock(), "error", f"{type(exc).__name__}: {exc}")
-                outcome, new_ips = "error", []
-            counts[outcome] += 1
-            ips += new_ips
+            batch.append(message)
+            if len(batch) >= BATCH or sum(m.size for m in batch) >= BATCH_BYTES:
+                flush()
+        flush()
         progress = box.progress()
         if progress is not None:
             with store.transaction():
