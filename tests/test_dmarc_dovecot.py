@@ -173,6 +173,11 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
         assert by_ip["203.0.113.10"]["reporters"] == ["google.com"]
         assert got["messages"] == 30 + 2 + 50 and got["dmarc_pass"] == 30 + 50
         assert "other-facility.test" not in json.dumps(got)
+        from bot.flows.digest import render_digest
+
+        _subject, digest = render_digest(bot)
+        assert (f"{domain}: google.com (via evil.test) report g-1 from evil.test, 50 messages: "
+                "reporter_unverified, foreign_rows:9") in digest
     finally:
         bot.close()
 

@@ -186,3 +186,9 @@ def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkey
         assert intake.intake_once(bot) == {}  # the failed mail is not retried forever
     finally:
         bot.close()
+
+
+def test_an_idn_domain_is_stored_as_cases_store_it() -> None:
+    xml = corpus("google.xml").replace(b"ryokan-kaede.test", "旅館かえで.test".encode())
+    report = parse_aggregate(xml, now=NOW)
+    assert report.domain == "旅館かえで.test".encode("idna").decode() == report.rows[0].header_from

@@ -253,3 +253,18 @@ def test_nothing_is_left_behind(setup: dict[str, Any]) -> None:
     after = files()
     assert after.pop(Path("dkimbot.toml"))  # the test's own config file
     assert after == before  # nothing made (no signer/keys, no sqlite), nothing touched
+
+
+def test_the_report_mailbox_is_checked_when_configured(setup: dict[str, Any], dovecot: Any) -> None:
+    user = f"rua-{uuid.uuid4().hex[:6]}@489ban.net"
+    dovecot.add_user(user, "rua-pw")
+    rc, lines, out = doctor(setup)
+    assert "[reports] is off" in lines["report mailbox"], out
+    setup["reports"] = {"kind": "imap", "host": dovecot.host, "port": dovecot.port, "tls": "none",
+                        "username": user, "password": "rua-pw"}
+    rc, lines, out = doctor(setup)
+    assert rc == 0 and f"login as {user}, EXAMINE INBOX" in lines["report mailbox"], out
+    setup["reports"]["password"] = "wrong"
+    rc, lines, out = doctor(setup)
+    assert rc == 1 and red(lines) == ["report mailbox"], out
+    assert "fix: check [reports] username and the password password_env names" in lines["report mailbox"]

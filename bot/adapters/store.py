@@ -789,6 +789,14 @@ class Store:
         ).fetchall()
         return [dict(r) for r in rows]
 
+    def dmarc_flagged_reports(self, received_since: datetime) -> list[dict[str, Any]]:
+        """Reports kept but marked (unverified reporter, rows for other domains) since then."""
+        rows = self.db.execute(
+            "SELECT reporter, report_id, domain, sent_by, flags, messages FROM dmarc_reports "
+            "WHERE received_at >= ? AND flags != '[]' ORDER BY id", (now_iso(received_since),),
+        ).fetchall()
+        return [dict(r, flags=json.loads(r["flags"])) for r in rows]
+
     def dmarc_unnamed_sources(self, ips: list[str], checked_before: datetime) -> list[str]:
         """Which of ``ips`` have no name yet and were not looked up since ``checked_before``."""
         out = []

@@ -65,6 +65,7 @@ class Doctor:
             ("config", self.check_config),
             ("IMAP", self.check_intake),
             ("proof mailbox", self.check_proof),
+            ("report mailbox", self.check_reports),
             ("SMTP", self.check_smtp),
             ("DNS", self.check_resolvers),
             ("TSIG", self.check_tsig),
@@ -110,6 +111,18 @@ class Doctor:
             return [Finding(None, "proof mailbox", "[proof] is off")]
         return [self._imap("proof mailbox", p.imap_host, p.imap_port, p.imap_tls, p.imap_username,
                            p.imap_password, p.imap_timeout, p.imap_folder, "[proof]")]
+
+    def check_reports(self) -> list[Finding]:
+        r = self.cfg.reports
+        if not r.enabled:
+            return [Finding(None, "report mailbox", "[reports] is off")]
+        if r.kind == "maildir":
+            path = self.cfg.state_path(r.path)
+            ok = (path / "new").is_dir() and os.access(path / "new", os.R_OK | os.X_OK)
+            return [Finding(ok, "report mailbox", f"maildir {path}" + ("" if ok else ": no readable new/ folder"),
+                            "" if ok else "point [reports] path at the Maildir the rua address delivers to")]
+        return [self._imap("report mailbox", r.host, r.port, r.tls, r.username, r.password, r.timeout, r.folder,
+                           "[reports]")]
 
     def _imap(self, name: str, host: str, port: int, tls: str, username: str, password: str,
               timeout: float, folder: str, section: str) -> Finding:

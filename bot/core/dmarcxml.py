@@ -134,6 +134,17 @@ def _text(parent: Element | None, name: str, default: str = "") -> str:
     return " ".join(el.text.split())[:MAX_TEXT]
 
 
+def _domain(text: str) -> str:
+    """Lower case, no trailing dot, A-labels (how cases store an IDN domain)."""
+    name = text.lower().rstrip(".")
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
 def _int(parent: Element | None, name: str, what: str) -> int:
     raw = _text(parent, name)
     try:
@@ -194,7 +205,7 @@ def _row(record: Element) -> ReportRow:
         disposition=_text(pe, "disposition", "none").lower()[:20],
         dkim_eval=_text(pe, "dkim", "none").lower()[:20],
         spf_eval=_text(pe, "spf", "none").lower()[:20],
-        header_from=_text(ident, "header_from").lower(),
+        header_from=_domain(_text(ident, "header_from")),
         envelope_from=_text(ident, "envelope_from").lower(),
         dkim=tuple(DkimAuth(_text(d, "domain").lower(), _text(d, "selector"), _text(d, "result", "none").lower())
                    for d in _children(auth, "dkim")),
@@ -214,7 +225,7 @@ def parse_aggregate(data: bytes, *, now: datetime) -> AggregateReport:
     if meta is None or policy_el is None:
         raise ReportError("malformed", "report_metadata or policy_published missing")
     report_id = _text(meta, "report_id")
-    domain = _text(policy_el, "domain").lower().rstrip(".")
+    domain = _domain(_text(policy_el, "domain"))
     if not report_id or not domain:
         raise ReportError("malformed", "report_id or policy_published/domain empty")
     dates = _child(meta, "date_range")

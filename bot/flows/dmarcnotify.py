@@ -180,7 +180,7 @@ def digest_section(bot: Bot, now: datetime) -> dict[str, Any]:
             ready.append({"domain": domain, "ref": case.ref if case else "-", "messages": window.messages,
                           "sources": len(window.sources)})
     return {"enabled": True, "mail_counts": sorted(bot.store.dmarc_mail_counts(day_ago).items()),
-            "failing": failing, "ready": ready}
+            "failing": failing, "ready": ready, "flagged": bot.store.dmarc_flagged_reports(day_ago)}
 
 
 def reports_once(bot: Bot) -> list[str]:
