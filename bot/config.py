@@ -54,6 +54,9 @@ class ServiceConfig:
     # the others stay the shipped ones. Empty: only the shipped templates. A relative
     # path is relative to the config file.
     templates_dir: str = ""
+    # A dead-man's switch: GET this URL after every pass without a server error
+    # (Healthchecks-style monitors alert when the pings stop). Empty: none.
+    heartbeat_url: str = ""
 
 
 @dataclass
@@ -298,6 +301,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[keys] algorithm must be 'rsa' or 'ed25519', got {cfg.keys.algorithm!r}")
     if cfg.keys.algorithm == "rsa" and cfg.keys.bits not in (1024, 2048, 3072, 4096):
         raise ConfigError(f"[keys] bits must be 1024, 2048, 3072 or 4096, got {cfg.keys.bits}")
+    if cfg.service.heartbeat_url and not re.match(r"https?://[^/\s]+", cfg.service.heartbeat_url):
+        raise ConfigError(f"[service] heartbeat_url must be an http:// or https:// URL, got {cfg.service.heartbeat_url!r}")
     if "@" not in cfg.service.support_address:
         raise ConfigError("[service] support_address must be a mail address")
     for step in cfg.schedule.check_steps:

@@ -14,11 +14,13 @@ from bot.config import Config, ConfigError, load_config
 log = logging.getLogger("dkimbot")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dkimbot", description="DKIM/DMARC onboarding mail bot")
     p.add_argument("--config", metavar="FILE", help="TOML config (default: the embedded default)")
     p.add_argument("--state-dir", metavar="DIR", help="override [state] dir")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one JSON object per log line (time, level, message, case), for log shippers")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one pass: intake, due DNS checks, sending")
     run.add_argument("--once", action="store_true", help="run one pass and exit (for cron)")
@@ -67,12 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from bot.app.logformat import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # imapclient's debug log is a protocol trace holding whole mails (addresses, names):
     # never on stderr, even with --verbose.
     for private in ("imapclient", "mail.log"):
@@ -82,8 +87,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.log_format)
     if args.command == "demo":
         from bot.app.demo import run_demo
 

@@ -198,6 +198,10 @@ def run_pass(bot: Bot) -> PassResult:
     except Exception as exc:  # a broken digest template must not stop the bot
         log.exception("daily digest failed")
         result.errors.append(f"daily digest failed: {type(exc).__name__}: {exc}")
+    if not result.errors and bot.cfg.service.heartbeat_url:
+        from bot.adapters.heartbeat import ping
+
+        ping(bot.cfg.service.heartbeat_url)  # the dead-man's switch: only after a good pass
     return result
 
 
