@@ -203,7 +203,7 @@ class DnsClient:
         first_failure: DnsFailure | None = None
         for i in range(len(labels)):
             candidate = ".".join(labels[i:])
-            found = self._soa_owner(candidate)
+            found = self._zone_probe(candidate)
             if isinstance(found, str):
                 self._remember_zone(name, found)
                 return found
@@ -240,10 +240,14 @@ class DnsClient:
                     return fut.result(), i == 0
         return None
 
-    def _soa_owner(self, name: str) -> str | DnsFailure | None:
+    def _zone_probe(self, name: str) -> str | DnsFailure | None:
+        """One query that tells the zone of ``name``: its NS. At a zone apex the answer
+        holds the zone's NS set, which is kept as the zone's NS lookup (so a domain that
+        is its own zone, the usual case, costs one query for zone and servers together);
+        below an apex the negative answer carries the zone's SOA in its authority section."""
         self._count()
         try:
-            ans = self.resolver.resolve(name, "SOA", raise_on_no_answer=False, search=False)
+            ans = self.resolver.resolve(name, "NS", raise_on_no_answer=False, search=False)
             response = ans.response
         except dns.resolver.NXDOMAIN as exc:
             response = next(iter(exc.responses().values()), None)
@@ -255,6 +259,12 @@ class DnsClient:
             return DnsFailure(type(exc).__name__, "resolver", name)
         if response is None:
             return None
+        qname = dns.name.from_text(name)
+        for rrset in response.answer:
+            if rrset.rdtype == dns.rdatatype.NS and rrset.name == qname:
+                targets = tuple(_rdata_value("NS", rd) for rd in rrset)
+                self._seed(("resolver", name, "NS"), Lookup(name, "NS", "NOERROR", targets))
+                return name
         for section in (response.answer, response.authority):
             for rrset in section:
                 if rrset.rdtype == dns.rdatatype.SOA:
@@ -265,6 +275,14 @@ class DnsClient:
             if rrset.rdtype == dns.rdatatype.NS and not response.flags & dns.flags.AA:
                 return rrset.name.to_text(omit_final_dot=True).lower()
         return None
+
+    def _seed(self, key: tuple[Any, ...], value: Any) -> None:
+        """Remember an answer learnt on the way (not asked for under ``key``)."""
+        with self._lock:
+            if key not in self._cache:
+                fut: Future[Any] = Future()
+                fut.set_result(value)
+                self._cache[key] = fut
 
     def nameserver_addresses(self, zone: str) -> dict[str, list[str]]:
         """NS host name -> its addresses (A and AAAA), via the resolver."""
@@ -287,7 +305,7 @@ class DnsClient:
         return out
 
     def _referral_ns(self, zone: str) -> list[str]:
-        """The NS names of a referral for ``zone`` (see _soa_owner), if the resolver is
+        """The NS names of a referral for ``zone`` (see _zone_probe), if the resolver is
         an authoritative server of the parent zone."""
         self._count()
         try:
@@ -399,6 +417,30 @@ class DnsClient:
                 if addr in reachable or not reachable:
                     out[addr] = ans
         return out
+
+    def authoritative_first(self, name: str, rdtype: str) -> Answer:
+        """One server's answer, for the wrong-place probes: a record a panel put in the
+        wrong place is on every server of the zone or on none, so asking all of them
+        would only double the queries. The zone's first server (a stable order, so the
+        apex answer is shared with the other checks) unless it fails; then the next."""
+        name = normalize_name(name)
+        if len(name) > MAX_NAME_TEXT:
+            return DnsFailure("name_too_long", None, name)
+        known = self._known_zone(name)
+        zone: str | DnsFailure = known[0] if known is not None else self.zone_for(name)
+        hosts = self.nameserver_addresses(zone) if isinstance(zone, str) else {}
+        addrs = sorted(a for host in sorted(hosts) for a in hosts[host])
+        failure: DnsFailure | None = None
+        for addr in addrs:
+            ans = self.query_direct(name, rdtype, addr)
+            if isinstance(ans, Lookup):
+                return ans
+            if ans.reason == "not_authoritative":
+                break  # a delegation below the guessed zone: the full path finds it
+            failure = failure or ans
+        if failure is not None:
+            return failure
+        return self.authoritative_merged(name, rdtype)
 
     def authoritative_txt(self, name: str) -> dict[str, list[TxtRecord] | DnsFailure]:
         """Per authoritative server address: its TXT records at ``name`` or a failure."""

@@ -322,7 +322,8 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
         (f"_dmarc.{domain}.{domain}", "ホスト名の欄にドメイン名まで入力されたため、ドメイン名が二重に付いています"),
         (domain, "ホスト名の欄が空欄のまま登録されたようです"),
     ):
-        other = _pick_view(client.authoritative_lookup(wrong, "TXT"))
+        # One server: a record in the wrong place is a panel's doing, on all or none.
+        other = client.authoritative_first(wrong, "TXT")
         if isinstance(other, Lookup) and any(is_dmarc_candidate(r) for r in other.records):
             rec_text = next(r for r in other.records if is_dmarc_candidate(r))
             found.setdefault("wrong_location", []).append({"name": wrong, "record": rec_text})

@@ -218,6 +218,9 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     label = f"{selector}._domainkey"
     name = f"{label}.{domain}"
     expected = _normalize_key(expected_public_b64)
+    # The domain's zone first: at a zone apex one NS query gives the zone and its name
+    # servers together, and every later name under the domain reuses them.
+    client.zone_for(domain)
     answers = client.authoritative_txt(name)
     found: dict[str, Any] = {"name": name, "host_label": label, "servers": {}, "verdicts": {}}
     diags: dict[str, Diagnosis] = {}
@@ -358,12 +361,20 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
         (f"_domainkey.{domain}", "dkim_wrong_location", "ホスト名からセレクタ名「" + selector + "」が抜けています"),
         (domain, "dkim_wrong_location", "ホスト名の欄が空欄のまま登録されたようです"),
     )
+    below_domainkey = f"_domainkey.{domain}"
     for where, code, why in probes:
         if len(normalize_name(where)) > MAX_NAME_TEXT:
             # A long domain doubled does not fit in a DNS name (RFC 1035 §2.3.4): no
             # panel can have stored a record there, so there is nothing to ask.
             continue
-        ans = client.authoritative_merged(where, "TXT")
+        if where.endswith("." + below_domainkey) and where != name:
+            # RFC 8020: NXDOMAIN for _domainkey.<domain> means nothing exists below it,
+            # so a record cannot be there either (the answer is asked once, then cached).
+            parent = client.authoritative_first(below_domainkey, "TXT")
+            if isinstance(parent, Lookup) and parent.rcode == "NXDOMAIN":
+                continue
+        # One server: a record in the wrong place is a panel's doing, on all or none.
+        ans = client.authoritative_first(where, "TXT")
         if not isinstance(ans, Lookup):
             continue
         recs = [r for r in ans.records if is_dkim_candidate(str(r))]

@@ -164,6 +164,29 @@ def notice_signature(event: Event, report: ReportLike | None) -> str:
     return event.value + "|" + ",".join(sorted(codes))
 
 
+def _skipped_areas(report: ReportLike | None) -> set[str]:
+    if report is None:
+        return set()
+    return {name for name in ("dkim", "dmarc", "spf", "alignment")
+            if (getattr(getattr(report, name), "found", None) or {}).get("skipped")}
+
+
+def same_notice(signature: str, last_notice: str | None, report: ReportLike | None) -> bool:
+    """Whether ``signature`` repeats ``last_notice``. Areas this check did not ask (a
+    case waiting for DKIM is asked DMARC and SPF only once DKIM is right) are left out
+    of the comparison, so a notice recorded when they were still asked is the same."""
+    if last_notice is None:
+        return False
+    if signature == last_notice:
+        return True
+    skipped = _skipped_areas(report)
+    if not skipped:
+        return False
+    head, _, codes = last_notice.partition("|")
+    kept = [c for c in codes.split(",") if c and c.split(":", 1)[0] not in skipped]
+    return f"{head}|{','.join(kept)}" == signature
+
+
 @dataclass
 class Decision:
     event: Event
@@ -215,7 +238,7 @@ def decide(
     for kind in mails:
         if kind in PROBLEM_MAILS:
             # The same diagnosis is mailed once; a facility's reply always gets an answer.
-            if signature == last_notice and not reply_pending:
+            if same_notice(signature, last_notice, report) and not reply_pending:
                 continue
             decision.notice = signature
         decision.mails.append(kind)

@@ -47,9 +47,15 @@ def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
     # domain's: its cases are recorded as failed checks, the others go on.
     jobs: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
     broken: dict[tuple[str, tuple[str, ...]], Exception] = {}
+    # A domain whose every due case still waits for its DKIM record is asked for DKIM
+    # first; DMARC and SPF only once it is right (keyplan.check_case_domain).
+    past_dkim: set[tuple[str, tuple[str, ...]]] = set()
     for c in due:
         sels = tuple(c.selectors or ([c.selector] if c.selector else []))
         key = (c.domain or "", sels)
+        effective = c.resume_state if c.state == State.ESCALATED and c.resume_state else c.state
+        if effective != State.AWAITING_DKIM:
+            past_dkim.add(key)
         if c.domain and sels and key not in jobs and key not in broken:
             try:
                 jobs[key] = expected_keys(bot, c.domain, sels)
@@ -58,7 +64,8 @@ def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
 
     def run(item: tuple[tuple[str, tuple[str, ...]], dict[str, str]]) -> tuple[tuple[str, tuple[str, ...]], Any]:
         (domain, sels), expected = item
-        return (domain, sels), check_case_domain(client, domain, expected, bot.cfg.service)
+        return (domain, sels), check_case_domain(client, domain, expected, bot.cfg.service,
+                                                 dkim_first=(domain, sels) not in past_dkim)
 
     if not jobs and not broken:
         return 0
