@@ -28,7 +28,7 @@ POINTS: dict[str, str] = {
     "key.written": "a new private key file written; the case that uses it not committed",
     "check.proven": "key installed into the signer and proven; the transition not committed",
     "check.decided": "a DNS check's transition, events and mails written, not committed",
-    "check.committed": "a DNS check's transition committed",
+    "check.committed": "a DNS check's transition written in its savepoint (the pass commits cases in groups)",
     "reminder.decided": "a reminder or stall escalation written, not committed",
     "outbox.sending": "an outbox row marked 'sending' and committed; SMTP not yet spoken",
     "smtp.accepted": "the SMTP server accepted a mail (250 after DATA); not yet marked sent",

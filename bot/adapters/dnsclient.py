@@ -32,6 +32,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from bot.adapters.dnsmux import shared_mux
 from bot.config import DnsConfig
 
 T = TypeVar("T")
@@ -119,6 +120,7 @@ class DnsClient:
         self._cache: dict[tuple[Any, ...], Future[Any]] = {}
         self._local = threading.local()
         self.queries_sent = 0
+        self._mux = shared_mux()
 
     # -- cache -------------------------------------------------------------
 
@@ -346,21 +348,27 @@ class DnsClient:
             return DnsFailure("name_too_long", server, name)
         except dns.exception.DNSException as exc:  # an empty or over-long label
             return DnsFailure(type(exc).__name__, server, name)
-        query = dns.message.make_query(qname, rdtype)
-        query.flags &= ~dns.flags.RD  # an authoritative answer or nothing
+        # Sent already by ``prefetch`` (with others, at once), or sent now.
+        started = self._started().pop((name, rdtype, server), None) or self._send(qname, rdtype, server)
+        query, future = started
         response = None
         # Two tries: a lost UDP datagram is common on the open Internet and must not
         # become a "DNS error" in a facility's case history.
         for attempt in range(2):
-            self._count()
             try:
-                response, _tcp = dns.query.udp_with_fallback(
-                    query, server, timeout=self.timeout / 2, port=self.port,
-                    ignore_unexpected=True)
+                response = future.result()
+                if response.rcode() == dns.rcode.FORMERR and query.edns >= 0:
+                    # A server from before EDNS (RFC 6891 §7): the same question without it.
+                    query, future = self._send(qname, rdtype, server, edns=False)
+                    response = future.result()
+                if response.flags & dns.flags.TC:
+                    self._count()  # too big for UDP: the same question over TCP
+                    response = dns.query.tcp(query, server, timeout=self.timeout, port=self.port)
                 break
             except dns.exception.Timeout:
                 if attempt == 1:
                     return DnsFailure("timeout", server, name)
+                query, future = self._send(qname, rdtype, server)
             except OSError:
                 return DnsFailure("unreachable", server, name)
             except dns.exception.DNSException as exc:
@@ -380,6 +388,82 @@ class DnsClient:
             # asked by the caller (query_direct), outside this cached computation.
             return _Alias(target)
         return Lookup(name, rdtype, "NOERROR", tuple(records), target)
+
+    def _send(self, qname: dns.name.Name, rdtype: str, server: str, *, edns: bool = True
+              ) -> tuple[dns.message.Message, Future[dns.message.Message]]:
+        # EDNS(0) with 1232 bytes (DNS Flag Day 2020): a 2048-bit DKIM record with the
+        # zone's NS in the authority section fits, where 512 bytes made every such
+        # answer come back truncated and be asked again over TCP.
+        query = (dns.message.make_query(qname, rdtype, use_edns=0, payload=1232) if edns
+                 else dns.message.make_query(qname, rdtype))
+        query.flags &= ~dns.flags.RD  # an authoritative answer or nothing
+        self._count()
+        return query, self._mux.query(query, server, self.port, self.timeout / 2)
+
+    def _started(self) -> dict[tuple[str, str, str], tuple[dns.message.Message, Future[dns.message.Message]]]:
+        """This thread's queries sent by ``prefetch`` and not yet read."""
+        started: dict[tuple[str, str, str], tuple[dns.message.Message, Future[dns.message.Message]]] = \
+            self._local.__dict__.setdefault("started", {})
+        return started
+
+    def prefetch(self, names: list[tuple[str, str]], *, first_server_only: bool = False) -> None:
+        """Ask the authoritative servers for several names at once (one round trip
+        instead of one each); the answers land in the cache, where the checks read
+        them in their own order. Names under a zone not yet known are left to the
+        checks. ``first_server_only``: the server ``authoritative_first`` asks."""
+        by_key: list[tuple[str, str, str]] = []
+        for raw_name, rdtype in names:
+            name = normalize_name(raw_name)
+            if not name or len(name) > MAX_NAME_TEXT:
+                continue
+            known = self._known_zone(name)
+            if known is None:
+                continue
+            addrs = self._zone_addresses(known[0])
+            for addr in addrs[:1] if first_server_only else addrs:
+                by_key.append((name, rdtype, addr))
+        self._fan_out(by_key)
+
+    def _fan_out(self, keys: list[tuple[str, str, str]]) -> None:
+        """Send every (name, type, server) not yet in the cache at once, then read each
+        answer into the cache (through ``_direct``). The keys are claimed in the cache
+        before anything is sent, so two threads never send the same question; alias
+        chases are left to the caller, as in ``query_direct``."""
+        mine: list[tuple[tuple[str, str, str], Future[Any]]] = []
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if ("direct", *key) not in self._cache:
+                    fut: Future[Any] = Future()
+                    self._cache[("direct", *key)] = fut
+                    mine.append((key, fut))
+        if not mine:
+            return
+        started = self._started()
+        for (name, rdtype, addr), _fut in mine:
+            try:
+                started[(name, rdtype, addr)] = self._send(dns.name.from_text(name), rdtype, addr)
+            except dns.exception.DNSException:
+                continue  # an unaskable name: _direct says why
+        owned: set[tuple[Any, ...]] = self._local.__dict__.setdefault("owned", set())
+        try:
+            for (name, rdtype, addr), fut in mine:
+                owned.add(("direct", name, rdtype, addr))
+                try:
+                    fut.set_result(self._direct(name, rdtype, addr))
+                finally:
+                    owned.discard(("direct", name, rdtype, addr))
+        except BaseException as exc:
+            # Never leave a claimed answer unset: other threads wait for it.
+            for _key, fut in mine:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        finally:
+            started.clear()
+
+    def _zone_addresses(self, zone: str) -> list[str]:
+        hosts = self.nameserver_addresses(zone)
+        return sorted(a for host in sorted(hosts) for a in hosts[host])
 
     def authoritative_lookup(self, name: str, rdtype: str, *,
                              _chain: tuple[str, ...] = ()) -> dict[str, Answer]:
@@ -407,6 +491,8 @@ class DnsClient:
         if not any(hosts.values()):
             return {"resolver": self.lookup(name, rdtype)}
         out: dict[str, Answer] = {}
+        # Every server at once: one round trip for the zone, not one per server.
+        self._fan_out([(name, rdtype, a) for addrs in hosts.values() for a in addrs])
         for addrs in hosts.values():
             answers = {addr: self.query_direct(name, rdtype, addr, _chain=_chain) for addr in addrs}
             # A host without IPv6 routing cannot reach AAAA addresses; that says
@@ -428,8 +514,7 @@ class DnsClient:
             return DnsFailure("name_too_long", None, name)
         known = self._known_zone(name)
         zone: str | DnsFailure = known[0] if known is not None else self.zone_for(name)
-        hosts = self.nameserver_addresses(zone) if isinstance(zone, str) else {}
-        addrs = sorted(a for host in sorted(hosts) for a in hosts[host])
+        addrs = self._zone_addresses(zone) if isinstance(zone, str) else []
         failure: DnsFailure | None = None
         for addr in addrs:
             ans = self.query_direct(name, rdtype, addr)

@@ -284,11 +284,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT; nested uses join the outer transaction."""
+        """BEGIN IMMEDIATE … COMMIT. A nested use is a SAVEPOINT inside the outer
+        transaction: it commits with the outer one, and when it raises only its own
+        writes are undone (a pass that commits many cases' decisions together keeps
+        each decision whole)."""
         if self._depth:
+            name = f"nested{self._depth}"
+            self.db.execute(f"SAVEPOINT {name}")
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                self.db.execute(f"ROLLBACK TO {name}")
+                self.db.execute(f"RELEASE {name}")
+                raise
+            else:
+                self.db.execute(f"RELEASE {name}")
             finally:
                 self._depth -= 1
             return

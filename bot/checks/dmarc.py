@@ -316,7 +316,10 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
             diags.extend(_check_rua(client, domain, rec))
         return AreaResult(not _errors(diags), diags, found)
 
-    # Nothing at _dmarc.<domain>: look where clerks put it by mistake.
+    # Nothing at _dmarc.<domain>: look where clerks put it by mistake (all at once, on
+    # one server: a panel's mistake is on every server or on none).
+    client.prefetch([(f"dmarc.{domain}", "TXT"), (f"_dmarc.{domain}.{domain}", "TXT"), (domain, "TXT")],
+                    first_server_only=True)
     for wrong, why in (
         (f"dmarc.{domain}", "先頭のアンダースコア「_」が抜けています"),
         (f"_dmarc.{domain}.{domain}", "ホスト名の欄にドメイン名まで入力されたため、ドメイン名が二重に付いています"),
