@@ -75,6 +75,11 @@ class IntakeConfig:
     # keys at once (a pasted spreadsheet, or a hostile mail).
     max_facilities_per_mail: int = 50
     header_batch: int = 500
+    # The daemon waits in IMAP IDLE on the folder (when the server offers it) and starts
+    # a pass as soon as mail arrives; polling every poll_interval_seconds stays as well.
+    idle: bool = True
+    # RFC 2177: IDLE is re-issued before 29 minutes (servers may log out an idle client at 30).
+    idle_renew_seconds: float = 1500.0
 
 
 @dataclass
@@ -309,6 +314,9 @@ def _validate(cfg: Config) -> None:
         if (not isinstance(step, list) or len(step) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in step)):
             raise ConfigError(f"[schedule] check_steps items must be [after_hours, every_seconds], got {step!r}")
+    if not (1 <= cfg.intake.idle_renew_seconds <= 29 * 60):
+        raise ConfigError("[intake] idle_renew_seconds must be between 1 and 1740 (RFC 2177: "
+                          f"re-issue IDLE before 29 minutes), got {cfg.intake.idle_renew_seconds}")
     if not (0 < cfg.dns.port < 65536):
         raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
     _validate_proof(cfg.proof)
