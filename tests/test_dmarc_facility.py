@@ -121,6 +121,7 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
     bot = open_bot(cfg, clock)
     try:
         case = completed_case(bot, domain, clock.now - timedelta(days=3))
+        silent = completed_case(bot, "ryokan-matsu.test", clock.now - timedelta(days=20))
         day = datetime(2026, 11, 22, tzinfo=UTC)
         xml = dmarckit.google_style_xml(domain, day, "s-1", [(OURS, 7, "fail", "fail"), (OURS, 3, "pass", "fail")])
         dovecot.append(rua, dmarckit.google_mail(xml, domain, day))
@@ -142,5 +143,8 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
         assert f"{domain}: google.com 7 of 10 messages failed" in digest
         assert f"{domain}: outlook.com 4 of 4 messages failed" in digest
         assert "stored 2" in digest
+        # A facility completed 20 days ago whose receivers never sent a report: staff should look.
+        assert f"{silent.ref} ryokan-matsu.test: completed 20 d ago" in digest
+        assert f"{case.ref} {domain}: completed" not in digest
     finally:
         bot.close()

@@ -192,3 +192,36 @@ def test_an_idn_domain_is_stored_as_cases_store_it() -> None:
     xml = corpus("google.xml").replace(b"ryokan-kaede.test", "旅館かえで.test".encode())
     report = parse_aggregate(xml, now=NOW)
     assert report.domain == "旅館かえで.test".encode("idna").decode() == report.rows[0].header_from
+
+
+def test_old_rows_are_forgotten_after_400_days_but_a_resent_report_stays_a_duplicate(tmp_path) -> None:
+    from datetime import timedelta
+
+    from bot.adapters.intake import MaildirMailbox
+    from bot.config import load_config
+    from bot.flows.dmarcnotify import reports_once, summary
+    from bot.flows.runtime import Bot
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f'[reports]\nkind = "maildir"\npath = "rua"\n[service]\nsending_ips = ["0.0.0.0/0"]\n'
+                        f'[state]\ndir = "{tmp_path / "state"}"\n')
+    now = [NOW]
+    bot = Bot.open(load_config(cfg_path), clock=lambda: now[0])
+    try:
+        with bot.store.transaction():
+            bot.store.create_case(state="needs_info", now=NOW, domain=dmarckit.DOMAIN)
+        box = MaildirMailbox(bot.cfg.state_path("rua"))
+        name, raw = dmarckit.corpus_mails()[0]
+        box.deliver(raw)
+        assert reports_once(bot) == []
+        assert summary(bot, dmarckit.DOMAIN, 30).messages == 137
+        now[0] = NOW + timedelta(days=394)  # the report is of NOW - 5 days: 399 days old
+        reports_once(bot)
+        assert summary(bot, dmarckit.DOMAIN, 500).messages == 137
+        now[0] = NOW + timedelta(days=406)
+        box.deliver(raw)  # the same report again, a year later
+        reports_once(bot)
+        assert summary(bot, dmarckit.DOMAIN, 500).messages == 0
+        assert bot.store.dmarc_mail_counts(now[0] - timedelta(days=1)) == {"duplicate": 1}
+    finally:
+        bot.close()

@@ -808,6 +808,13 @@ class Store:
         ).fetchall()
         return [dict(r, flags=json.loads(r["flags"])) for r in rows]
 
+    def prune_dmarc(self, before_day: str) -> int:
+        """Forget report rows and report-mail outcomes older than ``before_day`` (the
+        reports' ids stay, so an old report sent again still counts as a duplicate)."""
+        cur = self.db.execute("DELETE FROM dmarc_rows WHERE day < ?", (before_day,))
+        self.db.execute("DELETE FROM dmarc_mail WHERE at < ?", (before_day,))
+        return int(cur.rowcount or 0)
+
     def dmarc_unnamed_sources(self, ips: list[str], checked_before: datetime) -> list[str]:
         """Which of ``ips`` have no name yet and were not looked up since ``checked_before``."""
         out = []

@@ -35,6 +35,8 @@ from bot.flows.runtime import Bot
 log = logging.getLogger("dkimbot")
 
 ALERT_META = "dmarc:alerted:"          # + domain → the UTC date of its last alert
+PRUNE_META = "dmarc:pruned"            # the UTC date rows were last pruned
+KEEP_DAYS = 400                        # report rows older than this are forgotten
 SENT_EVENT = "dmarc_report_sent"
 ADVISED_EVENT = "dmarc_quarantine_advised"
 
@@ -179,7 +181,11 @@ def digest_section(bot: Bot, now: datetime) -> dict[str, Any]:
             case = _live_case(bot, domain)
             ready.append({"domain": domain, "ref": case.ref if case else "-", "messages": window.messages,
                           "sources": len(window.sources)})
-    return {"enabled": True, "mail_counts": sorted(bot.store.dmarc_mail_counts(day_ago).items()),
+    waiting = timedelta(days=bot.cfg.reports.facility_report_days)
+    silent = [{"ref": c.ref, "domain": c.domain, "days": (now - c.state_since).days}
+              for c in bot.store.list_cases((State.COMPLETED.value,))
+              if c.domain and now - c.state_since >= waiting and bot.store.dmarc_first_day(c.domain) is None]
+    return {"enabled": True, "silent": silent, "mail_counts": sorted(bot.store.dmarc_mail_counts(day_ago).items()),
             "failing": failing, "ready": ready, "flagged": bot.store.dmarc_flagged_reports(day_ago)}
 
 
@@ -201,4 +207,11 @@ def reports_once(bot: Bot) -> list[str]:
         errors.append(str(exc))
     alert_ours_failing(bot)
     facility_reports_once(bot)
+    today = bot.clock().date()
+    if bot.store.get_meta(PRUNE_META) != today.isoformat():
+        with bot.store.transaction():
+            pruned = bot.store.prune_dmarc((today - timedelta(days=KEEP_DAYS)).isoformat())
+            bot.store.set_meta(PRUNE_META, today.isoformat())
+        if pruned:
+            log.info("DMARC reports: %d rows older than %d days forgotten", pruned, KEEP_DAYS)
     return errors
