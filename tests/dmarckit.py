@@ -38,11 +38,11 @@ EXPECTED = {
     "messages": 236,
     "dmarc_pass": 221,
     "sources": {  # ip: (messages, dmarc_pass, ours, reporters)
-        OUR_IP: (203, 203, True, ["fastmail pty ltd", "google.com", "mimecast", "outlook.com", "reporter.test", "yahoo"]),
-        "198.51.100.25": (18, 18, False, ["google.com", "outlook.com"]),
-        "198.51.100.60": (9, 0, False, ["yahoo"]),
+        OUR_IP: (203, 203, True, ["FastMail Pty Ltd", "google.com", "Mimecast", "Outlook.com", "reporter.test", "Yahoo"]),
+        "198.51.100.25": (18, 18, False, ["google.com", "Outlook.com"]),
+        "198.51.100.60": (9, 0, False, ["Yahoo"]),
         "192.0.2.77": (5, 0, False, ["google.com", "reporter.test"]),
-        "2001:db8::25": (1, 0, False, ["fastmail pty ltd"]),
+        "2001:db8::25": (1, 0, False, ["FastMail Pty Ltd"]),
     },
 }
 

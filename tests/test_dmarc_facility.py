@@ -141,7 +141,7 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
         assert len([m for m in smtp.messages if "ESCALATION" in subject(m.raw)]) == 1
         _subject, digest = render_digest(bot)
         assert f"{domain}: google.com 7 of 10 messages failed" in digest
-        assert f"{domain}: outlook.com 4 of 4 messages failed" in digest
+        assert f"{domain}: Outlook.com 4 of 4 messages failed" in digest
         assert "stored 2" in digest
         # A facility completed 20 days ago whose receivers never sent a report: staff should look.
         assert f"{silent.ref} ryokan-matsu.test: completed 20 d ago" in digest

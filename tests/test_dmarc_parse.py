@@ -28,10 +28,10 @@ def corpus(name: str) -> bytes:
 
 @pytest.mark.parametrize("name, schema, reporter, rows, messages", [
     ("google.xml", "draft", "google.com", 3, 137),
-    ("yahoo.xml", "draft", "yahoo", 2, 49),
-    ("microsoft.xml", "rfc7489", "outlook.com", 2, 29),
-    ("fastmail.xml", "rfc7489", "fastmail pty ltd", 2, 3),
-    ("mimecast.xml", "draft", "mimecast", 1, 6),
+    ("yahoo.xml", "draft", "Yahoo", 2, 49),
+    ("microsoft.xml", "rfc7489", "Outlook.com", 2, 29),
+    ("fastmail.xml", "rfc7489", "FastMail Pty Ltd", 2, 3),
+    ("mimecast.xml", "draft", "Mimecast", 1, 6),
     ("dmarcbis.xml", "dmarcbis", "reporter.test", 2, 12),
 ])
 def test_corpus_reports_parse_with_their_shapes(name: str, schema: str, reporter: str, rows: int, messages: int) -> None:
@@ -177,7 +177,7 @@ def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkey
         real = intake.store_report
 
         def broken_for_yahoo(bot_: Bot, report: Any, mail: Any, key: str, now: datetime) -> str:
-            if report.reporter == "yahoo":
+            if report.reporter == "Yahoo":
                 raise RuntimeError("bug")
             return real(bot_, report, mail, key, now)
 

@@ -128,7 +128,7 @@ def summarise(domain: str, days: int, rows: Iterable[Mapping[str, Any]]) -> Doma
             spf_aligned=sum(_int(r, "spf_aligned") for r in group),
             dkim_pass=sum(_int(r, "dkim_pass") for r in group),
             dkim_domains=tuple(domains),
-            reporters=tuple(sorted({str(r["reporter"]) for r in group})),
+            reporters=tuple(sorted({str(r["reporter"]) for r in group}, key=str.lower)),
         ))
     sources.sort(key=lambda s: (not s.ours, -s.messages, s.ip))
     return DomainSummary(domain=domain, days=days, sources=tuple(sources))

@@ -96,8 +96,9 @@ class AggregateReport:
 
     @property
     def reporter(self) -> str:
-        """Who reported, for de-duplication and display: org_name, else the email domain."""
-        return (self.org_name or self.email.rpartition("@")[2] or "unknown").lower()
+        """Who reported, for de-duplication and display: org_name as written, else the
+        email domain."""
+        return self.org_name or self.email.rpartition("@")[2] or "unknown"
 
     @property
     def messages(self) -> int:

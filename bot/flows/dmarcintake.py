@@ -59,15 +59,16 @@ class OurAddresses:
 def reporter_label(report: AggregateReport, from_domain: str) -> str:
     """The reporter, marked with the sending domain when the two do not belong together."""
     name = report.reporter
+    key = name.lower()
     claimed = report.email.rpartition("@")[2]
     if not from_domain:
         return f"{name} (via unknown sender)"
     own = organizational_domain(from_domain)
     if claimed and organizational_domain(claimed) == own:
         return name
-    if "." in name and organizational_domain(name) == own:
+    if "." in key and " " not in key and organizational_domain(key) == own:
         return name
-    if "".join(ch for ch in name if ch.isalnum()) == own.partition(".")[0]:
+    if "".join(ch for ch in key if ch.isalnum()) == own.partition(".")[0]:
         return name  # "Yahoo" sending from yahoo.com
     return f"{name} (via {own})"
 

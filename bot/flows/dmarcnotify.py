@@ -116,13 +116,13 @@ def facility_context(bot: Bot, case: CaseRow, today: date) -> dict[str, Any]:
     ours_messages = sum(s.messages for s in ours)
     ours_pass = sum(s.dmarc_pass for s in ours)
     others = [{"ip": s.ip, "name": s.name, "messages": s.messages, "failing": s.failing,
-               "reporters": ", ".join(s.reporters), "advice": s.advice} for s in window.failing_others]
+               "reporters": "、".join(s.reporters), "advice": s.advice} for s in window.failing_others]
     record = quarantine_record(bot, domain) if verdict.ready else ""
     return {
         "domain": domain, "days": QUARANTINE_WINDOW_DAYS, "messages": window.messages,
         "dmarc_pass": window.dmarc_pass, "pass_share": percent(window.dmarc_pass, window.messages),
         "ours_messages": ours_messages, "ours_pass": ours_pass, "ours_share": percent(ours_pass, ours_messages),
-        "reporters": sorted({r for s in window.sources for r in s.reporters}),
+        "reporters": sorted({r for s in window.sources for r in s.reporters}, key=str.lower),
         "others_failing": others, "advise_quarantine": verdict.ready,
         "quarantine_record": record, "report_days": bot.cfg.reports.facility_report_days,
         "quarantine_box": {"fqdn": f"_dmarc.{domain}", "host_label": "_dmarc", "domain": domain,
