@@ -37,41 +37,53 @@ facility_values = st.fixed_dictionaries({
 })
 
 
+# Names are kept as written (only their spacing is tidied); addresses and numbers are
+# read through NFKC, so their full-width forms mean the same.
+AS_WRITTEN = ("facility_name", "contact_name")
+
+
 @st.composite
-def formatted_line(draw: st.DrawFn, field: str, value: str) -> str:
+def formatted_line(draw: st.DrawFn, field: str, value: str) -> tuple[str, str]:
+    """(the line, the value the parser must give for it)."""
     label = draw(st.sampled_from(LABEL_SPELLINGS[field]))
     opener, closer = draw(st.sampled_from(BRACKETS))
     next_line = draw(st.booleans())
     if next_line and opener in ("", "■", "・") and field == "contact_name" and label == "担当者名":
         label = "担当者様のお名前"
+    expected = value
     if draw(st.booleans()):
         value = fullwidth(value)
+        if field in AS_WRITTEN:
+            expected = " ".join(value.split())
     indent = draw(st.sampled_from(["", " ", "　", "　　"]))
     if next_line:
-        return f"{opener}{label}{closer}\n{indent}{value}"
+        return f"{opener}{label}{closer}\n{indent}{value}", expected
     sep = draw(st.sampled_from(SEPARATORS))
     if not opener and sep.strip() == "" and field == "facility_name" and " " in value and label == "施設名":
         sep = "："
-    return f"{opener}{label}{closer}{sep}{value}"
+    return f"{opener}{label}{closer}{sep}{value}", expected
 
 
 @st.composite
 def request_text(draw: st.DrawFn) -> tuple[str, list[dict[str, str]]]:
     facilities = draw(st.lists(facility_values, min_size=1, max_size=3))
     blocks = []
+    expected = []
     for values in facilities:
         order = list(FIELDS)
         # Order within a block may change, but the block must open with a field that
         # does not repeat the previous block's last one (a repeat is what starts a block).
         rest = draw(st.permutations(order[1:]))
         order = ["facility_name", *rest]
-        lines = [draw(formatted_line(field, values[field])) for field in order]
+        drawn = {field: draw(formatted_line(field, values[field])) for field in order}
+        lines = [drawn[field][0] for field in order]
+        expected.append({field: drawn[field][1] for field in FIELDS})
         gap = draw(st.sampled_from(["\n", "\n\n", "\n\n\n"]))
         blocks.append(gap.join(lines) if draw(st.booleans()) else "\n".join(lines))
     separator = draw(st.sampled_from(["\n\n", "\n", "\n──────────\n"]))
     greeting = draw(st.sampled_from(["", "ご担当者様\n\nいつもお世話になっております。\n\n"]))
     closing = draw(st.sampled_from(["", "\n\nよろしくお願いいたします。\n", "\n-- \nホテル桜 山田\nTEL 03-9999-9999\n"]))
-    return greeting + separator.join(blocks) + closing, facilities
+    return greeting + separator.join(blocks) + closing, expected
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,13 +31,16 @@ __all__ = [
 # "ISO-2022-JP" mail from Outlook/Becky! carries NEC row 13 (①, ㈱) and IBM extensions
 # (CP50220), which Python's strict iso2022_jp codec rejects.
 _ISO2022JP = "x-iso2022jp-cp932"
+_EUCJP_MS = "x-eucjp-ms"
+# JIS X 0213 designations (ISO-2022-JP-3/-2004): plane 1 (2000, 2004) and plane 2.
+_ESCAPES_0213 = (b"\x1b$(O", b"\x1b$(Q", b"\x1b$(P")
 _CHARSET_ALIASES: dict[str, str] = {
     "iso-2022-jp": _ISO2022JP,
     "iso2022-jp": _ISO2022JP,
     "iso-2022-jp-1": _ISO2022JP,
     "iso-2022-jp-2": _ISO2022JP,
     "iso-2022-jp-3": _ISO2022JP,
-    "iso-2022-jp-2004": _ISO2022JP,
+    "iso-2022-jp-2004": _ISO2022JP,  # with JIS X 0213 escapes: Python's codec first, below
     "iso-2022-jp-ms": _ISO2022JP,
     "csiso2022jp": _ISO2022JP,
     "cp50220": _ISO2022JP,
@@ -58,11 +61,14 @@ _CHARSET_ALIASES: dict[str, str] = {
     "x-ms-cp932": "cp932",
     "shift_jis-2004": "shift_jis_2004",
     "shift_jisx0213": "shift_jisx0213",
-    "euc-jp": "euc_jp",
-    "x-euc-jp": "euc_jp",
-    "eucjp": "euc_jp",
-    "euc_jp": "euc_jp",
-    "cseucpkdfmtjapanese": "euc_jp",
+    # eucJP-ms (Linux/Unix mailers): EUC-JP plus NEC row 13 (①, ㈱) and the NEC-selected
+    # IBM extensions (髙, 﨑), which Python's strict euc_jp rejects.
+    "euc-jp": _EUCJP_MS,
+    "x-euc-jp": _EUCJP_MS,
+    "eucjp": _EUCJP_MS,
+    "euc_jp": _EUCJP_MS,
+    "eucjp-ms": _EUCJP_MS,
+    "cseucpkdfmtjapanese": _EUCJP_MS,
     "euc-jis-2004": "euc_jis_2004",
     "utf-8": "utf-8",
     "utf8": "utf-8",
@@ -75,7 +81,7 @@ _UNINFORMATIVE = {"", "us-ascii", "ascii", "ansi_x3.4-1968", "unknown-8bit", "x-
 _WEAK_SINGLE_BYTE = {"iso-8859-1", "latin1", "latin-1", "windows-1252", "cp1252"}
 
 _ESCAPES_2022 = (b"\x1b$B", b"\x1b$@", b"\x1b(J", b"\x1b(I", b"\x1b$(Q", b"\x1b$(O")
-_GUESS_ORDER = ("utf-8", "euc_jp", "cp932")
+_GUESS_ORDER = ("utf-8", _EUCJP_MS, "cp932")
 
 
 def _codec_for(label: str | None) -> str | None:
@@ -164,10 +170,46 @@ def _decode_iso2022jp(data: bytes) -> str:
     return bytes(out).decode("cp932", errors="replace")
 
 
+def _decode_eucjp_ms(data: bytes) -> str:
+    """EUC-JP as eucJP-ms reads it: what Python's euc_jp knows, as it decodes it; a
+    two-byte code it rejects (NEC row 13, NEC-selected IBM rows 89-92) through its JIS
+    code to CP932, where those rows live. Anything else becomes U+FFFD (counted)."""
+    try:
+        return data.decode("euc_jp")
+    except UnicodeDecodeError:
+        pass
+    out: list[str] = []
+    i, n = 0, len(data)
+    while i < n:
+        b = data[i]
+        size = 1 if b < 0x80 else 3 if b == 0x8F else 2
+        unit = data[i:i + size]
+        try:
+            out.append(unit.decode("euc_jp"))
+        except UnicodeDecodeError:
+            mapped = None
+            if size == 2 and len(unit) == 2 and 0xA1 <= b <= 0xFE and 0xA1 <= unit[1] <= 0xFE:
+                try:
+                    mapped = bytes(_jis_to_sjis(b - 0x80, unit[1] - 0x80)).decode("cp932")
+                except UnicodeDecodeError:
+                    mapped = None
+            if mapped is not None and len(mapped) == 1:
+                out.append(mapped)
+            else:
+                out.append("\ufffd")
+                if not (len(unit) == 2 and 0xA1 <= b <= 0xFE and 0xA1 <= unit[1] <= 0xFE):
+                    size = 1  # not a whole code: resynchronise on the next byte
+        i += size
+    return "".join(out)
+
+
 def _decode_strict(data: bytes, codec: str) -> str | None:
     try:
         if codec == _ISO2022JP:
             text = _decode_iso2022jp(data)
+            return None if "\ufffd" in text else text
+        if codec == _EUCJP_MS:
+            text = _decode_eucjp_ms(data)
             return None if "\ufffd" in text else text
         return data.decode(codec)
     except (UnicodeDecodeError, LookupError):
@@ -177,6 +219,8 @@ def _decode_strict(data: bytes, codec: str) -> str | None:
 def _decode_replace(data: bytes, codec: str) -> str:
     if codec == _ISO2022JP:
         return _decode_iso2022jp(data)
+    if codec == _EUCJP_MS:
+        return _decode_eucjp_ms(data)
     try:
         return data.decode(codec, errors="replace")
     except LookupError:
@@ -190,6 +234,10 @@ def _badness(text: str) -> int:
     """
     bad = text.count("\ufffd") * 10
     bad += sum(1 for ch in text if "\uff61" <= ch <= "\uff9f")
+    # Private-use characters: what cp932 makes of bytes 0xFD-0xFF and user-defined codes
+    # (a carrier emoji is one; a run of them is another charset read wrongly).
+    # cp932 maps the bytes 0x80, 0xA0 and 0xFD-0xFF, never text, to U+F8F0-U+F8F3.
+    bad += sum(20 if ch >= "\uf8f0" else 10 for ch in text if "\ue000" <= ch <= "\uf8ff")
     return bad
 
 
@@ -198,6 +246,13 @@ def decode_bytes(data: bytes, declared: str | None = None) -> str:
     if not data:
         return ""
     if data.isascii():
+        if any(esc in data for esc in _ESCAPES_0213):
+            # ISO-2022-JP-2004 (山﨑: JIS X 0213 plane 1): Python's codec maps it exactly;
+            # CP50220-style reading would put the wrong character there.
+            try:
+                return data.decode("iso2022_jp_2004")
+            except UnicodeDecodeError:
+                pass
         if any(esc in data for esc in _ESCAPES_2022):
             # ISO-2022-JP is 7-bit, so mis-labelled (or unlabelled) JIS text shows here.
             return _decode_iso2022jp(data)
@@ -207,6 +262,7 @@ def decode_bytes(data: bytes, declared: str | None = None) -> str:
         text = _decode_strict(data, "utf-8")
         if text is not None:
             return text
+    declared_text: str | None = None
     if codec is not None:
         text = _decode_strict(data, codec)
         if text is not None:
@@ -215,6 +271,7 @@ def decode_bytes(data: bytes, declared: str | None = None) -> str:
         text = _decode_replace(data, codec)
         if text.count("\ufffd") <= max(2, len(text) // 200):
             return text
+        declared_text = text
     best: tuple[int, str] | None = None
     for candidate in _GUESS_ORDER:
         text = _decode_strict(data, candidate)
@@ -224,8 +281,13 @@ def decode_bytes(data: bytes, declared: str | None = None) -> str:
                 best = (score, text)
             if score == 0:
                 break
-    if best is not None:
+    if best is not None and (declared_text is None or best[0] < _badness(declared_text)):
+        # A guess that decodes without error still loses to the declared charset when it
+        # reads as worse (half-width kana soup, private-use characters): the declared
+        # reading keeps its U+FFFD, which are counted and reported, never hidden.
         return best[1]
+    if declared_text is not None:
+        return declared_text
     fallback = [_decode_replace(data, c) for c in ((codec,) if codec else ()) + _GUESS_ORDER]
     return min(fallback, key=_badness)
 

@@ -95,6 +95,10 @@ class ParsedMail:
     # Where the sender asked replies to go (web forms send From: noreply@… with the
     # person in Reply-To); None when absent or the same as From.
     reply_to: str | None = None
+    # Characters of the subject and text that could not be decoded exactly (U+FFFD: bytes
+    # the declared charset and every guess reject). Counted so staff hear of it; a name
+    # holding one is never stored (see _facility).
+    undecodable: int = 0
 
     @property
     def reply_address(self) -> str | None:
@@ -352,7 +356,9 @@ _DASHES = re.compile(r"[\u2010-\u2015\u2212\u30fc\uff70-]")  # ‐‑‒–—�
 
 
 def _clean_name(value: str) -> str | None:
-    value = re.sub(r"\s+", " ", value).strip(" \t:・")
+    """Spaces (full-width ones too) between words become one space: they separate the
+    name's words; the characters of the name stay as written."""
+    value = re.sub(r"\s+", " ", value).strip(" \t:：・")
     return value or None
 
 
@@ -434,10 +440,35 @@ def _facility(values: dict[str, str]) -> Facility:
             value = _clean_phone(raw)
         else:
             value = _clean_name(raw)
+            if value is not None and "\ufffd" in value:
+                # Characters the mail's charset could not carry (see decode_bytes): never
+                # store or address a garbled name; the facility is asked to write it again
+                # (staff are in Cc of that reply).
+                value = None
         if value is None:
             problems.append(FieldProblem(field, "invalid", raw))
         cleaned[field] = value
     return Facility(problems=tuple(problems), **cleaned)
+
+
+# Names are kept as written (髙原ホテル①号館, ㈱山海リゾート): NFKC is only for finding
+# labels and for addresses, never for what a facility calls itself.
+_AS_WRITTEN = frozenset({"facility_name", "contact_name"})
+
+
+def _as_written(original: str, normalized_rest: str) -> str:
+    """The part of ``original`` whose NFKC form is ``normalized_rest`` (the value after
+    the label, found on the normalised line): the value as its author wrote it."""
+    want = normalized_rest.strip()
+    if not want or len(original) > 500:
+        return normalized_rest
+    for start in range(len(original) - 1, -1, -1):
+        tail = _nfkc(original[start:]).strip()
+        if tail == want:
+            return original[start:].strip()
+        if len(tail) > len(want):
+            break
+    return normalized_rest
 
 
 def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
@@ -479,6 +510,8 @@ def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
                 yield block
             block, strong = {}, False
         value = label.rest
+        if value and label.field in _AS_WRITTEN:
+            value = _as_written(lines[index], value)
         if not value:
             # The value on the next non-empty line (a form copied with labels on their own lines).
             for j in range(index + 1, min(index + 4, len(norm))):
@@ -486,7 +519,7 @@ def _blocks(lines: list[str]) -> Iterator[dict[str, str]]:
                     continue
                 if labels[j] is None and not RULE_LINE.match(norm[j]) and _plausible_next_line(
                         label.field, norm[j]):
-                    value = norm[j]
+                    value = lines[j].strip() if label.field in _AS_WRITTEN else norm[j]
                     index = j
                 break
         block[label.field] = value
@@ -568,4 +601,5 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedM
         facilities=facilities,
         fingerprint=message_fingerprint(_first(headers, "date"), from_addr, subject, body),
         reply_to=reply_to if reply_to and reply_to != from_addr and reply_to not in own else None,
+        undecodable=subject.count("\ufffd") + body.count("\ufffd"),
     )

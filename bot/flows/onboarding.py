@@ -278,6 +278,9 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
         for c in touched:
             if c.contact_email and c.contact_email not in to and c.state != State.NEEDS_INFO:
                 to.append(c.contact_email)
+    undecodable = getattr(parsed, "undecodable", 0)
+    if undecodable:
+        _report_undecodable(bot, parsed, touched, undecodable, now)
     touched = [store.get_case(c.id) for c in touched]
     enqueue_mail(
         bot, "request_reply", touched,
@@ -285,3 +288,22 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
          "records": any(i["kind"] in ("record", "resend") for i in items)},
         to=to, in_reply_to=parsed.message_id, references=thread_refs,
     )
+
+
+def _report_undecodable(bot: Bot, parsed: Any, cases: list[CaseRow], count: int, now: Any) -> None:
+    """Text that could not be decoded exactly is never passed off as read: each case of
+    the mail records it, and staff get a note (a name holding such characters was not
+    stored; the reply asks the facility to write it again)."""
+    for c in cases:
+        bot.store.add_event(c.id, now, "undecodable_text", detail={
+            "replacement_characters": count, "message_id": parsed.message_id})
+    refs = ", ".join(c.ref for c in cases) or "no case"
+    log.warning("request %s: %d characters could not be decoded (%s)", parsed.message_id, count, refs)
+    enqueue_mail(bot, "staff_escalation", cases, {
+        "reason_title": f"{count} characters of a request could not be decoded",
+        "reason": f"The mail {parsed.message_id or '(no Message-ID)'} has {count} characters its charset "
+                  "could not carry (shown as U+FFFD). Names holding them were not stored; the facility "
+                  f"is asked to write those fields again. Cases: {refs}.",
+        "decide_hint": "Read the original mail in the mailbox; correct a name by hand if the reply "
+                       "does not bring it.",
+        "diagnoses": []}, staff_only=True)

@@ -99,6 +99,29 @@ def ew_b(text: str, charset: str, chunk: int = 12) -> str:
     return "\r\n ".join(words)
 
 
+def eucjp_ms(text: str) -> bytes:
+    """EUC-JP as eucJP-ms writes it (Linux/Unix mailers): JIS X 0208 as EUC-JP, and the
+    CP932 characters EUC-JP lacks (NEC row 13: ①, ㈱; NEC-selected IBM rows 89-92: 髙, 﨑)
+    at their JIS row/cell, computed here from the CP932 code byte by byte."""
+    out = bytearray()
+    for ch in text.replace("\n", "\r\n"):
+        try:
+            out += ch.encode("euc_jp")
+            continue
+        except UnicodeEncodeError:
+            pass
+        raw = _NEC_IBM.get(ch) or ch.encode("cp932")
+        s1, s2 = raw
+        s1 -= 0x40 if s1 >= 0xE0 else 0
+        row = (s1 - 0x81) * 2 + 1
+        if s2 >= 0x9F:
+            row, cell = row + 1, s2 - 0x9F + 1
+        else:
+            cell = s2 - 0x40 + 1 - (1 if s2 >= 0x80 else 0)
+        out += bytes([row + 0x20 + 0x80, cell + 0x20 + 0x80])
+    return bytes(out)
+
+
 def ew_split_bytes(text: str, charset: str, size: int) -> str:
     """A broken mailer's encoded words: the bytes cut every ``size`` bytes, mid-character."""
     raw = text.encode(charset)
@@ -247,8 +270,8 @@ add("becky_iso2022jp_nec_chars", bin_mail(
          extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=\"ISO-2022-JP\"\nContent-Transfer-Encoding: 7bit\n"
                "X-Mailer: Becky! ver. 2.81.04 [ja]\n"),
     jis(text)),
-    facilities=[expect(becky_fac, facility_name="(株)髙橋観光 髙橋旅館1号館")],
-    note="Becky!: ① ㈱ (NEC row 13) and 髙 (IBM ext) inside ISO-2022-JP; NFKC turns ㈱ into (株)")
+    facilities=[expect(becky_fac)],
+    note="Becky!: ① ㈱ (NEC row 13) and 髙 (IBM ext) inside ISO-2022-JP; the name kept as written (no NFKC)")
 
 # 5 Thunderbird, UTF-8 format=flowed, a soft-wrapped label line
 long_name = "ホテル桜 別館 さくらテラス 京都四条烏丸 (旧ホテル四条烏丸)"
@@ -279,9 +302,9 @@ add("docomo_shiftjis_cp932", bin_mail(
          msgid="<1705367523.12345.nakamura.ken.1985@docomo.ne.jp>",
          extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=Shift_JIS\nContent-Transfer-Encoding: 8bit\n"),
     crlf(text).encode("cp932")),
-    facilities=[expect(docomo_fac, facility_name="海辺の宿~潮騒~", contact_name="ナカムラ ケン")],
+    facilities=[expect(docomo_fac)],
     from_addr="nakamura.ken.1985@docomo.ne.jp",
-    note="docomo: 'Shift_JIS' that is CP932 (～ as U+FF5E), half-width kana NFKC'd")
+    note="docomo: 'Shift_JIS' that is CP932 (～ as U+FF5E), half-width kana kept as written")
 
 # 7 au, Shift_JIS base64 with a carrier emoji (CP932 user-defined area, 0xF89F)
 au_fac = dict(TAKA)
@@ -687,7 +710,7 @@ add("outlook_express_sjis_qp", bin_mail(
          extra="MIME-Version: 1.0\nContent-Type: text/plain;\n\tcharset=\"shift_jis\"\nContent-Transfer-Encoding: quoted-printable\n"
                "X-Priority: 3\nX-MSMail-Priority: Normal\nX-Mailer: Microsoft Outlook Express 6.00.2900.5931\nX-MimeOLE: Produced By Microsoft MimeOLE V6.00.2900.6157\n"),
     qp(crlf(block(oe_fac)).encode("cp932")).encode()),
-    facilities=[expect(oe_fac, facility_name="ホテル桜1")], note="Outlook Express: shift_jis QP with ① (CP932 0x8740)")
+    facilities=[expect(oe_fac)], note="Outlook Express: shift_jis QP with ① (CP932 0x8740), kept as written")
 
 # 54 Gmail bounce (DSN from mailer-daemon@googlemail.com)
 add("dsn_gmail_failure", bin_mail(
@@ -819,6 +842,47 @@ add("bug_header_filter_cp932_subject_labelled_jis", bin_mail(
     jis(GREETING + block(UMIKAZE) + CLOSING)),
     facilities=[expect(UMIKAZE)], subject="【海風ホテル】" + SUBJ,
     note="subject: CP932 bytes in an encoded word labelled ISO-2022-JP; the header filter must still see a request")
+
+
+# 65 eucJP-ms: an EUC-JP label over NEC/IBM characters (①, ㈱, 髙, 﨑), as Linux/Unix
+# mailers (Sylpheed/Claws with eucJP-ms, mutt with a CP51932-ish locale) write them.
+# Python's strict euc_jp rejects these codes; read as CP932 they were half-width garbage.
+ms_fac = dict(facility_name="髙原ホテル①号館", contact_name="山﨑 花子", contact_email="yamasaki@takahara-hotel.jp",
+              contact_phone="0263-12-3456", admin_email="yoyaku@takahara-hotel.jp")
+add("claws_eucjpms_nec_ibm", bin_mail(
+    head("yamasaki@takahara-hotel.jp", "=?EUC-JP?B?" + base64.b64encode(eucjp_ms(SUBJ)).decode() + "?=",
+         msgid="<20240119101010.abcd.yamasaki@takahara-hotel.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=EUC-JP\nContent-Transfer-Encoding: 8bit\n"
+               "X-Mailer: Claws Mail 4.1.1 (GTK 3.24.38; x86_64-pc-linux-gnu)\n"),
+    eucjp_ms("サポート御中\n\n①チェックインの件とは別に、設定を希望します。\n\n" + block(ms_fac) + "\n\n㈱髙原観光\n")),
+    facilities=[expect(ms_fac)], from_addr="yamasaki@takahara-hotel.jp",
+    note="eucJP-ms: ① ㈱ (NEC row 13) and 髙 﨑 (IBM rows 89-92) under an EUC-JP label; names as written")
+
+# 66 ISO-2022-JP-2004: JIS X 0213 plane 1 (ESC $ ( Q) carries 﨑 (1-94-?), which a
+# CP50220 reading would turn into another character.
+j2004_fac = dict(facility_name="山﨑旅館 離れ", contact_name="山﨑 太郎", contact_email="taro@yamasaki-ryokan.jp",
+                 contact_phone="0595-12-3456", admin_email="info@yamasaki-ryokan.jp")
+add("iso2022jp2004_jisx0213", bin_mail(
+    head("taro@yamasaki-ryokan.jp", "=?ISO-2022-JP-2004?B?" + base64.b64encode(SUBJ.encode("iso2022_jp_2004")).decode() + "?=",
+         msgid="<20240119111111.0001@yamasaki-ryokan.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=ISO-2022-JP-2004\nContent-Transfer-Encoding: 7bit\n"),
+    crlf("山﨑様より\n\n" + block(j2004_fac) + "\n").encode("iso2022_jp_2004")),
+    facilities=[expect(j2004_fac)], from_addr="taro@yamasaki-ryokan.jp",
+    note="ISO-2022-JP-2004: 﨑 in JIS X 0213 plane 1, decoded exactly")
+
+# 67 Bytes no charset can read inside the facility name (a broken web form's EUC-JP):
+# the name is not stored garbled, the field is reported invalid, the U+FFFD are counted.
+broken_fac = dict(facility_name="ホテル?", contact_name="小川 一", contact_email="ogawa@ogawa-inn.jp",
+                  contact_phone="0555-12-3456", admin_email="info@ogawa-inn.jp")
+broken_body = crlf("サポート御中\n\n" + block(broken_fac) + "\n").encode("euc_jp").replace(b"?", b"\xff\xfe", 1)
+add("broken_eucjp_bytes_in_name", bin_mail(
+    head("ogawa@ogawa-inn.jp", "=?EUC-JP?B?" + base64.b64encode(SUBJ.encode("euc_jp")).decode() + "?=",
+         msgid="<20240119121212.0001@ogawa-inn.jp>",
+         extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=EUC-JP\nContent-Transfer-Encoding: 8bit\n"),
+    broken_body),
+    facilities=[expect(broken_fac, facility_name=None, problems=[("facility_name", "invalid")])],
+    from_addr="ogawa@ogawa-inn.jp",
+    note="undecodable bytes in the facility name: invalid, never a garbled name")
 
 
 def main() -> None:
