@@ -23,6 +23,7 @@ from bot.config import ReportsConfig
 log = logging.getLogger(__name__)
 
 BODY_BATCH = 25
+SIZE_BATCH = 1000
 
 
 @dataclass
@@ -119,7 +120,9 @@ class ImapReports:
         uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
         if not uids:
             return
-        sizes = client.fetch(uids, ["RFC822.SIZE"])
+        sizes: dict[int, dict[bytes, Any]] = {}
+        for start in range(0, len(uids), SIZE_BATCH):  # bounded commands on a long catch-up
+            sizes.update(client.fetch(uids[start:start + SIZE_BATCH], ["RFC822.SIZE"]))
         wanted: list[int] = []
         for uid in uids:
             key = f"dmarc:imap:{c.folder}:{validity}:{uid}"
