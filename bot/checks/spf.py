@@ -633,7 +633,9 @@ def merge_spf_records(records: Sequence[str], add_terms: Sequence[str]) -> str:
     redirect: str | None = None
     seen: set[str] = set()
     for text in records:
-        for t in parse_spf(text).terms:
+        # Pasted characters undone and faulty terms repaired first: a full-width space
+        # must not cost the facility the two terms it joins.
+        for t in parse_spf(repair_spf(text)[0]).terms:
             key = t.text.lower()
             if t.modifier:
                 if t.name == "redirect":
