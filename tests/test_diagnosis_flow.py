@@ -550,3 +550,33 @@ def test_one_pass_asks_each_name_once(flow, bind, monkeypatch):
     DKIM_MISTAKES["doubled_domain"][0](f)
     assert recheck_due_once(f.bot) >= 1
     assert sent and max(sent.values()) == 1, [k for k, v in sent.items() if v > 1]
+
+
+# ------------------------------------------------------------------ pasted characters (issue 12)
+
+
+def test_pasted_characters_reach_the_problem_mails_with_the_record_to_paste(flow, saas):
+    """A full-width space in the DMARC record, then in the SPF record: each named in its
+    problem mail (what, where) with the corrected record boxed; pasting the box completes."""
+    f = flow()
+    f.to_awaiting_dmarc()
+    f.publish("_dmarc", ["v=DMARC1;\u3000p=none"])
+    [mail] = f.run()
+    assert "dmarc_pasted_character" in f.seen_codes()[-1]
+    text = assert_polite_problem_mail(mail, f)
+    assert "10文字目の全角スペース（「v=DMARC1;」と「p=none」の間）" in text, text
+    [box] = boxes(text)
+    assert box["value"] == f"v=DMARC1; p=none; rua=mailto:dmarc@{saas}"
+    assert f.run() == []  # the same mistake is not mailed again
+    f.publish("_dmarc", [box["value"]])
+    f.publish("@", [f"v=spf1 mx\u3000include:_spf.{saas} -all"])
+    [mail] = f.run()
+    assert f.case.state == "awaiting_final"
+    assert "spf_pasted_character" in f.seen_codes()[-1]
+    text = body(mail)
+    assert "全角スペース（「mx」と「include:_spf." in text, text
+    fixed = f"v=spf1 mx include:_spf.{saas} -all"
+    assert {"host": f.domain, "type": "TXT", "value": fixed} in boxes(text)
+    f.publish("@", [fixed])
+    [report] = f.run()
+    assert f.case.state == "completed"
