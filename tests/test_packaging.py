@@ -54,7 +54,8 @@ def test_the_wheel_carries_every_template_and_the_sdist_the_tests_and_docs(dist:
     with tarfile.open(sdist) as tar:
         members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
     for needed in ("templates/request_reply.txt", "tests/conftest.py", "tests/servers.py",
-                   "tests/test_packaging.py", "docs/CONTRACT.md", "setup.py", ".ci/run"):
+                   "tests/test_packaging.py", "docs/CONTRACT.md", "setup.py", ".ci/run",
+                   "contrib/systemd/dkimbot.service", "contrib/cron/dkimbot"):
         assert needed in members, needed
 
 

@@ -20,15 +20,19 @@ import os
 import re
 import smtplib
 import ssl
-import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import TextIO
 
+from bot.app.doctorfiles import (
+    Finding,
+    check_keys,
+    check_signer,
+    check_state_dir,
+    writable_dir_finding,
+)
 from bot.config import Config
 
 log = logging.getLogger("dkimbot")
@@ -36,21 +40,6 @@ log = logging.getLogger("dkimbot")
 # More than this between our clock and a server's is worth fixing: DKIM signatures carry
 # t= and x=, TSIG refuses beyond 300 s, and the schedule's "due" times drift.
 MAX_CLOCK_SKEW_SECONDS = 60.0
-# Decrypting a key is slow by design (PBKDF); a few hundred cover a real check.
-MAX_KEYS_TRIED = 200
-
-
-@dataclass(frozen=True)
-class Finding:
-    ok: bool | None  # None: does not apply to this configuration
-    name: str
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        mark = {True: "✔", False: "✖", None: "–"}[self.ok]
-        text = f"{mark} {self.name}: {self.detail}"
-        return f"{text} — fix: {self.fix}" if self.ok is False and self.fix else text
 
 
 @dataclass
@@ -69,9 +58,9 @@ class Doctor:
             ("SMTP", self.check_smtp),
             ("DNS", self.check_resolvers),
             ("TSIG", self.check_tsig),
-            ("signer", self.check_signer),
-            ("keys", self.check_keys),
-            ("state dir", self.check_state_dir),
+            ("signer", lambda: check_signer(self.cfg)),
+            ("keys", lambda: check_keys(self.cfg)),
+            ("state dir", lambda: check_state_dir(self.cfg)),
             ("clock", self.check_clock),
         ]
         findings: list[Finding] = []
@@ -101,7 +90,7 @@ class Doctor:
         i = self.cfg.intake
         if i.kind == "maildir":
             path = self.cfg.state_path(i.maildir)
-            return [_writable_dir_finding("intake Maildir", path, "make it a directory the bot's user can write")]
+            return [writable_dir_finding("intake Maildir", path, "make it a directory the bot's user can write")]
         return [self._imap("IMAP", i.host, i.port, i.tls, i.username, i.password, i.timeout, i.folder,
                            "[intake]")]
 
@@ -163,7 +152,7 @@ class Doctor:
         o = self.cfg.outbound
         if o.kind == "directory":
             path = self.cfg.state_path(o.directory)
-            return [_writable_dir_finding("outbox directory", path, "make it a directory the bot's user can write")]
+            return [writable_dir_finding("outbox directory", path, "make it a directory the bot's user can write")]
         where = f"{o.host}:{o.port} ({o.tls})"
         steps: list[str] = []
         conn: smtplib.SMTP | None = None
@@ -234,77 +223,6 @@ class Doctor:
         return [Finding(result.ok, "TSIG update", result.detail, result.fix)]
 
     # -- signer, keys, state --------------------------------------------------
-    def check_signer(self) -> list[Finding]:
-        from bot.adapters.signer import SignerInstallError, keys_dir, run_reload
-
-        s = self.cfg.signer
-        out = [_writable_file_finding("signer KeyTable", self.cfg.state_path(s.keytable)),
-               _writable_file_finding("signer SigningTable", self.cfg.state_path(s.signingtable)),
-               _writable_dir_finding("signer keys dir", keys_dir(self.cfg),
-                                     "make it a directory the bot's user can write (the signer only reads it)")]
-        if not s.reload_command.strip():
-            out.append(Finding(None, "signer reload", "no [signer] reload_command (the signer rereads its tables itself)"))
-            return out
-        try:
-            run_reload(self.cfg)
-            out.append(Finding(True, "signer reload", f"`{s.reload_command}` succeeded"))
-        except SignerInstallError as exc:
-            out.append(Finding(False, "signer reload", str(exc),
-                               "run [signer] reload_command by hand as the bot's user and fix what it says"))
-        return out
-
-    def check_keys(self) -> list[Finding]:
-        from bot.adapters.keys import KeyStoreError, load_private_pem
-
-        folder = self.cfg.state_dir / "keys"
-        files = sorted(folder.glob("*/*.pem")) if folder.is_dir() else []
-        if not files:
-            return [Finding(True, "stored keys", f"none yet under {folder}")]
-        passphrase = self.cfg.keys.passphrase
-        plain = 0
-        tried = files[:MAX_KEYS_TRIED]
-        for path in tried:
-            what = f"{path.parent.name} selector {path.stem}"
-            try:
-                data = path.read_bytes()
-                load_private_pem(data, passphrase, what=what)
-            except KeyStoreError as exc:
-                return [Finding(False, "stored keys", str(exc),
-                                "set the environment variable named by [keys] passphrase_env to the passphrase "
-                                "the keys were stored with")]
-            except OSError as exc:
-                return [Finding(False, "stored keys", f"cannot read {path}: {exc.strerror}",
-                                "run the bot as the user that owns the state directory")]
-            plain += b"ENCRYPTED" not in data[:64]
-        how = "decrypt with the passphrase" if passphrase else "read (no passphrase configured: stored unencrypted)"
-        detail = f"{len(tried)} of {len(files)} key files {how}"
-        if passphrase and plain:
-            detail += f"; {plain} were stored before the passphrase was set and are not encrypted"
-        return [Finding(True, "stored keys", detail)]
-
-    def check_state_dir(self) -> list[Finding]:
-        state = self.cfg.state_dir
-        if not state.exists():
-            parent = _nearest_existing(state)
-            if not _can_create_in(parent):
-                return [Finding(False, "state dir", f"{state} does not exist and {parent} is not writable",
-                                f"create {state} (mode 0700) owned by the bot's user")]
-            return [Finding(True, "state dir", f"{state} will be made (mode 0700) by the first pass")]
-        problems = []
-        for path in [state, state / "dkimbot.sqlite3", state / "keys"]:
-            if path.exists():
-                mode = stat.S_IMODE(path.stat().st_mode)
-                if mode & 0o077:
-                    problems.append(f"{path} is mode {mode:04o}")
-                if path.stat().st_uid != os.geteuid():
-                    problems.append(f"{path} belongs to uid {path.stat().st_uid}, not the bot's {os.geteuid()}")
-        if problems:
-            return [Finding(False, "state dir", "; ".join(problems),
-                            f"chown -R the bot's user {state} && chmod -R go-rwx {state} (it holds private keys)")]
-        if not _can_create_in(state):
-            return [Finding(False, "state dir", f"{state} is not writable", f"make {state} writable by the bot's user")]
-        return [Finding(True, "state dir", f"{state}: only the bot's user can read it, and it can write")]
-
     def check_clock(self) -> list[Finding]:
         if not self.clocks:
             return [Finding(None, "clock", "no server told its time (used: TSIG-signed DNS answers, a date in "
@@ -326,52 +244,6 @@ def _key(section: str, key: str) -> str:
 def _text(exc: object) -> str:
     value = exc.decode("utf-8", "replace") if isinstance(exc, bytes) else str(exc)
     return " ".join(value.split())[:200] or type(exc).__name__
-
-
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _can_create_in(directory: Path) -> bool:
-    """A real try (a temporary file, removed), not os.access: root passes os.access on an
-    immutable or read-only-mounted directory, and so would a doctor that only asked."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=".dkimbot-doctor-", dir=directory)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(name)
-    return True
-
-
-def _writable_dir_finding(name: str, path: Path, fix: str) -> Finding:
-    where = path if path.exists() else _nearest_existing(path)
-    if not where.is_dir():
-        return Finding(False, name, f"{where} is not a directory", fix)
-    if not _can_create_in(where):
-        return Finding(False, name, f"cannot create files in {where}", fix)
-    note = "" if where == path else f" (not there yet; {where} lets the bot make it)"
-    return Finding(True, name, f"{path} writable{note}")
-
-
-def _writable_file_finding(name: str, path: Path) -> Finding:
-    """The bot rewrites a table as temp file + rename in its directory, so both the
-    directory and (for an existing table) the file must take writes."""
-    fix = f"make {path} and its directory writable by the bot's user (and readable by the signer)"
-    directory = _writable_dir_finding(name, path.parent, fix)
-    if not directory.ok:
-        return directory
-    if path.exists():
-        try:
-            with open(path, "ab"):  # opened for appending and closed: not a byte written
-                pass
-        except OSError as exc:
-            return Finding(False, name, f"{path}: {exc.strerror}", fix)
-        return Finding(True, name, f"{path} writable")
-    return Finding(True, name, f"{path} will be made by the first key install ({path.parent} writable)")
 
 
 def run_doctor(cfg: Config, out: TextIO) -> int:
