@@ -178,10 +178,16 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+from bot.core.cases import INITIAL_STATES, move_allowed
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "Store", "now_iso", "parse_iso"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "StaleCase", "Store", "now_iso",
+           "parse_iso"]
+
+
+class StaleCase(Exception):
+    """The case is no longer in the state the caller decided from (another process moved it)."""
 
 
 _CASE_COLUMNS = {
@@ -327,6 +333,8 @@ class Store:
     # -- cases ------------------------------------------------------------------------------
 
     def create_case(self, *, state: str, now: datetime, **fields: Any) -> CaseRow:
+        if state not in INITIAL_STATES:
+            raise ValueError(f"a case cannot start in {state}")
         cols = {k: _encode(v) for k, v in fields.items() if k in _CASE_COLUMNS}
         unknown = set(fields) - _CASE_COLUMNS
         if unknown:
@@ -343,15 +351,46 @@ class Store:
         return self.get_case(case_id)
 
     def update_case(self, case_id: int, now: datetime, **fields: Any) -> CaseRow:
+        """Change a case's fields other than its state (``transition`` changes the state)."""
         unknown = set(fields) - _CASE_COLUMNS
         if unknown:
             raise ValueError(f"unknown case fields: {sorted(unknown)}")
+        if "state" in fields:
+            raise ValueError("update_case does not change a case's state; use Store.transition")
         fields = dict(fields, updated_at=now)
         assignments = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(
             f"UPDATE cases SET {assignments} WHERE id=?",
             (*(_encode(v) for v in fields.values()), case_id),
         )
+        return self.get_case(case_id)
+
+    def transition(self, case_id: int, to_state: str, now: datetime, *, expected_state: str,
+                   event: str, detail: dict[str, Any] | None = None, **fields: Any) -> CaseRow:
+        """The one way a case changes state.
+
+        The move must be in ``cases.MOVES``; the UPDATE names the state the caller decided
+        from (compare-and-swap: ``StaleCase`` if another process moved the case since it
+        was read) and the event (``event``, from → to, ``detail``) is written in the same
+        transaction. ``state_since`` becomes ``now``; ``fields`` are set with it.
+        """
+        if not move_allowed(expected_state, to_state):
+            raise ValueError(f"no move from {expected_state} to {to_state} (bot/core/cases.py MOVES)")
+        unknown = set(fields) - (_CASE_COLUMNS - {"state", "state_since", "updated_at"})
+        if unknown:
+            raise ValueError(f"unknown or reserved case fields: {sorted(unknown)}")
+        cols = {**fields, "state": to_state, "state_since": now, "updated_at": now}
+        assignments = ", ".join(f"{k}=?" for k in cols)
+        with self.transaction():
+            cur = self.db.execute(
+                f"UPDATE cases SET {assignments} WHERE id=? AND state=?",
+                (*(_encode(v) for v in cols.values()), case_id, str(expected_state)),
+            )
+            if cur.rowcount != 1:
+                now_state = self.db.execute("SELECT state FROM cases WHERE id=?", (case_id,)).fetchone()
+                raise StaleCase(f"case {case_id} is {now_state['state'] if now_state else 'gone'}, "
+                                f"not {expected_state}: not moved to {to_state}")
+            self.add_event(case_id, now, event, str(expected_state), str(to_state), detail)
         return self.get_case(case_id)
 
     def get_case(self, case_id: int) -> CaseRow:

@@ -198,6 +198,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             return 1
         notes: list[str] = []
         with pass_lock(cfg, wait=True):
+            # Read again under the lock: a pass may have moved the case since the read above.
+            case = bot.store.get_case(case.id)
+            refusal = _staff_refusal(args.command, case)
+            if refusal:
+                print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
+                return 1
             if args.command == "cancel":
                 from bot.flows.cancel import CancelError, cancel_case
 
@@ -291,6 +297,7 @@ def _proof(bot: Any, case: Any) -> int:
     from bot.flows.runtime import pass_lock
 
     with pass_lock(bot.cfg, wait=True):
+        case = bot.store.get_case(case.id)  # as it is now, under the lock
         try:
             message_id = queue_probe(bot, case, by="staff")
         except ProofError as exc:
@@ -311,6 +318,7 @@ def _rekey(bot: Any, case: Any, bits: int) -> int:
     from bot.flows.runtime import pass_lock
 
     with pass_lock(bot.cfg, wait=True):
+        case = bot.store.get_case(case.id)  # as it is now, under the lock
         try:
             updated = rekey_case(bot, case, bits, reason=f"staff asked for a {bits}-bit key", who="staff")
         except RekeyError as exc:

@@ -236,14 +236,13 @@ def staff_cancel(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
 def staff_retry(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
     """Check now; an escalated case goes back to where it was, with fresh reminders."""
     now = bot.clock()
-    fields: dict[str, Any] = {"next_check_at": now, "reminders_sent": 0}
-    to_state = case.state
-    if case.state == State.ESCALATED and case.resume_state:
-        fields.update(state=case.resume_state, resume_state=None, state_since=now)
-        to_state = case.resume_state
     with bot.store.transaction():
-        updated = bot.store.update_case(case.id, now, **fields)
-        bot.store.add_event(case.id, now, "staff_retry", case.state, to_state, {"by": who})
+        if case.state == State.ESCALATED and case.resume_state:
+            return bot.store.transition(case.id, case.resume_state, now, expected_state=case.state,
+                                        event="staff_retry", detail={"by": who}, next_check_at=now,
+                                        reminders_sent=0, resume_state=None)
+        updated = bot.store.update_case(case.id, now, next_check_at=now, reminders_sent=0)
+        bot.store.add_event(case.id, now, "staff_retry", case.state, case.state, {"by": who})
     return updated
 
 

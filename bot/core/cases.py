@@ -89,6 +89,61 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[str, ...]]] = {
     **{(s, Event.DNS_ERROR): (STAY, ()) for s in WATCHED},
 }
 
+#: The states a new case starts in (intake: a request with missing fields, a domain we
+#: cannot serve, or a key assigned at once).
+INITIAL_STATES = (State.NEEDS_INFO, State.REJECTED, State.AWAITING_DKIM)
+
+
+def _moves() -> dict[tuple[State, State], tuple[str, ...]]:
+    causes: dict[tuple[State, State], list[str]] = {}
+
+    def add(move: tuple[State, State], cause: str) -> None:
+        if cause not in causes.setdefault(move, []):
+            causes[move].append(cause)
+
+    for (s, _e), (n, _m) in TRANSITIONS.items():
+        if n is not STAY and n != s:
+            add((s, n), "decide")
+            if s in (State.NEEDS_INFO, *WAITING) and n != State.ESCALATED:
+                # ``decide`` resumes an escalated case by itself when a check of the state
+                # it was escalated from (needs_info or a waiting state) moves on.
+                add((State.ESCALATED, n), "decide (resumed)")
+    # intake (bot/flows/onboarding.py): a needs_info case completed by the facility
+    add((State.NEEDS_INFO, State.AWAITING_DKIM), "request completed")
+    add((State.NEEDS_INFO, State.REJECTED), "request completed with a domain we cannot serve")
+    # intake: a repeated request (same admin address and facility) names a new domain; the
+    # case starts over at the DKIM step (awaiting_dkim → awaiting_dkim resets state_since)
+    for s in (*WAITING, State.ESCALATED, State.COMPLETED):
+        add((s, State.AWAITING_DKIM), "request names a new domain")
+    for s in (State.NEEDS_INFO, *WAITING):
+        # delivery (bot/flows/escalation.py): a facility address refused for good
+        add((s, State.ESCALATED), "delivery failed")
+        # staff (bot/app/jobs.py staff_retry): an escalated case back where it was
+        add((State.ESCALATED, s), "staff retry")
+    # staff or the facility (bot/flows/rekey.py): a new key restarts the DKIM step
+    add((State.ESCALATED, State.AWAITING_DKIM), "rekey")
+    # staff (bot/flows/cancel.py): any case not yet cancelled
+    for s in State:
+        if s != State.CANCELLED:
+            add((s, State.CANCELLED), "staff cancel")
+    return {move: tuple(c) for move, c in sorted(causes.items())}
+
+
+#: Every change of a case's state the bot makes, and its causes: the rows of
+#: ``TRANSITIONS`` that ``decide`` applies (DNS checks, reminders, the watch after
+#: completion) and the moves made outside ``decide`` (intake, delivery, staff).
+#: ``Store.transition`` refuses any (from, to) not listed here.
+MOVES: dict[tuple[State, State], tuple[str, ...]] = _moves()
+
+
+def move_allowed(from_state: str, to_state: str) -> bool:
+    """Whether the bot ever moves a case from ``from_state`` to ``to_state`` (``MOVES``)."""
+    try:
+        return (State(from_state), State(to_state)) in MOVES
+    except ValueError:
+        return False
+
+
 #: Mail kinds that report a problem: sent once per distinct diagnosis, not per check.
 PROBLEM_MAILS = ("dkim_problem", "dmarc_problem", "final_problem")
 

@@ -73,11 +73,11 @@ def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
                 ) from None
     now = bot.clock()
     with bot.store.transaction():
-        result.case = bot.store.update_case(case.id, now, state=State.CANCELLED, state_since=now,
-                                            next_check_at=None)
-        bot.store.add_event(case.id, now, "staff_cancel", case.state, State.CANCELLED, {
-            "by": who, "signer_removed": result.removed, "signer_kept": result.kept,
-        })
+        result.case = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
+                                           event="staff_cancel", detail={
+                                               "by": who, "signer_removed": result.removed,
+                                               "signer_kept": result.kept},
+                                           next_check_at=None)
     if result.removed:
         log.info("%s: cancelled; removed %d selector(s) of the domain from the signer",
                  case.ref, len(result.removed))

@@ -86,11 +86,12 @@ def escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[s
     for case_id in row.case_ids:
         case = bot.store.get_case(case_id)
         now = bot.clock()
+        failed = {"message_id": row.message_id, "error": error, "recipients": recipients or row.recipients}
         if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
-            case = bot.store.update_case(case.id, now, state=State.ESCALATED, state_since=now,
-                                         resume_state=case.state)
-        bot.store.add_event(case.id, now, "delivery_failed", detail={
-            "message_id": row.message_id, "error": error, "recipients": recipients or row.recipients})
+            case = bot.store.transition(case.id, State.ESCALATED, now, expected_state=case.state,
+                                        event="delivery_failed", detail=failed, resume_state=case.state)
+        else:
+            bot.store.add_event(case.id, now, "delivery_failed", detail=failed)
         enqueue_mail(bot, "staff_escalation", [case], {
             "reason_title": "mail to the facility was rejected",
             "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "

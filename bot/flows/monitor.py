@@ -154,10 +154,10 @@ def _record(bot: Bot, case: CaseRow, now: datetime, kind: str, state: State, nxt
             detail: dict[str, Any], *, next_check: datetime, changes_state: bool = False,
             log_event: bool = True) -> CaseRow:
     with bot.store.transaction():
-        fields: dict[str, Any] = {"next_check_at": next_check}
         if changes_state:
-            fields.update(state=nxt, state_since=now, last_notice=None)
-        updated = bot.store.update_case(case.id, now, **fields)
+            return bot.store.transition(case.id, nxt, now, expected_state=state, event=kind,
+                                        detail=detail, next_check_at=next_check, last_notice=None)
+        updated = bot.store.update_case(case.id, now, next_check_at=next_check)
         if log_event:
             bot.store.add_event(case.id, now, kind, state.value, nxt.value, detail)
     return updated

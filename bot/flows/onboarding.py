@@ -198,13 +198,15 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
             own=[*cfg.service.own_domains, cfg.bot_domain],
         )
         if reason:
+            rejected = {"reason": reason, "domain": domain}
             if existing is not None and existing.state == State.NEEDS_INFO:
-                case = store.update_case(existing.id, now, state=State.REJECTED, state_since=now,
-                                         domain=domain, problems=[], **fields, **base)
+                case = store.transition(existing.id, State.REJECTED, now, expected_state=existing.state,
+                                        event="rejected", detail=rejected,
+                                        domain=domain, problems=[], **fields, **base)
             else:
                 case = store.create_case(state=State.REJECTED, now=now, domain=domain, **fields, **base)
-            store.add_event(case.id, now, "rejected", existing.state if existing else None,
-                            State.REJECTED, {"reason": reason, "domain": domain})
+                store.add_event(case.id, now, "rejected", existing.state if existing else None,
+                                State.REJECTED, rejected)
             touched.append(case)
             items.append({"kind": "rejected", "ref": case.ref, "facility": f.facility_name,
                           "admin_email": f.admin_email, "domain": domain, "reason": reason})
@@ -220,9 +222,11 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
             continue
         selectors = _choose_key(bot, domain, prepared)
         due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
+        assigned = {"domain": domain, "selectors": selectors}
         if existing is not None:
-            case = store.update_case(
-                existing.id, now, state=State.AWAITING_DKIM, state_since=now, domain=domain,
+            case = store.transition(
+                existing.id, State.AWAITING_DKIM, now, expected_state=existing.state,
+                event="key_assigned", detail=assigned, domain=domain,
                 selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
                 reminders_sent=0, last_notice=None, **fields, **base,
             )
@@ -231,8 +235,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
                 state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
                 selectors=selectors, next_check_at=due, **fields, **base,
             )
-        store.add_event(case.id, now, "key_assigned", existing.state if existing else None,
-                        State.AWAITING_DKIM, {"domain": domain, "selectors": selectors})
+            store.add_event(case.id, now, "key_assigned", None, State.AWAITING_DKIM, assigned)
         others = [c.facility for c in store.cases_for_domain(domain)
                   if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
         domains_in_mail.setdefault(domain, []).append(case.facility or "")

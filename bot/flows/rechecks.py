@@ -178,24 +178,25 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                 fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds,
                                                                     cfg.schedule.check_steps)
             if decision.changes_state:
-                fields.update(state=decision.next_state, state_since=now, reminders_sent=0,
-                              resume_state=decision.resume_state)
+                fields.update(reminders_sent=0, resume_state=decision.resume_state)
             elif decision.resume_state != (State(case.resume_state) if case.resume_state else None):
                 fields["resume_state"] = decision.resume_state
             if decision.next_state == State.COMPLETED:
                 # Completed domains are watched daily (SPEC §8).
                 fields["next_check_at"] = now + timedelta(days=1)
-            updated = bot.store.update_case(case.id, now, **fields)
+            detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
+            if proof:
+                detail["proof"] = {"ok": proof[0], "detail": proof[1]}
+            if decision.changes_state:
+                updated = bot.store.transition(case.id, decision.next_state, now, expected_state=state,
+                                               event="transition", detail=detail, **fields)
+                log.info("%s: %s -> %s (%s)", case.ref, state.value, decision.next_state.value, event.value)
+            else:
+                updated = bot.store.update_case(case.id, now, **fields)
+                if decision.mails or event == Event.DNS_ERROR:
+                    bot.store.add_event(case.id, now, "check", state.value, decision.next_state.value, detail)
             log.debug("%s: checked %s: %s; next check %s", case.ref, case.domain, event.value,
                       fields["next_check_at"].isoformat(timespec="seconds"))
-            if decision.changes_state or decision.mails or event == Event.DNS_ERROR:
-                detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
-                if proof:
-                    detail["proof"] = {"ok": proof[0], "detail": proof[1]}
-                bot.store.add_event(case.id, now, "transition" if decision.changes_state else "check",
-                                    state.value, decision.next_state.value, detail)
-                if decision.changes_state:
-                    log.info("%s: %s -> %s (%s)", case.ref, state.value, decision.next_state.value, event.value)
             for kind in decision.mails:
                 enqueue_check_mail(bot, kind, updated, report, proof)
             maybe_crash("check.decided")
@@ -228,12 +229,11 @@ def remind_due_once(bot: Bot) -> int:
                 # The record box(es) and the last findings, so the reminder alone suffices.
                 enqueue_mail(bot, "reminder", [updated], reminder_context(bot, updated, updated.reminders_sent))
             else:
-                updated = bot.store.update_case(
-                    case.id, now, state=State.ESCALATED, state_since=now,
+                updated = bot.store.transition(
+                    case.id, State.ESCALATED, now, expected_state=case.state, event="transition",
+                    detail={"event": event.value, "reminders_sent": case.reminders_sent},
                     resume_state=decision.resume_state,
                 )
-                bot.store.add_event(case.id, now, "transition", case.state, State.ESCALATED,
-                                    {"event": event.value, "reminders_sent": case.reminders_sent})
                 from bot.flows.escalation import stall_context
 
                 # What the bot last saw (DNS per area, or the missing fields) and what to decide.

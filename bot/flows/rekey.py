@@ -89,13 +89,15 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
         for c in group:
             fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,
                                           "reminders_sent": 0}
+            rekeyed = {"old_selectors": old, "new_selectors": new, "bits": bits, "reason": reason, "by": who}
             if c.state == State.ESCALATED:
-                fields.update(state=State.AWAITING_DKIM, state_since=now, resume_state=None)
-            else:
-                fields["state_since"] = now  # a new record to publish: the reminder clock starts again
+                updated.append(bot.store.transition(c.id, State.AWAITING_DKIM, now, expected_state=c.state,
+                                                    event="rekeyed", detail=rekeyed, resume_state=None,
+                                                    **fields))
+                continue
+            fields["state_since"] = now  # a new record to publish: the reminder clock starts again
             updated.append(bot.store.update_case(c.id, now, **fields))
-            bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, {
-                "old_selectors": old, "new_selectors": new, "bits": bits, "reason": reason, "by": who})
+            bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, rekeyed)
         enqueue_mail(bot, "dkim_rekey", updated, {
             "records": key_records(bot, updated[0]),
             "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"} for s in rsa_old],
