@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
 from bot.faults import maybe_crash
@@ -110,7 +111,7 @@ def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
             return
         store.mark_handled(key, None, bot.clock(), f"failed: {type(exc).__name__}")
         headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:2000]
-        enqueue_mail(bot, "staff_escalation", [], {
+        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
             "reason_title": "a message could not be processed",
             "reason": f"Message {key} failed {failures} times ({type(exc).__name__}: {exc}).\n"
                       f"It is left in the mailbox untouched. Its headers:\n\n"
@@ -254,7 +255,7 @@ def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
         item = {"kind": "resend", "ref": case.ref, "facility": case.facility,
                 "admin_email": case.admin_email, "domain": case.domain,
                 "records": key_records(bot, case), "shared_with": [], "provider_hint": None}
-        return enqueue_mail(bot, "request_reply", [case], {
+        return enqueue_mail(bot, MailKind.REQUEST_REPLY, [case], {
             "items": [item], "subject_text": "DKIM設定のご案内：DNSへのレコード登録のお願い（再送）",
             "records": True,
         })

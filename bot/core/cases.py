@@ -13,6 +13,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from bot.config import ScheduleConfig
+from bot.core.mailkinds import MailKind
+
 
 class State(StrEnum):
     NEEDS_INFO = "needs_info"
@@ -57,34 +60,34 @@ STAY = None  # in the table: the case keeps its state
 
 #: (state, event) -> (next state or STAY, mail kinds caused). Problem mails are sent once
 #: per distinct diagnosis (see ``decide``); STAY rows without mails only reschedule.
-TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[str, ...]]] = {
-    (State.AWAITING_DKIM, Event.DKIM_PROVEN): (State.AWAITING_DMARC, ("dkim_active",)),
-    (State.AWAITING_DKIM, Event.DKIM_PROOF_FAILED): (State.ESCALATED, ("staff_escalation",)),
-    (State.AWAITING_DKIM, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
+TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[MailKind, ...]]] = {
+    (State.AWAITING_DKIM, Event.DKIM_PROVEN): (State.AWAITING_DMARC, (MailKind.DKIM_ACTIVE,)),
+    (State.AWAITING_DKIM, Event.DKIM_PROOF_FAILED): (State.ESCALATED, (MailKind.STAFF_ESCALATION,)),
+    (State.AWAITING_DKIM, Event.DKIM_WRONG): (STAY, (MailKind.DKIM_PROBLEM,)),
     (State.AWAITING_DKIM, Event.DKIM_MISSING): (STAY, ()),
-    (State.AWAITING_DMARC, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
-    (State.AWAITING_DMARC, Event.DKIM_MISSING): (STAY, ("dkim_problem",)),
-    (State.AWAITING_DMARC, Event.DMARC_WRONG): (STAY, ("dmarc_problem",)),
+    (State.AWAITING_DMARC, Event.DKIM_WRONG): (STAY, (MailKind.DKIM_PROBLEM,)),
+    (State.AWAITING_DMARC, Event.DKIM_MISSING): (STAY, (MailKind.DKIM_PROBLEM,)),
+    (State.AWAITING_DMARC, Event.DMARC_WRONG): (STAY, (MailKind.DMARC_PROBLEM,)),
     (State.AWAITING_DMARC, Event.DMARC_MISSING): (STAY, ()),
-    (State.AWAITING_DMARC, Event.FINAL_OK): (State.COMPLETED, ("completion_report",)),
-    (State.AWAITING_DMARC, Event.FINAL_FAILED): (State.AWAITING_FINAL, ("final_problem",)),
-    (State.AWAITING_FINAL, Event.DKIM_WRONG): (STAY, ("dkim_problem",)),
-    (State.AWAITING_FINAL, Event.DKIM_MISSING): (STAY, ("dkim_problem",)),
-    (State.AWAITING_FINAL, Event.DMARC_WRONG): (STAY, ("final_problem",)),
-    (State.AWAITING_FINAL, Event.DMARC_MISSING): (STAY, ("final_problem",)),
-    (State.AWAITING_FINAL, Event.FINAL_FAILED): (STAY, ("final_problem",)),
-    (State.AWAITING_FINAL, Event.FINAL_OK): (State.COMPLETED, ("completion_report",)),
-    **{(s, Event.REMINDER_DUE): (STAY, ("reminder",)) for s in (State.NEEDS_INFO, *WAITING)},
-    **{(s, Event.STALLED): (State.ESCALATED, ("staff_escalation",)) for s in (State.NEEDS_INFO, *WAITING)},
+    (State.AWAITING_DMARC, Event.FINAL_OK): (State.COMPLETED, (MailKind.COMPLETION_REPORT,)),
+    (State.AWAITING_DMARC, Event.FINAL_FAILED): (State.AWAITING_FINAL, (MailKind.FINAL_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.DKIM_WRONG): (STAY, (MailKind.DKIM_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.DKIM_MISSING): (STAY, (MailKind.DKIM_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.DMARC_WRONG): (STAY, (MailKind.FINAL_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.DMARC_MISSING): (STAY, (MailKind.FINAL_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.FINAL_FAILED): (STAY, (MailKind.FINAL_PROBLEM,)),
+    (State.AWAITING_FINAL, Event.FINAL_OK): (State.COMPLETED, (MailKind.COMPLETION_REPORT,)),
+    **{(s, Event.REMINDER_DUE): (STAY, (MailKind.REMINDER,)) for s in (State.NEEDS_INFO, *WAITING)},
+    **{(s, Event.STALLED): (State.ESCALATED, (MailKind.STAFF_ESCALATION,)) for s in (State.NEEDS_INFO, *WAITING)},
     **{(s, Event.DNS_ERROR): (STAY, ()) for s in (*WAITING, State.ESCALATED)},
     # After completion (bot.monitor): warn, count down, and only then stop signing.
     (State.COMPLETED, Event.DKIM_OK): (STAY, ()),
-    (State.COMPLETED, Event.DKIM_GONE): (State.DKIM_LOST, ("dkim_lost", "staff_escalation")),
+    (State.COMPLETED, Event.DKIM_GONE): (State.DKIM_LOST, (MailKind.DKIM_LOST, MailKind.STAFF_ESCALATION)),
     (State.DKIM_LOST, Event.DKIM_GONE): (STAY, ()),
-    (State.DKIM_LOST, Event.DKIM_OK): (State.COMPLETED, ("dkim_restored",)),
-    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED, ("signing_stopped", "staff_escalation")),
+    (State.DKIM_LOST, Event.DKIM_OK): (State.COMPLETED, (MailKind.DKIM_RESTORED,)),
+    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED, (MailKind.SIGNING_STOPPED, MailKind.STAFF_ESCALATION)),
     (State.SIGNING_STOPPED, Event.DKIM_GONE): (STAY, ()),
-    (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, ("dkim_restored",)),
+    (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, (MailKind.DKIM_RESTORED,)),
     (State.SIGNING_STOPPED, Event.DKIM_PROOF_FAILED): (STAY, ()),
     **{(s, Event.DNS_ERROR): (STAY, ()) for s in WATCHED},
 }
@@ -145,7 +148,7 @@ def move_allowed(from_state: str, to_state: str) -> bool:
 
 
 #: Mail kinds that report a problem: sent once per distinct diagnosis, not per check.
-PROBLEM_MAILS = ("dkim_problem", "dmarc_problem", "final_problem")
+PROBLEM_MAILS = (MailKind.DKIM_PROBLEM, MailKind.DMARC_PROBLEM, MailKind.FINAL_PROBLEM)
 
 
 class AreaLike(Protocol):
@@ -247,7 +250,7 @@ class Decision:
     event: Event
     from_state: State
     next_state: State
-    mails: list[str] = field(default_factory=list)
+    mails: list[MailKind] = field(default_factory=list)
     notice: str | None = None        # new value of the case's last_notice
     resume_state: State | None = None
 
@@ -285,7 +288,7 @@ def decide(
         decision.notice = None
         if next_state == State.ESCALATED:
             decision.resume_state = state
-        if "dkim_active" in mails and report is not None:
+        if MailKind.DKIM_ACTIVE in mails and report is not None:
             # dkim_active already names a wrong DMARC record and boxes its fix: the check
             # chained right after it must not mail the same ask again as dmarc_problem.
             decision.notice = notice_signature(Event.DMARC_WRONG, report)
@@ -303,7 +306,7 @@ def decide(
         and event in (Event.DKIM_MISSING, Event.DMARC_MISSING)
     ):
         # The facility said "done" but nothing is there yet: tell them what we see.
-        decision.mails.append("dkim_problem" if event == Event.DKIM_MISSING else "dmarc_problem")
+        decision.mails.append(MailKind.DKIM_PROBLEM if event == Event.DKIM_MISSING else MailKind.DMARC_PROBLEM)
         decision.notice = signature
     return decision
 
@@ -343,6 +346,15 @@ def next_check_delay(
     if time_in_state < timedelta(days=1):
         return min(base * 4, timedelta(hours=1))
     return min(base * 12, timedelta(hours=6))
+
+
+def next_check_at(now: datetime, in_state_since: datetime, schedule: ScheduleConfig) -> datetime:
+    """The one schedule rule: when something waiting since ``in_state_since`` is checked
+    next (``next_check_delay`` with ``[schedule] check_interval_seconds`` and
+    ``check_steps``). Used by rechecks, the watch after completion, intake, rekey and
+    rotations alike."""
+    return now + next_check_delay(now - in_state_since, schedule.check_interval_seconds,
+                                  schedule.check_steps)
 
 
 def dns_error_delay(base_seconds: int, attempt: int) -> timedelta:

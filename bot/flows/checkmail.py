@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
 from bot.core.records import record_box
 from bot.flows.compose import enqueue_mail, key_records
@@ -101,7 +102,7 @@ def enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: t
                          for d in diags):
             # The facility's SPF already includes ours and still does not pass our sending
             # IPs: our include is wrong, not their record. Asking them would waste their day.
-            enqueue_mail(bot, "staff_escalation", [case], {
+            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
                 "reason_title": "our SPF include does not authorise our sending IPs",
                 "reason": f"{case.domain}'s SPF record includes {bot.cfg.service.spf_include}, yet "
                           f"these sending IPs do not pass: {diags[0].detail.get('results')}.\n"

@@ -14,6 +14,7 @@ from typing import Any
 from bot.adapters.mailout import build_message
 from bot.flows.runtime import Bot
 from bot.core.rows import CaseRow
+from bot.core.mailkinds import MailKind
 from bot.core.records import dkim_box
 
 log = logging.getLogger("dkimbot")
@@ -52,7 +53,7 @@ def _case_recipients(bot: Bot, case: CaseRow) -> list[str]:
 
 
 def enqueue_mail(
-    bot: Bot, kind: str, cases_: list[CaseRow], context: dict[str, Any], *,
+    bot: Bot, kind: MailKind, cases_: list[CaseRow], context: dict[str, Any], *,
     to: list[str] | None = None, staff_only: bool = False,
     in_reply_to: str | None = None, references: list[str] | None = None,
 ) -> str | None:

@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core.cases import WAITING, State
 from bot.faults import maybe_crash
 from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
@@ -90,7 +91,7 @@ def render_digest(bot: Bot, now: datetime | None = None) -> tuple[str, str]:
     assert bot.renderer is not None
     ctx = {"service": bot.cfg.service, "refs": "", "subject_refs": "", "addressees": [], "case": {},
            **build_digest(bot, now)}
-    return bot.renderer.render("staff_digest", ctx)
+    return bot.renderer.render(MailKind.STAFF_DIGEST, ctx)
 
 
 def send_digest(bot: Bot) -> str | None:
@@ -99,7 +100,7 @@ def send_digest(bot: Bot) -> str | None:
 
     now = bot.clock()
     with bot.store.transaction():
-        message_id = enqueue_mail(bot, "staff_digest", [], build_digest(bot, now), staff_only=True)
+        message_id = enqueue_mail(bot, MailKind.STAFF_DIGEST, [], build_digest(bot, now), staff_only=True)
         bot.store.set_meta(META_KEY, now.date().isoformat())
         maybe_crash("digest.decided")
     log.info("-: daily digest queued (%s)", message_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail
@@ -92,7 +93,7 @@ def escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[s
                                         event="delivery_failed", detail=failed, resume_state=case.state)
         else:
             bot.store.add_event(case.id, now, "delivery_failed", detail=failed)
-        enqueue_mail(bot, "staff_escalation", [case], {
+        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
             "reason_title": "mail to the facility was rejected",
             "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
                       f"rejected permanently:\n{error}",

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.flows.backoff import (
     failures_in_a_row,
@@ -114,7 +115,7 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
             with bot.store.transaction():
                 if case.last_notice != "uninstall_failed":
                     bot.store.update_case(case.id, now, last_notice="uninstall_failed")
-                    enqueue_mail(bot, "staff_escalation", [case], _staff_context(
+                    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], _staff_context(
                         case, "the DKIM key could not be removed from the signer",
                         f"The grace period ended but removing the key failed: {problem}",
                         "Fix the signer (tables, reload command); the bot retries by itself.",
@@ -130,7 +131,7 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
         next_check = now + timedelta(days=1)  # SPEC §8: completed domains daily
     else:
         since = now if decision.changes_state else case.state_since
-        next_check = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds)
+        next_check = sm.next_check_at(now, since, cfg.schedule)
     if nxt == State.DKIM_LOST:
         # Never sleep past the end of the grace period.
         deadline = (now if decision.changes_state else case.state_since) + grace

@@ -10,9 +10,9 @@ passed in as ``prepared`` and used only when it still fits the store.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
@@ -72,7 +72,7 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
         bot.store.update_case(case.id, now, **fields)
     bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt, "reading": reading.reason})
     enqueue_mail(
-        bot, "staff_escalation", [bot.store.get_case(case.id)],
+        bot, MailKind.STAFF_ESCALATION, [bot.store.get_case(case.id)],
         {
             "reason_title": "facility replied; the bot cannot act on it",
             "reason": f"A reply from {parsed.from_addr or 'unknown sender'} (Message-ID {parsed.message_id}) "
@@ -147,7 +147,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
     facilities = list(parsed.facilities)
     limit = cfg.intake.max_facilities_per_mail
     if limit and len(facilities) > limit:
-        enqueue_mail(bot, "staff_escalation", [], {
+        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
             "reason_title": f"a request names {len(facilities)} facilities",
             "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
                       f"{len(facilities)} facilities, over [intake] max_facilities_per_mail = {limit}. "
@@ -221,7 +221,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
                           **looked_for_reply(bot, case, key_records(bot, case), seen)})
             continue
         selectors = _choose_key(bot, domain, prepared)
-        due = now + sm.next_check_delay(timedelta(0), cfg.schedule.check_interval_seconds)
+        due = sm.next_check_at(now, now, cfg.schedule)
         assigned = {"domain": domain, "selectors": selectors}
         if existing is not None:
             case = store.transition(
@@ -253,7 +253,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
                     "zone": managed.zone, "nameservers": managed.nameservers,
                     "published": managed.published, "error": managed.error})
                 if managed.error:
-                    enqueue_mail(bot, "staff_escalation", [case], {
+                    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
                         "reason_title": "publishing in a managed zone failed",
                         "reason": f"Zone {managed.zone} is served by our name servers "
                                   f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
@@ -286,7 +286,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
         _report_undecodable(bot, parsed, touched, undecodable, now)
     touched = [store.get_case(c.id) for c in touched]
     enqueue_mail(
-        bot, "request_reply", touched,
+        bot, MailKind.REQUEST_REPLY, touched,
         {"items": items, "subject_text": subject_text,
          "records": any(i["kind"] in ("record", "resend") for i in items)},
         to=to, in_reply_to=parsed.message_id, references=thread_refs,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.core.mailkinds import MailKind
 from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
 
@@ -38,7 +39,7 @@ def note_oversized(bot: Bot, key: str, size: int, header: bytes) -> str:
             outcome = f"ignored: {parsed.no_reply_reason} (too large to read: {size} bytes)"
         else:
             outcome = f"skipped: too large ({size} bytes > {limit})"
-            enqueue_mail(bot, "staff_escalation", [], {
+            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
                 "reason_title": "a message is too large to read",
                 "reason": (
                     f"Message-ID: {parsed.message_id or '(none)'}\n"

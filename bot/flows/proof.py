@@ -31,6 +31,7 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core.authresults import (
     AuthResult,
     AuthResults,
@@ -329,12 +330,12 @@ def _record_result(bot: Bot, proof: dict[str, Any], header: bytes) -> None:
         bot.store.add_event(case.id, now, "proof_result", detail=detail)
         ctx = {"received": True, "proof": proof, "verdict": verdict, "requirements": requirements}
         if verdict.ok:
-            enqueue_mail(bot, "staff_proof_report", [case], ctx, staff_only=True)
+            enqueue_mail(bot, MailKind.STAFF_PROOF_REPORT, [case], ctx, staff_only=True)
             if bot.cfg.proof.notify_facility:
-                enqueue_mail(bot, "proof_report", [case], ctx)
+                enqueue_mail(bot, MailKind.PROOF_REPORT, [case], ctx)
         else:
             items = "\n".join(f"  {i['method']}={i['result']} {i['detail']}".rstrip() for i in verdict.items)
-            enqueue_mail(bot, "staff_escalation", [case], {
+            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
                 "reason_title": "the end-to-end proof failed at the receiver",
                 "reason": f"The probe {proof['message_id']} to {proof['address']} arrived, but:\n"
                           + "\n".join(f"- {p}" for p in verdict.problems)
@@ -356,7 +357,7 @@ def _record_missing(bot: Bot, proof: dict[str, Any], why: str) -> None:
     with bot.store.transaction():
         _finish(bot, proof, "not_received", detail)
         bot.store.add_event(case.id, now, "proof_not_received", detail=detail)
-        enqueue_mail(bot, "staff_proof_report", [case], {
+        enqueue_mail(bot, MailKind.STAFF_PROOF_REPORT, [case], {
             "received": False, "proof": proof, "why": why, "verdict": None, "requirements": [],
         }, staff_only=True)
     log.warning("%s: proof %s not received: %s", case.ref, proof["message_id"], why)

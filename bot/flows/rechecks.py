@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.flows.backoff import note_failure, note_success, record_check_crash
 from bot.core.cases import Event, State
@@ -175,8 +176,7 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
             else:
                 note_success(bot.store, case.id)
                 since = now if decision.changes_state else case.state_since
-                fields["next_check_at"] = now + sm.next_check_delay(now - since, cfg.schedule.check_interval_seconds,
-                                                                    cfg.schedule.check_steps)
+                fields["next_check_at"] = sm.next_check_at(now, since, cfg.schedule)
             if decision.changes_state:
                 fields.update(reminders_sent=0, resume_state=decision.resume_state)
             elif decision.resume_state != (State(case.resume_state) if case.resume_state else None):
@@ -227,7 +227,7 @@ def remind_due_once(bot: Bot) -> int:
                 from bot.flows.reminders import reminder_context
 
                 # The record box(es) and the last findings, so the reminder alone suffices.
-                enqueue_mail(bot, "reminder", [updated], reminder_context(bot, updated, updated.reminders_sent))
+                enqueue_mail(bot, MailKind.REMINDER, [updated], reminder_context(bot, updated, updated.reminders_sent))
             else:
                 updated = bot.store.transition(
                     case.id, State.ESCALATED, now, expected_state=case.state, event="transition",
@@ -237,7 +237,7 @@ def remind_due_once(bot: Bot) -> int:
                 from bot.flows.escalation import stall_context
 
                 # What the bot last saw (DNS per area, or the missing fields) and what to decide.
-                enqueue_mail(bot, "staff_escalation", [updated], stall_context(bot, case), staff_only=True)
+                enqueue_mail(bot, MailKind.STAFF_ESCALATION, [updated], stall_context(bot, case), staff_only=True)
                 log.info("%s: %s -> escalated (stalled)", case.ref, case.state)
             maybe_crash("reminder.decided")
         count += 1

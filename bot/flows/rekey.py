@@ -23,6 +23,7 @@ import re
 import unicodedata
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.runtime import Bot
@@ -80,7 +81,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
              if _waiting_for_dkim(c) and list(c.selectors or [c.selector]) == old]
     if case.id not in [c.id for c in group]:
         group.insert(0, case)
-    due = now + sm.next_check_delay(now - now, bot.cfg.schedule.check_interval_seconds)
+    due = sm.next_check_at(now, now, bot.cfg.schedule)
     with bot.store.transaction():
         bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
         for sel in rsa_old:
@@ -98,7 +99,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
             fields["state_since"] = now  # a new record to publish: the reminder clock starts again
             updated.append(bot.store.update_case(c.id, now, **fields))
             bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, rekeyed)
-        enqueue_mail(bot, "dkim_rekey", updated, {
+        enqueue_mail(bot, MailKind.DKIM_REKEY, updated, {
             "records": key_records(bot, updated[0]),
             "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"} for s in rsa_old],
             "bits": bits,

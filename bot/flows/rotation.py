@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
@@ -134,7 +135,7 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
             bot.store.add_event(c.id, now, "rotation_started", detail={"old_selectors": old, "new_selectors": new})
         # The boxes are rendered from the new selectors; the case itself keeps the old.
         shown = CaseRow(**{**cases[0].__dict__, "selectors": new, "selector": new[0]})
-        enqueue_mail(bot, "rotation_record", cases, {
+        enqueue_mail(bot, MailKind.ROTATION_RECORD, cases, {
             "records": key_records(bot, shown),
             "old_names": [f"{s}._domainkey.{domain}" for s in old],
         })
@@ -171,7 +172,7 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
         # often; any clean answer, even "not published yet", starts the count again.
         dns_errors = int(rotation.detail.get("dns_errors", 0)) + 1 if "dns_error" in codes else 0
         delay = (sm.dns_error_delay(cfg.schedule.check_interval_seconds, dns_errors) if dns_errors
-                 else sm.next_check_delay(now - rotation.created_at, cfg.schedule.check_interval_seconds))
+                 else sm.next_check_at(now, rotation.created_at, cfg.schedule) - now)
         with bot.store.transaction():
             _update(bot, rotation.id, next_check_at=now + delay,
                     detail={**rotation.detail, "last_check": codes, "dns_errors": dns_errors})
@@ -183,7 +184,7 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
             _update(bot, rotation.id, status="failed", detail={**rotation.detail, "failure": why})
             for c in cases:
                 bot.store.add_event(c.id, now, "rotation_failed", detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
-            enqueue_mail(bot, "staff_escalation", cases[:1], {
+            enqueue_mail(bot, MailKind.STAFF_ESCALATION, cases[:1], {
                 "reason_title": f"key rotation of {domain} failed; the old key keeps signing",
                 "reason": why,
                 "decide_hint": f"Fix the signer, then run 'dkimbot rotate {domain}' to retry this rotation.",
@@ -203,7 +204,7 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
                 "old_selectors": rotation.old_selectors, "new_selectors": rotation.new_selectors,
                 "proof": why, "dns": {"dkim": dkim.to_json()}})
         if updated:
-            enqueue_mail(bot, "rotation_done", updated, {
+            enqueue_mail(bot, MailKind.ROTATION_DONE, updated, {
                 "new_names": [f"{s}._domainkey.{domain}" for s in rotation.new_selectors],
                 "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"}
                         for s in rotation.old_selectors],
