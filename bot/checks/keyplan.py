@@ -148,8 +148,8 @@ def check_case_domain(client: Any, domain: str, expected: Mapping[str, str | Non
     are asked only once DKIM is right. Until then nothing is decided or mailed from them
     (``cases.classify_check``), and skipping them halves the queries of a waiting domain.
     """
-    from bot.adapters.dnsclient import AreaResult
-    from bot.checks.dnscheck import CheckReport, check_domain
+    from bot.checks.dnscheck import check_domain
+    from bot.core.dnsresults import AreaResult, CheckReport
 
     if dkim_first:
         dkim = check_dkim_selectors(client, domain, expected)
