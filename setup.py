@@ -11,5 +11,6 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["bot", "bot.*"]) + ["bot.templates"],
     package_dir={"bot.templates": "templates"},
-    package_data={"bot.templates": ["*.txt"]},
+    # bot.web: the staff site's page templates and its one stylesheet (bot/web/).
+    package_data={"bot.templates": ["*.txt"], "bot.web": ["templates/*.html", "static/*"]},
 )

@@ -53,13 +53,16 @@ class Sizes:
     dmarc_reports: int = 2_000        # DMARC aggregate reports (bench_dmarc.py); big ones: 1/20 of it
     dmarc_records: int = 10
     dmarc_big_records: int = 1_000
+    web_cases: int = 10_000
+    web_repeats: int = 15
 
 
 FULL = Sizes()
 QUICK = Sizes(big_mailbox=400, small_mailbox=10, idle_repeats=3, new_unrelated=200, new_requests=5,
               recheck_cases=60, startup_repeats=3,
               key_repeats={"rsa1024": 1, "rsa2048": 1, "rsa3072": 1, "rsa4096": 1, "ed25519": 3},
-              dmarc_reports=100, dmarc_records=10, dmarc_big_records=200)
+              dmarc_reports=100, dmarc_records=10, dmarc_big_records=200,
+              web_cases=300, web_repeats=3)
 
 
 # --------------------------------------------------------------------------- meters

@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SCENARIOS = ("idle", "first_pass", "rechecks", "startup", "keys", "dmarc")
+SCENARIOS = ("idle", "first_pass", "rechecks", "startup", "keys", "dmarc", "web")
 
 
 def _scenario_function(name: str) -> Callable[..., dict[str, Any]]:
@@ -46,9 +46,11 @@ def _scenario_function(name: str) -> Callable[..., dict[str, Any]]:
         import bench_keys as mod
     elif name == "dmarc":
         import bench_dmarc as mod
+    elif name == "web":
+        import bench_web as mod
     else:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-    return getattr(mod, "run" if name in ("rechecks", "startup", "keys", "dmarc") else name)
+    return getattr(mod, "run" if name in ("rechecks", "startup", "keys", "dmarc", "web") else name)
 
 
 def machine() -> dict[str, Any]:
@@ -146,6 +148,21 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
               f"bare defusedxml {_f(r[k]['baseline_per_second'], 0)}/s (parse = {_f(r[k]['parse_vs_baseline'], 1)}x, "
               f"intake = {_f(r[k]['intake_vs_baseline'], 1)}x its time)"), "report", "-")
             for k in ("small", "big")
+        ]
+    if name == "web":
+        return [
+            (f"staff site case list, {r['cases']:,} cases (first page, {r['rows_on_page']} rows, stuck first), "
+             f"median of {r['repeats']}",
+             f"{_f(r['list_ms'], 1)} ms (max {_f(r['list_max_ms'], 1)} ms)", "< 300 ms", yes(r["target_met"])),
+            (f"  the same list with {r['baseline_cases']} cases (baseline)",
+             f"{_f(r['list_baseline_ms'], 1)} ms = {_f(r['list_ratio'])}x for {r['cases'] // r['baseline_cases']}x the cases",
+             "report", "-"),
+            ("  filtered by state / search / last page",
+             f"{_f(r['list_filtered_ms'], 1)} / {_f(r['search_ms'], 1)} / {_f(r['last_page_ms'], 1)} ms", "report", "-"),
+            (f"staff site charts, {r['cases']:,} cases vs {r['baseline_cases']}",
+             f"{_f(r['charts_ms'], 1)} ms vs {_f(r['charts_baseline_ms'], 1)} ms", "report", "-"),
+            ("staff site case page / login page",
+             f"{_f(r['case_ms'], 1)} ms / {_f(r['login_ms'], 1)} ms", "report", "-"),
         ]
     return []
 

@@ -197,6 +197,24 @@ class ReportsConfig:
 
 
 @dataclass
+class WebConfig:
+    """The staff site (``dkimbot web``, bot/web/): where it listens and how it trusts a proxy.
+
+    It is meant to sit behind the company's reverse proxy with TLS. The session cookie
+    gets ``Secure`` when ``secure_cookies`` is on, or when a request comes from one of
+    ``trusted_proxies`` with ``X-Forwarded-Proto: https`` (anyone else could send that
+    header, so it is believed from those addresses only).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8025
+    secure_cookies: bool = False
+    trusted_proxies: list[str] = field(default_factory=list)
+    session_hours: float = 12.0
+    page_size: int = 100
+
+
+@dataclass
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -207,6 +225,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     proof: ProofConfig = field(default_factory=ProofConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     state_dir: Path = Path("state")
     # The override directory of [service] templates_dir (None: the shipped templates only).
     templates_dir: Path | None = None
@@ -238,6 +257,7 @@ _SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "proof": ProofConfig,
     "reports": ReportsConfig,
+    "web": WebConfig,
 }
 
 
@@ -321,6 +341,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[dns] port out of range: {cfg.dns.port}")
     _validate_proof(cfg.proof)
     _validate_reports(cfg.reports)
+    if not (0 < cfg.web.port < 65536):
+        raise ConfigError(f"[web] port out of range: {cfg.web.port}")
+    if cfg.web.session_hours <= 0 or not (1 <= cfg.web.page_size <= 10000):
+        raise ConfigError("[web] session_hours must be more than 0 and page_size 1..10000")
 
 
 def _validate_reports(rep: ReportsConfig) -> None:

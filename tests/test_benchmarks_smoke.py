@@ -29,14 +29,16 @@ def test_quick_benchmark_run_prints_every_row(tmp_path: Path) -> None:
     table = proc.stdout
     for figure in ("idle pass", "catch-up pass, bodies fetched", "first pass", "recheck pass",
                    "peak DNS queries in flight", "`dkimbot run --once`", "key generation rsa2048",
-                   "two facilities of one domain", "DMARC reports, 10 records each"):
+                   "two facilities of one domain", "DMARC reports, 10 records each",
+                   "staff site case list"):
         assert figure in table, f"no {figure!r} row in:\n{table}"
     assert "FAILED" not in table
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"idle", "first_pass", "rechecks", "startup", "keys", "dmarc"}
+    assert set(results) == {"idle", "first_pass", "rechecks", "startup", "keys", "dmarc", "web"}
     # Counts, not times: the runner measured what it claims to have measured.
     assert results["rechecks"]["checked"] == results["rechecks"]["cases"]
     assert results["rechecks"]["queries"] > 0
     assert results["idle"]["catchup_messages_handled"] == 0
     assert results["dmarc"]["small"]["reports"] == 100 and results["dmarc"]["big"]["records_per_report"] == 200
     assert results["first_pass"]["cases"] == results["first_pass"]["requests"]
+    assert results["web"]["rows_on_page"] == 100  # the list page really showed a page of cases

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -175,6 +175,29 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX dmarc_mail_at ON dmarc_mail(at);
     """,
+    # The staff site (bot/web/): accounts (argon2 hashes), sessions (only a hash of the
+    # cookie's value is kept, so a copy of the database logs nobody in), and wrong
+    # passwords in a row per account name and per client address (login slow-down).
+    6: """
+    CREATE TABLE staff (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE staff_sessions (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL REFERENCES staff(name) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX staff_sessions_name ON staff_sessions(name);
+    CREATE TABLE login_failures (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        last_at TEXT NOT NULL
+    );
+    """,
 }
 
 
@@ -211,17 +234,26 @@ def _encode(value: Any) -> Any:
 class Store:
     """SQLite access. One connection per process; WAL so readers never block a pass."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._depth = 0
+        if readonly:
+            # The staff site's reads: a read-only connection never takes the write lock,
+            # so a page never delays a pass (WAL: readers see the last commit and go on).
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                      isolation_level=None, timeout=30, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA query_only=ON")
+            self._check_version(self.schema_version())
+            return
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(path.parent, 0o700)
-        self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self._depth = 0
         if self._migrate():
             # Only a new or upgraded database: opening a current one (dkimbot status,
             # show, check) changes nothing on disk.
@@ -575,10 +607,11 @@ class Store:
             (error, now_iso(now), outbox_id),
         )
 
-    def mails_for_case(self, case_id: int) -> list[dict[str, Any]]:
+    def mails_for_case(self, case_id: int, *, with_raw: bool = False) -> list[dict[str, Any]]:
+        raw = ", raw" if with_raw else ""
         rows = self.db.execute(
             "SELECT id, message_id, kind, case_ids, recipients, status, created_at, sent_at, "
-            "attempts, last_error FROM outbox ORDER BY id"
+            f"attempts, last_error{raw} FROM outbox ORDER BY id"
         ).fetchall()
         return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
 
@@ -866,3 +899,137 @@ class Store:
     def set_dmarc_source(self, ip: str, name: str | None, how: str, now: datetime) -> None:
         self.db.execute("INSERT OR REPLACE INTO dmarc_sources (ip, name, how, checked_at) VALUES (?, ?, ?, ?)",
                         (ip, name, how, now_iso(now)))
+
+    # -- staff site: accounts, sessions, login slow-down (bot/web/) -------------------------
+
+    def add_staff(self, name: str, password_hash: str, now: datetime) -> bool:
+        """False when the name is taken (the old password stays)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO staff (name, password_hash, created_at) VALUES (?, ?, ?)",
+            (name, password_hash, now_iso(now)),
+        )
+        return cur.rowcount == 1
+
+    def remove_staff(self, name: str) -> bool:
+        """Remove an account and end its sessions at once."""
+        with self.transaction():
+            self.db.execute("DELETE FROM staff_sessions WHERE name=?", (name,))
+            cur = self.db.execute("DELETE FROM staff WHERE name=?", (name,))
+        return cur.rowcount == 1
+
+    def list_staff(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT s.name, s.created_at, (SELECT COUNT(*) FROM staff_sessions t "
+            "WHERE t.name = s.name) AS sessions FROM staff s ORDER BY s.name"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def staff_password_hash(self, name: str) -> str | None:
+        row = self.db.execute("SELECT password_hash FROM staff WHERE name=?", (name,)).fetchone()
+        return str(row["password_hash"]) if row else None
+
+    def set_staff_password_hash(self, name: str, password_hash: str) -> None:
+        """A rehash on login when the hasher's parameters were raised."""
+        self.db.execute("UPDATE staff SET password_hash=? WHERE name=?", (password_hash, name))
+
+    def create_session(self, token_hash: str, name: str, csrf: str, now: datetime,
+                       expires: datetime) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM staff_sessions WHERE expires_at <= ?", (now_iso(now),))
+            self.db.execute(
+                "INSERT INTO staff_sessions (token_hash, name, csrf, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (token_hash, name, csrf, now_iso(now), now_iso(expires)),
+            )
+
+    def session(self, token_hash: str, now: datetime) -> tuple[str, str] | None:
+        """(staff name, CSRF token) of a live session of an existing account."""
+        row = self.db.execute(
+            "SELECT t.name, t.csrf FROM staff_sessions t JOIN staff s ON s.name = t.name "
+            "WHERE t.token_hash=? AND t.expires_at > ?", (token_hash, now_iso(now)),
+        ).fetchone()
+        return (str(row["name"]), str(row["csrf"])) if row else None
+
+    def delete_session(self, token_hash: str) -> None:
+        self.db.execute("DELETE FROM staff_sessions WHERE token_hash=?", (token_hash,))
+
+    def end_sessions(self, name: str) -> None:
+        self.db.execute("DELETE FROM staff_sessions WHERE name=?", (name,))
+
+    def login_failures(self, key: str) -> tuple[int, datetime | None]:
+        """Wrong passwords in a row for ``key`` (an account name or a client address)."""
+        row = self.db.execute("SELECT failures, last_at FROM login_failures WHERE key=?", (key,)).fetchone()
+        return (int(row["failures"]), datetime.fromisoformat(row["last_at"])) if row else (0, None)
+
+    def note_login_failure(self, key: str, now: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO login_failures (key, failures, last_at) VALUES (?, 1, ?) "
+            "ON CONFLICT(key) DO UPDATE SET failures = failures + 1, last_at = excluded.last_at",
+            (key, now_iso(now)),
+        )
+
+    def clear_login_failures(self, key: str) -> None:
+        self.db.execute("DELETE FROM login_failures WHERE key=?", (key,))
+
+    # -- staff site: the case list and the charts (read-only) -----------------------------
+
+    def case_page(
+        self, *, states: tuple[str, ...] = (), search: str = "", stuck_states: tuple[str, ...] = (),
+        stuck_before: datetime | None = None, active_states: tuple[str, ...] = (),
+        offset: int = 0, limit: int = 100,
+    ) -> tuple[list[CaseRow], int]:
+        """One page of cases, stuck ones first, then the longest in their state; and the count.
+
+        Stuck: in ``stuck_states`` since before ``stuck_before``. ``search`` matches the
+        reference, the domain or the facility name (substring, case-insensitive).
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args += states
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(ref LIKE ? ESCAPE '\\' OR domain LIKE ? ESCAPE '\\' OR facility LIKE ? ESCAPE '\\')")
+            args += [pattern, pattern, pattern]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = int(self.db.execute(f"SELECT COUNT(*) FROM cases{clause}", args).fetchone()[0])
+        stuck_marks = ", ".join("?" for _ in stuck_states) or "NULL"
+        active_marks = ", ".join("?" for _ in active_states) or "NULL"
+        order = (f"(state IN ({stuck_marks}) AND state_since <= ?) DESC, "
+                 f"(state IN ({active_marks})) DESC, state_since ASC, id ASC")
+        cutoff = now_iso(stuck_before) if stuck_before else ""
+        # Sort the ids only, then read the page's rows: a sorter holding whole rows up to
+        # OFFSET made the last page of 10,000 cases four times slower than the first.
+        ids = [int(r[0]) for r in self.db.execute(
+            f"SELECT id FROM cases{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, *stuck_states, cutoff, *active_states, limit, offset),
+        )]
+        if not ids:
+            return [], total
+        rows = {int(r["id"]): r for r in self.db.execute(
+            f"SELECT * FROM cases WHERE id IN ({', '.join('?' for _ in ids)})", ids)}
+        return [CaseRow.from_row(rows[i]) for i in ids], total
+
+    def state_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) AS n FROM cases GROUP BY state").fetchall()
+        return {str(r["state"]): int(r["n"]) for r in rows}
+
+    def case_summaries(self) -> list[tuple[int, datetime, str, str | None]]:
+        """(id, created_at, state, last_notice) of every case, for the charts."""
+        rows = self.db.execute("SELECT id, created_at, state, last_notice FROM cases ORDER BY id").fetchall()
+        return [(int(r["id"]), datetime.fromisoformat(r["created_at"]), str(r["state"]), r["last_notice"])
+                for r in rows]
+
+    def first_reached(self, states: tuple[str, ...]) -> dict[int, dict[str, datetime]]:
+        """case id -> {state: when the case first entered it} (from the event log)."""
+        marks = ", ".join("?" for _ in states)
+        rows = self.db.execute(
+            f"SELECT case_id, to_state, MIN(at) AS at FROM events WHERE to_state IN ({marks}) "
+            "AND (from_state IS NULL OR from_state != to_state) AND case_id IS NOT NULL "
+            "GROUP BY case_id, to_state", states,
+        ).fetchall()
+        out: dict[int, dict[str, datetime]] = {}
+        for r in rows:
+            out.setdefault(int(r["case_id"]), {})[str(r["to_state"])] = datetime.fromisoformat(r["at"])
+        return out

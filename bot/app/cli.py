@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from bot.app.show import show_case
 from bot.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bot.app import actions
 
 log = logging.getLogger("dkimbot")
 
@@ -48,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     rk = sub.add_parser("rekey", help="before the DKIM step: a new key (e.g. --bits 1024 for a host that cuts long records)")
     rk.add_argument("case")
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
+    nt = sub.add_parser("note", help="add a staff note to a case's event log")
+    nt.add_argument("case")
+    nt.add_argument("text", nargs="+")
+    web = sub.add_parser("web", help="serve the staff site (see README: create an account first)")
+    web.add_argument("--host", help="listen address (default [web] host, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="listen port (default [web] port, 8025)")
+    staff = sub.add_parser("staff", help="staff site accounts")
+    staff_sub = staff.add_subparsers(dest="staff_command", required=True)
+    for name, text in (("add", "add an account; the password is read from stdin or asked for"),
+                       ("remove", "remove an account and end its sessions"),
+                       ("passwd", "set a new password (stdin or a prompt); ends its sessions")):
+        sa = staff_sub.add_parser(name, help=text)
+        sa.add_argument("name")
+    staff_sub.add_parser("list", help="list the accounts").set_defaults(name=None)
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
     ad = sub.add_parser("adopt", help="take in domains already signed by hand (OpenDKIM tables) whose records are right")
@@ -163,6 +181,16 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from bot.app.scheduler import run_daemon
 
         return run_daemon(cfg)
+    if args.command == "web":
+        from bot.web.server import serve
+
+        return serve(cfg, host=args.host, port=args.port)
+    if args.command == "staff":
+        from bot.web.accounts import staff_command
+
+        return staff_command(cfg, args.staff_command, args.name, sys.stdin, sys.stdout, sys.stderr)
+    from bot.app import actions
+
     bot = Bot.open(cfg)
     try:
         if args.command == "status":
@@ -172,7 +200,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
             return digest_command(bot, args.print)
         if args.command == "rotate":
-            return _rotate(bot, args.domain)
+            return _act(lambda: actions.rotate(bot, args.domain, STAFF_CLI))
         if args.command == "reports":
             return _reports(bot, args.domain, args.days, args.json)
         if args.command == "adopt":
@@ -187,41 +215,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         if args.command == "show":
             return show_case(bot.store, case, args.json)
         if args.command == "rekey":
-            return _rekey(bot, case, args.bits)
-        if args.command == "proof":
-            return _proof(bot, case)
-        from bot.app import jobs
-
-        refusal = _staff_refusal(args.command, case)
-        if refusal:
-            print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
-            return 1
-        notes: list[str] = []
-        with pass_lock(cfg, wait=True):
-            # Read again under the lock: a pass may have moved the case since the read above.
-            case = bot.store.get_case(case.id)
-            refusal = _staff_refusal(args.command, case)
-            if refusal:
-                print(f"dkimbot: {case.ref} is {case.state}: {refusal}", file=sys.stderr)
-                return 1
-            if args.command == "cancel":
-                from bot.flows.cancel import CancelError, cancel_case
-
-                try:
-                    cancelled = cancel_case(bot, case)
-                except CancelError as exc:
-                    print(f"dkimbot: {case.ref}: {exc}", file=sys.stderr)
-                    return 1
-                case, notes = cancelled.case, cancelled.lines()
-            elif args.command == "retry":
-                case = jobs.staff_retry(bot, case)
-            elif args.command == "resend":
-                jobs.staff_resend(bot, case)
-                jobs.flush_outbox_once(bot)
-        print(f"{case.ref}: {case.state}")
-        for note in notes:  # what cancel did to the signer
-            print(f"  {note}")
-        return 0
+            return _act(lambda: actions.rekey(bot, case, STAFF_CLI, args.bits))
+        if args.command == "note":
+            return _act(lambda: actions.note(bot, case, STAFF_CLI, " ".join(args.text)))
+        return _act(lambda: actions.SIMPLE[args.command](bot, case, STAFF_CLI))
     finally:
         bot.close()
 
@@ -255,78 +252,22 @@ def _reports(bot: Any, domain: str, days: int, as_json: bool) -> int:
     return 0
 
 
-def _staff_refusal(command: str, case: Any) -> str | None:
-    """Why a staff action makes no sense for a case in its state (None: go ahead)."""
-    if command == "cancel" and case.state == "cancelled":
-        return "already cancelled"
-    if command == "retry" and case.state in ("cancelled", "rejected"):
-        return "nothing to retry; a new request from the facility starts a new case"
-    if command == "resend" and case.state in ("cancelled", "rejected"):
-        return "the case is closed; nothing is sent for it"
-    if command == "resend" and (case.state == "needs_info" or not case.selector):
-        return "there is no record to resend (no key was made for this case yet)"
-    return None
+# How the event log names an action taken from the command line (the site uses the
+# staff member's account name).
+STAFF_CLI = "staff"
 
 
-def _rotate(bot: Any, domain: str) -> int:
-    """`dkimbot rotate DOMAIN`: new selector and key, record mailed; the switch comes later."""
-    from bot.app import jobs
-    from bot.flows.rotation import RotationError, describe, start_rotation
-    from bot.flows.runtime import pass_lock
+def _act(action: Callable[[], actions.ActionResult]) -> int:
+    """Run one shared staff action (bot/app/actions.py) and print what it did."""
+    from bot.app.actions import ActionError
 
-    domain = domain.strip().rstrip(".").lower()
     try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
-    with pass_lock(bot.cfg, wait=True):
-        try:
-            rotation = start_rotation(bot, domain)
-        except RotationError as exc:
-            print(f"dkimbot: {exc}", file=sys.stderr)
-            return 2
-        jobs.flush_outbox_once(bot)
-    print(describe(rotation))
-    return 0
-
-
-def _proof(bot: Any, case: Any) -> int:
-    """`dkimbot proof CASE`: queue a probe and deliver it; the verdict comes with a later pass."""
-    from bot.app import jobs
-    from bot.flows.proof import ProofError, queue_probe
-    from bot.flows.runtime import pass_lock
-
-    with pass_lock(bot.cfg, wait=True):
-        case = bot.store.get_case(case.id)  # as it is now, under the lock
-        try:
-            message_id = queue_probe(bot, case, by="staff")
-        except ProofError as exc:
-            print(f"dkimbot: {exc}", file=sys.stderr)
-            return 2
-        jobs.flush_outbox_once(bot)
-    row = bot.store.outbox_status(message_id) or {"status": "unknown", "last_error": None}
-    print(f"{case.ref}: probe {message_id} to {bot.cfg.proof.address}: {row['status']}"
-          + (f" ({row['last_error']})" if row["last_error"] else "")
-          + f"; the receiver's verdict is reported by a pass within {bot.cfg.proof.wait_minutes:g} minutes")
-    return 0
-
-
-def _rekey(bot: Any, case: Any, bits: int) -> int:
-    """`dkimbot rekey CASE --bits N`: a new key and selector for a case in awaiting_dkim."""
-    from bot.app import jobs
-    from bot.flows.rekey import RekeyError, rekey_case
-    from bot.flows.runtime import pass_lock
-
-    with pass_lock(bot.cfg, wait=True):
-        case = bot.store.get_case(case.id)  # as it is now, under the lock
-        try:
-            updated = rekey_case(bot, case, bits, reason=f"staff asked for a {bits}-bit key", who="staff")
-        except RekeyError as exc:
-            print(f"dkimbot: {exc}", file=sys.stderr)
-            return 2
-        jobs.flush_outbox_once(bot)
-    for c in updated:
-        print(f"{c.ref}: {c.state}, new selector {c.selector} ({bits} bits); record mailed")
+        result = action()
+    except ActionError as exc:
+        print(f"dkimbot: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    for line in result.lines:
+        print(line)
     return 0
 
 

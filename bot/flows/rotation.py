@@ -91,7 +91,7 @@ def _cases(bot: Bot, domain: str, selectors: list[str] | None = None) -> list[Ca
 # --------------------------------------------------------------------------- the command
 
 
-def start_rotation(bot: Bot, domain: str) -> Rotation:
+def start_rotation(bot: Bot, domain: str, who: str = "staff") -> Rotation:
     """Make the new selector and key(s), record the rotation, queue the record mail.
 
     A failed rotation of the domain is retried (same new key) instead of making another.
@@ -113,7 +113,8 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
             with bot.store.transaction():
                 _update(bot, r.id, status="pending", next_check_at=now)
                 for c in _cases(bot, domain, r.old_selectors):
-                    bot.store.add_event(c.id, now, "rotation_retry", detail={"new_selectors": r.new_selectors})
+                    bot.store.add_event(c.id, now, "rotation_retry", detail={"new_selectors": r.new_selectors,
+                                                                              "by": who})
             log.info("%s: retrying the failed rotation to %s", domain, ", ".join(r.new_selectors))
             return rotations_for(bot, domain)[-1]
     old = list(cases[0].selectors or [cases[0].selector or ""])
@@ -132,7 +133,8 @@ def start_rotation(bot: Bot, domain: str) -> Rotation:
             bot.store.record_key(domain, k.selector, k.algorithm, k.bits, k.public_b64, now)
         row = bot.store.add_rotation(domain, old, new, now)
         for c in cases:
-            bot.store.add_event(c.id, now, "rotation_started", detail={"old_selectors": old, "new_selectors": new})
+            bot.store.add_event(c.id, now, "rotation_started", detail={"old_selectors": old, "new_selectors": new,
+                                                                         "by": who})
         # The boxes are rendered from the new selectors; the case itself keeps the old.
         shown = CaseRow(**{**cases[0].__dict__, "selectors": new, "selector": new[0]})
         enqueue_mail(bot, MailKind.ROTATION_RECORD, cases, {
