@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ XSS = "<script>alert(1)</script>"
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -42,14 +42,14 @@ def _add_staff(cfg: Config, name: str, password: str = PASSWORD) -> None:
     toml = cfg.state_dir.parent / "web.toml"
     toml.write_text(f'[state]\ndir = "{cfg.state_dir}"\n')
     r = subprocess.run([sys.executable, "-m", "bot", "--config", str(toml), "staff", "add", name],
-                       input=password + "\n", capture_output=True, text=True, timeout=60)
+                       input=password + "\n", capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
 
 
 def _case(cfg: Config, facility: str = "ホテルさくら", domain: str = "hotel-sakura.test") -> str:
     store = Store(cfg.state_dir / "dkimbot.sqlite3")
     try:
-        now = datetime(2026, 11, 20, tzinfo=timezone.utc)
+        now = datetime(2026, 11, 20, tzinfo=UTC)
         with store.transaction():
             case = store.create_case(state="awaiting_dkim", now=now, facility=facility, domain=domain,
                                      selector="yoyakuban202611", selectors=["yoyakuban202611"],
@@ -181,7 +181,7 @@ def test_a_facility_name_with_markup_renders_as_text(site):
 
 
 def test_five_wrong_passwords_in_a_row_slow_further_attempts(site):
-    cfg, clock, client = site
+    _cfg, clock, client = site
     for _ in range(5):
         r = _login(client, password="wrong password")
         assert r.status_code == 401 and "名前またはパスワードが違います" in r.text
@@ -313,7 +313,7 @@ def test_staff_accounts_from_the_command_line(tmp_path):
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "bot", "--config", str(toml), "staff", *args],
-                              input=stdin, capture_output=True, text=True, timeout=60)
+                              input=stdin, capture_output=True, text=True, timeout=60, check=False)
 
     assert run("add", "sato", stdin="short\n").returncode == 2  # too short: nothing stored
     assert run("add", "bad name!", stdin=PASSWORD + "\n").returncode == 2

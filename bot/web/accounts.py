@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import getpass
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TextIO
 
 from argon2 import PasswordHasher
@@ -72,12 +72,11 @@ def staff_command(cfg: Config, command: str, name: str | None, stdin: TextIO, st
     """``dkimbot staff add|remove|passwd|list``: exit 0 done, 1 nothing to do, 2 bad input."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.state_dir / "dkimbot.sqlite3")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         if command == "list":
             rows = store.list_staff()
-            for row in rows:
-                stdout.write(f"{row['name']}\tcreated {row['created_at']}\t{row['sessions']} session(s)\n")
+            stdout.writelines(f"{row['name']}\tcreated {row['created_at']}\t{row['sessions']} session(s)\n" for row in rows)
             if not rows:
                 stdout.write("no staff accounts (add one: dkimbot staff add NAME)\n")
             return 0

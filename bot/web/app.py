@@ -38,8 +38,8 @@ FLASH_COOKIE = "dkimbot_flash"
 # No script anywhere on the site; styles and images only from the site itself.
 SECURITY_HEADERS = [
     (b"content-security-policy",
-     b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-     b"frame-ancestors 'none'; base-uri 'none'"),
+     (b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+      b"frame-ancestors 'none'; base-uri 'none'")),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),

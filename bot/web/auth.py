@@ -73,8 +73,10 @@ def wait_after(failures: int, last_at: datetime | None, free: int, now: datetime
     """How long a login for a key with ``failures`` misses in a row must still wait."""
     if failures < free or last_at is None:
         return timedelta(0)
-    wait = min(FIRST_WAIT * (2 ** min(failures - free, 10)), LONGEST_WAIT)
-    return max(timedelta(0), last_at + wait - now)
+    doublings: int = min(failures - free, 10)
+    wait: timedelta = min(FIRST_WAIT * (2**doublings), LONGEST_WAIT)
+    left: timedelta = last_at + wait - now
+    return max(timedelta(0), left)
 
 
 def login_wait(store: Store, name: str, address: str, now: datetime) -> timedelta:
