@@ -33,7 +33,7 @@ PASSPHRASE = "correct horse battery staple"
 def setup(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any) -> dict[str, Any]:
     """A right configuration on the real servers, as sections to vary per test."""
     zone = f"doctor-{uuid.uuid4().hex[:8]}.test"
-    bind.add_zone(zone)
+    bind.add_zone(zone, (f"ns1.{zone}", f"ns2.{zone}"))  # on 127.0.0.1 and 127.0.0.2
     user, password = f"support@{zone}", "imap-pw"
     dovecot.add_user(user, password)
     state = tmp_path / "state"
@@ -84,6 +84,8 @@ def test_a_right_config_passes_every_check(setup: dict[str, Any]) -> None:
     assert "connect, EHLO; nothing sent" in lines["SMTP"]
     assert "answers (SOA" in lines["DNS resolver"]
     assert "accepted (a prerequisite-only update; nothing changed)" in lines["TSIG update"]
+    assert len(re.findall(r"^✔ name server: ns[12]\.doctor-\S+ 127\.0\.0\.[12]:\d+ answers for .* with authority$",
+                          out, re.M)) == 2
     assert "1 of 1 key files decrypt" in lines["stored keys"]
     assert lines["signer reload"].startswith("✔") and lines["signer KeyTable"].startswith("✔")
     # The clock was read from BIND's TSIG-signed answer and is ours (same machine).
@@ -134,6 +136,17 @@ def test_an_unknown_tsig_key_name(setup: dict[str, Any]) -> None:
     rc, lines, out = doctor(setup)
     assert rc == 1 and red(lines) == ["TSIG update"], out
     assert "does not know key no-such-key." in lines["TSIG update"]
+
+
+def test_a_lame_name_server_of_the_managed_zone(setup: dict[str, Any], bind: Any) -> None:
+    zone = f"lame-{uuid.uuid4().hex[:8]}.test"
+    bind.add_zone(zone, (f"ns1.{zone}", f"ns2.{zone}"), servers=[bind.addresses[0]])  # ns2 does not load it
+    setup["dns"]["managed_nameservers"] = [f".{zone}"]
+    rc, lines, out = doctor(setup)
+    assert rc == 1 and red(lines) == ["name server"], out
+    assert re.search(rf"^✔ name server: ns1\.{zone} ", out, re.M)
+    assert re.search(rf"^✖ name server: ns2\.{zone} 127\.0\.0\.2:\d+: SOA {zone} answered REFUSED.*fix: load the zone",
+                     out, re.M)
 
 
 def test_a_dead_resolver(setup: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""DNS probes for ``dkimbot doctor``: does each resolver answer, and does the update
-server accept the TSIG key?
+"""DNS probes for ``dkimbot doctor``: does each resolver answer, does each name server
+of the managed zone answer with authority, and does the update server accept the TSIG
+key?
 
 The key is tried with an RFC 2136 UPDATE whose only content is a prerequisite (§2.4.1
 "RRset exists": the zone's own SOA) and no update section, so the zone is unchanged
@@ -57,6 +58,49 @@ def probe_resolvers(cfg: Config) -> list[tuple[bool, str, str]]:
         else:
             out.append((False, f"{label} answers {dns.rcode.to_text(rcode)} for SOA {name}",
                         "use a resolver that resolves names for this host (recursion allowed for it)"))
+    return out
+
+
+def probe_managed_servers(cfg: Config) -> list[tuple[bool | None, str, str]]:
+    """(ok, detail, fix) per name server of the managed zone (the one the TSIG probe
+    uses): each must answer its SOA with authority (AA), since the bot asks every
+    authoritative server directly and publishes through one of them."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    if not cfg.dns.managed_nameservers:
+        return [(None, "no [dns] managed_nameservers", "")]
+    zone = _probe_zone(cfg)
+    if zone is None:
+        return [(False, f"no zone found for the managed name server {cfg.dns.managed_nameservers[0]!r}",
+                 "check [dns] managed_nameservers and that the resolver can see that zone")]
+    from bot.adapters.dnsclient import DnsClient
+
+    servers = DnsClient(cfg.dns).nameserver_addresses(zone)
+    if not servers:
+        return [(False, f"zone {zone}: no NS records found", "check the zone's NS records")]
+    out: list[tuple[bool | None, str, str]] = []
+    for name in sorted(servers):
+        if not servers[name]:
+            out.append((False, f"{name} (NS of {zone}) has no address", f"give {name} an A/AAAA record"))
+        for address in servers[name]:
+            label = f"{name} {address}:{cfg.dns.port}"
+            try:
+                response = dns.query.udp(dns.message.make_query(zone, "SOA"), address,
+                                         timeout=cfg.dns.timeout, port=cfg.dns.port)
+            except (dns.exception.DNSException, OSError) as exc:
+                out.append((False, f"{label}: no answer for SOA {zone} ({type(exc).__name__})",
+                            "check that this name server runs and is reachable on [dns] port"))
+                continue
+            if response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA:
+                out.append((True, f"{label} answers for {zone} with authority", ""))
+            else:
+                out.append((False, f"{label}: SOA {zone} answered {dns.rcode.to_text(response.rcode())}"
+                                   f"{'' if response.flags & dns.flags.AA else ' without authority'}",
+                            f"load the zone {zone} on this server, or remove it from the NS records"))
     return out
 
 

@@ -57,6 +57,7 @@ class Doctor:
             ("report mailbox", self.check_reports),
             ("SMTP", self.check_smtp),
             ("DNS", self.check_resolvers),
+            ("name servers", self.check_managed_servers),
             ("TSIG", self.check_tsig),
             ("signer", lambda: check_signer(self.cfg)),
             ("keys", lambda: check_keys(self.cfg)),
@@ -213,6 +214,11 @@ class Doctor:
         from bot.adapters.dnsprobe import probe_resolvers
 
         return [Finding(ok, "DNS resolver", detail, fix) for ok, detail, fix in probe_resolvers(self.cfg)]
+
+    def check_managed_servers(self) -> list[Finding]:
+        from bot.adapters.dnsprobe import probe_managed_servers
+
+        return [Finding(ok, "name server", detail, fix) for ok, detail, fix in probe_managed_servers(self.cfg)]
 
     def check_tsig(self) -> list[Finding]:
         from bot.adapters.dnsprobe import probe_update
