@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "dmarc_reports"
 DOMAIN = "ryokan-kaede.test"
@@ -111,3 +112,15 @@ def google_style_xml(domain: str, begin: datetime, report_id: str,
 def google_mail(xml: bytes, domain: str, begin: datetime, sender: str = "noreply-dmarc-support@google.com") -> bytes:
     start = int(begin.timestamp())
     return report_mail(xml, sender, "zip+text", f"google.com!{domain}!{start}!{start + 86399}.zip", domain=domain)
+
+
+def completed_case(store: Any, domain: str, since: datetime, **fields: Any) -> Any:
+    """A case of ``domain`` completed at ``since``, made through the store's own moves."""
+    from bot.core.cases import State
+
+    with store.transaction():
+        case = store.create_case(state=State.AWAITING_DKIM, now=since, domain=domain, **fields)
+        case = store.transition(case.id, State.ESCALATED, since, expected_state=State.AWAITING_DKIM,
+                                event="test_setup", resume_state=State.AWAITING_DKIM)
+        return store.transition(case.id, State.COMPLETED, since, expected_state=State.ESCALATED,
+                                event="test_setup")

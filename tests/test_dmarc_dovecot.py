@@ -47,10 +47,8 @@ def reports_config(tmp_path: Path, dovecot: Any, bind: Any, smtp: Any, name: str
 
 
 def completed_case(bot: Any, domain: str, since: datetime) -> Any:
-    with bot.store.transaction():
-        return bot.store.create_case(state="completed", now=since, domain=domain, facility="旅館テスト",
-                                     admin_email=f"admin@{domain}", requester=f"admin@{domain}",
-                                     selector=None, selectors=[])
+    return dmarckit.completed_case(bot.store, domain, since, facility="旅館テスト",
+                                   admin_email=f"admin@{domain}", requester=f"admin@{domain}")
 
 
 def reports_cli(cfg: Path, domain: str, days: int) -> dict[str, Any]:

@@ -169,8 +169,7 @@ def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkey
                         f'[state]\ndir = "{tmp_path / "state"}"\n')
     bot = Bot.open(load_config(cfg_path), clock=lambda: NOW)
     try:
-        with bot.store.transaction():
-            bot.store.create_case(state="completed", now=NOW, domain=dmarckit.DOMAIN)
+        dmarckit.completed_case(bot.store, dmarckit.DOMAIN, NOW)
         box = MaildirMailbox(bot.cfg.state_path("rua"))
         for name, raw in dmarckit.corpus_mails()[:3]:
             box.deliver(raw)

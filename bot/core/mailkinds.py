@@ -26,6 +26,7 @@ class MailKind(StrEnum):
     ROTATION_RECORD = "rotation_record"
     ROTATION_DONE = "rotation_done"
     PROOF_REPORT = "proof_report"
+    DMARC_REPORT = "dmarc_report"            # what receivers' DMARC reports say; p=quarantine advice
     # to staff
     STAFF_ESCALATION = "staff_escalation"
     STAFF_DIGEST = "staff_digest"

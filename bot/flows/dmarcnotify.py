@@ -29,6 +29,7 @@ from bot.core.dmarcstats import (
     quarantine_ready,
     summarise,
 )
+from bot.core.mailkinds import MailKind
 from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
 
@@ -92,7 +93,7 @@ def alert_ours_failing(bot: Bot) -> int:
         lines = "\n".join(f"- {r['reporter']}: {r['failed']} of {r['messages']} messages from {r['ips']} failed DMARC"
                           for r in rows)
         with bot.store.transaction():
-            enqueue_mail(bot, "staff_escalation", [case] if case else [], {
+            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case] if case else [], {
                 "reason_title": f"{bot.cfg.service.saas_name} mail for {domain} fails DMARC at receivers",
                 "reason": f"DMARC aggregate reports received today show mail from our own sending IPs "
                           f"for {domain} failing DMARC (neither aligned DKIM nor aligned SPF passed):\n{lines}",
@@ -134,7 +135,7 @@ def facility_context(bot: Bot, case: CaseRow, today: date) -> dict[str, Any]:
 def _send_facility_report(bot: Bot, case: CaseRow, ctx: dict[str, Any], first: bool) -> None:
     now = bot.clock()
     with bot.store.transaction():
-        mid = enqueue_mail(bot, "dmarc_report", [case], {**ctx, "first": first})
+        mid = enqueue_mail(bot, MailKind.DMARC_REPORT, [case], {**ctx, "first": first})
         detail = {"message_id": mid, "messages": ctx["messages"], "dmarc_pass": ctx["dmarc_pass"],
                   "others_failing": len(ctx["others_failing"]), "advise_quarantine": ctx["advise_quarantine"],
                   "readiness": ctx["readiness"]}
