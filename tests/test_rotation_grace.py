@@ -11,6 +11,8 @@ from email.utils import make_msgid
 
 import pytest
 
+from bot.core.watchtime import next_watch
+
 from bot.app import jobs
 
 from bot.flows import rotation
@@ -131,11 +133,13 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         sel = case.selector
         fqdn = f"{sel}._domainkey.{domain}"
         record = bind.txt(fqdn)
-        assert case.next_check_at == clock() + timedelta(days=1)  # completed: watched daily
+        # Completed: watched daily, at the domain's own time of day (bot/core/watchtime.py).
+        assert case.next_check_at == next_watch(domain, clock())
+        assert timedelta(hours=1) < case.next_check_at - clock() <= timedelta(hours=25)
 
-        # Checked daily, not every pass: a pass within the day does not look.
+        # Checked daily, not every pass: a pass before the domain's slot does not look.
         bind.delete(domain, f"{sel}._domainkey")
-        clock.advance(hours=12)
+        clock.advance(seconds=(case.next_check_at - clock()).total_seconds() - 60)
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "completed"
         bind.update(domain, f"{sel}._domainkey", "TXT", record)

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.config import Config
@@ -67,7 +67,7 @@ def run_daemon(cfg: Config, *, stop_event: threading.Event | None = None) -> int
     scheduler.add_job(
         want, "interval", args=["poll interval"], seconds=interval, id="pass",
         max_instances=1, coalesce=True, misfire_grace_time=interval,
-        next_run_time=datetime.now(timezone.utc),
+        next_run_time=datetime.now(UTC),
     )
     watcher: IdleWatcher | None = None
     if cfg.intake.kind == "imap" and cfg.intake.idle:

@@ -20,18 +20,19 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
+from bot.core.cases import Event, State, classify_watch
+from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow
+from bot.core.watchtime import next_watch
 from bot.flows.backoff import (
     failures_in_a_row,
     note_failure,
     note_success,
-    record_check_crash,
 )
-from bot.core.cases import Event, State, classify_watch
+from bot.flows.checkpass import check_and_apply
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 
@@ -60,25 +61,18 @@ def monitor_due_once(bot: Bot) -> int:
     from bot.flows.selectors import expected_keys
 
     client = bot.dns_client()
-    results: dict[tuple[str, tuple[str, ...]], dict[str, Any] | Exception] = {}
-    for case in due:
-        sels = tuple(case.selectors or [case.selector or ""])
-        key = (case.domain or "", sels)
-        # One watched case's trouble (no stored key, a check that raises) is recorded
-        # on that case; the later cases are still watched and the pass still delivers.
-        try:
-            if key not in results:
-                try:
-                    results[key] = check_dkim_each(client, key[0], expected_keys(bot, key[0], sels))
-                except Exception as exc:  # noqa: BLE001 - recorded on each case below
-                    results[key] = exc  # the same for every case of this domain
-            result = results[key]
-            if isinstance(result, Exception):
-                raise result
-            apply_watch(bot, bot.store.get_case(case.id), result, client)
-        except Exception as exc:  # noqa: BLE001 - one case's trouble stays its own
-            record_check_crash(bot, bot.store.get_case(case.id), exc, "watch check")
+    # The same path as the rechecks (bot/flows/checkpass.py): domains concurrently, one
+    # watched case's trouble recorded on that case, decisions committed in groups.
+    check_and_apply(
+        bot, due, _watch_key, lambda key: expected_keys(bot, key[0], key[1]),
+        lambda key, expected: check_dkim_each(client, key[0], expected),
+        lambda case, result: apply_watch(bot, bot.store.get_case(case.id), result, client),
+        "watch check")
     return len(due)
+
+
+def _watch_key(case: CaseRow) -> tuple[str, tuple[str, ...]] | None:
+    return (case.domain or "", tuple(case.selectors or [case.selector or ""]))
 
 
 def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: Any) -> None:
@@ -128,7 +122,7 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
         attempt = failures_in_a_row(bot.store, case.id) + 1
         next_check = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, attempt)
     elif nxt == State.COMPLETED:
-        next_check = now + timedelta(days=1)  # SPEC §8: completed domains daily
+        next_check = next_watch(case.domain or "", now)  # SPEC §8: daily, at the domain's own time
     else:
         since = now if decision.changes_state else case.state_since
         next_check = sm.next_check_at(now, since, cfg.schedule)

@@ -8,35 +8,30 @@ signing a probe, and only then tell the facility.
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
-from bot.flows.backoff import note_failure, note_success, record_check_crash
 from bot.core.cases import Event, State
-from bot.flows.checkmail import enqueue_check_mail
-from bot.flows.compose import enqueue_mail
-from bot.faults import maybe_crash
-from bot.flows.runtime import Bot
+from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
+from bot.core.watchtime import next_watch
+from bot.faults import maybe_crash
+from bot.flows.backoff import note_failure, note_success
+from bot.flows.checkmail import enqueue_check_mail
+from bot.flows.checkpass import WORKERS, check_and_apply
+from bot.flows.compose import enqueue_mail
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
-# One commit (one fsync, ~1-3 ms here) per this many applied cases at most, and no
-# transaction held longer than this, so a `dkimbot cancel` waits a moment at most.
-GROUP_COMMIT_CASES = 200
-GROUP_COMMIT_SECONDS = 0.5
 
+def recheck_due_once(bot: Bot, *, workers: int = WORKERS) -> int:
+    """Check every due case; each domain is checked once per pass, domains concurrently
+    (``bot/flows/checkpass.py``: the pass's shape, shared with the daily watch).
 
-def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
-    """Check every due case; each domain is checked once per pass, domains concurrently.
-
-    ``workers`` bounds the DNS queries in flight (each worker asks one at a time; the
-    pass thread's signing proofs add one): 64 keeps a pass over 5,000 waiting domains
-    at 50 ms per answer near its CPU floor instead of its latency floor.
+    ``workers`` bounds the threads asking DNS; each sends what it already knows it needs
+    at once, so the queries in flight are a few times that.
     """
     now = bot.clock()
     states = (*sm.WAITING, State.ESCALATED)
@@ -48,70 +43,28 @@ def recheck_due_once(bot: Bot, *, workers: int = 64) -> int:
     from bot.flows.selectors import expected_keys
 
     client = bot.dns_client()
-    # Expected keys are read here: the store's connection belongs to this thread.
-    # Every selector of a case is checked (dual signing: RSA + Ed25519 records).
-    # One domain's trouble (a missing key row, a check that raises) stays that
-    # domain's: its cases are recorded as failed checks, the others go on.
-    jobs: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
-    broken: dict[tuple[str, tuple[str, ...]], Exception] = {}
     # A domain whose every due case still waits for its DKIM record is asked for DKIM
     # first; DMARC and SPF only once it is right (keyplan.check_case_domain).
     past_dkim: set[tuple[str, tuple[str, ...]]] = set()
     for c in due:
-        sels = tuple(c.selectors or ([c.selector] if c.selector else []))
-        key = (c.domain or "", sels)
         effective = c.resume_state if c.state == State.ESCALATED and c.resume_state else c.state
         if effective != State.AWAITING_DKIM:
-            past_dkim.add(key)
-        if c.domain and sels and key not in jobs and key not in broken:
-            try:
-                jobs[key] = expected_keys(bot, c.domain, sels)
-            except Exception as exc:  # noqa: BLE001 - one domain's trouble stays its own
-                broken[key] = exc
+            past_dkim.add(_case_key(c) or ("", ()))
 
-    def run(item: tuple[tuple[str, tuple[str, ...]], dict[str, str]]) -> tuple[tuple[str, tuple[str, ...]], Any]:
-        (domain, sels), expected = item
-        return (domain, sels), check_case_domain(client, domain, expected, bot.cfg.service,
-                                                 dkim_first=(domain, sels) not in past_dkim)
+    def check(key: tuple[str, tuple[str, ...]], expected: dict[str, str]) -> Any:
+        return check_case_domain(client, key[0], expected, bot.cfg.service, dkim_first=key not in past_dkim)
 
-    if not jobs and not broken:
-        return 0
-    # Each case is applied (in due order, on this thread: the store's) as soon as its
-    # domain's report is in, while later domains are still being asked: the pass's
-    # store and mail work overlaps the DNS waits instead of following all of them
-    # (benchmarks/bench_rechecks.py: 5,000 cases at 50 ms per answer).
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool:
-        futures = {key: pool.submit(run, (key, expected)) for key, expected in jobs.items()}
-        order = [(case, (case.domain or "", tuple(case.selectors or ([case.selector] if case.selector else []))))
-                 for case in due]
-        order = [(case, key) for case, key in order if key in futures or key in broken]
-        i = 0
-        while i < len(order):
-            first = futures.get(order[i][1])
-            if first is not None:
-                wait([first])  # outside any transaction: never hold the write lock for DNS
-            # Group commit: every case whose report is in is applied in one transaction
-            # (each case's decision in its own savepoint, so it stays whole), one
-            # fsync for many instead of one each; short, so staff commands never wait long.
-            started = time.monotonic()
-            with bot.store.transaction():
-                applied = 0
-                while i < len(order) and applied < GROUP_COMMIT_CASES \
-                        and time.monotonic() - started < GROUP_COMMIT_SECONDS:
-                    case, key = order[i]
-                    future = futures.get(key)
-                    if applied and future is not None and not future.done():
-                        break
-                    i += 1
-                    applied += 1
-                    try:
-                        if key in broken:
-                            raise broken[key]
-                        assert future is not None
-                        apply_check(bot, case, future.result()[1], client)
-                    except Exception as exc:  # noqa: BLE001 - one domain's trouble stays its own
-                        record_check_crash(bot, bot.store.get_case(case.id), exc, "DNS check")
+    # Every selector of a case is checked (dual signing: RSA + Ed25519 records);
+    # expected keys are read on this thread (the store's).
+    check_and_apply(bot, due, _case_key, lambda key: expected_keys(bot, key[0], key[1]), check,
+                    lambda case, report: apply_check(bot, case, report, client), "DNS check",
+                    workers=workers)
     return len(due)
+
+
+def _case_key(case: CaseRow) -> tuple[str, tuple[str, ...]] | None:
+    sels = tuple(case.selectors or ([case.selector] if case.selector else []))
+    return (case.domain, sels) if case.domain and sels else None
 
 
 def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
@@ -183,7 +136,7 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                 fields["resume_state"] = decision.resume_state
             if decision.next_state == State.COMPLETED:
                 # Completed domains are watched daily (SPEC §8).
-                fields["next_check_at"] = now + timedelta(days=1)
+                fields["next_check_at"] = next_watch(case.domain or "", now)
             detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
             if proof:
                 detail["proof"] = {"ok": proof[0], "detail": proof[1]}
