@@ -98,8 +98,8 @@ def probe_managed_servers(cfg: Config) -> list[tuple[bool | None, str, str]]:
             if response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA:
                 out.append((True, f"{label} answers for {zone} with authority", ""))
             else:
-                out.append((False, f"{label}: SOA {zone} answered {dns.rcode.to_text(response.rcode())}"
-                                   f"{'' if response.flags & dns.flags.AA else ' without authority'}",
+                authority = "" if response.flags & dns.flags.AA else " without authority"
+                out.append((False, f"{label}: SOA {zone} answered {dns.rcode.to_text(response.rcode())}{authority}",
                             f"load the zone {zone} on this server, or remove it from the NS records"))
     return out
 

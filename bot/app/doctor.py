@@ -116,7 +116,7 @@ class Doctor:
 
     def _imap(self, name: str, host: str, port: int, tls: str, username: str, password: str,
               timeout: float, folder: str, section: str) -> Finding:
-        from imapclient.exceptions import IMAPClientError, LoginError  # type: ignore[import-untyped]
+        from imapclient.exceptions import IMAPClientError, LoginError
 
         from bot.adapters.intake import connect_imap
 
