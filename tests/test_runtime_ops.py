@@ -117,7 +117,8 @@ def monitor() -> Iterator[tuple[str, Hits]]:
 
 
 def config(tmp_path: Path, heartbeat: str, **intake: object) -> Path:
-    lines = [f'[service]\nheartbeat_url = "{heartbeat}"\n', f'[state]\ndir = "{tmp_path / "state"}"\n']
+    service = f'[service]\nheartbeat_url = "{heartbeat}"\n' if heartbeat else ""
+    lines = [service, f'[state]\ndir = "{tmp_path / "state"}"\n']
     if intake:
         lines.append("[intake]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in intake.items()))
     path = tmp_path / "c.toml"
@@ -143,6 +144,18 @@ def test_a_failing_pass_sends_no_heartbeat(tmp_path: Path, monitor: tuple[str, H
     r = dkimbot("--config", str(cfg), "run", "--once", cwd=tmp_path)
     assert r.returncode == 1 and "IMAP" in r.stderr
     assert hits.paths == []  # silence is what tells the monitor
+
+
+def test_with_json_logs_the_commands_own_error_lines_are_json_too(tmp_path: Path) -> None:
+    from servers import free_port
+
+    cfg = config(tmp_path, "", kind="imap", host="127.0.0.1", port=free_port(udp=False), tls="none",
+                 username="u", password="p", timeout=2.0)
+    r = dkimbot("--config", str(cfg), "--log-format", "json", "run", "--once", cwd=tmp_path)
+    assert r.returncode == 1
+    objects = [json.loads(line) for line in r.stderr.splitlines()]  # not one plain line
+    errors = [o for o in objects if o["level"] == "ERROR" and o["message"].startswith("dkimbot: IMAP 127.0.0.1")]
+    assert errors and set(errors[0]) == {"time", "level", "message"}
 
 
 def test_a_dead_monitor_does_not_fail_the_pass_and_its_token_stays_out_of_the_log(

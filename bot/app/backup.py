@@ -69,6 +69,8 @@ def make_backup(cfg: Config, target: Path) -> Summary:
     if not db_path.is_file():
         raise BackupError(f"no database at {db_path}: nothing to back up")
     target = target.absolute()
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} is not a directory; make it first")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     os.chmod(tmp_name, 0o600)  # it holds private keys: never readable by others, even for a moment

@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        from bot.app.logformat import JsonFormatter
+        from bot.app.logformat import JsonFormatter, JsonStderr
 
         handler.setFormatter(JsonFormatter())
+        sys.stderr = JsonStderr(sys.stderr)  # the handler above keeps the real stream
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
