@@ -98,7 +98,8 @@ def site(tmp_path, dovecot, bind, smtp):
     r = dkimbot(cfg, "run", "--once")
     assert r.returncode == 0, r.stderr.decode()
     r = subprocess.run([sys.executable, "-m", "bot", "--config", str(cfg), "staff", "add", "tanaka"],
-                       input=(PASSWORD + "\n").encode(), capture_output=True, env=dkimbot_env(), timeout=60, check=False)
+                       input=(PASSWORD + "\n").encode(), capture_output=True, env=dkimbot_env(), timeout=60,
+                       check=False)
     assert r.returncode == 0, r.stderr.decode()
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bot", "--config", str(cfg), "web", "--port", str(port)],

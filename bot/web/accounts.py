@@ -39,7 +39,8 @@ def hash_password(password: str) -> str:
 
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise AccountError("a staff name is 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
+        raise AccountError("a staff name is 1-64 letters, digits, '.', '_', '@' or '-', "
+                           "starting with a letter or digit")
     return name
 
 
@@ -76,7 +77,8 @@ def staff_command(cfg: Config, command: str, name: str | None, stdin: TextIO, st
     try:
         if command == "list":
             rows = store.list_staff()
-            stdout.writelines(f"{row['name']}\tcreated {row['created_at']}\t{row['sessions']} session(s)\n" for row in rows)
+            stdout.writelines(f"{row['name']}\tcreated {row['created_at']}\t{row['sessions']} session(s)\n"
+                              for row in rows)
             if not rows:
                 stdout.write("no staff accounts (add one: dkimbot staff add NAME)\n")
             return 0

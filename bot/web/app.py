@@ -318,9 +318,13 @@ class StaffSite:
                 log.info("staff site: %s: %s %s refused: %s", who, name, ref, exc.message)
                 return f"実行できませんでした: {exc.message}"
             log.info("staff site: %s: %s %s", who, name, ref)
-            return "\n".join(result.lines)
+            return f"「{ACTION_LABELS[name]}」を実行しました。\n" + "\n".join(result.lines)
         finally:
             bot.close()
+
+
+ACTION_LABELS = {"resend": "レコードを再送", "retry": "今すぐ再確認", "cancel": "案件を取り消す",
+                 "rekey": "新しい鍵を作る", "rotate": "鍵を更新", "proof": "到達テストを送信", "note": "メモを残す"}
 
 
 def available_actions(cfg: Config, case: Any) -> dict[str, str | None]:

@@ -19,7 +19,7 @@ STATE_LABELS: dict[str, str] = {
     "needs_info": "情報不足", "rejected": "受付不可", "awaiting_dkim": "DKIM待ち",
     "awaiting_dmarc": "DMARC待ち", "awaiting_final": "最終確認待ち", "completed": "完了",
     "dkim_lost": "DKIM消失", "signing_stopped": "署名停止", "escalated": "要対応",
-    "cancelled": "取消",
+    "cancelled": "取消", "awaiting_confirmation": "管理確認待ち",
 }
 
 # The diagnoses staff meet most; any other code is shown as it is.
@@ -40,6 +40,7 @@ DIAGNOSIS_LABELS: dict[str, str] = {
 
 AREA_LABELS = {"dkim": "DKIM", "dmarc": "DMARC", "spf": "SPF", "alignment": "アライメント"}
 ACTIVE = ("needs_info", *(s.value for s in WAITING), "escalated")
+CHECKED = (*ACTIVE, "completed", "dkim_lost", "signing_stopped")  # states with a next check
 
 
 def state_label(state: str) -> str:
@@ -119,7 +120,7 @@ def list_rows(cases: list[CaseRow], now: datetime, stuck_after_days: float) -> l
             ref=c.ref, facility=c.facility or "—", domain=c.domain or "—", state=c.state,
             state_label=state_label(c.state), in_state=duration(now - c.state_since),
             diagnosis="、".join(diagnosis_label(code) for code in codes) or "—",
-            next_check=when(c.next_check_at, now) if c.state in ACTIVE or c.state in ("completed", "dkim_lost", "signing_stopped") else "—",
+            next_check=when(c.next_check_at, now) if c.state in CHECKED else "—",
             stuck=c.state in ACTIVE and c.state_since <= cutoff,
         ))
     return rows
@@ -193,6 +194,7 @@ class EventView:
     move: str
     by: str
     text: str
+    summary: str
     detail: str
     findings: list[Finding]
 
@@ -204,11 +206,13 @@ def event_view(e: dict[str, Any]) -> EventView:
     dns = detail.pop("dns", None)
     by = str(detail.pop("by", "") or "")
     text = str(detail.pop("text", "") or "") if e["kind"] == "staff_note" else ""
+    # One line that says what happened without opening the details.
+    summary = str(detail.get("subject") or detail.get("excerpt") or detail.get("event") or detail.get("reason") or "")
     move = ""
     if e["to_state"] and e["from_state"] != e["to_state"]:
         move = f"{state_label(e['from_state'] or '')} → {state_label(e['to_state'])}"
     return EventView(
-        at=jst(e["at"]), kind=e["kind"], move=move, by=by, text=text,
+        at=jst(e["at"]), kind=e["kind"], move=move, by=by, text=text, summary=summary[:300],
         detail=json.dumps(detail, ensure_ascii=False, default=str)[:1500] if detail else "",
         findings=findings(dns if isinstance(dns, dict) else None),
     )
