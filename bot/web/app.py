@@ -29,7 +29,7 @@ from bot.adapters.store import Store
 from bot.app import actions
 from bot.config import Config
 from bot.flows.runtime import Bot, utcnow
-from bot.web import auth, charts, views
+from bot.web import auth, charts, dmarccharts, views
 from bot.web.accounts import verify
 
 log = logging.getLogger("dkimbot")
@@ -263,14 +263,16 @@ class StaffSite:
         return self.page(request, session, "digest.html", subject=subject, body=body)
 
     async def charts_page(self, request: Request, session: auth.Session) -> Response:
-        def build() -> charts.ChartData:
+        def build() -> tuple[charts.ChartData, list[dmarccharts.FacilityRates]]:
             with self.reader() as store:
-                return charts.gather(store, self.clock())
+                rates = dmarccharts.gather(store, self.clock()) if self.cfg.reports.enabled else []
+                return charts.gather(store, self.clock()), rates
 
-        data = await run_in_threadpool(build)
+        data, rates = await run_in_threadpool(build)
+        dmarc = dmarccharts.pass_rate_svg(rates, self.clock().date()) if self.cfg.reports.enabled else None
         return self.page(request, session, "charts.html", funnel=charts.funnel_svg(data),
                          completion=charts.completion_svg(data), waiting=charts.waiting_svg(data),
-                         weeks=data.weeks, steps=charts.FUNNEL_STEPS)
+                         weeks=data.weeks, steps=charts.FUNNEL_STEPS, dmarc=dmarc, dmarc_rates=rates)
 
     # -- actions ----------------------------------------------------------------------------
 
