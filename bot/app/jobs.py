@@ -121,6 +121,11 @@ def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
         }, staff_only=True)
 
 
+# A decision that finds the prepared work stale rolls back and prepares again; a third
+# miss (or a prepare step that keeps failing) fails the message, retried next pass.
+PREPARE_ATTEMPTS = 3
+
+
 def process_message(bot: Bot, key: str, raw: bytes) -> str:
     """Decide on one message and record it as handled, in one transaction.
 
@@ -128,7 +133,7 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     first, outside the transaction (bot/flows/prepare.py), so SQLite's write lock is held only
     for the store writes and a concurrent ``dkimbot status`` never waits for DNS.
     """
-    from bot.flows.prepare import Prepared, prepare_message
+    from bot.flows.prepare import NotPrepared, Prepared, prepare_message
     from bot.core.request import parse_message
 
     cfg = bot.cfg
@@ -141,15 +146,22 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     # A copy of a handled mail needs no preparing; the check inside the transaction
     # still decides (another process may handle it between the two).
     handled = store.is_handled(key, parsed.message_id, parsed.fingerprint)
-    prepared = Prepared() if handled else prepare_message(bot, parsed)
-    with store.transaction():
-        if store.is_handled(key, parsed.message_id, parsed.fingerprint):
-            store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
-            log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
-            return "duplicate"
-        outcome = decide_message(bot, parsed, prepared)
-        store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
-        maybe_crash("message.decided")
+    for attempt in range(1, PREPARE_ATTEMPTS + 1):
+        prepared = Prepared() if handled else prepare_message(bot, parsed)
+        try:
+            with store.transaction():
+                if store.is_handled(key, parsed.message_id, parsed.fingerprint):
+                    store.mark_handled(key, parsed.message_id, bot.clock(), "duplicate", parsed.fingerprint)
+                    log.info("message %s (%s): a copy of a mail already handled", key, parsed.message_id)
+                    return "duplicate"
+                outcome = decide_message(bot, parsed, prepared)
+                store.mark_handled(key, parsed.message_id, bot.clock(), outcome, parsed.fingerprint)
+                maybe_crash("message.decided")
+            break
+        except NotPrepared as exc:  # rolled back: the store moved on since the prepare phase
+            if attempt == PREPARE_ATTEMPTS:
+                raise exc.failure or exc
+            log.info("message %s: %s; preparing again (%d)", key, exc, attempt)
     maybe_crash("message.committed")
     log.info("message %s: %s", parsed.message_id or key, outcome)
     return outcome

@@ -10,16 +10,19 @@ passed in as ``prepared`` and used only when it still fits the store.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.flows.compose import enqueue_mail, key_records
-from bot.faults import maybe_crash
 from bot.core.replies import read_reply
 from bot.flows.matching import existing_case, reply_target
-from bot.flows.prepare import looked_for_reply
+from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
+from bot.flows.prepare import NotPrepared, looked_for_reply
 from bot.flows.runtime import Bot
 from bot.core.rows import CaseRow
 
@@ -86,43 +89,30 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
     )
 
 
-def _choose_key(bot: Bot, domain: str, prepared: Prepared | None = None) -> list[str]:
-    """Facilities of one domain share one key: reuse the domain's live selector(s)."""
-    from bot.core.records import render_selector
-
+def _shared_selectors(bot: Bot, domain: str) -> list[str] | None:
+    """Facilities of one domain share one key: the domain's live selector(s), if any."""
     for c in bot.store.cases_for_domain(domain):
         if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
             return list(c.selectors)
+    return None
+
+
+def _choose_key(bot: Bot, domain: str, prepared: Prepared | None) -> list[str]:
+    """The domain's shared selectors, or the keys the prepare phase made for it.
+
+    Never makes a key or asks DNS here (this runs inside the write transaction): what the
+    prepare phase did not foresee is ``NotPrepared``, and ``process_message`` prepares
+    again outside the transaction."""
+    shared = _shared_selectors(bot, domain)
+    if shared is not None:
+        return shared
     ready = prepared.keys_for(bot, domain) if prepared is not None else None
-    if ready is not None:  # chosen and written before the transaction (bot/flows/prepare.py)
-        now = bot.clock()
-        for key in ready.keys:
-            bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
-        return list(ready.selectors)
-    # Not foreseen by the prepare phase (the store changed meanwhile): choose here.
-    from bot.flows.selectors import choose_selector
-
-    cfg = bot.cfg
+    if ready is None:
+        raise NotPrepared(prepared, domain, "a key")
     now = bot.clock()
-    algorithm = cfg.keys.algorithm
-    # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
-    selector = choose_selector(
-        bot, domain, render_selector(cfg.keys.selector, now),
-        with_ed25519=cfg.keys.ed25519 and algorithm != "ed25519",
-        exclude=[k["selector"] for k in bot.store.domain_keys(domain)],
-    )
-    selectors = [selector]
-    key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
-    maybe_crash("key.written")
-    bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
-    if cfg.keys.ed25519 and algorithm != "ed25519":
-        from bot.core.records import ed25519_selector
-
-        ed_sel = ed25519_selector(selector)
-        ed = bot.keystore.load_or_create(domain, ed_sel, "ed25519", 256)
-        bot.store.record_key(domain, ed_sel, ed.algorithm, ed.bits, ed.public_b64, now)
-        selectors.append(ed_sel)
-    return selectors
+    for key in ready.keys:
+        bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
+    return list(ready.selectors)
 
 
 _PROBLEM_WHAT = {
@@ -131,141 +121,178 @@ _PROBLEM_WHAT = {
 }
 
 
-def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
-    """One reply per request mail, listing every facility it named."""
-    from bot.core.request import FIELD_LABELS
+@dataclass
+class _Reply:
+    """What one request mail's reply is being built from, facility by facility."""
 
+    bot: Bot
+    parsed: Any
+    prepared: Prepared | None
+    now: datetime
+    base: dict[str, Any]                 # thread fields every touched case gets
+    seen: dict[str, Any]                 # domain → lookahead (prepared before the transaction)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    touched: list[CaseRow] = field(default_factory=list)
+
+    def lookahead(self, case: CaseRow) -> dict[str, Any]:
+        domain = case.domain or ""
+        if domain not in self.seen:
+            raise NotPrepared(self.prepared, domain, "a look at its DNS")
+        return looked_for_reply(self.bot, case, key_records(self.bot, case), self.seen)
+
+
+def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
+    """One reply per request mail, listing every facility it named: each facility's step
+    is planned (``core.requestplan``) and carried out here, inside the transaction."""
     cfg = bot.cfg
-    store = bot.store
-    now = bot.clock()
     requester = parsed.reply_address
     thread_refs = [*parsed.references, *([parsed.message_id] if parsed.message_id else [])]
-    base = dict(requester=requester, thread_root=parsed.message_id,
-                thread_last=parsed.message_id, thread_refs=thread_refs[-30:])
-    items: list[dict[str, Any]] = []
-    touched: list[CaseRow] = []
-    facilities = list(parsed.facilities)
-    limit = cfg.intake.max_facilities_per_mail
-    if limit and len(facilities) > limit:
-        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
-            "reason_title": f"a request names {len(facilities)} facilities",
-            "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
-                      f"{len(facilities)} facilities, over [intake] max_facilities_per_mail = {limit}. "
-                      "No case and no key was made; the mail is left in the mailbox untouched.",
-            "decide_hint": "Check the mail. If it is genuine, ask the sender to send it in parts "
-                           f"of at most {limit} facilities (or raise the limit for the next ones).",
-            "diagnoses": []}, staff_only=True)
-        log.warning("request %s names %d facilities (limit %d): handed to staff",
-                    parsed.message_id, len(facilities), limit)
+    if over_limit(parsed.facilities, cfg.intake.max_facilities_per_mail):
+        _hand_over_limit(bot, parsed, requester, cfg.intake.max_facilities_per_mail)
         return
-    if not facilities:
-        from bot.core.request import Facility, FieldProblem, FIELDS
+    # Look before instructing (SPEC §8): each domain once per mail, done before the transaction.
+    reply = _Reply(bot, parsed, prepared, bot.clock(),
+                   dict(requester=requester, thread_root=parsed.message_id,
+                        thread_last=parsed.message_id, thread_refs=thread_refs[-30:]),
+                   dict(prepared.seen) if prepared is not None else {})
+    own = [*cfg.service.own_domains, cfg.bot_domain]
+    for f in facilities_of(parsed.facilities):
+        found = existing_case(bot, f, requester, target)
+        existing = Continued(found.id, found.state, found.domain) if found is not None else None
+        plan = plan_facility(f, existing, freemail=cfg.service.freemail_domains, own=own)
+        _STEPS[plan.step](reply, plan)
+    _send_reply(reply, requester, thread_refs)
 
-        facilities = [Facility(None, None, None, None, None,
-                               tuple(FieldProblem(f, "missing", None) for f in FIELDS))]
-    domains_in_mail: dict[str, list[str]] = {}
-    # Look before instructing (SPEC §8): each domain once per mail, mostly done already.
-    seen: dict[str, Any] = dict(prepared.seen) if prepared is not None else {}
-    for f in facilities:
-        fields = dict(
-            facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
-            contact_phone=f.contact_phone, admin_email=f.admin_email,
-        )
-        existing = existing_case(bot, f, requester, target)
-        if f.problems:
-            problems = [
-                {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,
-                 "what": _PROBLEM_WHAT.get(p.field, "値")}
-                for p in f.problems
-            ]
-            if existing is not None and existing.state == State.NEEDS_INFO:
-                case = store.update_case(existing.id, now, problems=problems, **fields, **base)
-                store.add_event(case.id, now, "still_incomplete", detail={"problems": problems})
-            else:
-                case = store.create_case(state=State.NEEDS_INFO, now=now, problems=problems, **fields, **base)
-                store.add_event(case.id, now, "request_received", None, State.NEEDS_INFO,
-                                {"problems": problems})
-            touched.append(case)
-            items.append({"kind": "needs_info", "ref": case.ref, "facility": f.facility_name,
-                          "problems": problems, "fields": {
-                              "facility_name": f.facility_name, "contact_name": f.contact_name,
-                              "contact_email": f.contact_email, "contact_phone": f.contact_phone,
-                              "admin_email": f.admin_email}})
-            continue
-        domain = f.domain
-        reason = sm.classify_domain(
-            domain, freemail=cfg.service.freemail_domains,
-            own=[*cfg.service.own_domains, cfg.bot_domain],
-        )
-        if reason:
-            rejected = {"reason": reason, "domain": domain}
-            if existing is not None and existing.state == State.NEEDS_INFO:
-                case = store.transition(existing.id, State.REJECTED, now, expected_state=existing.state,
-                                        event="rejected", detail=rejected,
-                                        domain=domain, problems=[], **fields, **base)
-            else:
-                case = store.create_case(state=State.REJECTED, now=now, domain=domain, **fields, **base)
-                store.add_event(case.id, now, "rejected", existing.state if existing else None,
-                                State.REJECTED, rejected)
-            touched.append(case)
-            items.append({"kind": "rejected", "ref": case.ref, "facility": f.facility_name,
-                          "admin_email": f.admin_email, "domain": domain, "reason": reason})
-            continue
-        if existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain:
-            store.add_event(existing.id, now, "repeat_request", detail={"message_id": parsed.message_id})
-            case = store.update_case(existing.id, now, **base) if existing.state != State.COMPLETED else existing
-            touched.append(case)
-            items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
-                          "admin_email": case.admin_email, "domain": domain,
-                          "records": key_records(bot, case), "shared_with": [],
-                          **looked_for_reply(bot, case, key_records(bot, case), seen)})
-            continue
-        selectors = _choose_key(bot, domain, prepared)
-        due = sm.next_check_at(now, now, cfg.schedule)
-        assigned = {"domain": domain, "selectors": selectors}
-        if existing is not None:
-            case = store.transition(
-                existing.id, State.AWAITING_DKIM, now, expected_state=existing.state,
-                event="key_assigned", detail=assigned, domain=domain,
-                selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
-                reminders_sent=0, last_notice=None, **fields, **base,
-            )
-        else:
-            case = store.create_case(
-                state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
-                selectors=selectors, next_check_at=due, **fields, **base,
-            )
-            store.add_event(case.id, now, "key_assigned", None, State.AWAITING_DKIM, assigned)
-        others = [c.facility for c in store.cases_for_domain(domain)
-                  if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
-        domains_in_mail.setdefault(domain, []).append(case.facility or "")
-        touched.append(case)
-        managed = None
-        if cfg.dns.managed_nameservers and not others:
-            # The simplified flow: our own name servers, so we publish and the facility rests.
-            from bot.flows.managed import publish_for_domain
 
-            done, managed = prepared.managed_for(domain, selectors) if prepared else (False, None)
-            if not done:
-                managed = publish_for_domain(bot, domain, key_records(bot, case))
-            if managed is not None:
-                store.add_event(case.id, now, "managed_publish", detail={
-                    "zone": managed.zone, "nameservers": managed.nameservers,
-                    "published": managed.published, "error": managed.error})
-                if managed.error:
-                    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
-                        "reason_title": "publishing in a managed zone failed",
-                        "reason": f"Zone {managed.zone} is served by our name servers "
-                                  f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
-                                  f"failed: {managed.error}",
-                        "decide_hint": "Publish the DKIM record in the zone by hand; the bot "
-                                       "keeps checking and continues by itself.",
-                        "diagnoses": []}, staff_only=True)
-        items.append({"kind": "managed" if managed else "record", "ref": case.ref,
-                      "facility": case.facility,
-                      "admin_email": case.admin_email, "domain": domain,
-                      "records": key_records(bot, case), "shared_with": others,
-                      **looked_for_reply(bot, case, key_records(bot, case), seen)})
+def _fields(f: Any) -> dict[str, Any]:
+    return dict(facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
+                contact_phone=f.contact_phone, admin_email=f.admin_email)
+
+
+def _needs_info(r: _Reply, plan: FacilityPlan) -> None:
+    from bot.core.request import FIELD_LABELS
+
+    f, store, now = plan.facility, r.bot.store, r.now
+    problems = [
+        {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,
+         "what": _PROBLEM_WHAT.get(p.field, "値")}
+        for p in f.problems
+    ]
+    if plan.continues is not None:
+        case = store.update_case(plan.continues, now, problems=problems, **_fields(f), **r.base)
+        store.add_event(case.id, now, "still_incomplete", detail={"problems": problems})
+    else:
+        case = store.create_case(state=State.NEEDS_INFO, now=now, problems=problems, **_fields(f), **r.base)
+        store.add_event(case.id, now, "request_received", None, State.NEEDS_INFO, {"problems": problems})
+    r.touched.append(case)
+    r.items.append({"kind": "needs_info", "ref": case.ref, "facility": f.facility_name,
+                    "problems": problems, "fields": {
+                        "facility_name": f.facility_name, "contact_name": f.contact_name,
+                        "contact_email": f.contact_email, "contact_phone": f.contact_phone,
+                        "admin_email": f.admin_email}})
+
+
+def _reject(r: _Reply, plan: FacilityPlan) -> None:
+    f, store, now, domain = plan.facility, r.bot.store, r.now, plan.domain
+    rejected = {"reason": plan.reason, "domain": domain}
+    if plan.continues is not None and plan.existing is not None:
+        case = store.transition(plan.continues, State.REJECTED, now, expected_state=plan.existing.state,
+                                event="rejected", detail=rejected,
+                                domain=domain, problems=[], **_fields(f), **r.base)
+    else:
+        case = store.create_case(state=State.REJECTED, now=now, domain=domain, **_fields(f), **r.base)
+        store.add_event(case.id, now, "rejected", plan.existing.state if plan.existing else None,
+                        State.REJECTED, rejected)
+    r.touched.append(case)
+    r.items.append({"kind": "rejected", "ref": case.ref, "facility": f.facility_name,
+                    "admin_email": f.admin_email, "domain": domain, "reason": plan.reason})
+
+
+def _resend(r: _Reply, plan: FacilityPlan) -> None:
+    store, now = r.bot.store, r.now
+    assert plan.existing is not None
+    existing = store.get_case(plan.existing.id)
+    store.add_event(existing.id, now, "repeat_request", detail={"message_id": r.parsed.message_id})
+    case = store.update_case(existing.id, now, **r.base) if existing.state != State.COMPLETED else existing
+    r.touched.append(case)
+    r.items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
+                    "admin_email": case.admin_email, "domain": plan.domain,
+                    "records": key_records(r.bot, case), "shared_with": [], **r.lookahead(case)})
+
+
+def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
+    bot, store, now, domain = r.bot, r.bot.store, r.now, plan.domain or ""
+    selectors = _choose_key(bot, domain, r.prepared)
+    due = sm.next_check_at(now, now, bot.cfg.schedule)
+    assigned = {"domain": domain, "selectors": selectors}
+    if plan.existing is not None:
+        case = store.transition(
+            plan.existing.id, State.AWAITING_DKIM, now, expected_state=plan.existing.state,
+            event="key_assigned", detail=assigned, domain=domain,
+            selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
+            reminders_sent=0, last_notice=None, **_fields(plan.facility), **r.base,
+        )
+    else:
+        case = store.create_case(
+            state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
+            selectors=selectors, next_check_at=due, **_fields(plan.facility), **r.base,
+        )
+        store.add_event(case.id, now, "key_assigned", None, State.AWAITING_DKIM, assigned)
+    others = [c.facility for c in store.cases_for_domain(domain)
+              if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+    r.touched.append(case)
+    managed = _managed_publish(r, case, selectors) if bot.cfg.dns.managed_nameservers and not others else None
+    r.items.append({"kind": "managed" if managed else "record", "ref": case.ref,
+                    "facility": case.facility,
+                    "admin_email": case.admin_email, "domain": domain,
+                    "records": key_records(bot, case), "shared_with": others, **r.lookahead(case)})
+
+
+def _managed_publish(r: _Reply, case: CaseRow, selectors: list[str]) -> Any:
+    """The simplified flow: our own name servers, so we published (before the transaction)
+    and the facility rests. Records what the RFC 2136 update did; a failure goes to staff."""
+    domain = case.domain or ""
+    done, managed = r.prepared.managed_for(domain, selectors) if r.prepared else (False, None)
+    if not done:
+        raise NotPrepared(r.prepared, domain, "the managed zone's update")
+    if managed is not None:
+        r.bot.store.add_event(case.id, r.now, "managed_publish", detail={
+            "zone": managed.zone, "nameservers": managed.nameservers,
+            "published": managed.published, "error": managed.error})
+        if managed.error:
+            enqueue_mail(r.bot, MailKind.STAFF_ESCALATION, [case], {
+                "reason_title": "publishing in a managed zone failed",
+                "reason": f"Zone {managed.zone} is served by our name servers "
+                          f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
+                          f"failed: {managed.error}",
+                "decide_hint": "Publish the DKIM record in the zone by hand; the bot "
+                               "keeps checking and continues by itself.",
+                "diagnoses": []}, staff_only=True)
+    return managed
+
+
+_STEPS: dict[Step, Callable[[_Reply, FacilityPlan], None]] = {
+    Step.NEEDS_INFO: _needs_info, Step.REJECT: _reject, Step.RESEND: _resend, Step.ASSIGN_KEY: _assign_key,
+}
+
+
+def _hand_over_limit(bot: Bot, parsed: Any, requester: str | None, limit: int) -> None:
+    count = len(parsed.facilities)
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+        "reason_title": f"a request names {count} facilities",
+        "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
+                  f"{count} facilities, over [intake] max_facilities_per_mail = {limit}. "
+                  "No case and no key was made; the mail is left in the mailbox untouched.",
+        "decide_hint": "Check the mail. If it is genuine, ask the sender to send it in parts "
+                       f"of at most {limit} facilities (or raise the limit for the next ones).",
+        "diagnoses": []}, staff_only=True)
+    log.warning("request %s names %d facilities (limit %d): handed to staff",
+                parsed.message_id, count, limit)
+
+
+def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> None:
+    """The one reply mail: its subject says what the facilities must do."""
+    bot, parsed, items = r.bot, r.parsed, r.items
     # Within one mail, a second facility of the same domain points at the same record.
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:
@@ -277,14 +304,14 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
     else:
         subject_text = "DKIM、DMARC設定のお申し込みについて"
     to = [requester] if requester else []
-    if cfg.service.cc_contact:
-        for c in touched:
+    if bot.cfg.service.cc_contact:
+        for c in r.touched:
             if c.contact_email and c.contact_email not in to and c.state != State.NEEDS_INFO:
                 to.append(c.contact_email)
     undecodable = getattr(parsed, "undecodable", 0)
     if undecodable:
-        _report_undecodable(bot, parsed, touched, undecodable, now)
-    touched = [store.get_case(c.id) for c in touched]
+        _report_undecodable(bot, parsed, r.touched, undecodable, r.now)
+    touched = [bot.store.get_case(c.id) for c in r.touched]
     enqueue_mail(
         bot, MailKind.REQUEST_REPLY, touched,
         {"items": items, "subject_text": subject_text,
@@ -302,7 +329,7 @@ def _report_undecodable(bot: Bot, parsed: Any, cases: list[CaseRow], count: int,
             "replacement_characters": count, "message_id": parsed.message_id})
     refs = ", ".join(c.ref for c in cases) or "no case"
     log.warning("request %s: %d characters could not be decoded (%s)", parsed.message_id, count, refs)
-    enqueue_mail(bot, "staff_escalation", cases, {
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, cases, {
         "reason_title": f"{count} characters of a request could not be decoded",
         "reason": f"The mail {parsed.message_id or '(no Message-ID)'} has {count} characters its charset "
                   "could not carry (shown as U+FFFD). Names holding them were not stored; the facility "

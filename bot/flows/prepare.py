@@ -19,9 +19,11 @@ So a message is handled in two phases:
 * **decide** (``onboarding.handle_request`` in the transaction): re-reads the store and
   takes a prepared result only when it still fits (``Prepared.keys_for`` checks that no
   key was recorded for the domain since; a live case of the domain wins over the
-  prepared key, so two requests for one domain still share one key). Anything the walk
-  did not foresee (another process changed the store meanwhile) is done in place, as
-  before: slower, never different.
+  prepared key, so two requests for one domain still share one key). Both phases walk
+  the same plan (``core.requestplan.plan_facility``). Anything the walk did not foresee
+  (another process changed the store meanwhile) raises ``NotPrepared``: the transaction
+  is rolled back and ``process_message`` prepares again. No DNS query, key generation
+  or RFC 2136 update ever runs inside the transaction.
 
 Prepared work the decision does not use is harmless: an unused key file is never
 published or installed (the next choice of that selector reuses it, ``_own_key``), and
@@ -34,14 +36,25 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.records import dkim_box, ed25519_selector, render_selector
+from bot.core.requestplan import Continued, Step, over_limit, plan_facility
 from bot.faults import maybe_crash
 from bot.flows.matching import existing_case, reply_target
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
+
+
+class NotPrepared(Exception):
+    """The decision needs slow work the prepare phase did not do for ``domain`` (raised
+    inside the transaction, which then rolls back; the caller prepares again).
+    ``failure`` is the exception the prepare phase met for that domain, if it met one."""
+
+    def __init__(self, prepared: Prepared | None, domain: str, what: str) -> None:
+        super().__init__(f"{what} for {domain} was not prepared")
+        self.domain = domain
+        self.failure = prepared.failed.get(domain) if prepared is not None else None
 
 
 @dataclass
@@ -56,13 +69,15 @@ class PreparedKeys:
 
 @dataclass
 class Prepared:
-    """What the prepare phase did for one message; empty means "do it all in place"."""
+    """What the prepare phase did for one message (empty: nothing slow was needed)."""
 
     keys: dict[str, PreparedKeys] = field(default_factory=dict)
     # domain → (the selectors published, publish_for_domain's result)
     managed: dict[str, tuple[list[str], Any]] = field(default_factory=dict)
     # domain → Lookahead | None: the ``seen`` cache of ``lookahead.looked_for_reply``
     seen: dict[str, Any] = field(default_factory=dict)
+    # domain → what went wrong preparing it (the decision re-raises it if it needs the work)
+    failed: dict[str, Exception] = field(default_factory=dict)
 
     def keys_for(self, bot: Bot, domain: str) -> PreparedKeys | None:
         """The prepared keys of ``domain`` when they still fit the store (no key
@@ -118,9 +133,9 @@ def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
 def prepare_message(bot: Bot, parsed: Any) -> Prepared:
     """Do the I/O ``onboarding.decide_message`` will need for ``parsed``; no transaction.
 
-    Mirrors the branches of ``decide_message``/``handle_request`` closely enough to
-    foresee the usual case; a step that fails here is logged and left to the decision,
-    which then does it in place (and fails the message there, as before, if it must).
+    Walks the plan ``handle_request`` will execute (``core.requestplan``); a step that
+    fails here is logged and recorded in ``failed``: the decision raises it if it needs
+    that step (and the message fails, to be retried by the next pass).
     """
     out = Prepared()
     if parsed.no_reply_reason or not parsed.facilities:
@@ -129,27 +144,25 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
     if not (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
         return out
     cfg = bot.cfg
-    limit = cfg.intake.max_facilities_per_mail
-    if limit and len(parsed.facilities) > limit:
+    if over_limit(parsed.facilities, cfg.intake.max_facilities_per_mail):
         return out
     requester = parsed.reply_address
+    own = [*cfg.service.own_domains, cfg.bot_domain]
     assigned: set[str] = set()  # domains an earlier facility of this mail gets a case on
     for f in parsed.facilities:
-        if f.problems:
+        found = existing_case(bot, f, requester, target)
+        existing = Continued(found.id, found.state, found.domain) if found is not None else None
+        plan = plan_facility(f, existing, freemail=cfg.service.freemail_domains, own=own)
+        if plan.step not in (Step.RESEND, Step.ASSIGN_KEY):
             continue
-        domain = f.domain
-        if sm.classify_domain(domain, freemail=cfg.service.freemail_domains,
-                              own=[*cfg.service.own_domains, cfg.bot_domain]):
-            continue
-        existing = existing_case(bot, f, requester, target)
-        resend = existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain
-        if not resend and domain not in assigned:
+        domain = plan.domain or ""
+        if plan.step == Step.ASSIGN_KEY and domain not in assigned:
             try:
-                _prepare_new_case(bot, out, domain, existing)
-            except Exception as exc:  # decided (and failed, if it must) in the transaction
-                log.warning("preparing a key for %s failed (%s: %s); deciding in place",
-                            domain, type(exc).__name__, exc)
-        if not resend:
+                _prepare_new_case(bot, out, domain, found)
+            except Exception as exc:  # noqa: BLE001 -- logged; re-raised by the decision if it needs it
+                log.warning("preparing a key for %s failed (%s: %s)", domain, type(exc).__name__, exc)
+                out.failed[domain] = exc
+        if plan.step == Step.ASSIGN_KEY:
             assigned.add(domain)
         if domain not in out.seen:
             out.seen[domain] = look_at(bot, domain)
