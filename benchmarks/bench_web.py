@@ -35,6 +35,10 @@ NOTICES = {
     "awaiting_final": ["final_failed|spf:spf_not_authorized"],
     "escalated": ["dkim_missing|dkim:dkim_not_published"],
 }
+PATHS = {"awaiting_dkim": [], "needs_info": [], "rejected": [], "awaiting_dmarc": ["awaiting_dmarc"],
+         "awaiting_final": ["awaiting_dmarc", "awaiting_final"], "completed": ["awaiting_dmarc", "completed"],
+         "escalated": ["escalated"], "cancelled": ["cancelled"],
+         "dkim_lost": ["awaiting_dmarc", "completed", "dkim_lost"]}
 FACILITIES = ("ホテル", "旅館", "温泉宿", "ペンション", "リゾート", "民宿")
 PLACES = ("さくら", "松風", "富士見", "海辺", "山の湯", "白樺", "月見", "花水木")
 PASSWORD = "benchmark password"
@@ -69,24 +73,26 @@ def fill(state_dir: Path, cases: int, now: datetime, seed: int = 7) -> None:
                 domain = f"hotel-{i:05d}.example.jp"
                 selector = "yoyakuban202611"
                 notice = rng.choice(NOTICES.get(state, [None]))
+                initial = state if state in ("needs_info", "rejected") else "awaiting_dkim"
                 case = store.create_case(
-                    state="awaiting_dkim", now=created,
+                    state=initial, now=created,
                     facility=f"{rng.choice(FACILITIES)}{rng.choice(PLACES)}{i}", domain=domain,
                     selector=selector, selectors=[selector], requester=f"info@{domain}",
                     contact_email=f"info@{domain}")
-                store.add_event(case.id, created, "key_assigned", None, "awaiting_dkim", {"domain": domain})
+                store.add_event(case.id, created, "key_assigned", None, initial, {"domain": domain})
                 code = notice.partition("|")[2].partition(":")[2] if notice else None
-                store.add_event(case.id, created + timedelta(hours=1), "check", "awaiting_dkim", "awaiting_dkim",
+                store.add_event(case.id, created + timedelta(hours=1), "check", initial, initial,
                                 {"event": "dkim_wrong", "dns": _dns_evidence(domain, selector, code)})
-                if state in ("awaiting_dmarc", "awaiting_final", "completed", "dkim_lost"):
-                    store.add_event(case.id, created + (since - created) / 2, "transition", "awaiting_dkim",
-                                    "awaiting_dmarc", {"event": "dkim_proven"})
-                if state in ("completed", "dkim_lost"):
-                    store.add_event(case.id, since, "transition", "awaiting_dmarc", "completed",
-                                    {"event": "final_ok"})
-                store.update_case(case.id, since, state=state, state_since=since, last_notice=notice,
-                                  next_check_at=now + timedelta(minutes=rng.uniform(-10, 600)),
-                                  resume_state="awaiting_dkim" if state == "escalated" else None)
+                # Through the moves the bot makes (Store.transition writes each event).
+                path = PATHS[state]
+                current = initial
+                for step, to_state in enumerate(path, 1):
+                    at = since if step == len(path) else created + (since - created) * step / len(path)
+                    store.transition(case.id, to_state, at, expected_state=current, event="transition",
+                                     resume_state="awaiting_dkim" if to_state == "escalated" else None)
+                    current = to_state
+                store.update_case(case.id, since, last_notice=notice,
+                                  next_check_at=now + timedelta(minutes=rng.uniform(-10, 600)))
     finally:
         store.close()
 
