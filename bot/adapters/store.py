@@ -201,7 +201,7 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-from bot.core.cases import INITIAL_STATES, move_allowed
+from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
@@ -364,8 +364,8 @@ class Store:
 
     # -- cases ------------------------------------------------------------------------------
 
-    def create_case(self, *, state: str, now: datetime, **fields: Any) -> CaseRow:
-        if state not in INITIAL_STATES:
+    def create_case(self, *, state: str, now: datetime, adopted: bool = False, **fields: Any) -> CaseRow:
+        if state not in INITIAL_STATES and not (adopted and state == ADOPTED_STATE):
             raise ValueError(f"a case cannot start in {state}")
         cols = {k: _encode(v) for k, v in fields.items() if k in _CASE_COLUMNS}
         unknown = set(fields) - _CASE_COLUMNS
@@ -650,12 +650,12 @@ class Store:
         ``adopted`` event, in one transaction."""
         selectors = [k[0] for k in keys]
         with self.transaction():
-            case = self.create_case(state="completed", now=now, domain=domain, selector=selectors[0],
-                                    selectors=selectors, next_check_at=next_check_at)
+            case = self.create_case(state=ADOPTED_STATE, now=now, adopted=True, domain=domain,
+                                    selector=selectors[0], selectors=selectors, next_check_at=next_check_at)
             for selector, algorithm, bits, public_b64 in keys:
                 self.record_key(domain, selector, algorithm, bits, public_b64, now)
                 self.mark_key_installed(domain, selector, now)
-            self.add_event(case.id, now, "adopted", None, "completed", detail)
+            self.add_event(case.id, now, "adopted", None, str(ADOPTED_STATE), detail)
         return self.get_case(case.id)
 
     def mark_key_installed(self, domain: str, selector: str, now: datetime) -> None:

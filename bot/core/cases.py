@@ -96,6 +96,11 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[MailKind, ...]]
 #: cannot serve, or a key assigned at once).
 INITIAL_STATES = (State.NEEDS_INFO, State.REJECTED, State.AWAITING_DKIM)
 
+#: The state ``dkimbot adopt`` (bot/flows/adopt.py) gives a domain the operator had
+#: already signed by hand, once its record is right on every authoritative server: it
+#: begins completed, watched like any other (``Store.adopt_case``, event ``adopted``).
+ADOPTED_STATE = State.COMPLETED
+
 
 def _moves() -> dict[tuple[State, State], tuple[str, ...]]:
     causes: dict[tuple[State, State], list[str]] = {}
