@@ -47,6 +47,10 @@ class Sizes:
     new_requests: int = 50
     recheck_cases: int = 5_000
     dns_delay: float = 0.05
+    checkdmarc_domains: int = 40
+    latency_replies: int = 50
+    latency_window: float = 120.0   # the replies arrive at random over this many seconds
+    latency_poll_interval: int = 60  # the daemon's default poll_interval_seconds
     startup_repeats: int = 10
     key_repeats: dict[str, int] = field(default_factory=lambda: {
         "rsa1024": 10, "rsa2048": 10, "rsa3072": 5, "rsa4096": 3, "ed25519": 50})
@@ -59,7 +63,8 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(big_mailbox=400, small_mailbox=10, idle_repeats=3, new_unrelated=200, new_requests=5,
-              recheck_cases=60, startup_repeats=3,
+              recheck_cases=60, startup_repeats=3, checkdmarc_domains=5,
+              latency_replies=4, latency_window=6.0, latency_poll_interval=5,
               key_repeats={"rsa1024": 1, "rsa2048": 1, "rsa3072": 1, "rsa4096": 1, "ed25519": 3},
               dmarc_reports=100, dmarc_records=10, dmarc_big_records=200,
               web_cases=300, web_repeats=3)

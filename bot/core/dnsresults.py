@@ -10,6 +10,7 @@ test can hand in anything with these methods.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -173,6 +174,7 @@ class Lookup:
 Answer = Lookup | DnsFailure
 
 
+@functools.lru_cache(maxsize=65536)  # idna encoding costs more than a query's parse
 def normalize_name(name: str) -> str:
     """Lower case, no trailing dot, IDNA A-labels (a clerk may type 日本語.jp)."""
     name = name.strip().rstrip(".").lower()
