@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -962,6 +962,8 @@ class Store:
         return (int(row["failures"]), datetime.fromisoformat(row["last_at"])) if row else (0, None)
 
     def note_login_failure(self, key: str, now: datetime) -> None:
+        # Rows of names nobody tried for a day go: made-up names must not pile up.
+        self.db.execute("DELETE FROM login_failures WHERE last_at < ?", (now_iso(now - timedelta(days=1)),))
         self.db.execute(
             "INSERT INTO login_failures (key, failures, last_at) VALUES (?, 1, ?) "
             "ON CONFLICT(key) DO UPDATE SET failures = failures + 1, last_at = excluded.last_at",
