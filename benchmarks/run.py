@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SCENARIOS = ("idle", "first_pass", "rechecks", "startup", "keys", "dmarc", "web")
+SCENARIOS = ("idle", "first_pass", "rechecks", "latency", "startup", "keys", "dmarc", "web")
 
 
 def _scenario_function(name: str) -> Callable[..., dict[str, Any]]:
@@ -40,6 +40,8 @@ def _scenario_function(name: str) -> Callable[..., dict[str, Any]]:
         import bench_mailbox as mod
     elif name == "rechecks":
         import bench_rechecks as mod
+    elif name == "latency":
+        import bench_latency as mod
     elif name == "startup":
         import bench_startup as mod
     elif name == "keys":
@@ -50,7 +52,7 @@ def _scenario_function(name: str) -> Callable[..., dict[str, Any]]:
         import bench_web as mod
     else:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-    return getattr(mod, "run" if name in ("rechecks", "startup", "keys", "dmarc", "web") else name)
+    return getattr(mod, "run" if name in ("rechecks", "latency", "startup", "keys", "dmarc", "web") else name)
 
 
 def machine() -> dict[str, Any]:
@@ -143,6 +145,21 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"{_f(cmp['dkimbot_queries'] / d, 1)} queries per domain; in a pass "
                          f"{_f(1000 * r['seconds'] / n, 1)} ms per domain"), "report", "-"))
         return out
+    if name == "latency":
+        i, p = r["idle"], r["polling"]
+        floor_ms = 1000 * r["floor_seconds"]
+        return [
+            (f"reply 「設定しました」 to result mail, IMAP IDLE, p50 / p95 of {i['replies']} "
+             f"({int(r['delay'] * 1000)} ms per DNS answer)",
+             (f"{_f(i['p50'])} s / {_f(i['p95'])} s, {i['answered']}/{i['replies']} answered "
+              f"(floor {r['round_trips']} DNS round trips = {_f(floor_ms, 0)} ms)"),
+             "p95 <= 5 s", yes(i["answered"] == i["replies"] and i["p95"] is not None and i["p95"] <= 5)),
+            (f"reply to result mail, polling every {r['poll_interval']} s (no IDLE), p50 / p95",
+             (f"{_f(p['p50'])} s / {_f(p['p95'])} s, {p['answered']}/{p['replies']} answered "
+              f"(floor: + half / 95% of the poll interval = {_f(r['poll_interval'] / 2, 1)} / "
+              f"{_f(r['poll_interval'] * 0.95, 1)} s); IDLE is {_f(p['p50'] / i['p50'], 0)}x sooner at p50"),
+             "report", "-"),
+        ]
     if name == "startup":
         return [
             ("`dkimbot run --once`, nothing to do, vs `python -c pass`",

@@ -30,14 +30,19 @@ def test_quick_benchmark_run_prints_every_row(tmp_path: Path) -> None:
     for figure in ("idle pass", "catch-up pass, bodies fetched", "first pass", "recheck pass",
                    "peak DNS queries in flight", "`dkimbot run --once`", "key generation rsa2048",
                    "two facilities of one domain", "DMARC reports, 10 records each",
-                   "staff site case list"):
+                   "staff site case list", "IMAP IDLE, p50 / p95", "polling every",
+                   "DNS queries per domain", "CPU per case", "checkdmarc SPF+DMARC"):
         assert figure in table, f"no {figure!r} row in:\n{table}"
     assert "FAILED" not in table
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"idle", "first_pass", "rechecks", "startup", "keys", "dmarc", "web"}
+    assert set(results) == {"idle", "first_pass", "rechecks", "latency", "startup", "keys", "dmarc", "web"}
     # Counts, not times: the runner measured what it claims to have measured.
     assert results["rechecks"]["checked"] == results["rechecks"]["cases"]
     assert results["rechecks"]["queries"] > 0
+    # Every reply got its result mail, with IMAP IDLE and by polling alike.
+    for mode in ("idle", "polling"):
+        assert results["latency"][mode]["answered"] == results["latency"][mode]["replies"] > 0
+    assert results["rechecks"]["checkdmarc"]["checkdmarc_queries"] > 0
     assert results["idle"]["catchup_messages_handled"] == 0
     assert results["dmarc"]["small"]["reports"] == 100 and results["dmarc"]["big"]["records_per_report"] == 200
     assert results["first_pass"]["cases"] == results["first_pass"]["requests"]
