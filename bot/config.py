@@ -142,7 +142,7 @@ class ScheduleConfig:
     signing_grace_days: float = 5
     # Slower checks the longer a case waits: [[after_hours, every_seconds], ...], e.g.
     # [[2, 1200], [24, 3600]]; empty: the built-in steps (bot/core/cases.py next_check_delay).
-    check_steps: list = field(default_factory=list)
+    check_steps: list[list[float]] = field(default_factory=list)
     # The daily staff digest (bot/flows/digest.py): sent by the first pass at or after this UTC
     # hour (0 = 09:00 in Japan), the first once the bot has run a full day; -1: never, only
     # `dkimbot digest`. A case waiting stuck_after_days in one state is listed as stuck.
@@ -327,7 +327,8 @@ def _validate(cfg: Config) -> None:
     if cfg.keys.algorithm == "rsa" and cfg.keys.bits not in (1024, 2048, 3072, 4096):
         raise ConfigError(f"[keys] bits must be 1024, 2048, 3072 or 4096, got {cfg.keys.bits}")
     if cfg.service.heartbeat_url and not re.match(r"https?://[^/\s]+", cfg.service.heartbeat_url):
-        raise ConfigError(f"[service] heartbeat_url must be an http:// or https:// URL, got {cfg.service.heartbeat_url!r}")
+        raise ConfigError("[service] heartbeat_url must be an http:// or https:// URL, "
+                          f"got {cfg.service.heartbeat_url!r}")
     if "@" not in cfg.service.support_address:
         raise ConfigError("[service] support_address must be a mail address")
     for step in cfg.schedule.check_steps:

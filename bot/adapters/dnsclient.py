@@ -56,6 +56,8 @@ __all__ = [
     "DnsClient", "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "normalize_name",
 ]
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class _Alias:
@@ -172,7 +174,8 @@ class DnsClient:
                 raise
             finally:
                 owned.discard(key)
-        return fut.result()
+        result: T = fut.result()
+        return result
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -271,9 +274,10 @@ class DnsClient:
         self._count()
         try:
             ans = self.resolver.resolve(name, "NS", raise_on_no_answer=False, search=False)
-            response = ans.response
+            response: dns.message.Message | None = ans.response
         except dns.resolver.NXDOMAIN as exc:
-            response = next(iter(exc.responses().values()), None)
+            responses: dict[Any, dns.message.Message] = exc.responses()  # type: ignore[no-untyped-call]
+            response = next(iter(responses.values()), None)
         except dns.resolver.LifetimeTimeout:
             return DnsFailure("timeout", "resolver", name)
         except dns.resolver.NoNameservers as exc:

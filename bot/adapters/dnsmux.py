@@ -126,7 +126,7 @@ class UdpMux:
                 for fd in expired:
                     item = self._finish(fd)
                     if item is not None:
-                        item.future.set_exception(dns.exception.Timeout())
+                        item.future.set_exception(dns.exception.Timeout())  # type: ignore[no-untyped-call]
 
     def _receive(self, fd: int) -> None:
         with self._lock:

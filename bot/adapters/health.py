@@ -23,8 +23,9 @@ def resolver_addresses(cfg: DnsConfig) -> list[str]:
     import dns.resolver
 
     try:
-        return list(dns.resolver.Resolver().nameservers)
-    except Exception:  # no /etc/resolv.conf: nothing to probe
+        return [str(ns) for ns in dns.resolver.Resolver().nameservers]
+    except Exception as exc:  # noqa: BLE001 -- no /etc/resolv.conf (any reading error): nothing to probe
+        log.debug("no system resolver to probe: %s", type(exc).__name__)
         return []
 
 

@@ -18,8 +18,12 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Config
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient  # untyped library: Any to mypy
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class HeaderFilter:
                if isinstance(name, str) and isinstance(value, str)}
         try:
             subject = re.sub(r"\s+", " ", decode_header_value(raw.get("subject"))).strip()
-        except Exception:  # a broken encoded-word: let the full parser judge it
+        except Exception:  # noqa: BLE001 -- a broken encoded-word: the full parser judges (and logs) it
             return True
         from bot.core.request import case_refs_in  # one definition of a case reference
 
@@ -126,7 +130,7 @@ class MaildirMailbox:
         return final
 
 
-def connect_imap(host: str, port: int, tls: str, username: str, password: str, timeout: float):  # type: ignore[no-untyped-def]
+def connect_imap(host: str, port: int, tls: str, username: str, password: str, timeout: float) -> IMAPClient:
     """A logged-in IMAPClient ("ssl", "starttls" or "none"); raises what the library raises."""
     from imapclient import IMAPClient  # heavy import, only when IMAP is used
 
@@ -147,15 +151,15 @@ class ImapMailbox:
     def __init__(self, cfg: Config, state_get: Callable[[str], str | None]) -> None:
         self.cfg = cfg.intake
         self.state_get = state_get
-        self.client = None
+        self.client: IMAPClient | None = None
         self.uidvalidity: int | None = None
         self.progress: tuple[str, str] | None = None  # (meta key, value) to store after the pass
 
-    def _connect(self):  # type: ignore[no-untyped-def]
+    def _connect(self) -> IMAPClient:
         c = self.cfg
         try:
             return connect_imap(c.host, c.port, c.tls, c.username, c.password, c.timeout)
-        except Exception as exc:  # socket errors, IMAPClient.Error, TLS errors
+        except Exception as exc:  # noqa: BLE001 -- socket, IMAPClient.Error, TLS: reported as IntakeError
             raise IntakeError(f"IMAP {c.host}:{c.port} unavailable: {exc}") from None
 
     def meta_key(self) -> str:
@@ -180,11 +184,11 @@ class ImapMailbox:
         max_bytes: int, on_skipped: Callable[[str, str], None],
         on_progress: Callable[[str, str], None] | None = None,
     ) -> Iterator[InboxMessage]:
-        self.client = self._connect()
-        client = self.client
+        client = self._connect()
+        self.client = client
         try:
             info = client.select_folder(self.cfg.folder, readonly=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any server or library error: reported as IntakeError
             raise IntakeError(f"IMAP folder {self.cfg.folder!r} cannot be opened: {exc}") from None
         uidvalidity = int(info.get(b"UIDVALIDITY", 0))
         mkey = self.meta_key()
@@ -230,6 +234,6 @@ class ImapMailbox:
         if self.client is not None:
             try:
                 self.client.logout()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 -- the connection is being dropped anyway
+                log.debug("IMAP logout failed: %s", type(exc).__name__)
             self.client = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -173,7 +172,11 @@ def build_message(
     recipients = [addr for _, addr in getaddresses(to + cc) if addr]
     # De-duplicate while keeping order: a contact may also be the requester or staff.
     seen: set[str] = set()
-    unique = [a for a in recipients if not (a.lower() in seen or seen.add(a.lower()))]
+    unique: list[str] = []
+    for a in recipients:
+        if a.lower() not in seen:
+            seen.add(a.lower())
+            unique.append(a)
     return RenderedMail(
         message_id=message_id, kind=kind, sender=service.support_address,
         recipients=unique, raw=msg.as_bytes(),
@@ -296,7 +299,7 @@ class SmtpTransport:
             self.close()
             text = _smtp_text(exc.smtp_error)
             raise DeliveryError(f"SMTP {exc.smtp_code} {text}", permanent=500 <= exc.smtp_code < 600) from None
-        except (OSError, smtplib.SMTPException, socket.timeout) as exc:
+        except (TimeoutError, OSError, smtplib.SMTPException) as exc:
             self.close()
             raise DeliveryError(f"SMTP {self.cfg.host}:{self.cfg.port} failed: {exc}", permanent=False,
                                 server_down=True) from None

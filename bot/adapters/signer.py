@@ -40,23 +40,15 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, TextIO
+from typing import BinaryIO, TextIO
 
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from bot.config import Config
-from bot.core.signertables import (
-    InstalledKey,
-    keyname_for,
-    parse_keytable,
-    signing_keys,
-    updated_keytable,
-    updated_signingtable,
-)
 from bot.adapters.keys import (
     DkimKey,
     KeyStoreError,
@@ -69,6 +61,15 @@ from bot.adapters.keys import (
     validate_domain,
     validate_selector,
     write_file_atomic,
+)
+from bot.config import Config
+from bot.core.signertables import (
+    InstalledKey,
+    keyname_for,
+    parse_keytable,
+    signing_keys,
+    updated_keytable,
+    updated_signingtable,
 )
 
 EX_TEMPFAIL = 75
@@ -84,7 +85,7 @@ OVERSIGNED_HEADERS = ("From",)
 
 PROBE_LOCALPART = "dkimbot-probe"
 
-DnsFunc = Callable[..., bytes]
+DnsFunc = Callable[..., bytes | None]
 
 
 class SignerError(Exception):
@@ -377,11 +378,11 @@ def header_list(headers: list[list[bytes]]) -> list[bytes]:
     for name, _ in headers:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
     chosen: list[bytes] = []
-    for name in SIGNED_HEADERS:
-        n = counts.get(name.lower().encode(), 0)
-        if name in OVERSIGNED_HEADERS:
+    for wanted in SIGNED_HEADERS:
+        n = counts.get(wanted.lower().encode(), 0)
+        if wanted in OVERSIGNED_HEADERS:
             n += 1
-        chosen.extend([name.encode()] * n)
+        chosen.extend([wanted.encode()] * n)
     return chosen
 
 
@@ -400,12 +401,15 @@ def sign_with_key(raw: bytes, domain: str, selector: str, private: PrivateKey,
         seed = private.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
-        return dkim.sign(raw, selector.encode(), domain.encode(), base64.b64encode(seed),
-                         signature_algorithm=b"ed25519-sha256", **common)
+        signed: bytes = dkim.sign(raw, selector.encode(), domain.encode(), base64.b64encode(seed),
+                                  signature_algorithm=b"ed25519-sha256", **common)
+        return signed
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return dkim.sign(raw, selector.encode(), domain.encode(), pem, signature_algorithm=b"rsa-sha256", **common)
+    signature: bytes = dkim.sign(raw, selector.encode(), domain.encode(), pem,
+                                 signature_algorithm=b"rsa-sha256", **common)
+    return signature
 
 
 def _load_installed(entry: InstalledKey) -> PrivateKey:

@@ -16,6 +16,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
+from bot.core.dmarcstats import DmarcRowIn
+from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
+
 SCHEMA_VERSION = 6
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
@@ -201,9 +205,6 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
-from bot.core.dmarcstats import DmarcRowIn
-from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "OutboxRow", "StaleCase", "Store", "now_iso",
            "parse_iso"]

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from bot.app.show import show_case
@@ -47,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     dg = sub.add_parser("digest", help="send the daily staff digest now")
     dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
-    pf = sub.add_parser("proof", help="send a DKIM-signed probe to the [proof] mailbox now; a later pass reports the receiver's verdict")
+    pf = sub.add_parser("proof", help="send a DKIM-signed probe to the [proof] mailbox now; "
+                                      "a later pass reports the receiver's verdict")
     pf.add_argument("case")
-    rk = sub.add_parser("rekey", help="before the DKIM step: a new key (e.g. --bits 1024 for a host that cuts long records)")
+    rk = sub.add_parser("rekey", help="before the DKIM step: a new key "
+                                      "(e.g. --bits 1024 for a host that cuts long records)")
     rk.add_argument("case")
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
     nt = sub.add_parser("note", help="add a staff note to a case's event log")
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     staff_sub.add_parser("list", help="list the accounts").set_defaults(name=None)
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
     rot.add_argument("domain")
-    ad = sub.add_parser("adopt", help="take in domains already signed by hand (OpenDKIM tables) whose records are right")
+    ad = sub.add_parser("adopt", help="take in domains already signed by hand (OpenDKIM tables) "
+                                      "whose records are right")
     ad.add_argument("--keytable", metavar="PATH", help="default: [signer] keytable")
     ad.add_argument("--signingtable", metavar="PATH", help="default: [signer] signingtable")
     ad.add_argument("--dry-run", action="store_true", help="only list what would be adopted")
@@ -289,8 +293,8 @@ def _status(bot: Any, as_json: bool) -> int:
 
 def _check(cfg: Config, args: argparse.Namespace) -> int:
     """Read-only: the store is consulted (for a case's key) but never written."""
-    from bot.checks.dnscheck import run_check_command
     from bot.adapters.store import Store
+    from bot.checks.dnscheck import run_check_command
 
     domain = args.domain.strip().rstrip(".").lower()
     try:
@@ -324,11 +328,11 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
         finally:
             store.close()
     if selector is None:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from bot.core.records import render_selector
 
-        selector = render_selector(cfg.keys.selector, datetime.now(timezone.utc))
+        selector = render_selector(cfg.keys.selector, datetime.now(UTC))
     from bot.adapters.dnsclient import DnsClient
 
     return int(run_check_command(DnsClient(cfg.dns), cfg.service, domain, selector, expected,

@@ -12,13 +12,13 @@ import email.policy
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 from pathlib import Path
 
-from bot.config import load_config
 from bot.app.minidns import MiniDns
+from bot.config import load_config
 
 DOMAIN = "ryokan-sakura.example"
 REQUESTER = f"tanaka@{DOMAIN}"
@@ -47,7 +47,7 @@ def _mail(subject: str, body: str, in_reply_to: str | None = None, charset: str 
     msg["From"] = f"田中 花子 <{REQUESTER}>"
     msg["To"] = "support@489ban.net"
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=DOMAIN)
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
@@ -71,7 +71,7 @@ class _Printer:
         for p in files:
             self.seen.add(p.name)
             msg = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-            out.append(msg)  # type: ignore[arg-type]
+            out.append(msg)
         return out
 
     def show(self) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core.cases import State
-from bot.flows.compose import enqueue_mail, key_records
+from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
+from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.delivery import flush_outbox_once
 from bot.flows.onboarding import decide_message
 from bot.flows.rechecks import recheck_due_once, remind_due_once
 from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
-from bot.core.rows import CaseRow
 
 __all__ = [
     "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "poll_inbox_once",
@@ -83,7 +83,7 @@ def poll_inbox_once(bot: Bot) -> int:
                     note_oversized(bot, message.key, message.size, message.oversized_header)
                 else:
                     process_message(bot, message.key, message.raw)
-            except Exception as exc:  # our bug or a broken template: never lose the mail
+            except Exception as exc:  # noqa: BLE001 -- our bug or a broken template: logged, never lose the mail
                 _message_failed(bot, message.key, message.raw, exc)
                 if not store.is_handled(message.key, None):
                     held.append(message.key)
@@ -133,8 +133,8 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     first, outside the transaction (bot/flows/prepare.py), so SQLite's write lock is held only
     for the store writes and a concurrent ``dkimbot status`` never waits for DNS.
     """
-    from bot.flows.prepare import NotPrepared, Prepared, prepare_message
     from bot.core.request import parse_message
+    from bot.flows.prepare import NotPrepared, Prepared, prepare_message
 
     cfg = bot.cfg
     parsed = parse_message(raw, own_addresses=[cfg.service.support_address])
@@ -160,7 +160,7 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
             break
         except NotPrepared as exc:  # rolled back: the store moved on since the prepare phase
             if attempt == PREPARE_ATTEMPTS:
-                raise exc.failure or exc
+                raise (exc.failure or exc) from None
             log.info("message %s: %s; preparing again (%d)", key, exc, attempt)
     maybe_crash("message.committed")
     log.info("message %s: %s", parsed.message_id or key, outcome)

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-I = TypeVar("I")
+Item = TypeVar("Item")
 
 # ---------------------------------------------------------------------------
 # DKIM record parsing (RFC 6376 §3.6.1), pure
@@ -458,7 +458,7 @@ class CheckRequest:
     expected_public_b64: str | None = None
 
 
-def map_concurrently(func: Callable[[I], R], items: Iterable[I], max_workers: int = 64
+def map_concurrently(func: Callable[[Item], R], items: Iterable[Item], max_workers: int = 64
                      ) -> list[R]:
     """``[func(x) for x in items]`` on a bounded thread pool, in order. The bound is
     also the bound on open sockets: each worker has at most one query in flight."""

@@ -149,8 +149,8 @@ def look_bounded(client: DnsLookup, service: ServiceConfig, domain: str, budget:
 
 def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dict[str, Any]:
     """The request_reply item keys: ``provider_hint`` and ``existing`` (notes with boxes)."""
-    from bot.core.records import record_box
     from bot.core.providers import hint
+    from bot.core.records import record_box
 
     if found is None:
         return {"provider_hint": None, "existing": []}
@@ -163,7 +163,8 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dic
             existing.append({"text": f"SPFレコード「{current}」が既に登録されており、弊社の送信サーバーも"
                                      "含まれています。SPFについてのご対応は不要です。", "box": None})
         elif spf["status"] in ("needs_change", "multiple") and spf["fix"]:
-            what = ("SPFレコードが複数（" + f"「{current}」" + "）登録されています。SPFレコードは1件だけにする必要があるため、"
+            what = ("SPFレコードが複数（" + f"「{current}」" + "）登録されています。"
+                    "SPFレコードは1件だけにする必要があるため、"
                     "1件にまとめ、ほかは削除してください" if spf["status"] == "multiple" else
                     f"SPFレコード「{current}」が既に登録されています。弊社の送信サーバーを加えるため、"
                     "新しく追加せずに、この1件を次の内容に書き換えてください")

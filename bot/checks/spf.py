@@ -735,7 +735,8 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
         diags.append(Diagnosis(
             "spf_too_many_void_lookups",
             f"{domain} の SPF レコードには、存在しないドメインを参照している項目が {analysis.voids} 件あり、"
-            f"上限の {MAX_VOID_LOOKUPS} 件を超えています。存在しないドメインを指す include や a、mx を削除してください。",
+            f"上限の {MAX_VOID_LOOKUPS} 件を超えています。"
+            "存在しないドメインを指す include や a、mx を削除してください。",
             "error", {"name": domain, "void_lookups": analysis.voids,
                       "problems": analysis.problems}))
     if analysis.problems:

@@ -85,7 +85,8 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[MailKind, ...]]
     (State.COMPLETED, Event.DKIM_GONE): (State.DKIM_LOST, (MailKind.DKIM_LOST, MailKind.STAFF_ESCALATION)),
     (State.DKIM_LOST, Event.DKIM_GONE): (STAY, ()),
     (State.DKIM_LOST, Event.DKIM_OK): (State.COMPLETED, (MailKind.DKIM_RESTORED,)),
-    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED, (MailKind.SIGNING_STOPPED, MailKind.STAFF_ESCALATION)),
+    (State.DKIM_LOST, Event.GRACE_EXPIRED): (State.SIGNING_STOPPED,
+                                             (MailKind.SIGNING_STOPPED, MailKind.STAFF_ESCALATION)),
     (State.SIGNING_STOPPED, Event.DKIM_GONE): (STAY, ()),
     (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, (MailKind.DKIM_RESTORED,)),
     (State.SIGNING_STOPPED, Event.DKIM_PROOF_FAILED): (STAY, ()),
@@ -342,7 +343,7 @@ def next_check_delay(
     base = timedelta(seconds=base_seconds)
     if steps:
         delay = base
-        for after_hours, every_seconds in sorted(steps):
+        for after_hours, every_seconds in sorted((float(a), float(e)) for a, e in steps):
             if time_in_state >= timedelta(hours=after_hours):
                 delay = timedelta(seconds=every_seconds)
         return delay

@@ -149,9 +149,11 @@ def quarantine_ready(summary: DomainSummary, first_day: str | None, today: date,
     if first_day is None or date.fromisoformat(first_day) > window_start + timedelta(days=1):
         return Readiness(False, f"reports cover less than {QUARANTINE_WINDOW_DAYS} days (first {first_day or 'none'})")
     if summary.messages < min_messages:
-        return Readiness(False, f"{summary.messages} messages in {QUARANTINE_WINDOW_DAYS} days, fewer than {min_messages}")
+        return Readiness(False, f"{summary.messages} messages in {QUARANTINE_WINDOW_DAYS} days, "
+                                f"fewer than {min_messages}")
     failing = [s for s in summary.sources if s.failing]
     if failing:
-        return Readiness(False, f"{len(failing)} source(s) failed DMARC, e.g. {failing[0].ip} ({failing[0].failing} messages)")
+        return Readiness(False, f"{len(failing)} source(s) failed DMARC, "
+                                f"e.g. {failing[0].ip} ({failing[0].failing} messages)")
     return Readiness(True, f"all {summary.messages} messages from {len(summary.sources)} source(s) passed DMARC "
                            f"over {QUARANTINE_WINDOW_DAYS} days")

@@ -519,17 +519,18 @@ def _collect(part: Message, depth: int) -> list[tuple[str, str]]:
         if not isinstance(children, list):
             return []
         if ctype == "multipart/alternative":
-            options = [_collect(child, depth + 1) for child in children]
+            options = [_collect(child, depth + 1) for child in children if isinstance(child, Message)]
             for wanted in ("plain", "html"):
                 for chunks in options:
                     if any(kind == wanted and text.strip() for kind, text in chunks):
                         return chunks
             return []
-        if ctype == "multipart/related" and children:
+        if ctype == "multipart/related" and children and isinstance(children[0], Message):
             return _collect(children[0], depth + 1)
         result: list[tuple[str, str]] = []
         for child in children:
-            result.extend(_collect(child, depth + 1))
+            if isinstance(child, Message):
+                result.extend(_collect(child, depth + 1))
         return result
     if ctype.startswith("message/") or _is_attachment(part):
         return []

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from bot.core import cases as sm
 from bot.core.cases import State
-from bot.flows.runtime import Bot
 from bot.core.rows import CaseRow
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -65,7 +65,7 @@ def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
                 # False: it was never installed (the case stopped before the DKIM step).
                 if signer.uninstall_key(bot.cfg, case.domain, selector):
                     result.removed.append(selector)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- any signer failure: reported to staff as CancelError
                 done = f" (already removed: {', '.join(result.removed)})" if result.removed else ""
                 raise CancelError(
                     f"removing {selector}._domainkey.{case.domain} from the signer failed: {exc}{done}; "

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from bot.core.mailkinds import MailKind
-from bot.core.rows import CaseRow
 from bot.core.records import record_box
+from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
 
@@ -21,7 +21,8 @@ def dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
 
     found = getattr(report.dmarc, "found", {}) or {}
     errors = [d for d in report.dmarc.diagnoses if getattr(d, "severity", "error") == "error"]
-    status = "ok" if report.dmarc.ok else ("missing" if [d.code for d in errors] == ["dmarc_not_published"] else "invalid")
+    missing = [d.code for d in errors] == ["dmarc_not_published"]
+    status = "ok" if report.dmarc.ok else ("missing" if missing else "invalid")
     # check_dmarc's own suggestion: for several records it is the strictest one merged,
     # so the box says what the diagnosis says.
     suggestion = found.get("suggested") or suggest_dmarc_record(found.get("tags") or None,
@@ -46,16 +47,18 @@ def final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
     policy = dmarc_found.get("policy") or (dmarc_found.get("tags") or {}).get("p", "")
     return [
         {"name": "SPF", "ok": report.spf.ok, "text": text(report.spf, "弊社の送信サーバーが許可されています。")},
-        {"name": "DKIM", "ok": report.dkim.ok, "text": text(report.dkim, f"DKIMの公開鍵（{case.selector}._domainkey.{case.domain}）が正しく公開されています。")},
-        {"name": "DMARC", "ok": report.dmarc.ok, "text": text(report.dmarc, f"DMARCのレコード（p={policy}）が正しく公開されています。")},
-        {"name": "DMARCアライメント", "ok": report.alignment.ok,
-         "text": text(report.alignment, f"DKIM署名のドメインと送信元アドレスのドメイン（{case.domain}）が一致しています。")},
+        {"name": "DKIM", "ok": report.dkim.ok, "text": text(
+            report.dkim, f"DKIMの公開鍵（{case.selector}._domainkey.{case.domain}）が正しく公開されています。")},
+        {"name": "DMARC", "ok": report.dmarc.ok, "text": text(
+            report.dmarc, f"DMARCのレコード（p={policy}）が正しく公開されています。")},
+        {"name": "DMARCアライメント", "ok": report.alignment.ok, "text": text(
+            report.alignment, f"DKIM署名のドメインと送信元アドレスのドメイン（{case.domain}）が一致しています。")},
     ]
 
 
 def sender_requirements(bot: Bot, report: Any, case: CaseRow) -> list[dict[str, Any]]:
     """Gmail's and Yahoo's 2024 sender requirements, item by item (SPEC §8)."""
-    selectors = case.selectors or [case.selector]
+    selectors = case.selectors or [case.selector or ""]
     rsa_bits = [k["bits"] for k in bot.store.domain_keys(case.domain or "")
                 if k["selector"] in selectors and k["algorithm"] == "rsa"]
     shortest = min(rsa_bits) if rsa_bits else None
@@ -83,7 +86,7 @@ def fix_boxes(report: Any, case: CaseRow) -> list[dict[str, str]]:
     return boxes
 
 
-def enqueue_check_mail(bot: Bot, kind: str, case: CaseRow, report: Any, proof: tuple[bool, str] | None) -> None:
+def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, proof: tuple[bool, str] | None) -> None:
     if kind == "dkim_problem":
         truncated = any(d.code == "dkim_truncated" for d in report.dkim.diagnoses)
         # The diagnosis explains the short-key offer; the step only says how to take it up.

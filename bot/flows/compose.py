@@ -12,17 +12,17 @@ from datetime import timedelta
 from typing import Any
 
 from bot.adapters.mailout import build_message
-from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow
 from bot.core.mailkinds import MailKind
 from bot.core.records import dkim_box
+from bot.core.rows import CaseRow
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
 
 def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
     """The DKIM record box(es) of a case's domain, from the stored public keys."""
-    boxes = []
+    boxes: list[dict[str, str]] = []
     if not case.domain:
         return boxes
     keys = {k["selector"]: k for k in bot.store.domain_keys(case.domain)}

@@ -62,7 +62,7 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
             raw = row.raw
             try:
                 raw = sign_message(bot.cfg, raw)  # the bot's own mail, when its domain has a key
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- logged; an unsigned mail beats no mail
                 log.warning("signing outgoing %s failed (%s); sending unsigned", row.message_id, type(exc).__name__)
             with bot.store.transaction():
                 claimed = bot.store.mark_sending(row.id)

@@ -14,8 +14,8 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core.cases import WAITING, State
+from bot.core.mailkinds import MailKind
 from bot.faults import maybe_crash
 from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
 from bot.flows.runtime import Bot

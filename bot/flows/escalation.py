@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow
 
 _AREAS = ("dkim", "dmarc", "spf", "alignment")
 

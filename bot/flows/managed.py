@@ -81,13 +81,13 @@ def publish_txt(cfg: Config, zone: str, server: str, records: dict[str, str | No
         keyring = dns.tsigkeyring.from_text({cfg.dns.tsig_key_name: cfg.dns.tsig_secret})
     update = dns.update.UpdateMessage(
         zone + ".", keyring=keyring,
-        keyname=cfg.dns.tsig_key_name or None,
+        keyname=dns.name.from_text(cfg.dns.tsig_key_name) if cfg.dns.tsig_key_name else None,
         keyalgorithm=dns.name.from_text(cfg.dns.tsig_algorithm),
     )
     for owner, value in records.items():
         if value is None:
             continue
-        rds = dns.rdataset.Rdataset(1, 16, ttl=300)  # IN TXT
+        rds = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.TXT, ttl=300)
         rds.add(_txt_rdata(value))
         update.replace(dns.name.from_text(owner + "."), rds)
     response = dns.query.tcp(update, server, port=cfg.dns.port, timeout=cfg.dns.timeout)
@@ -118,7 +118,7 @@ def publish_for_domain(bot: Any, domain: str, dkim_records: list[dict[str, str]]
         publish_txt(cfg, zone, server, records)
         result.published = [k for k, v in records.items() if v is not None]
         log.info("managed zone %s: published %s", zone, ", ".join(result.published))
-    except Exception as exc:  # DNS down, TSIG refused: staff finish it; the facility is not asked
+    except Exception as exc:  # noqa: BLE001 -- DNS down, TSIG refused: logged, staff finish it
         result.error = f"{type(exc).__name__}: {exc}"
         log.warning("managed zone %s: publishing failed: %s", zone, result.error)
     return result

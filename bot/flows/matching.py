@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.core.rows import CaseRow
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
 
 

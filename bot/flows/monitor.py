@@ -182,7 +182,7 @@ def _staff_context(case: CaseRow, title: str, reason: str, hint: str, dkim: Any)
             "diagnoses": [d for d in dkim.diagnoses if d.severity == "error"]}
 
 
-def _enqueue(bot: Bot, kind: str, case: CaseRow, dkim: Any, *, was: State, removed: list[str],
+def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: Any, *, was: State, removed: list[str],
              grace: timedelta) -> None:
     errors = [d for d in dkim.diagnoses if d.severity == "error"]
     if kind == "dkim_lost":

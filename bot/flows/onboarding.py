@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
-from bot.flows.compose import enqueue_mail, key_records
+from bot.core.mailkinds import MailKind
 from bot.core.replies import read_reply
-from bot.flows.matching import existing_case, reply_target
 from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
+from bot.core.rows import CaseRow
+from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.matching import existing_case, reply_target
 from bot.flows.prepare import NotPrepared, looked_for_reply
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow
 
 if TYPE_CHECKING:
     from bot.flows.prepare import Prepared
@@ -73,7 +73,8 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
             return
     else:
         bot.store.update_case(case.id, now, **fields)
-    bot.store.add_event(case.id, now, "facility_reply_forwarded", detail={"excerpt": excerpt, "reading": reading.reason})
+    bot.store.add_event(case.id, now, "facility_reply_forwarded",
+                        detail={"excerpt": excerpt, "reading": reading.reason})
     enqueue_mail(
         bot, MailKind.STAFF_ESCALATION, [bot.store.get_case(case.id)],
         {

@@ -31,7 +31,8 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Any
 
-from bot.core.mailkinds import MailKind
+from bot.adapters.mailout import LOOP_HEADER
+from bot.config import Config
 from bot.core.authresults import (
     AuthResult,
     AuthResults,
@@ -39,11 +40,10 @@ from bot.core.authresults import (
     parse_authentication_results,
 )
 from bot.core.cases import State
-from bot.flows.compose import enqueue_mail
-from bot.config import Config
-from bot.adapters.mailout import LOOP_HEADER
-from bot.flows.runtime import Bot
+from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, parse_iso
+from bot.flows.compose import enqueue_mail
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 

@@ -75,7 +75,7 @@ def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
     assert case.domain
     dnsfunc = make_dkim_dnsfunc(client)
     notes = []
-    for selector in case.selectors or [case.selector]:
+    for selector in case.selectors or [case.selector or ""]:
         key = bot.keystore.get(case.domain, selector)
         if key is None:
             return False, f"no private key stored for {selector}._domainkey.{case.domain}"
@@ -86,7 +86,7 @@ def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
         if not ok:
             try:
                 signer.uninstall_key(bot.cfg, case.domain, selector)
-            except Exception as exc:  # the escalation says what to clean up by hand
+            except Exception as exc:  # noqa: BLE001 -- recorded in the escalation: what to clean up by hand
                 notes.append(f"uninstall failed: {type(exc).__name__}")
             return False, "; ".join(notes)
         bot.store.mark_key_installed(case.domain, selector, bot.clock())
@@ -94,7 +94,7 @@ def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
 
 
 def _report_evidence(report: Any) -> dict[str, Any]:
-    out = report.to_json()
+    out: dict[str, Any] = report.to_json()
     for name in ("dkim", "dmarc", "spf", "alignment"):
         area = getattr(report, name)
         out[name]["found"] = getattr(area, "found", {})

@@ -23,11 +23,11 @@ import re
 import unicodedata
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
-from bot.flows.runtime import Bot
+from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -58,9 +58,9 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     """Give ``case`` (and the cases sharing its record) a new RSA key of ``bits`` under a
     new selector and queue the mail with the new record. Runs in the caller's transaction
     when there is one; returns the updated cases."""
+    from bot.core.records import render_selector
     from bot.flows.compose import enqueue_mail, key_records
     from bot.flows.selectors import choose_selector
-    from bot.core.records import render_selector
 
     if not _waiting_for_dkim(case):
         raise RekeyError(f"{case.ref} is {case.state}; a new key is only made before the DKIM step "
@@ -78,7 +78,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     key = bot.keystore.load_or_create(domain, selector, "rsa", bits)
     new = [selector, *kept]
     group = [c for c in bot.store.cases_for_domain(domain)
-             if _waiting_for_dkim(c) and list(c.selectors or [c.selector]) == old]
+             if _waiting_for_dkim(c) and list(c.selectors or [c.selector or ""]) == old]
     if case.id not in [c.id for c in group]:
         group.insert(0, case)
     due = sm.next_check_at(now, now, bot.cfg.schedule)

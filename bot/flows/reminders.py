@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.core.cases import State
 from bot.adapters.dnsclient import AreaResult, CheckReport, Diagnosis
-from bot.flows.runtime import Bot
+from bot.core.cases import State
 from bot.core.rows import CaseRow
+from bot.flows.runtime import Bot
 
 WAITING_FOR = {
     State.NEEDS_INFO: "お申し込み内容のご記入",
@@ -41,9 +41,9 @@ def _shown(diags: list[Diagnosis]) -> list[Diagnosis]:
 
 def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     """Template context for ``reminder`` (besides what ``enqueue_mail`` adds)."""
+    from bot.flows.checkmail import dmarc_context, fix_boxes
     from bot.flows.compose import key_records
     from bot.flows.escalation import last_check
-    from bot.flows.checkmail import dmarc_context, fix_boxes
 
     state = State(case.state)
     ctx: dict[str, Any] = {"reminder_number": number, "waiting_for": WAITING_FOR[state],

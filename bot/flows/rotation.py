@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.core.mailkinds import MailKind
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.runtime import Bot
-from bot.core.rows import CaseRow
 
 log = logging.getLogger("dkimbot")
 
@@ -96,8 +96,8 @@ def start_rotation(bot: Bot, domain: str, who: str = "staff") -> Rotation:
 
     A failed rotation of the domain is retried (same new key) instead of making another.
     """
-    from bot.flows.selectors import choose_selector
     from bot.core.records import ed25519_selector, render_selector
+    from bot.flows.selectors import choose_selector
 
     cfg = bot.cfg
     now = bot.clock()
@@ -185,7 +185,8 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
         if not ok:
             _update(bot, rotation.id, status="failed", detail={**rotation.detail, "failure": why})
             for c in cases:
-                bot.store.add_event(c.id, now, "rotation_failed", detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
+                bot.store.add_event(c.id, now, "rotation_failed",
+                                    detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
             enqueue_mail(bot, MailKind.STAFF_ESCALATION, cases[:1], {
                 "reason_title": f"key rotation of {domain} failed; the old key keeps signing",
                 "reason": why,

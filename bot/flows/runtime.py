@@ -9,12 +9,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from bot.config import Config
 from bot.adapters.mailout import MailRenderer
 from bot.adapters.store import Store
+from bot.config import Config
 
 log = logging.getLogger("dkimbot")
 
@@ -40,7 +40,7 @@ def pass_lock(cfg: Config, wait: bool = False) -> Iterator[None]:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
