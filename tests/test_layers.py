@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BOT = ROOT / "bot"
 
 # The layer of each top-level part of ``bot``; a module's layer is its package's.
-LAYERS = {"config": 0, "faults": 0, "core": 1, "checks": 2, "adapters": 2, "flows": 3, "app": 4, "web": 4, "web": 4,
+LAYERS = {"config": 0, "faults": 0, "core": 1, "checks": 2, "adapters": 2, "flows": 3, "app": 4, "web": 4,
           "__main__": 4, "__init__": 0}
 # Same rank, still forbidden: checks judge DNS answers without the I/O layer (and the
 # adapters never need a check).

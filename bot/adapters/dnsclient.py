@@ -49,8 +49,6 @@ from bot.core.dnsresults import (  # the values the checks use; re-exported for 
     normalize_name,
 )
 
-T = TypeVar("T")
-
 __all__ = [
     "MAX_ALIAS_HOPS", "MAX_NAME_TEXT", "Answer", "AreaResult", "CheckReport", "Diagnosis",
     "DnsClient", "DnsFailure", "DnsQueryError", "Lookup", "TxtRecord", "normalize_name",
