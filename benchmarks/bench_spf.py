@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import spf as pyspf  # noqa: E402
+import spf as pyspf
+from conformance import spf_runner
+from conformance.spfsuite import SuiteDns, load_cases
 
-from bot.core.dnsresults import DnsFailure  # noqa: E402
-from conformance import spf_runner  # noqa: E402
-from conformance.spfsuite import SuiteDns, load_cases  # noqa: E402
+from bot.core.dnsresults import DnsFailure
 
 
 def _pyspf(dns: SuiteDns, ip: str, mailfrom: str, helo: str) -> str:

@@ -5,10 +5,10 @@ agreeing or listed as a deliberate difference with its reason in its runner."""
 from __future__ import annotations
 
 import pytest
+from conformance import authres_runner, dkim_runner, dmarc_runner
 
 from bot.checks.dmarc import parse_dmarc
 from bot.checks.dnscheck import dkim_record_codes
-from conformance import authres_runner, dkim_runner, dmarc_runner
 
 
 def test_checkdmarc_records_agree_or_are_listed():

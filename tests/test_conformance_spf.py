@@ -6,7 +6,6 @@ tests/conformance/spf_runner.py DEVIATIONS with its reason."""
 from __future__ import annotations
 
 import pytest
-
 from conformance import spf_runner
 from conformance.spfsuite import SuiteDns, load_cases
 

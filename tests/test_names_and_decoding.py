@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from configkit import dns, service, smtp_out, write_toml
 
 from bot.config import load_config
 from bot.core.mailtext import decode_bytes
 from bot.core.request import parse_facilities, parse_message
-from configkit import dns, service, smtp_out, write_toml
 
 CORPUS = Path(__file__).parent / "corpus"
 

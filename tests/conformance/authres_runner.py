@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bot.core.authresults import AuthResultsError, parse_authentication_results
 from conformance.results import SuiteResult
+
+from bot.core.authresults import AuthResultsError, parse_authentication_results
 
 HERE = Path(__file__).parent
 

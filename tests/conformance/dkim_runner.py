@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import dkim
+from conformance.results import SuiteResult
 
 from bot.checks.dnscheck import dkim_record_codes
-from conformance.results import SuiteResult
 
 DATA = Path(__file__).parent / "dkimpy" / "records.json"
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conformance.results import SuiteResult
+
 from bot.checks.dmarc import parse_dmarc
 from bot.checks.dnscheck import check_alignment
-from conformance.results import SuiteResult
 
 HERE = Path(__file__).parent
 

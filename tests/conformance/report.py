@@ -15,8 +15,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from conformance import authres_runner, dkim_runner, dmarc_runner, spf_runner  # noqa: E402
-from conformance.results import SuiteResult  # noqa: E402
+from conformance import authres_runner, dkim_runner, dmarc_runner, spf_runner
+from conformance.results import SuiteResult
 
 RUNNERS: list[Callable[[], SuiteResult]] = [
     lambda: spf_runner.run("rfc7208"),

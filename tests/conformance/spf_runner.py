@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.checks.spf import SpfEvaluator
-
 from conformance.results import SuiteResult
 from conformance.spfsuite import SuiteDns, load_cases, run_cases
+
+from bot.checks.spf import SpfEvaluator
 
 # Case id -> why dkimbot differs on purpose. Empty: every result agrees. (The suites'
 # `explanation` texts are not compared: the bot evaluates its own sending IPs and never
