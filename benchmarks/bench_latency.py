@@ -175,7 +175,7 @@ def _run_mode(sizes: Sizes, work: Path, name: str, base_state: Path, dovecot: An
             time.sleep(0.05)
         time.sleep(2.0)  # its start-up pass is over: from here only replies make work
         t0 = time.monotonic()
-        for at, domain, ref in zip(arrivals, domains, refs):
+        for at, domain, ref in zip(arrivals, domains, refs, strict=True):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             dovecot.append(user, reply_mail(domain, ref))
             appended[domain] = time.monotonic()

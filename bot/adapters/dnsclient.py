@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -467,6 +467,8 @@ class DnsClient:
                 started[(name, rdtype, addr)] = self._send(dns.name.from_text(name), rdtype, addr)
             except dns.exception.DNSException:
                 continue  # an unaskable name: _direct says why
+        # Sleep once for all of them (one wake-up, not one per answer), then read.
+        wait([f for _q, f in started.values()], timeout=self.timeout / 2)
         owned: set[tuple[Any, ...]] = self._local.__dict__.setdefault("owned", set())
         try:
             for (name, rdtype, addr), fut in mine:
