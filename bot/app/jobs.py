@@ -134,7 +134,8 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     for the store writes and a concurrent ``dkimbot status`` never waits for DNS.
     """
     from bot.core.request import parse_message
-    from bot.flows.prepare import NotPrepared, Prepared, prepare_message
+    from bot.core.requestplan import NotPrepared
+    from bot.flows.prepare import Prepared, prepare_message
 
     cfg = bot.cfg
     parsed = parse_message(raw, own_addresses=[cfg.service.support_address])

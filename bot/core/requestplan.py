@@ -17,6 +17,17 @@ from bot.core.cases import State, classify_domain
 from bot.core.request import FIELDS, Facility, FieldProblem
 
 
+class NotPrepared(Exception):
+    """The decision needs slow work (DNS, a key, an RFC 2136 update) the prepare phase did
+    not do; raised inside the write transaction, which then rolls back, and the caller
+    prepares again. ``failure`` is what the prepare phase met doing it, if anything."""
+
+    def __init__(self, domain: str, what: str, failure: Exception | None = None) -> None:
+        super().__init__(f"{what} for {domain} was not prepared")
+        self.domain = domain
+        self.failure = failure
+
+
 class Step(StrEnum):
     NEEDS_INFO = "needs_info"    # fields missing or invalid: ask for them
     REJECT = "reject"            # a domain we cannot serve (freemail, our own)

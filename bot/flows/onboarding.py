@@ -23,7 +23,7 @@ from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, o
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
 from bot.flows.matching import existing_case, reply_target
-from bot.flows.prepare import NotPrepared, looked_for_reply
+from bot.flows.prepare import looked_for_reply, not_prepared
 from bot.flows.runtime import Bot
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> s
         handle_request(bot, parsed, target, prepared)
         return f"request: {len(parsed.facilities)} facilities"
     if target is not None:
-        handle_reply(bot, target, parsed)
+        handle_reply(bot, target, parsed, prepared)
         return f"reply to {target.ref}"
     if parsed.is_request:
         handle_request(bot, parsed, None)
@@ -48,7 +48,7 @@ def decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> s
     return "not for us"
 
 
-def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
+def handle_reply(bot: Bot, case: CaseRow, parsed: Any, prepared: Prepared | None = None) -> None:
     """A facility answered: check its case at once and answer what we then see."""
     now = bot.clock()
     thread = list(case.thread_refs)
@@ -60,7 +60,9 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any) -> None:
     from bot.flows.rekey import answer_short_key_wish
 
     # The dkim_problem mail offered a shorter key for a cut-off record (SPEC §8).
-    if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields):
+    made = prepared.rekeys.get(case.id) if prepared is not None else None
+    failure = prepared.failed.get(case.domain or "") if prepared is not None else None
+    if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields, made, failure):
         return
     if case.state in (*sm.WAITING, State.ESCALATED):
         # Always recheck at once; only a "done" reply must get an answer from the check
@@ -109,7 +111,7 @@ def _choose_key(bot: Bot, domain: str, prepared: Prepared | None) -> list[str]:
         return shared
     ready = prepared.keys_for(bot, domain) if prepared is not None else None
     if ready is None:
-        raise NotPrepared(prepared, domain, "a key")
+        raise not_prepared(prepared, domain, "a key")
     now = bot.clock()
     for key in ready.keys:
         bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
@@ -138,7 +140,7 @@ class _Reply:
     def lookahead(self, case: CaseRow) -> dict[str, Any]:
         domain = case.domain or ""
         if domain not in self.seen:
-            raise NotPrepared(self.prepared, domain, "a look at its DNS")
+            raise not_prepared(self.prepared, domain, "a look at its DNS")
         return looked_for_reply(self.bot, case, key_records(self.bot, case), self.seen)
 
 
@@ -255,7 +257,7 @@ def _managed_publish(r: _Reply, case: CaseRow, selectors: list[str]) -> Any:
     domain = case.domain or ""
     done, managed = r.prepared.managed_for(domain, selectors) if r.prepared else (False, None)
     if not done:
-        raise NotPrepared(r.prepared, domain, "the managed zone's update")
+        raise not_prepared(r.prepared, domain, "the managed zone's update")
     if managed is not None:
         r.bot.store.add_event(case.id, r.now, "managed_publish", detail={
             "zone": managed.zone, "nameservers": managed.nameservers,

@@ -38,7 +38,7 @@ from typing import Any
 
 from bot.core.cases import State
 from bot.core.records import dkim_box, ed25519_selector, render_selector
-from bot.core.requestplan import Continued, Step, over_limit, plan_facility
+from bot.core.requestplan import Continued, NotPrepared, Step, over_limit, plan_facility
 from bot.faults import maybe_crash
 from bot.flows.matching import existing_case, reply_target
 from bot.flows.runtime import Bot
@@ -46,15 +46,9 @@ from bot.flows.runtime import Bot
 log = logging.getLogger("dkimbot")
 
 
-class NotPrepared(Exception):
-    """The decision needs slow work the prepare phase did not do for ``domain`` (raised
-    inside the transaction, which then rolls back; the caller prepares again).
-    ``failure`` is the exception the prepare phase met for that domain, if it met one."""
-
-    def __init__(self, prepared: Prepared | None, domain: str, what: str) -> None:
-        super().__init__(f"{what} for {domain} was not prepared")
-        self.domain = domain
-        self.failure = prepared.failed.get(domain) if prepared is not None else None
+def not_prepared(prepared: Prepared | None, domain: str, what: str) -> NotPrepared:
+    """The ``NotPrepared`` to raise for ``domain``, with what the prepare phase met, if anything."""
+    return NotPrepared(domain, what, prepared.failed.get(domain) if prepared is not None else None)
 
 
 @dataclass
@@ -78,6 +72,8 @@ class Prepared:
     seen: dict[str, Any] = field(default_factory=dict)
     # domain → what went wrong preparing it (the decision re-raises it if it needs the work)
     failed: dict[str, Exception] = field(default_factory=dict)
+    # case id → the shorter key a facility's reply asks for (bot/flows/rekey.py NewKey)
+    rekeys: dict[int, Any] = field(default_factory=dict)
 
     def keys_for(self, bot: Bot, domain: str) -> PreparedKeys | None:
         """The prepared keys of ``domain`` when they still fit the store (no key
@@ -138,10 +134,12 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
     that step (and the message fails, to be retried by the next pass).
     """
     out = Prepared()
-    if parsed.no_reply_reason or not parsed.facilities:
+    if parsed.no_reply_reason:
         return out
     target = reply_target(bot, parsed)
-    if not (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
+    if not (parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO))):
+        if target is not None:
+            _prepare_reply(bot, out, target, parsed)
         return out
     cfg = bot.cfg
     if over_limit(parsed.facilities, cfg.intake.max_facilities_per_mail):
@@ -167,6 +165,22 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
         if domain not in out.seen:
             out.seen[domain] = look_at(bot, domain)
     return out
+
+
+def _prepare_reply(bot: Bot, out: Prepared, case: Any, parsed: Any) -> None:
+    """A reply asking for the shorter key (``rekey.answer_short_key_wish``): its selector
+    (asks DNS) and key file, made here."""
+    from bot.core.replies import read_reply
+    from bot.flows.rekey import new_key, wants_short_key
+
+    reading = read_reply(parsed.body_text or "")
+    if not wants_short_key(case, reading.new_text or parsed.body_text or ""):
+        return
+    try:
+        out.rekeys[case.id] = new_key(bot, case, 1024)
+    except Exception as exc:  # noqa: BLE001 -- logged; re-raised by the decision, which needs it
+        log.warning("preparing the shorter key for %s failed (%s: %s)", case.ref, type(exc).__name__, exc)
+        out.failed[case.domain or ""] = exc
 
 
 def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> None:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
+from bot.core.records import DkimKey
+from bot.core.requestplan import NotPrepared
 from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
 
@@ -54,13 +57,36 @@ def short_key_was_offered(case: CaseRow) -> bool:
     return "dkim:dkim_truncated" in (case.last_notice or "")
 
 
-def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "bot") -> list[CaseRow]:
+@dataclass(frozen=True)
+class NewKey:
+    """The slow half of a rekey, made before any transaction: the new selector (DNS was
+    asked) and its key file, with the domain's recorded selectors at that time."""
+
+    selector: str
+    key: DkimKey
+    known: frozenset[str]
+
+
+def new_key(bot: Bot, case: CaseRow, bits: int) -> NewKey:
+    """Choose a new selector for ``case``'s domain (asks DNS) and write its RSA key file."""
+    from bot.core.records import render_selector
+    from bot.flows.selectors import choose_selector
+
+    domain = case.domain or ""
+    old = list(case.selectors or ([case.selector] if case.selector else []))
+    stored = [k["selector"] for k in bot.store.domain_keys(domain)]
+    selector = choose_selector(bot, domain, render_selector(bot.cfg.keys.selector, bot.clock()),
+                               with_ed25519=False, exclude=[*stored, *old])
+    return NewKey(selector, bot.keystore.load_or_create(domain, selector, "rsa", bits), frozenset(stored))
+
+
+def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "bot",
+               made: NewKey | None = None) -> list[CaseRow]:
     """Give ``case`` (and the cases sharing its record) a new RSA key of ``bits`` under a
     new selector and queue the mail with the new record. Runs in the caller's transaction
-    when there is one; returns the updated cases."""
-    from bot.core.records import render_selector
+    when there is one, and then takes ``made`` (prepared before it: no DNS or key
+    generation under the write lock); returns the updated cases."""
     from bot.flows.compose import enqueue_mail, key_records
-    from bot.flows.selectors import choose_selector
 
     if not _waiting_for_dkim(case):
         raise RekeyError(f"{case.ref} is {case.state}; a new key is only made before the DKIM step "
@@ -73,9 +99,8 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     rsa_old = [s for s in old if stored.get(s, {}).get("algorithm", "rsa") == "rsa"]
     kept = [s for s in old if s not in rsa_old]  # an Ed25519 record is short: it stays
     now = bot.clock()
-    selector = choose_selector(bot, domain, render_selector(bot.cfg.keys.selector, now),
-                               with_ed25519=False, exclude=[*stored, *old])
-    key = bot.keystore.load_or_create(domain, selector, "rsa", bits)
+    made = made or new_key(bot, case, bits)
+    selector, key = made.selector, made.key
     new = [selector, *kept]
     group = [c for c in bot.store.cases_for_domain(domain)
              if _waiting_for_dkim(c) and list(c.selectors or [c.selector or ""]) == old]
@@ -110,7 +135,13 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     return updated
 
 
-def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dict[str, Any]) -> bool:
+def wants_short_key(case: CaseRow, text: str) -> bool:
+    """A reply to a case whose record was cut off, asking for the short key."""
+    return _waiting_for_dkim(case) and short_key_was_offered(case) and asks_for_short_key(text)
+
+
+def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dict[str, Any],
+                          made: NewKey | None = None, failure: Exception | None = None) -> bool:
     """A reply to a case whose record was cut off, asking for the short key: make it.
 
     ``thread_fields`` (thread_last, thread_refs) are stored first, so the new record's
@@ -118,12 +149,17 @@ def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dic
     not that wish, the case is past the DKIM step, or no cut-off record was reported:
     the reply then takes its usual way (a recheck, and staff when it is a question).
     """
-    if not (_waiting_for_dkim(case) and short_key_was_offered(case) and asks_for_short_key(text)):
+    if not wants_short_key(case, text):
         return False
+    # Inside the decision's transaction: the key ``made`` by the prepare phase, if it still
+    # fits (no key recorded for the domain since); ``failure``: what preparing it met.
+    known = frozenset(k["selector"] for k in bot.store.domain_keys(case.domain or ""))
+    if made is None or made.known != known:
+        raise NotPrepared(case.domain or "", "the shorter key", failure)
     now = bot.clock()
     case = bot.store.update_case(case.id, now, **thread_fields)
     bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": text.strip()[:400],
                                                                 "reading": "short_key_wish"})
     rekey_case(bot, case, 1024, reason="the facility asked for the shorter key after a cut-off record",
-               who="facility")
+               who="facility", made=made)
     return True
