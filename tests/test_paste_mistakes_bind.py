@@ -72,6 +72,8 @@ SPF_CASES = [
     ("leading-zero prefix", "v=spf1 ip4:198.51.100.0/024 {inc} -all", "spf_syntax",
      ["「ip4:198.51.100.0/024」", "プレフィックス長"], "v=spf1 ip4:198.51.100.0/24 {inc} -all"),
     ("ptr prefix", "v=spf1 ptr/24 {inc} -all", "spf_syntax", ["「ptr/24」"], "v=spf1 ptr {inc} -all"),
+    ("zero-width space in v=spf1", "v=spf\u200b1 {inc} -all", "spf_pasted_character",
+     ["ゼロ幅スペース", "「v=spf1」の途中"], "v=spf1 {inc} -all"),
     ("full-width letters", "v=spf1 a:\uff4d\uff41\uff49\uff4c.{z} {inc} -all", "spf_pasted_character",
      ["全角文字「ｍａｉｌ」"], "v=spf1 a:mail.{z} {inc} -all"),
 ]

@@ -111,7 +111,7 @@ class DmarcRecord:
 
 def is_dmarc_candidate(text: str) -> bool:
     """A TXT value meant as DMARC, including broken ones (quoted, v not first)."""
-    return "v=dmarc1" in re.sub(r"\s+", "", text).lower()
+    return "v=dmarc1" in re.sub(r"\s+", "", clean_pasted(text)).lower()
 
 
 _URI_RE = re.compile(r"^mailto:([^@\s!,]+)@([A-Za-z0-9.-]+\.[A-Za-z0-9-]+)(![0-9]+[kmgtKMGT]?)?$")

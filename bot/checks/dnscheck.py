@@ -75,7 +75,7 @@ class DkimRecord:
 
 def is_dkim_candidate(text: str) -> bool:
     """A TXT value meant as a DKIM key record (also a broken one)."""
-    low = re.sub(r"\s+", "", text).lower()
+    low = re.sub(r"\s+", "", clean_pasted(text)).lower()
     return "v=dkim1" in low or "k=rsa" in low or "k=ed25519" in low or \
         bool(re.search(r'(^|[;"])p=', low))
 

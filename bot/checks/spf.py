@@ -96,8 +96,10 @@ def is_spf_record(text: str) -> bool:
 
 
 def is_spf_candidate(text: str) -> bool:
-    """Meant as SPF, even if broken (quoted, leading junk)."""
-    return "v=spf1" in text.lower()
+    """Meant as SPF, even if broken (quoted, leading junk, a zero-width space or
+    full-width letters pasted inside "v=spf1": then it is a broken record to name, not
+    "no record", which would invite a second one)."""
+    return "v=spf1" in text.lower() or "v=spf1" in clean_pasted(text).lower()
 
 
 # RFC 7208 §7.1: macro-expand / literals. Letters c, r, t only in exp= text (§7.3).
