@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.adapters.reportbox import ReportMessage, open_report_mailbox
-from bot.checks.dmarc import organizational_domain
 from bot.core.cases import State
 from bot.core.dmarcmail import ReportMail, read_report_mail
 from bot.core.dmarcstats import DmarcRowIn
@@ -58,6 +57,9 @@ class OurAddresses:
 
 def reporter_label(report: AggregateReport, from_domain: str) -> str:
     """The reporter, marked with the sending domain when the two do not belong together."""
+    # Here, not at the top: the public suffix list is a heavy import an idle pass never needs.
+    from bot.checks.dmarc import organizational_domain
+
     name = report.reporter
     key = name.lower()
     claimed = report.email.rpartition("@")[2]
@@ -74,6 +76,8 @@ def reporter_label(report: AggregateReport, from_domain: str) -> str:
 
 
 def _aligned(domain: str, header_from: str) -> bool:
+    from bot.checks.dmarc import organizational_domain
+
     return bool(domain) and organizational_domain(domain) == organizational_domain(header_from)
 
 
