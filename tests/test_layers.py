@@ -324,3 +324,24 @@ def test_a_second_dkim_record_builder_is_caught(modules: dict[str, ast.Module]) 
 ])
 def test_sql_outside_the_store_is_caught(modules: dict[str, ast.Module], source: str) -> None:
     assert sql_outside_store(_with(modules, "bot.flows.rotation", source))
+
+
+def readme_layout() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("\n## Layout\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def unlisted_modules(layout: str, root: Path = ROOT) -> list[str]:
+    """Modules of ``bot/<package>/`` the README's Layout section does not name (as `name`)."""
+    return [f"{p.parent.name}/{p.name}" for p in sorted((root / "bot").glob("*/*.py"))
+            if p.stem != "__init__" and f"`{p.stem}`" not in layout]
+
+
+def test_readme_layout_names_every_module() -> None:
+    assert unlisted_modules(readme_layout()) == []
+
+
+def test_an_unlisted_module_is_caught() -> None:
+    assert "core/records.py" in unlisted_modules(readme_layout().replace("`records`", "records"))
