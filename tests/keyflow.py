@@ -18,9 +18,9 @@ from typing import Any
 import dkim
 
 from configkit import server_config
-from test_e2e import body_of, boxes, request_mail, zone_file_strings
+from test_e2e import body_of, boxes, dkim_boxes, request_mail, zone_file_strings
 
-__all__ = ["body_of", "boxes", "request_mail", "zone_file_strings", "Clock", "write_config",
+__all__ = ["body_of", "boxes", "dkim_boxes", "request_mail", "zone_file_strings", "Clock", "write_config",
            "open_bot", "saas_zone", "publish_box", "dnsfunc_for", "verify_all", "booking",
            "dkimbot_cmd", "case_mails", "STAFF", "MAILBOX_PASSWORD"]
 

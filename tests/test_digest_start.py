@@ -15,6 +15,8 @@ def test_the_first_digest_waits_a_full_day(tmp_path):
     cfg.write_text(f'[outbound]\nkind = "directory"\n[state]\ndir = "{tmp_path / "state"}"\n')
     now = [datetime(2026, 11, 28, 23, 59, 30, tzinfo=UTC)]
     bot = Bot.open(load_config(cfg), clock=lambda: now[0])
+    with bot.store.transaction():  # something for a human: a quiet day sends no digest
+        bot.store.create_case(state="escalated", now=now[0], facility="ホテルさくら", domain="sakura.test")
     try:
         assert digest_once(bot) == 0          # 23:59:30, the first pass
         now[0] += timedelta(minutes=1)        # 00:00:30 the next day, digest_hour 0

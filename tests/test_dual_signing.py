@@ -10,7 +10,7 @@ import pytest
 
 from bot.app import jobs
 from bot.adapters.signer import installed_selectors
-from keyflow import (case_mails, Clock, body_of, booking, boxes, dkimbot_cmd, open_bot, publish_box,
+from keyflow import (case_mails, Clock, body_of, booking, boxes, dkim_boxes, dkimbot_cmd, open_bot, publish_box,
                      request_mail, verify_all, write_config)
 
 pytestmark = pytest.mark.servers
@@ -33,11 +33,11 @@ def test_it_gives_both_records_and_advances_only_when_both_are_published(tmp_pat
         assert ed_sel == f"{rsa_sel}-ed"
         [reply] = case_mails(smtp)
         body = body_of(reply.raw)
-        got = {b["host"]: b["value"] for b in boxes(body)}
+        got = {b["host"]: b["value"] for b in dkim_boxes(body)}
         assert set(got) == {f"{rsa_sel}._domainkey.{domain}", f"{ed_sel}._domainkey.{domain}"}
         assert got[f"{rsa_sel}._domainkey.{domain}"].startswith("v=DKIM1; k=rsa; p=")
         assert got[f"{ed_sel}._domainkey.{domain}"].startswith("v=DKIM1; k=ed25519; p=")
-        assert "レコード（TXTレコード）を2件" in body
+        assert "DKIM（2件目）" in body
 
         # Only the RSA record: not enough, nothing installed, nothing mailed.
         publish_box(bind, domain, body, f"{rsa_sel}._domainkey.{domain}")

@@ -87,15 +87,33 @@ def body_of(raw: bytes) -> str:
 
 
 def boxes(body: str) -> list[dict[str, str]]:
-    """The record boxes of a mail, read the way a person copying them would."""
+    """The record boxes of a mail, read the way a person copying them would: ``host`` is
+    the full name the box's second line gives, ``value`` the line under 値 (the panel's
+    form of the value). ``box_fields`` gives the first lines (the host field)."""
     out = []
     for block in re.findall(r"━+\n(.*?)\n━+", body, re.S):
         lines = block.splitlines()
-        host = re.match(r"ホスト名：(\S+)", lines[0]).group(1)
+        first = re.match(r"(?:ホスト名|名前)：(.+)", lines[0])
+        if first is None:
+            continue
+        field = first.group(1).strip()
+        full = re.search(r"：([\x21-\x7e]+)）$", lines[1]) if len(lines) > 1 else None
+        host = full.group(1) if full else field
         rtype = next(l for l in lines if l.startswith("種類")).split("：")[1].strip()
         value_index = next(i for i, l in enumerate(lines) if l.startswith("値"))
         out.append({"host": host, "type": rtype, "value": lines[value_index + 1]})
+        del field
     return out
+
+
+def dkim_boxes(body: str) -> list[dict[str, str]]:
+    """The DKIM record boxes only (the first mail also boxes DMARC and SPF)."""
+    return [b for b in boxes(body) if "._domainkey." in b["host"]]
+
+
+def box_fields(body: str) -> list[str]:
+    """What each record box says goes in the panel's host field (its first line)."""
+    return [m.group(1).strip() for m in re.finditer(r"━+\n(?:ホスト名|名前)：(.+)", body)]
 
 
 def zone_file_strings(body: str, fqdn: str) -> list[str]:
@@ -148,10 +166,13 @@ def test_it_takes_a_facility_from_request_to_completion_report(tmp_path, dovecot
     assert_bot_headers(msg, to=f"yamada@{domain}", in_reply_to=request_id, ref=ref)
     body = body_of(first.raw)
     assert "ホテルさくら ご担当者様" in body
-    [dkim_box] = boxes(body)
+    # One visit: DKIM, DMARC p=none and a new SPF record, all in the first mail.
+    dkim_box, dmarc_first, spf_first = boxes(body)
     fqdn = f"{selector}._domainkey.{domain}"
     assert dkim_box["host"] == fqdn and dkim_box["type"] == "TXT"
-    assert f"「{selector}._domainkey」" in body  # the relative label control panels want
+    assert dmarc_first["host"] == f"_dmarc.{domain}" and spf_first["host"] == domain
+    assert spf_first["value"] == f"v=spf1 include:_spf.{saas_zone} ~all"
+    assert box_fields(body)[:2] == [f"{selector}._domainkey", "_dmarc"]  # the label panels want, first
     assert dkim_box["value"].startswith("v=DKIM1; k=rsa; p=")
     strings = zone_file_strings(body, fqdn)
     assert "".join(strings) == dkim_box["value"] and all(len(s) <= 255 for s in strings)

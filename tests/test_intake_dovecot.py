@@ -27,7 +27,7 @@ from bot.core.request import parse_message
 from bot.flows.runtime import Bot
 from configkit import server_config
 from conftest import SUPPORT_ADDRESS, SUPPORT_PASSWORD
-from test_e2e import body_of, boxes, dkimbot, status
+from test_e2e import body_of, boxes, dkim_boxes, dkimbot, status
 
 pytestmark = pytest.mark.servers
 
@@ -377,7 +377,7 @@ def _request_and_record(tmp_path, dovecot, bind, smtp, domains: list[str]) -> tu
     out = {}
     for case in status(cfg_path):
         [reply] = [m for m in smtp.messages if f"[{case['case']}]" in m.message["Subject"]]
-        [box] = boxes(body_of(reply.raw))
+        [box] = dkim_boxes(body_of(reply.raw))
         out[case["domain"]] = {"case": case, "reply": reply.message, "box": box}
     assert set(out) == set(domains)
     return cfg_path, out
@@ -457,7 +457,7 @@ def test_a_corrected_mail_completes_the_same_case(tmp_path, dovecot, bind, smtp)
         assert after[name]["state"] == "awaiting_dkim"
         [reply] = replies_to(smtp, msgid)
         assert refs_of(reply.message) == [first[name]["case"]]
-        [box] = boxes(body_of(reply.raw))
+        [box] = dkim_boxes(body_of(reply.raw))
         assert box["host"] == f"{after[name]['selector']}._domainkey.{after[name]['domain']}"
 
 
@@ -483,7 +483,7 @@ def test_a_repeated_request_resends_the_same_record_from_the_same_case(tmp_path,
     for msgid in (first_id, second_id, third_id):
         [reply] = replies_to(smtp, msgid)
         assert refs_of(reply.message) == [case["case"]]
-        records.append(boxes(body_of(reply.raw)))
+        records.append(dkim_boxes(body_of(reply.raw)))
     assert records[0] == records[1] == records[2] and len(records[0]) == 1
     assert "新しい鍵は作っていません" in body_of(replies_to(smtp, second_id)[0].raw)
     bot = open_bot(cfg_path)

@@ -32,6 +32,8 @@ import pytest
 from conftest import SUPPORT_ADDRESS
 from test_diagnosis_flow import Flow, saas, strings  # noqa: F401 - saas is a fixture
 
+from bot.core.records import APEX_FIELD
+
 pytestmark = pytest.mark.servers
 
 STAFF = "staff@489ban.net"
@@ -57,17 +59,52 @@ def text_of(msg: EmailMessage) -> str:
 
 
 def parse_boxes(text: str) -> list[dict[str, str]]:
-    """Each ruled box: its lines, the host line's name, the type, and the value line."""
+    """Each ruled box: its lines, the host line (the panel's host field), the full name
+    from the second line, the type, and the value line."""
     out = []
     for block in re.findall(rf"^{RULE}+\n(.*?)\n{RULE}+$", text, re.DOTALL | re.MULTILINE):
         lines = block.splitlines()
         host_line = lines[0]
+        full = re.search(r"：([\x21-\x7e]+)）$", lines[1]) if len(lines) > 1 else None
         type_line = next(line for line in lines if line.startswith("種類"))
         label = next(i for i, line in enumerate(lines) if line.startswith("値"))
         out.append({"host_line": host_line, "type_line": type_line,
+                    "fqdn": full.group(1) if full else host_line.split("：", 1)[-1],
+                    "note_line": lines[1] if len(lines) > 1 else "",
                     "value_line": lines[label + 1] if label + 1 < len(lines) else "",
                     "after_value": "\n".join(lines[label + 2:])})
     return out
+
+
+def unquoted(value: str) -> str:
+    """A box value in a panel's quoted form ("…" "…") as the one record value it stores."""
+    if value.startswith('"') and value.endswith('"'):
+        return "".join(re.findall(r'"([^"]*)"', value))
+    return value
+
+
+# A line that ends mid-sentence, followed by more of the sentence: a hard wrap. The mail
+# client wraps prose itself; a fixed break at ~40 characters breaks raggedly on a phone.
+_CONTINUES = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff、A-Za-z0-9]$")
+_STARTS_BLOCK = re.compile(r"^(?:[・■【※（(\[「━　 ]|\d+\. |[①-⑩]|v=|txt |\"|---)")
+
+
+def hard_wraps(text: str) -> list[str]:
+    """Lines of prose broken inside a sentence (boxes, the technical section, the form
+    to fill in, label lines and the signature are not prose)."""
+    body = re.sub(rf"^{RULE}+\n.*?\n{RULE}+$", "", text, flags=re.DOTALL | re.MULTILINE)
+    body = body.split("――――", 1)[0]
+    body = re.sub(r"【技術担当者様向け】.*?(?=\n\n\S*ご不明な点|\Z)", "", body, flags=re.DOTALL)
+    found = []
+    lines = body.splitlines()
+    for a, b in zip(lines, lines[1:]):
+        if not a.strip() or not b.strip():
+            continue
+        if a.rstrip().endswith("様") or "：" in a or re.match(r"[\[①-⑩■【]", a):
+            continue
+        if _CONTINUES.search(a.rstrip()) and not _STARTS_BLOCK.match(b):
+            found.append(f"{a[-20:]!r} / {b[:20]!r}")
+    return found
 
 
 def _prose(text: str) -> str:
@@ -112,7 +149,7 @@ def sentences(prose: str) -> list[str]:
 
 def check_facility_mail(msg: EmailMessage, *, ref: str, facility: str,
                         records: Iterable[tuple[str, str, str]] = (), action: bool = True,
-                        reply: bool = True) -> str:
+                        reply: bool = True, allow_quoted: bool = False) -> str:
     """Assert the house rules on one facility mail; return its text for further checks."""
     text = text_of(msg)
     subject = str(msg["Subject"])
@@ -145,16 +182,27 @@ def check_facility_mail(msg: EmailMessage, *, ref: str, facility: str,
     for wrong, right in (("DNS管理画面", "DNSの管理画面"), ("ホスト：", "ホスト名：")):
         if wrong in text:
             problems.append(f"terminology: {wrong!r} (use {right!r})")
+    for wrap in hard_wraps(text):
+        problems.append(f"hard wrap in prose: {wrap}")
+    if re.search(rf"{RULE}{{17,}}", text):
+        problems.append("a rule longer than a phone line (16)")
     found = parse_boxes(text)
     for box in found:
-        if not re.fullmatch(r"ホスト名：[\x21-\x7e]+", box["host_line"]):
-            problems.append(f"host line holds more than the name: {box['host_line']!r}")
+        field = box["host_line"].split("：", 1)[1] if box["host_line"].startswith(("ホスト名：", "名前：")) else ""
+        if not (re.fullmatch(r"[\x21-\x7e]+", field) or field == APEX_FIELD):
+            problems.append(f"host line holds more than the host field: {box['host_line']!r}")
+        if box["host_line"].startswith("ホスト名：") and field not in ("@", APEX_FIELD) and "." in box["fqdn"]:
+            # The label first: a panel appends the domain, the full name is only the note.
+            if field == box["fqdn"] or not box["fqdn"].startswith(field + "."):
+                problems.append(f"box does not lead with the label: {box['host_line']!r} / {box['fqdn']}")
         v = box["value_line"]
         if not v or FULL_WIDTH.search(v.replace(" ", "")) or v != v.strip():
             problems.append(f"value line not one clean ASCII line: {v!r}")
+        if " IN TXT " in v or (v.startswith('"') and not allow_quoted):
+            problems.append(f"zone-file form in the box: {v[:40]!r}")
         if box["after_value"].strip():
             problems.append(f"text after the value inside the box: {box['after_value']!r}")
-    got = {(b["host_line"].split("：", 1)[1], b["type_line"].split("：", 1)[1].strip(), b["value_line"])
+    got = {(b["fqdn"], b["type_line"].split("：", 1)[1].strip(), unquoted(b["value_line"]))
            for b in found}
     for rec in records:
         if rec not in got:
@@ -304,6 +352,13 @@ def test_every_mail_of_a_domain_life_reads_right(copyflow, saas):  # noqa: F811
     assert "新しい鍵は作っていません" in check_facility_mail(
         resend, ref=sakura.ref, facility="ホテルさくら", records=[f.dkim(sakura.selector)])
 
+    # A question: acknowledged to the facility (and forwarded to staff).
+    f.deliver("Re: DKIM、DMARC設定希望", "設定方法がわかりません。どこに入力すればよいですか？",
+              str(resend["Message-ID"]))
+    ack = one(f.run(), "ご返信を承りました")
+    assert "担当者より改めてご連絡します" in check_facility_mail(
+        ack, ref=sakura.ref, facility="ホテルさくら", action=False)
+
     label = f"{sakura.selector}._domainkey"
     value = f.dkim(sakura.selector)[2]
     # Mistakes, each mailed once with the right record in the box.
@@ -383,6 +438,12 @@ def test_every_mail_of_a_domain_life_reads_right(copyflow, saas):  # noqa: F811
     check_facility_mail(one(restored, "再び確認できました"), ref=sakura.ref, facility="ホテルさくら",
                         action=False)
 
+    # The same request once more, after completion: told it is complete, records for reference.
+    f.deliver("DKIM、DMARC設定希望", block("ホテルさくら", f"info@{d}", contact=contact))
+    complete = one(f.check_others(f.run(), sakura.ref), "既に完了しています")
+    check_facility_mail(complete, ref=sakura.ref, facility="ホテルさくら", action=False,
+                        records=[f.dkim(sakura.selector)])
+
     # A key rotation: add the new record, then the old one may go.
     from bot.flows.rotation import start_rotation
 
@@ -408,12 +469,13 @@ def test_dkim_active_when_dmarc_is_already_fine_or_invalid(copyflow, saas):  # n
     ok.publish("_dmarc", ["v=DMARC1; p=quarantine"])
     ok.request()
     ok.publish_right_dkim()
-    active, final = ok.run()  # the final check follows at once: SPF lacks our include
-    assert "DKIM署名を開始しました" in str(active["Subject"])
-    check_facility_mail(final, ref=ok.case.ref, facility="ホテルさくら",
-                        records=[(ok.domain, "TXT", f"v=spf1 include:_spf.{saas} ~all")])
-    t = check_facility_mail(active, ref=ok.case.ref, facility="ホテルさくら", action=False)
-    assert "追加のご対応は必要ありません" in t and "1. " not in t
+    # DMARC was already fine: no "now DMARC please" mail; the final check follows at once
+    # and its one mail says that signing started and what is left (SPF lacks our include).
+    [final] = ok.run()
+    assert "DKIM署名を開始しました：あと1点の修正で完了です" in str(final["Subject"])
+    t = check_facility_mail(final, ref=ok.case.ref, facility="ホテルさくら",
+                            records=[(ok.domain, "TXT", f"v=spf1 include:_spf.{saas} ~all")])
+    assert "DKIMの電子署名を付けて送信します" in t
 
     bad = copyflow(bits=1024)
     bad.publish("_dmarc", ["v=DMARC1; p=nothing; pct=150"])
@@ -460,7 +522,7 @@ def test_provider_hint_and_managed_zone_mails(copyflow, tmp_path, bind, saas):  
           for n, tld, addr in ((1234, "com", "127.0.0.1"), (567, "net", "127.0.0.2"))}
     f = copyflow(nameservers=ns, prefix="r53")
     reply = f.request()
-    check_facility_mail(reply, ref=f.case.ref, facility="ホテルさくら", records=[f.dkim()])
+    check_facility_mail(reply, ref=f.case.ref, facility="ホテルさくら", records=[f.dkim()], allow_quoted=True)
 
     m = copyflow(prefix="managed")
     text = m.cfg_path.read_text().replace(

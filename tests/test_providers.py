@@ -47,7 +47,7 @@ def test_every_provider_has_a_valid_table_row():
     keys = [p.key for p in PROVIDERS]
     assert len(keys) == len(set(keys))
     for p in PROVIDERS:
-        assert p.host_field in ("label", "either") and p.long_values in ("single", "quoted", "lines")
+        assert p.host_field in ("label", "either") and p.long_values in ("single", "quoted", "lines", "capped")
         assert p.ns_patterns and p.name and p.panel
 
 
@@ -59,12 +59,52 @@ def test_a_label_host_says_to_enter_only_the_label():
 
 
 def test_quoted_hosts_get_the_value_as_strings_of_at_most_255_bytes():
-    h = hint_for(["ns-1.awsdns-00.com"], [rec()])
-    [line] = h["paste"]
-    parts = line[1:-1].split('" "')
+    from bot.core.records import record_box
+
+    provider = identify(["ns-1.awsdns-00.com"])
+    h = hint(provider, [rec()])
+    # The box holds the quoted form itself (nothing extra to paste); the hint says why.
+    assert h["paste"] == [] and "ダブルクォーテーション" in h["text"][2]
+    box = record_box("hotel.jp", "yoyakuban202605._domainkey.hotel.jp", LONG, provider=provider)
+    parts = box["paste"][1:-1].split('" "')
     assert "".join(parts) == LONG and [len(p) for p in parts] == [255, len(LONG) - 255]
-    # a short (1024-bit) record needs no splitting: no paste line
-    assert hint_for(["ns-1.awsdns-00.com"], [rec(SHORT)])["paste"] == []
+    assert box["field"] == "yoyakuban202605._domainkey"
+    # a short (1024-bit) record needs no splitting
+    assert record_box("hotel.jp", "s._domainkey.hotel.jp", SHORT, provider=provider)["paste"] == SHORT
+    assert len(hint(provider, [rec(SHORT)])["text"]) == 2
+
+
+def test_sakura_caps_txt_values_and_says_why_the_key_is_short():
+    sakura = identify(["ns1.dns.ne.jp", "ns2.dns.ne.jp"])
+    assert sakura.caps_txt_at_255
+    assert "1024ビット" in hint(sakura, [rec(SHORT)])["text"][-1]
+    assert "「短い鍵希望」" in hint(sakura, [rec()])["text"][-1]  # a long key there: offer the short one
+    assert not any(p.caps_txt_at_255 for p in PROVIDERS if p.key != "sakura")
+
+
+@pytest.mark.parametrize("ns, field", [
+    (None, "yoyakuban202605._domainkey"),
+    (["dns1.onamae.com"], "yoyakuban202605._domainkey"),
+    (["ns1.dns.ne.jp"], "yoyakuban202605._domainkey"),
+])
+def test_a_box_leads_with_the_label_and_gives_the_full_name_second(ns, field):
+    from bot.core.records import record_box
+
+    box = record_box("hotel.jp", "yoyakuban202605._domainkey.hotel.jp", SHORT, provider=identify(ns) if ns else None)
+    assert box["field"] == field and box["field_note"].endswith("：yoyakuban202605._domainkey.hotel.jp）")
+    assert '"' not in box["paste"] and box["zone_line"].startswith("yoyakuban202605._domainkey.hotel.jp. IN TXT")
+
+
+@pytest.mark.parametrize("ns, field", [
+    (None, "空欄のままにしてください（空欄にできない場合は「@」）"),
+    (["dns1.onamae.com"], "空欄のままにしてください（空欄にできない場合は「@」）"),
+    (["ns1.dns.ne.jp"], "@"),
+])
+def test_the_apex_box_says_empty_or_at_per_panel(ns, field):
+    from bot.core.records import record_box
+
+    box = record_box("hotel.jp", "hotel.jp", "v=spf1 include:_spf.489ban.net ~all", provider=identify(ns) if ns else None)
+    assert box["field"] == field and box["host_label"] == "@"
 
 
 def test_value_domain_gets_its_line_format():

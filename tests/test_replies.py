@@ -23,6 +23,10 @@ REPLY_FIXTURES = sorted(p for p in CORPUS.glob("*.eml")
     "登録いたしました。よろしくお願いいたします。",
     "Done.",
     "ＤＯＮＥ",
+    "直しました。",
+    "SPFも直しました。",
+    "追加しました。",
+    "レコードを書き換えました。",
     "お世話になっております。\nホテル桜の山田です。\n\nTXTレコードを追加しました。\n\n山田 太郎\nTEL 03-1234-5678",
 ])
 def test_it_acts_on_a_reply_that_says_it_is_done(text: str) -> None:

@@ -15,7 +15,7 @@ from bot.app import jobs
 from bot.checks.keyplan import selector_candidates
 from bot.flows.selectors import choose_selector
 from bot.adapters.keys import render_selector
-from keyflow import Clock, body_of, boxes, case_mails, open_bot, request_mail, write_config
+from keyflow import Clock, body_of, boxes, case_mails, dkim_boxes, open_bot, request_mail, write_config
 
 pytestmark = pytest.mark.servers
 
@@ -52,7 +52,7 @@ def test_a_request_skips_a_selector_another_sender_publishes(tmp_path, dovecot, 
         jobs.run_pass(bot)
         [case] = bot.store.list_cases()
         assert case.selector == f"{base}b"
-        [box] = boxes(body_of(case_mails(smtp)[-1].raw))
+        [box] = dkim_boxes(body_of(case_mails(smtp)[-1].raw))
         assert box["host"] == f"{base}b._domainkey.{domain}"
     finally:
         bot.close()

@@ -81,6 +81,16 @@ def shipped_templates_dir() -> Path:
     return shipped
 
 
+def show_domain_ja(domain: str | None) -> str:
+    """A domain in its Japanese form only (subjects: short; the body adds the xn-- form)."""
+    if not domain or "xn--" not in domain:
+        return domain or ""
+    try:
+        return domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        return domain
+
+
 class MailRenderer:
     """Renders ``<kind>.txt``: from ``override`` (staff's edited copies) when the file is
     there, else the shipped one. Includes (``_footer.txt``…) follow the same rule."""
@@ -108,6 +118,7 @@ class MailRenderer:
                 autoescape=False,
             )
             self._env.filters["show_domain"] = show_domain
+            self._env.filters["ja_domain"] = show_domain_ja
         return self._env
 
     def render(self, kind: str, context: dict[str, Any]) -> tuple[str, str]:

@@ -185,6 +185,14 @@ def run_pass(bot: Bot) -> PassResult:
     except Exception as exc:  # each case is guarded inside; this is the last line: mail still goes out
         log.exception("recheck_due_once failed")
         result.errors.append(f"recheck_due_once failed: {type(exc).__name__}")
+    try:
+        from bot.flows.replyforward import forward_held_once
+
+        # After the rechecks: a held reply whose case just moved on needs no human.
+        forward_held_once(bot)
+    except Exception as exc:  # the replies stay held for the next pass; mail still goes out
+        log.exception("forward_held_once failed")
+        result.errors.append(f"forward_held_once failed: {type(exc).__name__}")
     if result.checks:
         from bot.adapters.health import resolver_down
 

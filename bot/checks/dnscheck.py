@@ -10,8 +10,9 @@ queries in ``bot.adapters.dnsclient``; the names of DESIGN.md are all importable
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
@@ -33,6 +34,8 @@ from bot.core.dnsresults import (
     normalize_name,
 )
 from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
+
+log = logging.getLogger("dkimbot")
 
 __all__ = [
     "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
@@ -253,15 +256,31 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
         _probe_wrong_places(client, domain, selector, expected, name, label, found, add)
     elif good_servers and len(good_servers) < len(answers):
         bad = sorted(set(answers) - set(good_servers))
+        names = _server_names(client, name, answers)
+        shown = "、".join(names.get(s, s) for s in bad)
         add("dkim_partial_nameservers",
-            f"{name} の DKIM レコードは、御社のドメインの DNS サーバー {len(answers)} 台のうち "
-            f"{len(good_servers)} 台でのみ正しく確認できました（確認できなかったサーバー: {', '.join(bad)}）。"
+            f"{name} のDKIMのレコードは、御社のドメインのDNSサーバー {len(answers)} 台のうち "
+            f"{len(good_servers)} 台でのみ正しく確認できました（確認できなかったサーバー：{shown}）。"
             "DNS サービスを複数お使いの場合や、サーバーの移転中の場合は、すべてのサーバーに同じ内容で"
             "登録されているかご確認ください。",
             good=good_servers, bad=bad)
     ok = bool(answers) and len(good_servers) == len(answers)
     found["ok_servers"] = good_servers
+    found["server_names"] = _server_names(client, name, answers)
     return AreaResult(ok, list(diags.values()), found)
+
+
+def _server_names(client: DnsClient, name: str, answers: Mapping[str, Any]) -> dict[str, str]:
+    """Address → name server host name, for mails (a clerk knows "ns1.dns.ne.jp", not
+    "203.0.113.5"). From the per-pass cache the check itself filled; {} when unknown."""
+    try:
+        zone = client.zone_for(name)
+        hosts = client.nameserver_addresses(zone) if isinstance(zone, str) else {}
+    except Exception as exc:  # noqa: BLE001 - only a nicer label is lost; logged for staff
+        log.debug("name server names for %s unavailable: %s", name, exc)
+        return {}
+    out = {addr: host.rstrip(".") for host, addrs in hosts.items() for addr in addrs if addr in answers}
+    return out
 
 
 def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str, label: str,
@@ -291,7 +310,7 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
         else:
             advice = "古いレコードや誤って追加したレコードを削除してください。"
         add("dkim_multiple_records",
-            f"{name} に TXT レコードが {len(records)} 件登録されています。DKIM のレコードは1件だけにしてください。"
+            f"{name} に TXT レコードが {len(records)} 件登録されています。DKIMのレコードは1件だけにしてください。"
             + advice,
             records=[str(r) for r in records], split_into_records=bool(joined), one_is_right=alone)
         return "bad"
@@ -313,22 +332,21 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
                 record=rec.text, bits=v.key_bits)
         elif code == "dkim_quoted":
             add(code,
-                f"{name} の DKIM レコードの値に、{'、'.join(rec.junk)} が含まれています。"
+                f"{name} の DKIMのレコードの値に、{'、'.join(rec.junk)} が含まれています。"
                 "値の欄には、引用符などを付けずに「v=DKIM1」から始まる文字列だけを入力してください。",
                 record=rec.text, junk=rec.junk, cleaned=rec.cleaned,
                 key_matches_after_cleaning=bool(expected and rec.key == expected))
         elif code == "dkim_syntax":
             add(code,
-                f"{name} の DKIM レコードの書き方に誤りがあります（{'。'.join(rec.problems)}）。"
+                f"{name} の DKIMのレコードの書き方に誤りがあります（{'。'.join(rec.problems)}）。"
                 f"{value_hint}を、そのまま1行で貼り付け直してください。",
                 record=rec.text, problems=rec.problems)
         elif code == "dkim_truncated":
             n = len(rec.text.encode())
             add(code,
-                f"{name} の DKIM レコードの値が途中で切れています（登録されている値は{n}文字で終わっていて、"
-                "公開鍵の後半が足りません）。"
+                f"{name} のDKIMのレコードの値が途中で切れています（{n}文字で途切れており、後半が欠けています）。"
                 f"{value_hint}を、最後の文字まで貼り付け直してください。"
-                + ("お使いの DNS の管理画面が 255 文字までしか登録できない場合は、255 文字に収まる"
+                + ("お使いのDNSの管理画面が255文字までしか登録できない場合は、255文字に収まる"
                    "短い鍵（1024ビット）をご用意します。その場合は、このメールに「短い鍵希望」とご返信ください。"
                    if v.offer_1024 else ""),
                 record=rec.text, length=n, offer_1024=v.offer_1024,
@@ -336,14 +354,15 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
                 host_cut_string=v.offer_1024)
         elif code == "dkim_key_mismatch":
             add(code,
-                f"{name} の DKIM レコードの公開鍵（p= の部分）が、弊社がお送りしたものと一致しません。"
-                f"値を{value_hint}に置き換えてください。",
+                f"{name} の DKIMのレコードの公開鍵（p= の部分）が、弊社がお送りしたものと一致しません。"
+                "値を下の枠内の値に置き換えてください。",
                 record=rec.text, published_key=rec.key, expected_key=expected)
     if v.good and v.testing:
         add("dkim_testing_mode",
-            f"{name} の DKIM レコードにテストモードの指定（t=y）が含まれています。"
-            "このままでも設定は進められますが、テストモードのままでは受信側が署名の検証結果を"
-            "重視しない場合があります。落ち着いた時点で「t=y」を削除することをお勧めします。",
+            f"{name} のDKIMのレコードにテストモードの指定（t=y）が含まれています。"
+            "「t=y」は、受け取った側に「この鍵は試験中なので、署名の確認結果を重く見ないでください」と"
+            "伝える指定です。このままでも設定は進められますが、落ち着いた時点で値から「t=y;」を削除することを"
+            "お勧めします。",
             "warning", record=rec.text)
     return "good" if v.good else "bad"
 
@@ -387,7 +406,7 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
         key = parse_dkim_record(recs[0]).key
         found.setdefault("wrong_places", []).append({"name": where, "records": [str(r) for r in recs]})
         add(code,
-            f"DKIM のレコードが「{where}」に登録されていますが、正しいホスト名は「{name}」です（{why}）。"
+            f"DKIMのレコードが「{where}」に登録されていますが、正しいホスト名は「{name}」です（{why}）。"
             f"ホスト名の欄には「{label}」とだけ入力してください（ドメイン名「{domain}」は管理画面が自動で付けます。"
             f"ドメイン名まで入力する形式の管理画面では「{name}」と入力してください）。"
             "誤った場所のレコードは削除してください。",
@@ -395,7 +414,7 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
             key_matches=bool(expected and key == expected))
         return
     add("dkim_not_published",
-        f"{name} に DKIM のレコードが見つかりませんでした。ホスト名「{label}」"
+        f"{name} に DKIMのレコードが見つかりませんでした。ホスト名「{label}」"
         f"（ドメイン名を含めて入力する形式の場合は「{name}」）、種類「TXT」で、"
         "弊社がお送りした値を登録してください。登録済みの場合は、反映まで時間がかかることがあります。",
         host_label=label)

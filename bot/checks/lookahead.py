@@ -32,12 +32,16 @@ class Lookahead:
     dmarc: dict[str, Any] | None = None       # an existing DMARC record, and what to do with it
     spf: dict[str, Any] | None = None         # an existing SPF record, and what to do with it
     notes: list[str] = field(default_factory=list)  # English, for the event log
+    spf_new: str | None = None                # no SPF record: the one to publish
+    dmarc_missing: bool = False               # DMARC definitely absent (not a DNS error)
+    mx_names: list[str] = field(default_factory=list)  # the domain's mail servers (MX)
 
     def to_event(self) -> dict[str, Any]:
         return {
             "domain": self.domain, "nameservers": self.ns_names,
             "provider": self.provider.key if self.provider else None,
             "dmarc": self.dmarc, "spf": self.spf, "notes": self.notes,
+            "spf_new": self.spf_new, "dmarc_missing": self.dmarc_missing, "mx": self.mx_names,
         }
 
 
@@ -108,8 +112,16 @@ def look(client: DnsLookup, service: ServiceConfig, domain: str) -> Lookahead:
         out.provider = identify(out.ns_names)
     else:
         out.notes.append(f"zone of {domain} not found: {zone}")
-    out.dmarc = _dmarc_view(check_dmarc(client, domain, service.dmarc_rua), domain)
-    out.spf = _spf_view(check_spf(client, domain, service.sending_ips, service.spf_include))
+    dmarc = check_dmarc(client, domain, service.dmarc_rua)
+    out.dmarc = _dmarc_view(dmarc, domain)
+    out.dmarc_missing = out.dmarc is None and {d.code for d in dmarc.diagnoses} == {"dmarc_not_published"}
+    spf = check_spf(client, domain, service.sending_ips, service.spf_include)
+    out.spf = _spf_view(spf)
+    if {d.code for d in spf.diagnoses} == {"spf_not_published"}:
+        out.spf_new = (spf.found or {}).get("suggested")
+    mx = client.lookup(domain, "MX")
+    if isinstance(mx, Lookup):
+        out.mx_names = sorted({str(getattr(r, "exchange", r)).rstrip(".").lower() for r in mx.records} - {""})
     return out
 
 
@@ -147,33 +159,66 @@ def look_bounded(client: DnsLookup, service: ServiceConfig, domain: str, budget:
     return None
 
 
-def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dict[str, Any]:
-    """The request_reply item keys: ``provider_hint`` and ``existing`` (notes with boxes)."""
+def _spf_own_servers_note(found: Lookahead, include: str, existing: list[str]) -> str:
+    """The warning a new or merged SPF record needs: the facility's own outgoing mail
+    servers must be in it too, naming what the bot can see."""
+    seen: list[str] = []
+    ours = f"include:{include}" if include else ""
+    for record in existing:
+        seen += [t for t in record.split() if t.lower().startswith(("include:", "a:", "mx", "ip4:", "ip6:"))
+                 and t.lower() != ours.lower()]
+    if seen:
+        return ("※今のレコードにある「" + "」「".join(seen) + "」（御社のメールサービスなど）は、"
+                "そのまま残してあります。消さないでください。")
+    mx = "、".join(found.mx_names)
+    where = f"（このドメインのメールの受信サーバーは {mx} です）" if mx else ""
+    return ("※このレコードは、このドメインのメールを送ってよいサーバーの一覧です。御社がご自身のメールソフトや"
+            f"メールサービスからも「@{found.domain}」のアドレスでメールを送っている場合は、その送信サーバーも"
+            f"このレコードに含める必要があります{where}。含めないと、そのメールが届きにくくなります。"
+            "分からない場合は、メールサービスの会社に「SPFに含める値」をご確認ください。")
+
+
+def reply_context(found: Lookahead | None, records: list[dict[str, str]],
+                  service: ServiceConfig | None = None) -> dict[str, Any]:
+    """The request_reply item keys: ``provider_hint``, ``asks`` (the DMARC and SPF
+    records to register in the same visit as DKIM, each with its box) and ``existing``
+    (notes on records already there that need nothing, or are handled later)."""
     from bot.core.providers import hint
     from bot.core.records import record_box
 
     if found is None:
-        return {"provider_hint": None, "existing": []}
+        return {"provider_hint": None, "existing": [], "asks": [], "looked": False}
+    provider = found.provider
     domain = found.domain
     existing: list[dict[str, Any]] = []
+    asks: list[dict[str, Any]] = []
+    include = service.spf_include if service is not None else ""
     spf = found.spf
     if spf is not None:
         current = "」「".join(spf["records"])
         if spf["status"] == "authorized":
             existing.append({"text": f"SPFレコード「{current}」が既に登録されており、弊社の送信サーバーも"
-                                     "含まれています。SPFについてのご対応は不要です。", "box": None})
+                                     "含まれています。SPFについてのご対応は必要ありません。", "box": None})
         elif spf["status"] in ("needs_change", "multiple") and spf["fix"]:
             what = ("SPFレコードが複数（" + f"「{current}」" + "）登録されています。"
                     "SPFレコードは1件だけにする必要があるため、"
-                    "1件にまとめ、ほかは削除してください" if spf["status"] == "multiple" else
+                    "次の1件にまとめ、ほかは削除してください" if spf["status"] == "multiple" else
                     f"SPFレコード「{current}」が既に登録されています。弊社の送信サーバーを加えるため、"
                     "新しく追加せずに、この1件を次の内容に書き換えてください")
-            existing.append({"text": what + "（SPFレコードが2件になると、どちらも無効になってしまいます）。",
-                             "box": record_box(domain, domain, spf["fix"])})
+            asks.append({"name": "SPF", "action": "replace",
+                         "notes": [what + "（SPFレコードが2件になると、どちらも無効になってしまいます）。",
+                                   _spf_own_servers_note(found, include, spf["records"])],
+                         "box": record_box(domain, domain, spf["fix"], provider=provider)})
         elif spf.get("message"):
             existing.append({"text": f"SPFレコード「{current}」が既に登録されています。{spf['message']}",
                              "box": None})
+    elif found.spf_new:
+        asks.append({"name": "SPF", "action": "add",
+                     "notes": ["御社のドメインにはSPFのレコードがまだありません。次のレコードを新しく追加してください。",
+                               _spf_own_servers_note(found, include, [])],
+                     "box": record_box(domain, domain, found.spf_new, provider=provider)})
     dmarc = found.dmarc
+    rua = service.dmarc_rua if service is not None else ""
     if dmarc is not None:
         record = dmarc["record"]
         shown = "」「".join(record) if isinstance(record, list) else (record or "")
@@ -183,18 +228,33 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]]) -> dic
                                      "（同じ名前にTXTレコードを追加することはできません）。", "box": None})
         elif dmarc["status"] == "valid":
             existing.append({"text": f"DMARCレコード「{shown}」が既に「{dmarc['location']}」に登録されています。"
-                                     "新しく追加する必要はありません。", "box": None})
+                                     "DMARCについてのご対応は必要ありません。", "box": None})
         elif dmarc["status"] == "inherited":
             existing.append({"text": f"上位のドメインのDMARCレコード「{shown}」（{dmarc['location']}）が"
-                                     "御社のドメインにも適用されています。新しく追加する必要はありません。",
+                                     "御社のドメインにも適用されています。DMARCについてのご対応は必要ありません。",
                              "box": None})
-        elif dmarc["status"] == "wrong_location":
-            existing.append({"text": f"DMARCレコード「{shown}」が「{dmarc['location']}」に登録されていますが、"
-                                     f"正しい場所は「{dmarc['expected']}」です。DKIMの確認後に、"
-                                     "正しい場所への移し方をご案内します。", "box": None})
+        elif dmarc.get("fix"):
+            if dmarc["status"] == "wrong_location":
+                note = (f"DMARCレコード「{shown}」が「{dmarc['location']}」に登録されていますが、"
+                        f"正しい場所は「{dmarc['expected']}」です。次のとおり登録し、「{dmarc['location']}」の"
+                        "レコードは削除してください。")
+                action = "add"
+            else:
+                note = (f"DMARCレコード「{shown}」が既に「{dmarc['location']}」に登録されていますが、"
+                        "誤りがあります。新しく追加せずに、この既存のレコードの値を次の内容に書き換えてください。")
+                action = "replace"
+            asks.insert(0, {"name": "DMARC", "action": action, "notes": [note],
+                            "box": record_box(domain, f"_dmarc.{domain}", dmarc["fix"], provider=provider)})
         else:
             existing.append({"text": f"DMARCレコード「{shown}」が既に「{dmarc['location']}」に登録されていますが、"
-                                     "誤りがあります。DKIMの確認後に、新しく追加するのではなく、"
-                                     "この既存のレコードの修正内容をご案内します。", "box": None})
-    return {"provider_hint": hint(found.provider, records) if found.provider and records else None,
-            "existing": existing}
+                                     "誤りがあります。DKIMの確認後に、この既存のレコードの修正内容をご案内します。",
+                             "box": None})
+    elif found.dmarc_missing:
+        from bot.checks.dmarc import suggest_dmarc_record
+
+        asks.insert(0, {"name": "DMARC", "action": "add",
+                        "notes": ["DMARCは、DKIMなどの確認に失敗したメールの扱いを、受け取った側に伝える設定です。"],
+                        "box": record_box(domain, f"_dmarc.{domain}", suggest_dmarc_record(None, rua or None),
+                                           provider=provider)})
+    return {"provider_hint": hint(provider, records) if provider and records else None,
+            "existing": existing, "asks": asks, "looked": True}

@@ -156,6 +156,23 @@ def move_allowed(from_state: str, to_state: str) -> bool:
 #: Mail kinds that report a problem: sent once per distinct diagnosis, not per check.
 PROBLEM_MAILS = (MailKind.DKIM_PROBLEM, MailKind.DMARC_PROBLEM, MailKind.FINAL_PROBLEM)
 
+#: One visit (issue 13): the first mail asks for every record at once, so a stage the
+#: facility has already satisfied is skipped, not announced. ``dkim_active`` ("signing
+#: started, now DMARC please") is left out when the same check already shows DMARC
+#: right: the check chained right after it mails the final result (completion report or
+#: the remaining problems), which then says that signing started. Signing itself still
+#: starts only after the DKIM record is proven (DKIM_PROVEN).
+SKIPPED_WHEN_AHEAD = ("dkim_active",)
+
+
+def already_ahead(report: ReportLike | None) -> bool:
+    """True when a check that proves DKIM also shows DMARC right (and nothing undecided
+    by a DNS error): the next stage is satisfied, its "please" mail is not needed."""
+    if report is None:
+        return False
+    areas = (report.dkim, report.dmarc, report.spf, report.alignment)
+    return bool(report.dmarc.ok) and not any(_has_dns_error(a) for a in areas)
+
 
 class AreaLike(Protocol):
     ok: bool
@@ -259,6 +276,7 @@ class Decision:
     mails: list[MailKind] = field(default_factory=list)
     notice: str | None = None        # new value of the case's last_notice
     resume_state: State | None = None
+    skipped: list[str] = field(default_factory=list)  # mails left out: the stage was satisfied
 
     @property
     def changes_state(self) -> bool:
@@ -289,6 +307,9 @@ def decide(
         # Resumed by itself: from here on a normal step (the same notices, the same
         # once-per-diagnosis rule) from the state it was escalated from.
         decision.resume_state = None
+    if any(k in SKIPPED_WHEN_AHEAD for k in mails) and already_ahead(report):
+        mails = tuple(k for k in mails if k not in SKIPPED_WHEN_AHEAD)
+        decision.skipped = [k for k in SKIPPED_WHEN_AHEAD]
     if next_state is not STAY:
         decision.next_state = next_state
         decision.notice = None

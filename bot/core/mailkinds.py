@@ -27,6 +27,7 @@ class MailKind(StrEnum):
     ROTATION_DONE = "rotation_done"
     PROOF_REPORT = "proof_report"
     DMARC_REPORT = "dmarc_report"            # what receivers' DMARC reports say; p=quarantine advice
+    REPLY_ACK = "reply_ack"                  # a question was passed to a person, who will answer
     # to staff
     STAFF_ESCALATION = "staff_escalation"
     STAFF_DIGEST = "staff_digest"

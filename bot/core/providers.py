@@ -23,8 +23,10 @@ from typing import Literal
 HostField = Literal["label", "either"]
 # long_values: "single" = paste the value as one line, the panel stores it correctly;
 #              "quoted" = a value over 255 bytes must be entered as "..." "..." strings;
-#              "lines"  = the panel is a text box of "type host value" lines.
-LongValues = Literal["single", "quoted", "lines"]
+#              "lines"  = the panel is a text box of "type host value" lines;
+#              "capped" = the panel refuses (or cuts) a TXT value over 255 characters:
+#                         such a domain gets a 1024-bit key from the start.
+LongValues = Literal["single", "quoted", "lines", "capped"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,18 @@ class Provider:
     long_values: LongValues
     apex: str = "@"                # what the host field takes for the domain itself
 
+    @property
+    def caps_txt_at_255(self) -> bool:
+        """True when a 2048-bit DKIM value (~410 characters) cannot be saved here."""
+        return self.long_values == "capped"
+
 
 PROVIDERS: tuple[Provider, ...] = (
     Provider("onamae", "お名前.com", (r"^dns\d+\.onamae\.com$", r"^0\d\.dnsv\.jp$"),
              "お名前.com Navi のDNSレコード設定", "label", "single", apex="（空欄）"),
     Provider("sakura", "さくらインターネット", (r"^ns\d+\.dns\.ne\.jp$", r"(^|\.)sakura\.ne\.jp$",
                                                r"(^|\.)sakura\.ad\.jp$"),
-             "さくらインターネットのコントロールパネル（ゾーン編集）", "label", "single"),
+             "さくらインターネットのコントロールパネル（ゾーン編集）", "label", "capped"),
     Provider("xserver", "エックスサーバー（Xserver）", (r"^ns\d+\.xserver\.jp$",),
              "Xserverのサーバーパネル（DNSレコード設定）", "label", "single", apex="（空欄）"),
     Provider("muumuu", "ムームードメイン", (r"(^|\.)muumuu-domain\.com$",),
@@ -89,39 +96,47 @@ def identify(ns_names: Iterable[str], table: Sequence[Provider] = PROVIDERS) -> 
     return next(iter(found.values()))
 
 
-def _quoted(value: str) -> str:
-    from bot.core.records import split_txt_strings
-
-    return " ".join(f'"{s}"' for s in split_txt_strings(value))
+def by_key(key: str | None, table: Sequence[Provider] = PROVIDERS) -> Provider | None:
+    """The table row with this key (as recorded in a case's dns_lookahead event)."""
+    return next((p for p in table if p.key == key), None) if key else None
 
 
 def hint(provider: Provider, records: Sequence[Mapping[str, str]]) -> dict[str, object]:
     """What this panel wants, for the record mail's step 1: ``text`` (sentences, one
     point each) and ``paste`` (lines to paste exactly, never indented by the template).
-    ``records`` are the record boxes (fqdn, host_label, value)."""
+    ``records`` are the record boxes (fqdn, host_label, value). The boxes themselves
+    already lead with the host field and hold the value in this panel's form
+    (``bot.core.records.record_box``); the hint says so once, in words."""
     text = [(f"御社のドメインのDNSは「{provider.name}」で管理されているようです"
             f"（DNSサーバー名から判断しました）。{provider.panel}で登録してください。")]
     copy: list[str] = []
-    labels = "」「".join(r["host_label"] for r in records)
+    labels = "」「".join(r["host_label"] for r in records if r["host_label"] != "@")
     long = [r for r in records if len(r["value"].encode()) > 255]
     if provider.long_values == "lines":
         text.append("この画面では1行に1件のレコードを「種類 ホスト名 値」の形で書きます。"
                     "既にある行は消さずに、次の行を改行を入れずにそのまま追加してください。")
         copy.extend(f"txt {r['host_label']} {r['value']}" for r in records)
-    else:
-        if provider.host_field == "label":
-            text.append(f"ホスト名の欄には「{labels}」とだけ入力してください"
-                        "（ドメイン名は画面が自動で付けます）。")
-        else:
-            text.append(f"ホスト名の欄には「{labels}」と入力してください"
-                        "（ドメイン名まで入力しても同じ意味になります）。")
-        if provider.long_values == "quoted" and long:
-            text.append("この画面では255文字を超える値をそのまま登録できません。値の欄には、"
-                        "次の行のとおりダブルクォーテーション（\"）で区切った形で貼り付けてください"
-                        "（画面がこの形を1件の値として保存します）。")
-            copy.extend(_quoted(r["value"]) for r in long)
-        elif provider.long_values == "single" and long:
-            text.append("値は長い1行ですが、途中で区切らずに、そのまま貼り付けてください。")
+        return {"key": provider.key, "name": provider.name, "text": text, "paste": copy}
+    if labels and provider.host_field == "label":
+        text.append(f"ホスト名の欄には「{labels}」とだけ入力してください"
+                    "（ドメイン名は画面が自動で付けます）。")
+    elif labels:
+        text.append(f"ホスト名の欄には「{labels}」と入力してください"
+                    "（ドメイン名まで入力しても同じ意味になります）。")
+    if provider.long_values == "quoted" and long:
+        text.append("この画面では255文字を超える値をそのまま登録できないため、枠内の値は"
+                    "ダブルクォーテーション（\"）で区切った形にしてあります。この形のまま貼り付けてください"
+                    "（画面がこの形を1件の値として保存します）。")
+    elif provider.long_values == "capped" and long:
+        text.append("この画面では、TXTレコードの値は255文字までしか登録できません。枠内の値はそれより長いため、"
+                    "保存できない場合や途中で切れてしまう場合は、「短い鍵希望」とご返信ください。"
+                    "255文字以内に収まる短い鍵（1024ビット）のレコードをお送りします。")
+    elif provider.long_values == "capped":
+        text.append("この画面では、TXTレコードの値は255文字までしか登録できないため、"
+                    "255文字以内に収まる短い鍵（1024ビット）をご用意しました。1024ビットでも、"
+                    "GmailやYahoo!メールの要件（1024ビット以上）を満たします。")
+    elif provider.long_values == "single" and long:
+        text.append("値は長い1行ですが、途中で区切らずに、そのまま貼り付けてください。")
     return {"key": provider.key, "name": provider.name, "text": text, "paste": copy}
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.core.providers import Provider
 
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
@@ -148,16 +152,60 @@ def render_zone_line(fqdn: str, value: str) -> str:
     return f"{name} IN TXT ( {strings} )"
 
 
-def record_box(domain: str, fqdn: str, value: str, rtype: str = "TXT") -> dict[str, str]:
-    """One record as a facility mail shows it: the full name, the label a web DNS panel
-    wants (relative to the zone), the value and its zone-file line."""
+#: What the host field takes for the domain itself when the panel is unknown.
+APEX_FIELD = "空欄のままにしてください（空欄にできない場合は「@」）"
+
+
+def quoted_form(value: str) -> str:
+    """``"…" "…"``: the value as quoted strings of at most 255 bytes each."""
+    return " ".join(_quote(s) for s in split_txt_strings(value))
+
+
+def needs_quoting(provider: Provider | None, value: str) -> bool:
+    """True when this panel takes a long value only as quoted strings (Route 53 …)."""
+    return provider is not None and provider.long_values == "quoted" and len(value.encode()) > 255
+
+
+def record_box(domain: str, fqdn: str, value: str, rtype: str = "TXT",
+               provider: Provider | None = None) -> dict[str, str]:
+    """One record as a facility mail shows it, for the panel of ``provider`` (None:
+    unknown host).
+
+    A clerk on a phone copies the *first* line of a box into the host field, and most
+    Japanese panels (お名前.com, さくら, Xserver, ムームー, ConoHa, Route 53 …) append the
+    domain themselves: so ``field`` (the box's first line) is the label
+    (``sel._domainkey``), or "leave it empty" / ``@`` for the domain itself, and
+    ``field_note`` gives the full name second, as the name the panel shows after saving.
+    ``paste`` is the value in the form that panel accepts (quoted 255-byte strings where
+    it needs them). ``zone_line`` is for the mail's closing 「技術担当者様向け」 section
+    only: pasting it with its quotes into an ordinary panel is the commonest mistake.
+    """
+    fqdn = fqdn.rstrip(".")
     label = fqdn[: -len(domain) - 1] if fqdn.endswith("." + domain) else "@"
+    if label == "@":
+        if provider is not None and provider.apex == "@":
+            field = "@"
+            note = f"（「@」はドメイン名そのものを表します。全体の名前：{fqdn}）"
+        else:
+            field = APEX_FIELD
+            note = (f"（ドメイン名そのものに登録します。全体の名前：{fqdn}）" if provider is not None
+                    else f"（ドメイン名まで入力する画面では：{fqdn}）")
+    else:
+        field = label
+        if provider is not None and provider.host_field == "label":
+            note = f"（「.{domain}」は画面が自動で付けます。付いた後の名前：{fqdn}）"
+        else:
+            note = f"（ドメイン名まで入力する画面では：{fqdn}）"
     return {
         "fqdn": fqdn, "domain": domain, "host_label": label, "type": rtype, "value": value,
+        "field": field, "field_note": note,
+        "paste": quoted_form(value) if needs_quoting(provider, value) else value,
         "zone_line": render_zone_line(fqdn, value),
     }
 
 
-def dkim_box(domain: str, selector: str, algorithm: str, public_b64: str) -> dict[str, str]:
+def dkim_box(domain: str, selector: str, algorithm: str, public_b64: str,
+             provider: Provider | None = None) -> dict[str, str]:
     """The record box of one DKIM key of ``domain``."""
-    return record_box(domain, f"{selector}._domainkey.{domain}", dkim_record(algorithm, public_b64))
+    return record_box(domain, f"{selector}._domainkey.{domain}", dkim_record(algorithm, public_b64),
+                      provider=provider)

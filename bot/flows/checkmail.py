@@ -9,8 +9,9 @@ from typing import Any
 
 from bot.core.mailkinds import MailKind
 from bot.core.records import record_box
+from bot.core.providers import Provider
 from bot.core.rows import CaseRow
-from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.compose import case_provider, enqueue_mail, first_mail_asks, key_records
 from bot.flows.runtime import Bot
 
 
@@ -33,7 +34,7 @@ def dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
         "record": found.get("record"),
         "location": found.get("location") or f"_dmarc.{domain}",
         "diagnoses": errors,
-        "box": record_box(domain, f"_dmarc.{domain}", suggestion),
+        "box": record_box(domain, f"_dmarc.{domain}", suggestion, provider=case_provider(bot, case)),
     }
 
 
@@ -73,20 +74,24 @@ def sender_requirements(bot: Bot, report: Any, case: CaseRow) -> list[dict[str, 
     ]
 
 
-def fix_boxes(report: Any, case: CaseRow) -> list[dict[str, str]]:
-    boxes = []
+def fix_boxes(report: Any, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
+    boxes: list[dict[str, str]] = []
     domain = case.domain or ""
     for d in [*report.spf.diagnoses, *report.dmarc.diagnoses]:
         fix = (getattr(d, "detail", {}) or {}).get("fix")
         if fix:
             host = (d.detail or {}).get("fix_host") or (domain if d.code.startswith("spf") else f"_dmarc.{domain}")
-            box = record_box(domain, host, fix)
+            box = record_box(domain, host, fix, provider=provider)
             if box not in boxes:
                 boxes.append(box)
     return boxes
 
 
-def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, proof: tuple[bool, str] | None) -> None:
+def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, proof: tuple[bool, str] | None,
+                       *, signing_started: bool = False) -> None:
+    """Queue the mail ``kind`` a check decided. ``signing_started``: DKIM was proven in
+    this very check and its own announcement skipped (one visit: the next stage was
+    already satisfied), so this mail says that signing started."""
     if kind == "dkim_problem":
         truncated = any(d.code == "dkim_truncated" for d in report.dkim.diagnoses)
         # The diagnosis explains the short-key offer; the step only says how to take it up.
@@ -94,8 +99,12 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, pro
                 "ご返信ください）" if truncated else "")
         ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot, case), "extra_hint": hint}
     elif kind == "dkim_active":
-        servers = sorted((getattr(report.dkim, "found", {}) or {}).get("servers", {}) or [])
-        ctx = {"nameservers": servers or ["権威DNSサーバー"], "dmarc": dmarc_context(bot, case, report)}
+        found = getattr(report.dkim, "found", {}) or {}
+        names = found.get("server_names") or {}
+        # By name, as the clerk's panel shows them ("ns1.dns.ne.jp"), not by address.
+        servers = sorted({names.get(s, s) for s in (found.get("servers", {}) or [])})
+        ctx = {"nameservers": servers or ["権威DNSサーバー"], "dmarc": dmarc_context(bot, case, report),
+               "dmarc_asked": "DMARC" in first_mail_asks(bot, case)}
     elif kind == "dmarc_problem":
         ctx = {"diagnoses": report.dmarc.diagnoses, "dmarc": dmarc_context(bot, case, report)}
     elif kind == "final_problem":
@@ -115,10 +124,11 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, pro
                 "diagnoses": diags,
             }, staff_only=True)
             return
-        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case)}
+        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case, case_provider(bot, case)),
+               "signing_started": signing_started, "remaining": len(diags)}
     elif kind == "completion_report":
         ctx = {"results": final_rows(report, case),
-               "requirements": sender_requirements(bot, report, case)}
+               "requirements": sender_requirements(bot, report, case), "signing_started": signing_started}
     elif kind == "staff_escalation":
         ctx = {
             "reason_title": "DKIM record is right but the signing proof failed",

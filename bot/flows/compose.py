@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.adapters.mailout import build_message
 from bot.core.mailkinds import MailKind
+from bot.core.providers import Provider, by_key
 from bot.core.records import dkim_box
 from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
@@ -20,17 +21,43 @@ from bot.flows.runtime import Bot
 log = logging.getLogger("dkimbot")
 
 
-def key_records(bot: Bot, case: CaseRow) -> list[dict[str, str]]:
-    """The DKIM record box(es) of a case's domain, from the stored public keys."""
+def case_provider(bot: Bot, case: CaseRow) -> Provider | None:
+    """The DNS host seen before the case's first reply (its ``dns_lookahead`` event)."""
+    for event in reversed(bot.store.events(case.id)):
+        if event["kind"] == "dns_lookahead":
+            return by_key((event.get("detail") or {}).get("provider"))
+    return None
+
+
+def first_mail_asks(bot: Bot, case: CaseRow) -> set[str]:
+    """Which of DMARC and SPF the case's first mail already asked for (one visit), read
+    from what was seen before it (the ``dns_lookahead`` event)."""
+    for event in reversed(bot.store.events(case.id)):
+        if event["kind"] == "dns_lookahead":
+            d = event.get("detail") or {}
+            asked = set()
+            if d.get("dmarc_missing") or (d.get("dmarc") or {}).get("fix"):
+                asked.add("DMARC")
+            if d.get("spf_new") or (d.get("spf") or {}).get("fix"):
+                asked.add("SPF")
+            return asked
+    return set()
+
+
+def key_records(bot: Bot, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
+    """The DKIM record box(es) of a case's domain, from the stored public keys, for the
+    panel of ``provider`` (default: the one seen when the case began)."""
     boxes: list[dict[str, str]] = []
     if not case.domain:
         return boxes
+    if provider is None:
+        provider = case_provider(bot, case)
     keys = {k["selector"]: k for k in bot.store.domain_keys(case.domain)}
     for selector in case.selectors or ([case.selector] if case.selector else []):
         k = keys.get(selector)
         if k is None:
             continue
-        boxes.append(dkim_box(case.domain, selector, k["algorithm"], k["public_b64"]))
+        boxes.append(dkim_box(case.domain, selector, k["algorithm"], k["public_b64"], provider=provider))
     return boxes
 
 

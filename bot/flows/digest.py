@@ -23,6 +23,7 @@ from bot.flows.runtime import Bot
 log = logging.getLogger("dkimbot")
 
 META_KEY = "digest:last_date"
+REJECTED_SHOWN = timedelta(days=7)  # a rejected case counts in the totals this long
 STARTED_KEY = "digest:started"  # when the bot first looked at the digest (ISO time)
 
 
@@ -35,7 +36,10 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
     now = now or bot.clock()
     cfg = bot.cfg.schedule
     day_ago = now - timedelta(days=1)
-    cases = bot.store.list_cases()
+    # A rejected request is told why at once and needs nobody after that: it leaves the
+    # totals a week later instead of counting forever.
+    cases = [c for c in bot.store.list_cases()
+             if not (c.state == State.REJECTED and now - c.state_since >= REJECTED_SHOWN)]
     by_state = Counter(c.state for c in cases)
     stuck_after = timedelta(days=cfg.stuck_after_days)
     waiting = (State.NEEDS_INFO, *WAITING)
@@ -68,6 +72,14 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
     in_doubt = [{"ref": e["ref"], "message_id": e["detail"].get("message_id"), "kind": e["detail"].get("kind")}
                 for e in events if e["kind"] == "delivery_in_doubt"]
     dns = Counter(e["ref"] for e in events if e["detail"].get("event") == "dns_error")
+    grace = timedelta(days=bot.cfg.schedule.signing_grace_days)
+    # Watched domains whose record is gone: staff must act before signing stops.
+    watch = [
+        {"ref": c.ref, "facility": c.facility, "domain": c.domain, "state": c.state,
+         "since": c.state_since.isoformat(timespec="minutes"),
+         "deadline": (c.state_since + grace).isoformat(timespec="minutes") if c.state == State.DKIM_LOST else None}
+        for c in cases if c.state in (State.DKIM_LOST, State.SIGNING_STOPPED)
+    ]
     return {
         "date": now.date().isoformat(),
         "total": len(cases),
@@ -79,6 +91,7 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
         "delivery": delivery,
         "in_doubt": in_doubt,
         "dns_errors": sorted(dns.items()),
+        "watch": watch,
         "new_cases": sum(1 for c in cases if c.created_at >= day_ago),
         "completed_today": sum(1 for e in events if e["to_state"] == State.COMPLETED
                                and e["from_state"] != State.COMPLETED),
@@ -128,8 +141,21 @@ def digest_once(bot: Bot) -> int:
         return 0
     if now - datetime.fromisoformat(started) < timedelta(days=1) or not digest_due(bot, now):
         return 0
+    if not needs_a_human(build_digest(bot, now)):
+        # Nothing to decide today: no mail (a digest of "none"s teaches staff to skip it).
+        with bot.store.transaction():
+            bot.store.set_meta(META_KEY, now.date().isoformat())
+        log.info("-: daily digest skipped: nothing for a human today")
+        return 0
     send_digest(bot)
     return 1
+
+
+def needs_a_human(digest: dict[str, Any]) -> bool:
+    """True when the digest lists something staff must look at: an escalation, a stuck
+    case, a delivery error, a mail sent twice, a lost record or stopped signing. Counts
+    and DNS errors (retried by the bot) alone are not worth a mail."""
+    return any(digest.get(k) for k in ("escalated", "stuck", "delivery", "in_doubt", "watch"))
 
 
 def digest_command(bot: Bot, print_only: bool) -> int:

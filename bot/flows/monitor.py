@@ -43,9 +43,15 @@ def grace_deadline(case: CaseRow, grace: timedelta) -> datetime:
     return case.state_since + grace
 
 
+_WEEKDAYS = "月火水木金土日"
+
+
 def _jst(when: datetime) -> str:
+    """「12月16日（水）14時（日本時間）」: how a Japanese clerk reads a deadline (the
+    minutes only when they are not zero; no year: a deadline is days away)."""
     local = when.astimezone(JST)
-    return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}（日本時間）"
+    minute = f"{local.minute}分" if local.minute else ""
+    return f"{local.month}月{local.day}日（{_WEEKDAYS[local.weekday()]}）{local.hour}時{minute}（日本時間）"
 
 
 def monitor_due_once(bot: Bot) -> int:

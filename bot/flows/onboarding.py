@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bot.adapters.mailout import show_domain_ja
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
@@ -64,6 +65,9 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any, prepared: Prepared | None
     failure = prepared.failed.get(case.domain or "") if prepared is not None else None
     if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields, made, failure):
         return
+    from bot.flows.replyforward import forward, hold
+
+    text = (reading.new_text or parsed.body_text or "").strip()
     if case.state in (*sm.WAITING, State.ESCALATED):
         # Always recheck at once; only a "done" reply must get an answer from the check
         # (a question gets its answer from staff, a "thanks" needs none).
@@ -73,23 +77,14 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: Any, prepared: Prepared | None
         log.info("%s: facility replied (%s); checking now", case.ref, reading.reason)
         if reading.can_act:
             return
-    else:
-        bot.store.update_case(case.id, now, **fields)
-    bot.store.add_event(case.id, now, "facility_reply_forwarded",
-                        detail={"excerpt": excerpt, "reading": reading.reason})
-    enqueue_mail(
-        bot, MailKind.STAFF_ESCALATION, [bot.store.get_case(case.id)],
-        {
-            "reason_title": "facility replied; the bot cannot act on it",
-            "reason": f"A reply from {parsed.from_addr or 'unknown sender'} (Message-ID {parsed.message_id}) "
-                      f"arrived while the case is {case.state}"
-                      + (" (rechecked at once)" if case.state in (*sm.WAITING, State.ESCALATED) else "")
-                      + f":\n\n{(reading.new_text or parsed.body_text or '').strip()[:4000]}",
-            "decide_hint": "Answer the facility yourself (reply to its mail).",
-            "diagnoses": [],
-        },
-        staff_only=True,
-    )
+        # Decided after this pass's recheck: if that moves the case on, its mail answers
+        # the reply and staff are not asked (bot/flows/replyforward.py).
+        hold(bot, bot.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
+             text=text, reading=reading.reason)
+        return
+    bot.store.update_case(case.id, now, **fields)
+    forward(bot, bot.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
+            text=text, reading=reading.reason, rechecked=False)
 
 
 def _shared_selectors(bot: Bot, domain: str) -> list[str] | None:
@@ -138,10 +133,13 @@ class _Reply:
     touched: list[CaseRow] = field(default_factory=list)
 
     def lookahead(self, case: CaseRow) -> dict[str, Any]:
+        """The item keys from the look at the domain: ``records`` (boxes for its panel),
+        ``provider_hint``, ``asks`` (DMARC/SPF to register in the same visit), ``existing``."""
         domain = case.domain or ""
         if domain not in self.seen:
             raise not_prepared(self.prepared, domain, "a look at its DNS")
-        return looked_for_reply(self.bot, case, key_records(self.bot, case), self.seen)
+        records = key_records(self.bot, case, getattr(self.seen[domain], "provider", None))
+        return {"records": records, **looked_for_reply(self.bot, case, records, self.seen)}
 
 
 def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
@@ -218,9 +216,16 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
     store.add_event(existing.id, now, "repeat_request", detail={"message_id": r.parsed.message_id})
     case = store.update_case(existing.id, now, **r.base) if existing.state != State.COMPLETED else existing
     r.touched.append(case)
+    if case.state == State.COMPLETED:
+        # Setup is done: say so, with its records for reference; nothing to add.
+        r.items.append({"kind": "complete", "ref": case.ref, "facility": case.facility,
+                        "admin_email": case.admin_email, "domain": plan.domain,
+                        "records": key_records(r.bot, case), "shared_with": [], "asks": [],
+                        "existing": [], "provider_hint": None})
+        return
     r.items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
                     "admin_email": case.admin_email, "domain": plan.domain,
-                    "records": key_records(r.bot, case), "shared_with": [], **r.lookahead(case)})
+                    "shared_with": [], **r.lookahead(case)})
 
 
 def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
@@ -247,8 +252,10 @@ def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
     managed = _managed_publish(r, case, selectors) if bot.cfg.dns.managed_nameservers and not others else None
     r.items.append({"kind": "managed" if managed else "record", "ref": case.ref,
                     "facility": case.facility,
-                    "admin_email": case.admin_email, "domain": domain,
-                    "records": key_records(bot, case), "shared_with": others, **r.lookahead(case)})
+                    "admin_email": case.admin_email, "domain": domain, "shared_with": others,
+                    "bits": min((k["bits"] for k in store.domain_keys(domain)
+                                 if k["selector"] in selectors and k["algorithm"] == "rsa"), default=None),
+                    **r.lookahead(case)})
 
 
 def _managed_publish(r: _Reply, case: CaseRow, selectors: list[str]) -> Any:
@@ -299,13 +306,22 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
     # Within one mail, a second facility of the same domain points at the same record.
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:
-        subject_text = "DKIM設定のご案内：DNSへのレコード登録のお願い"
+        subject_text = "DKIM・DMARC設定のご案内：DNSへの設定（レコード）の登録のお願い"
     elif kinds == {"managed"}:
         subject_text = "DKIM設定のお申し込みを承りました（DNSの設定は弊社で行います）"
     elif kinds == {"needs_info"}:
         subject_text = "DKIM、DMARC設定のお申し込み内容のご確認のお願い"
+    elif kinds == {"complete"}:
+        subject_text = "DKIM、DMARCの設定は既に完了しています"
+    elif kinds == {"rejected"}:
+        subject_text = "DKIM設定をお受けできませんでした"
     else:
         subject_text = "DKIM、DMARC設定のお申し込みについて"
+    rejected = [i.get("facility") or show_domain_ja(i.get("domain")) for i in items if i["kind"] == "rejected"]
+    if rejected:
+        # A rejected facility must not hide behind another one's "please register" subject.
+        names = "、".join(n for n in rejected if n) or "一部の施設"
+        subject_text += (f"（{names}）" if kinds == {"rejected"} else f"／{names}：お受けできないドメインです")
     to = [requester] if requester else []
     if bot.cfg.service.cc_contact:
         for c in r.touched:

@@ -105,7 +105,19 @@ def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
     return None
 
 
-def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
+def key_bits_for(bot: Bot, found: Any) -> int:
+    """The RSA key size for a domain: ``[keys] bits``, but 1024 when its DNS host is known
+    to refuse TXT values over 255 characters (さくら): a 2048-bit value (~410
+    characters) could not be saved there, and 1024 bits still meets Gmail's and Yahoo's
+    minimum. ``found`` is the domain's ``Lookahead`` (or None)."""
+    bits = bot.cfg.keys.bits
+    provider = getattr(found, "provider", None)
+    if provider is not None and provider.caps_txt_at_255 and bot.cfg.keys.algorithm == "rsa" and bits > 1024:
+        return 1024
+    return bits
+
+
+def prepare_keys(bot: Bot, domain: str, bits: int | None = None) -> PreparedKeys:
     """Choose a new selector for ``domain`` (asks DNS) and create its key file(s)."""
     from bot.flows.selectors import choose_selector
 
@@ -116,7 +128,7 @@ def prepare_keys(bot: Bot, domain: str) -> PreparedKeys:
     # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
     selector = choose_selector(bot, domain, render_selector(cfg.keys.selector, bot.clock()),
                                with_ed25519=dual, exclude=known)
-    key = bot.keystore.load_or_create(domain, selector, algorithm, cfg.keys.bits)
+    key = bot.keystore.load_or_create(domain, selector, algorithm, bits or cfg.keys.bits)
     maybe_crash("key.written")
     selectors, keys = [selector], [key]
     if dual:
@@ -154,6 +166,9 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
         if plan.step not in (Step.RESEND, Step.ASSIGN_KEY):
             continue
         domain = plan.domain or ""
+        if domain not in out.seen:
+            # Looked at first: the DNS host decides the key size (さくら: 1024 bits).
+            out.seen[domain] = look_at(bot, domain)
         if plan.step == Step.ASSIGN_KEY and domain not in assigned:
             try:
                 _prepare_new_case(bot, out, domain, found)
@@ -162,8 +177,6 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
                 out.failed[domain] = exc
         if plan.step == Step.ASSIGN_KEY:
             assigned.add(domain)
-        if domain not in out.seen:
-            out.seen[domain] = look_at(bot, domain)
     return out
 
 
@@ -174,7 +187,7 @@ def _prepare_reply(bot: Bot, out: Prepared, case: Any, parsed: Any) -> None:
     from bot.flows.rekey import new_key, wants_short_key
 
     reading = read_reply(parsed.body_text or "")
-    if not wants_short_key(case, reading.new_text or parsed.body_text or ""):
+    if not wants_short_key(bot, case, reading.new_text or parsed.body_text or ""):
         return
     try:
         out.rekeys[case.id] = new_key(bot, case, 1024)
@@ -188,7 +201,7 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> No
     other facility on it, the RFC 2136 publish, in the order handle_request does them."""
     selectors = _live_selectors(bot, domain)
     if selectors is None:
-        pk = prepare_keys(bot, domain)
+        pk = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)))
         out.keys[domain] = pk
         selectors, records = pk.selectors, _records(domain, pk.keys)
     else:
@@ -228,6 +241,6 @@ def looked_for_reply(bot: Bot, case: Any, records: list[dict[str, str]], seen: d
     now = bot.clock()
     if found is None:
         bot.store.add_event(case.id, now, "dns_lookahead", detail={"domain": domain, "ok": False})
-        return lookahead.reply_context(None, records)
+        return lookahead.reply_context(None, records, bot.cfg.service)
     bot.store.add_event(case.id, now, "dns_lookahead", detail={"ok": True, **found.to_event()})
-    return lookahead.reply_context(found, records)
+    return lookahead.reply_context(found, records, bot.cfg.service)

@@ -104,6 +104,7 @@ def _report_evidence(report: Any) -> dict[str, Any]:
 def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
     """Turn one DNS report into decisions for a case (chained while the case moves on)."""
     cfg = bot.cfg
+    signing_started = False  # DKIM proven in this chain with its announcement skipped
     for _ in range(4):  # awaiting_dkim → awaiting_dmarc → completed at most
         now = bot.clock()
         state = State(case.state)
@@ -140,6 +141,8 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
             detail: dict[str, Any] = {"event": event.value, "dns": _report_evidence(report)}
             if proof:
                 detail["proof"] = {"ok": proof[0], "detail": proof[1]}
+            if decision.skipped:
+                detail["skipped_mails"] = decision.skipped
             if decision.changes_state:
                 updated = bot.store.transition(case.id, decision.next_state, now, expected_state=state,
                                                event="transition", detail=detail, **fields)
@@ -150,8 +153,10 @@ def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
                     bot.store.add_event(case.id, now, "check", state.value, decision.next_state.value, detail)
             log.debug("%s: checked %s: %s; next check %s", case.ref, case.domain, event.value,
                       fields["next_check_at"].isoformat(timespec="seconds"))
+            if event == Event.DKIM_PROVEN and decision.skipped:
+                signing_started = True
             for kind in decision.mails:
-                enqueue_check_mail(bot, kind, updated, report, proof)
+                enqueue_check_mail(bot, kind, updated, report, proof, signing_started=signing_started)
             maybe_crash("check.decided")
         maybe_crash("check.committed")
         case = bot.store.get_case(case.id)
@@ -176,11 +181,13 @@ def remind_due_once(bot: Bot) -> int:
         with bot.store.transaction():
             if event == Event.REMINDER_DUE:
                 updated = bot.store.update_case(case.id, now, reminders_sent=case.reminders_sent + 1)
-                bot.store.add_event(case.id, now, "reminder", detail={"number": updated.reminders_sent})
                 from bot.flows.reminders import reminder_context
 
                 # The record box(es) and the last findings, so the reminder alone suffices.
-                enqueue_mail(bot, MailKind.REMINDER, [updated], reminder_context(bot, updated, updated.reminders_sent))
+                ctx = reminder_context(bot, updated, updated.reminders_sent)
+                bot.store.add_event(case.id, now, "reminder", detail={
+                    "number": updated.reminders_sent, "offered_short_key": bool(ctx.get("refused_hint"))})
+                enqueue_mail(bot, MailKind.REMINDER, [updated], ctx)
             else:
                 updated = bot.store.transition(
                     case.id, State.ESCALATED, now, expected_state=case.state, event="transition",

@@ -135,9 +135,15 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     return updated
 
 
-def wants_short_key(case: CaseRow, text: str) -> bool:
-    """A reply to a case whose record was cut off, asking for the short key."""
-    return _waiting_for_dkim(case) and short_key_was_offered(case) and asks_for_short_key(text)
+def wants_short_key(bot: Bot, case: CaseRow, text: str) -> bool:
+    """A reply asking for the short key to a case that offered it: its record was cut
+    off, or a reminder asked whether the panel refused the long value (nothing in DNS a
+    day after 「設定しました」, ``reminders.panel_may_have_refused``)."""
+    if not (_waiting_for_dkim(case) and asks_for_short_key(text)):
+        return False
+    return short_key_was_offered(case) or any(
+        e["kind"] == "reminder" and (e.get("detail") or {}).get("offered_short_key")
+        for e in bot.store.events(case.id))
 
 
 def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dict[str, Any],
@@ -149,7 +155,7 @@ def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dic
     not that wish, the case is past the DKIM step, or no cut-off record was reported:
     the reply then takes its usual way (a recheck, and staff when it is a question).
     """
-    if not wants_short_key(case, text):
+    if not wants_short_key(bot, case, text):
         return False
     # Inside the decision's transaction: the key ``made`` by the prepare phase, if it still
     # fits (no key recorded for the domain since); ``failure``: what preparing it met.

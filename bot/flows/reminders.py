@@ -9,11 +9,12 @@ what was found and the fixes, so the boxes match the earlier mail.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from bot.adapters.dnsclient import AreaResult, CheckReport, Diagnosis
 from bot.core.cases import State
-from bot.core.rows import CaseRow
+from bot.core.rows import CaseRow, now_iso
 from bot.flows.runtime import Bot
 
 WAITING_FOR = {
@@ -39,6 +40,22 @@ def _shown(diags: list[Diagnosis]) -> list[Diagnosis]:
     return [d for d in diags if d.severity == "error" and d.code != "dns_error"]
 
 
+def panel_may_have_refused(bot: Bot, case: CaseRow, report: CheckReport | None) -> bool:
+    """True when the facility said 「設定しました」 over a day ago, DNS still shows no DKIM
+    record at all, and the key is longer than a 255-character value allows: the likeliest
+    story is a panel that refused to save the long value, so the short key is offered."""
+    if report is not None and {d.code for d in _shown(report.dkim.diagnoses)} - {"dkim_not_published"}:
+        return False  # something *was* published: the diagnosis says what is wrong
+    now = bot.clock()
+    said_done = [e for e in bot.store.events(case.id)
+                 if e["kind"] == "facility_reply" and (e.get("detail") or {}).get("reading") == "done"]
+    if not said_done or str(said_done[-1]["at"]) > now_iso(now - timedelta(days=1)):
+        return False
+    selectors = case.selectors or ([case.selector] if case.selector else [])
+    return any(k["algorithm"] == "rsa" and k["bits"] > 1024 and k["selector"] in selectors
+               for k in bot.store.domain_keys(case.domain or ""))
+
+
 def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     """Template context for ``reminder`` (besides what ``enqueue_mail`` adds)."""
     from bot.flows.checkmail import dmarc_context, fix_boxes
@@ -59,6 +76,7 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
         ctx["records"] = key_records(bot, case)
         if report is not None:
             ctx["diagnoses"] = _shown(report.dkim.diagnoses)
+        ctx["refused_hint"] = panel_may_have_refused(bot, case, report)
     elif state == State.AWAITING_DMARC:
         if report is None:
             report = _report_from_evidence({})
@@ -66,6 +84,8 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
         ctx["records"] = [dmarc["box"]]
         ctx["diagnoses"] = _shown(report.dmarc.diagnoses)
     elif state == State.AWAITING_FINAL and report is not None:
-        ctx["records"] = fix_boxes(report, case)
+        from bot.flows.compose import case_provider
+
+        ctx["records"] = fix_boxes(report, case, case_provider(bot, case))
         ctx["diagnoses"] = _shown([d for _, a in report.areas() for d in a.diagnoses])
     return ctx
