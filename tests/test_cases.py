@@ -173,3 +173,29 @@ def test_a_resumed_dkim_step_does_not_ask_for_dmarc_twice():
     assert active.next_state == State.AWAITING_DMARC and active.mails == ["dkim_active"]
     chained = sm.decide(State.AWAITING_DMARC, Event.DMARC_WRONG, last_notice=active.notice, report=r)
     assert chained.mails == []
+
+
+# ------------------------------------------------------------------ one visit (issue 13)
+
+
+def test_dkim_proven_with_dmarc_already_right_skips_the_dmarc_request_mail():
+    # The first mail asked for every record: with DMARC right too, "now DMARC please" is
+    # not sent; the chained final check mails the result.
+    d = sm.decide(State.AWAITING_DKIM, Event.DKIM_PROVEN, report=Report())
+    assert d.next_state == State.AWAITING_DMARC and d.mails == [] and d.skipped == ["dkim_active"]
+    final = sm.decide(State.AWAITING_DMARC, sm.classify_check(State.AWAITING_DMARC, Report(), None),
+                      report=Report())
+    assert final.next_state == State.COMPLETED and final.mails == ["completion_report"]
+
+
+@pytest.mark.parametrize("dmarc", [area("dmarc_not_published", ok=False), area("dmarc_syntax", ok=False)])
+def test_dkim_proven_with_dmarc_not_right_walks_the_stage(dmarc):
+    d = sm.decide(State.AWAITING_DKIM, Event.DKIM_PROVEN, report=Report(dmarc=dmarc))
+    assert d.mails == ["dkim_active"] and d.skipped == []
+
+
+def test_a_dns_error_elsewhere_keeps_the_dkim_active_mail():
+    # Undecided by a DNS error: the facility still hears that signing started.
+    d = sm.decide(State.AWAITING_DKIM, Event.DKIM_PROVEN, report=Report(spf=area("dns_error", ok=False)))
+    assert d.mails == ["dkim_active"]
+    assert not sm.already_ahead(None)

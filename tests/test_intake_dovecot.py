@@ -416,13 +416,16 @@ def test_replies_reach_their_case_by_in_reply_to_alone_and_by_subject_reference_
     assert by_state[b] == "awaiting_dkim"
     # B: the check ran (the quoting is diagnosed to the facility) and staff got the question.
     [problem] = [m for m in new if f"[{cb['case']['case']}]" in m.message["Subject"]
-                 and STAFF not in addrs(m.message, "To")]
+                 and STAFF not in addrs(m.message, "To") and "ご返信を承りました" not in m.message["Subject"]]
     assert addrs(problem.message, "To")[0] == f"yamada@{b}"
+    # The question is acknowledged to the facility (a person will answer) and forwarded once.
+    [ack] = [m for m in new if "ご返信を承りました" in m.message["Subject"]]
+    assert addrs(ack.message, "To")[0] == f"yamada@{b}" and "担当者より改めてご連絡します" in body_of(ack.raw)
     [forward] = [m for m in new if addrs(m.message, "To") == [STAFF]]
     assert f"[{cb['case']['case']}]" in forward.message["Subject"]
     text = body_of(forward.raw)
     assert question in text and b_reply_id in text
-    assert len(new) == 3
+    assert len(new) == 4
 
 
 def test_a_corrected_mail_completes_the_same_case(tmp_path, dovecot, bind, smtp):

@@ -83,5 +83,5 @@ def test_a_domain_on_other_name_servers_gets_the_normal_instructions(tmp_path, b
     [case] = bot.store.list_cases()
     assert bind.txt(f"{case.selector}._domainkey.{domain}") == []
     assert "managed_publish" not in [e["kind"] for e in bot.store.events(case.id)]
-    assert "DNSへのレコード登録のお願い" in smtp.messages[0].message["Subject"]
+    assert "DNSへの設定（レコード）の登録のお願い" in smtp.messages[0].message["Subject"]
     bot.close()

@@ -102,7 +102,7 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         done = case_mails(smtp)[-1]
         done_body = body_of(done.raw)
         assert "古いレコードは削除できます" in done.message["Subject"]
-        assert f"ホスト名：{old}._domainkey.{domain}" in done_body
+        assert f"ホスト名：{old}._domainkey（ドメイン名まで入力する画面では {old}._domainkey.{domain}）" in done_body
         assert STAFF in done.rcpt_tos
         keys = {k["selector"]: k for k in bot.store.domain_keys(domain)}
         assert keys[old]["retired_at"] and keys[new]["installed_at"] and not keys[new]["retired_at"]
@@ -168,7 +168,7 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         facility = next(m for m in new if "ESCALATION" not in m.message["Subject"])
         staff = next(m for m in new if "ESCALATION" in m.message["Subject"])
         assert staff.rcpt_tos == [STAFF]
-        assert "DKIMレコードが確認できなくなりました" in facility.message["Subject"]
+        assert "DKIMのレコードが確認できなくなりました" in facility.message["Subject"]
         lost_body = body_of(facility.raw)
         assert "5日間" in lost_body and [b["host"] for b in boxes(lost_body)] == [fqdn]
         assert installed_selectors(bot.cfg, domain) == [sel]
@@ -180,7 +180,7 @@ def test_a_lost_record_warns_counts_down_and_only_then_stops_signing(tmp_path, d
         jobs.run_pass(bot)
         assert bot.store.get_case(case.id).state == "completed"
         [restored] = sent(smtp, before)
-        assert "署名の停止は取り消しました" in body_of(restored.raw)
+        assert "署名の停止は行いません" in body_of(restored.raw)
 
         # Lost again: the countdown starts afresh and runs its full length.
         bind.delete(domain, f"{sel}._domainkey")
