@@ -277,6 +277,6 @@ def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
                 "admin_email": case.admin_email, "domain": case.domain,
                 "records": key_records(bot, case), "shared_with": [], "provider_hint": None}
         return enqueue_mail(bot, MailKind.REQUEST_REPLY, [case], {
-            "items": [item], "subject_text": "DKIM設定のご案内：DNSへのレコード登録のお願い（再送）",
+            "items": [item], "subject_text": "DKIM設定のご案内：DNSへの設定（レコード）の登録のお願い（再送）",
             "records": True,
         })

@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.adapters.store import CaseRow
 from bot.core.cases import State
+from bot.core.records import record_box
 from bot.core.dmarcstats import (
     QUARANTINE_WINDOW_DAYS,
     DomainSummary,
@@ -126,8 +127,8 @@ def facility_context(bot: Bot, case: CaseRow, today: date) -> dict[str, Any]:
         "reporters": sorted({r for s in window.sources for r in s.reporters}, key=str.lower),
         "others_failing": others, "advise_quarantine": verdict.ready,
         "quarantine_record": record, "report_days": bot.cfg.reports.facility_report_days,
-        "quarantine_box": {"fqdn": f"_dmarc.{domain}", "host_label": "_dmarc", "domain": domain,
-                           "type": "TXT", "value": record},
+        # The same box as every other mail (host field first, the full name second).
+        "quarantine_box": record_box(domain, f"_dmarc.{domain}", record),
         "min_messages": bot.cfg.reports.quarantine_min_messages, "readiness": verdict.reason,
     }
 
