@@ -121,7 +121,7 @@ def test_a_backup_mid_flow_restores_into_a_new_dir_and_the_flow_finishes_there(
         bot.close()
     subjects = kinds(smtp)
     assert len(subjects) == 3, subjects  # record, DKIM active, completion: each once
-    assert "DKIM設定のご案内" in subjects[0] and "完了" in subjects[-1]
+    assert "設定のご案内" in subjects[0] and "完了" in subjects[-1]
     ids = [m.message["Message-ID"] for m in case_mails(smtp)]
     assert len(set(ids)) == 3
     # The key went into B's signer, not A's.

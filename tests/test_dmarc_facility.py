@@ -97,7 +97,7 @@ def test_facility_report_then_quarantine_advice_with_a_moved_clock(tmp_path, dov
         assert "DMARCの設定を強化できる状態になりました" in subject(mails[1].raw)
         # Their own record with only p changed (tags in RFC order), copy-pasteable on one line.
         assert "\nv=DMARC1; p=quarantine; adkim=r; rua=mailto:dmarc@k5-saas.test\n" in advice
-        assert "ホスト名：_dmarc.ryokan-hinoki.test" in advice
+        assert "ホスト名：_dmarc\n（ドメイン名まで入力する画面では：_dmarc.ryokan-hinoki.test）" in advice
         assert "全ての送信元のメール（150通）がDMARCの認証に合格しました" in advice
         assert "弊社で変更することはございません" in advice
         # Advice only: the bot did not touch the record.

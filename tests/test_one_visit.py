@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,11 @@ STAFF = "staff@489ban.net"
 
 def text_of(msg: EmailMessage) -> str:
     return msg.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+
+
+def dump(msg: EmailMessage) -> None:
+    if os.environ.get("DKIMBOT_TEST_DUMP"):  # read them as the ryokan owner would: pytest -s
+        print(f"\n===== {msg['Subject']}\n{text_of(msg)}")
 
 
 def record_value(box_value: str) -> str:
@@ -88,6 +94,7 @@ class Ryokan:
         for m in self.smtp.messages[self._seen:]:
             msg = m.message
             if f"yamada@{self.domain}" in m.rcpt_tos:
+                dump(msg)
                 out.append(msg)
                 self.last = msg
             elif self.domain in str(msg.get("Subject", "")) + text_of(msg):
