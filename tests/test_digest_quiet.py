@@ -12,6 +12,23 @@ from bot.flows.runtime import Bot
 T0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
 
 
+PATHS = {  # how a case reaches a state, one allowed move at a time (Store.transition)
+    "escalated": ["escalated"],
+    "dkim_lost": ["awaiting_dmarc", "completed", "dkim_lost"],
+    "signing_stopped": ["awaiting_dmarc", "completed", "dkim_lost", "signing_stopped"],
+}
+
+
+def make_case(bot, state, now, **fields):
+    """A case in ``state`` since ``now``: begun in awaiting_dkim (or rejected) and moved."""
+    if state in ("awaiting_dkim", "rejected"):
+        return bot.store.create_case(state=state, now=now, **fields)
+    case = bot.store.create_case(state="awaiting_dkim", now=now, **fields)
+    for step in PATHS[state]:
+        case = bot.store.transition(case.id, step, now, expected_state=case.state, event="test")
+    return case
+
+
 def open_bot(tmp_path, now):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[service]\nstaff_cc = ["staff@489ban.net"]\n[outbound]\nkind = "directory"\n'
@@ -32,7 +49,7 @@ def test_a_quiet_day_sends_no_digest_and_a_day_with_an_escalation_does(tmp_path)
         assert not list((tmp_path / "state" / "outbox").glob("*.eml"))  # no mail queued either
         now[0] += timedelta(days=1)
         with bot.store.transaction():
-            bot.store.create_case(state="escalated", now=now[0], facility="旅館もみじ", domain="b.test")
+            make_case(bot, "escalated", now[0], facility="旅館もみじ", domain="b.test")
         assert digest_once(bot) == 1
     finally:
         bot.close()
@@ -57,8 +74,8 @@ def test_lost_records_are_listed_with_the_time_signing_stops(tmp_path):
     bot = open_bot(tmp_path, now)
     try:
         with bot.store.transaction():
-            lost = bot.store.create_case(state="dkim_lost", now=T0, facility="ホテルさくら", domain="a.test")
-            bot.store.create_case(state="signing_stopped", now=T0, facility="旅館もみじ", domain="b.test")
+            lost = make_case(bot, "dkim_lost", T0, facility="ホテルさくら", domain="a.test")
+            make_case(bot, "signing_stopped", T0, facility="旅館もみじ", domain="b.test")
         digest = build_digest(bot, T0 + timedelta(days=1))
         assert needs_a_human(digest)
         _subject, body = render_digest(bot, T0 + timedelta(days=1))

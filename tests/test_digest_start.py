@@ -16,7 +16,8 @@ def test_the_first_digest_waits_a_full_day(tmp_path):
     now = [datetime(2026, 11, 28, 23, 59, 30, tzinfo=UTC)]
     bot = Bot.open(load_config(cfg), clock=lambda: now[0])
     with bot.store.transaction():  # something for a human: a quiet day sends no digest
-        bot.store.create_case(state="escalated", now=now[0], facility="ホテルさくら", domain="sakura.test")
+        case = bot.store.create_case(state="awaiting_dkim", now=now[0], facility="ホテルさくら", domain="sakura.test")
+        bot.store.transition(case.id, "escalated", now[0], expected_state="awaiting_dkim", event="test")
     try:
         assert digest_once(bot) == 0          # 23:59:30, the first pass
         now[0] += timedelta(minutes=1)        # 00:00:30 the next day, digest_hour 0
