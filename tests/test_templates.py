@@ -160,6 +160,14 @@ def test_every_template_renders_from_the_codes_own_contexts(bot: Any) -> None:
             enqueue_check_mail(bot, kind, store.get_case(case.id), report, (False, "probe not verified"))
         enqueue_mail(bot, MailKind.REMINDER, [case], reminder_context(bot, case, 1))
         enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], stall_context(bot, case), staff_only=True)
+        # One visit (issue 13): DKIM proven with the next stage already satisfied.
+        for kind, report in ((MailKind.FINAL_PROBLEM, _report(spf=False)), (MailKind.COMPLETION_REPORT, _report())):
+            enqueue_check_mail(bot, kind, store.get_case(case.id), report, None, signing_started=True)
+        # A question: acknowledged to the facility and forwarded to staff.
+        from bot.flows.replyforward import forward
+
+        forward(bot, store.get_case(case.id), sender=f"yamada@{DOMAIN}", message_id="<q1@hotel-sakura.test>",
+                text="設定方法がわかりません。", reading="question", rechecked=False)
     rekey_case(bot, store.get_case(case.id), 1024, reason="the record is cut off", who="staff")
     # After completion: lost, restored, and lost past the grace period (signing stopped).
     done = _case(bot, State.COMPLETED, selector="watch1")
