@@ -10,7 +10,6 @@ queries in ``bot.adapters.dnsclient``; the names of DESIGN.md are all importable
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +33,6 @@ from bot.core.dnsresults import (
     normalize_name,
 )
 from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
-
-log = logging.getLogger("dkimbot")
 
 __all__ = [
     "AreaResult", "CheckReport", "CheckRequest", "Diagnosis", "DkimRecord", "DnsLookup",
@@ -270,15 +267,11 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     return AreaResult(ok, list(diags.values()), found)
 
 
-def _server_names(client: DnsClient, name: str, answers: Mapping[str, Any]) -> dict[str, str]:
+def _server_names(client: DnsLookup, name: str, answers: Mapping[str, Any]) -> dict[str, str]:
     """Address → name server host name, for mails (a clerk knows "ns1.dns.ne.jp", not
     "203.0.113.5"). From the per-pass cache the check itself filled; {} when unknown."""
-    try:
-        zone = client.zone_for(name)
-        hosts = client.nameserver_addresses(zone) if isinstance(zone, str) else {}
-    except Exception as exc:  # noqa: BLE001 - only a nicer label is lost; logged for staff
-        log.debug("name server names for %s unavailable: %s", name, exc)
-        return {}
+    zone = client.zone_for(name)
+    hosts = client.nameserver_addresses(zone) if isinstance(zone, str) else {}
     out = {addr: host.rstrip(".") for host, addrs in hosts.items() for addr in addrs if addr in answers}
     return out
 

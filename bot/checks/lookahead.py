@@ -214,7 +214,8 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
                              "box": None})
     elif found.spf_new:
         asks.append({"name": "SPF", "action": "add",
-                     "notes": ["御社のドメインにはSPFのレコードがまだありません。次のレコードを新しく追加してください。",
+                     "notes": ["御社のドメインにはSPFのレコードがまだありません。"
+                               "次のレコードを新しく追加してください。",
                                _spf_own_servers_note(found, include, [])],
                      "box": record_box(domain, domain, found.spf_new, provider=provider)})
     dmarc = found.dmarc

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from bot.core.mailkinds import MailKind
-from bot.core.records import record_box
 from bot.core.providers import Provider
+from bot.core.records import record_box
 from bot.core.rows import CaseRow
 from bot.flows.compose import case_provider, enqueue_mail, first_mail_asks, key_records
 from bot.flows.runtime import Bot

@@ -21,7 +21,6 @@ from typing import Any
 
 from bot.adapters.store import CaseRow
 from bot.core.cases import State
-from bot.core.records import record_box
 from bot.core.dmarcstats import (
     QUARANTINE_WINDOW_DAYS,
     DomainSummary,
@@ -31,6 +30,7 @@ from bot.core.dmarcstats import (
     summarise,
 )
 from bot.core.mailkinds import MailKind
+from bot.core.records import record_box
 from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
 

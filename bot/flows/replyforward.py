@@ -21,9 +21,9 @@ import json
 import logging
 from typing import Any
 
-from bot.core.rows import CaseRow
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
