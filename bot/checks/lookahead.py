@@ -258,4 +258,7 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
                         "box": record_box(domain, f"_dmarc.{domain}", suggest_dmarc_record(None, rua or None),
                                            provider=provider)})
     return {"provider_hint": hint(provider, records) if provider and records else None,
-            "existing": existing, "asks": asks, "looked": True}
+            "existing": existing, "asks": asks,
+            # Both DMARC and SPF seen (not lost to a DNS error): the mail can promise one visit.
+            "looked": (found.dmarc is not None or found.dmarc_missing) and (found.spf is not None
+                                                                              or bool(found.spf_new))}
