@@ -153,7 +153,7 @@ dir = "{tmp / 'state'}"
             print("demo stopped: the request did not open a case", file=sys.stderr)
             return 1
         case = cases[0]
-        key = bot.keystore.get(DOMAIN, case.selector)
+        key = bot.keystore.get(DOMAIN, case.selector or "")
         assert key is not None
 
         step(4, "the facility pastes the record, but with the quotes of the zone-file form")

@@ -20,6 +20,7 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from bot.config import ServiceConfig
 from bot.core.dnsresults import DnsLookup
 from bot.core.records import ed25519_selector, validate_selector
 
@@ -108,7 +109,7 @@ def choose_selector(
 # --------------------------------------------------------------------------- checking
 
 
-def check_dkim_each(client: Any, domain: str, expected: Mapping[str, str | None]) -> dict[str, Any]:
+def check_dkim_each(client: DnsLookup, domain: str, expected: Mapping[str, str | None]) -> dict[str, Any]:
     """selector → its ``check_dkim`` AreaResult (one shared client: each name asked once)."""
     from bot.checks.dnscheck import check_dkim
 
@@ -135,12 +136,12 @@ def fold_dkim(results: Mapping[str, Any]) -> Any:
     return AreaResult(all(r.ok for r in results.values()), diagnoses, found)
 
 
-def check_dkim_selectors(client: Any, domain: str, expected: Mapping[str, str | None]) -> Any:
+def check_dkim_selectors(client: DnsLookup, domain: str, expected: Mapping[str, str | None]) -> Any:
     """``check_dkim`` for every selector, folded into one AreaResult (``fold_dkim``)."""
     return fold_dkim(check_dkim_each(client, domain, expected))
 
 
-def check_case_domain(client: Any, domain: str, expected: Mapping[str, str | None], service_cfg: Any,
+def check_case_domain(client: DnsLookup, domain: str, expected: Mapping[str, str | None], service_cfg: ServiceConfig,
                       *, dkim_first: bool = False) -> Any:
     """``check_domain`` with the DKIM area covering every selector in ``expected``.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ServiceConfig
-from bot.core.dnsresults import DnsLookup
+from bot.core.dnsresults import AreaResult, DnsLookup
 
 log = logging.getLogger("dkimbot")
 
@@ -45,7 +45,7 @@ class Lookahead:
         }
 
 
-def _dmarc_view(area: Any, domain: str) -> dict[str, Any] | None:
+def _dmarc_view(area: AreaResult, domain: str) -> dict[str, Any] | None:
     """What the first reply says about an existing DMARC record (None: there is none)."""
     codes = {d.code for d in area.diagnoses}
     found = area.found or {}
@@ -75,7 +75,7 @@ def _dmarc_view(area: Any, domain: str) -> dict[str, Any] | None:
     }
 
 
-def _spf_view(area: Any) -> dict[str, Any] | None:
+def _spf_view(area: AreaResult) -> dict[str, Any] | None:
     """What the first reply says about an existing SPF record (None: there is none)."""
     codes = {d.code for d in area.diagnoses}
     if not area.found.get("records") or "dns_error" in codes or "spf_not_published" in codes:

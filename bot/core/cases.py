@@ -188,15 +188,15 @@ class ReportLike(Protocol):
     alignment: Any
 
 
-def _codes(area: Any) -> list[str]:
+def _codes(area: AreaLike) -> list[str]:
     return [d.code for d in area.diagnoses]
 
 
-def _has_dns_error(area: Any) -> bool:
+def _has_dns_error(area: AreaLike) -> bool:
     return "dns_error" in _codes(area)
 
 
-def _errors(area: Any) -> list[str]:
+def _errors(area: AreaLike) -> list[str]:
     return [d.code for d in area.diagnoses if getattr(d, "severity", "error") == "error"]
 
 
@@ -222,7 +222,7 @@ def classify_check(state: State, report: ReportLike, proof_ok: bool | None) -> E
     return Event.FINAL_FAILED
 
 
-def classify_watch(state: State, dkim: Any, *, now: datetime, since: datetime,
+def classify_watch(state: State, dkim: AreaLike, *, now: datetime, since: datetime,
                    grace: timedelta) -> Event:
     """Pure: a watched case's DKIM area (all selectors folded) → the event it means."""
     codes = [d.code for d in dkim.diagnoses]

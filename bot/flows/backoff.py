@@ -20,7 +20,10 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from bot.adapters.store import Store
 from bot.core import cases as sm
+from bot.core.rows import CaseRow
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -31,7 +34,7 @@ def _key(case_id: int) -> str:
     return f"{_PREFIX}{case_id}"
 
 
-def failures_in_a_row(store: Any, case_id: int) -> int:
+def failures_in_a_row(store: Store, case_id: int) -> int:
     """Failed checks of this case since its last clean answer (0 when none)."""
     value = store.get_meta(_key(case_id))
     try:
@@ -40,20 +43,20 @@ def failures_in_a_row(store: Any, case_id: int) -> int:
         return 0
 
 
-def note_failure(store: Any, case_id: int) -> int:
+def note_failure(store: Store, case_id: int) -> int:
     """One more failed check; return the new count (the ``attempt`` to back off by)."""
     count = failures_in_a_row(store, case_id) + 1
     store.set_meta(_key(case_id), str(count))
     return count
 
 
-def note_success(store: Any, case_id: int) -> None:
+def note_success(store: Store, case_id: int) -> None:
     """A clean answer: the next failure is a first one again."""
     if store.get_meta(_key(case_id)) is not None:
         store.delete_meta(_key(case_id))
 
 
-def record_check_crash(bot: Any, case: Any, exc: BaseException, where: str) -> None:
+def record_check_crash(bot: Bot, case: CaseRow, exc: BaseException, where: str) -> None:
     """A case's check raised: log it with the case ref, record a ``check_failed``
     event, and back its next check off like a DNS error. Never raises for a store
     that still works: the pass must go on to the other cases and to delivery."""

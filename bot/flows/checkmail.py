@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.core.dnsresults import AreaResult, CheckReport
 from bot.core.mailkinds import MailKind
 from bot.core.providers import Provider
 from bot.core.records import record_box
@@ -15,7 +16,7 @@ from bot.flows.compose import case_provider, enqueue_mail, first_mail_asks, key_
 from bot.flows.runtime import Bot
 
 
-def dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
+def dmarc_context(bot: Bot, case: CaseRow, report: CheckReport) -> dict[str, Any]:
     """The DMARC part of a mail: what was found, the diagnoses, the record to publish."""
     # Here, not at the top: the checks pull in dnspython, which an idle pass never needs.
     from bot.checks.dmarc import suggest_dmarc_record
@@ -38,8 +39,8 @@ def dmarc_context(bot: Bot, case: CaseRow, report: Any) -> dict[str, Any]:
     }
 
 
-def final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
-    def text(area: Any, ok_text: str) -> str:
+def final_rows(report: CheckReport, case: CaseRow) -> list[dict[str, Any]]:
+    def text(area: AreaResult, ok_text: str) -> str:
         if area.ok:
             return ok_text
         return " ".join(d.message for d in area.diagnoses)
@@ -57,7 +58,7 @@ def final_rows(report: Any, case: CaseRow) -> list[dict[str, Any]]:
     ]
 
 
-def sender_requirements(bot: Bot, report: Any, case: CaseRow) -> list[dict[str, Any]]:
+def sender_requirements(bot: Bot, report: CheckReport, case: CaseRow) -> list[dict[str, Any]]:
     """Gmail's and Yahoo's 2024 sender requirements, item by item (SPEC §8)."""
     selectors = case.selectors or [case.selector or ""]
     rsa_bits = [k["bits"] for k in bot.store.domain_keys(case.domain or "")
@@ -74,7 +75,7 @@ def sender_requirements(bot: Bot, report: Any, case: CaseRow) -> list[dict[str, 
     ]
 
 
-def fix_boxes(report: Any, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
+def fix_boxes(report: CheckReport, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
     boxes: list[dict[str, str]] = []
     domain = case.domain or ""
     for d in [*report.spf.diagnoses, *report.dmarc.diagnoses]:
@@ -87,8 +88,8 @@ def fix_boxes(report: Any, case: CaseRow, provider: Provider | None = None) -> l
     return boxes
 
 
-def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: Any, proof: tuple[bool, str] | None,
-                       *, signing_started: bool = False) -> None:
+def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckReport,
+                       proof: tuple[bool, str] | None, *, signing_started: bool = False) -> None:
     """Queue the mail ``kind`` a check decided. ``signing_started``: DKIM was proven in
     this very check and its own announcement skipped (one visit: the next stage was
     already satisfied), so this mail says that signing started."""

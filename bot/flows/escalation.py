@@ -12,7 +12,7 @@ from typing import Any
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
-from bot.core.rows import CaseRow
+from bot.core.rows import CaseRow, OutboxRow
 from bot.flows.compose import enqueue_mail
 from bot.flows.runtime import Bot
 
@@ -76,7 +76,7 @@ def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
     }
 
 
-def escalate_delivery_failure(bot: Bot, row: Any, error: str, recipients: list[str] | None = None) -> None:
+def escalate_delivery_failure(bot: Bot, row: OutboxRow, error: str, recipients: list[str] | None = None) -> None:
     """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
 
     ``error`` is the server's answer, shown to staff and kept in the event (both may name

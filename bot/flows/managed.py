@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import Config
+from bot.core.dnsresults import DnsLookup
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -37,7 +39,7 @@ def _matches(ns: str, managed: list[str]) -> bool:
     return False
 
 
-def find_managed_zone(client: Any, cfg: Config, domain: str) -> tuple[str, list[str], list[str]] | None:
+def find_managed_zone(client: DnsLookup, cfg: Config, domain: str) -> tuple[str, list[str], list[str]] | None:
     """(zone, its NS names, their addresses) when every NS of the zone is ours, else None."""
     managed = cfg.dns.managed_nameservers
     if not managed:
@@ -95,7 +97,7 @@ def publish_txt(cfg: Config, zone: str, server: str, records: dict[str, str | No
         raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
 
 
-def publish_for_domain(bot: Any, domain: str, dkim_records: list[dict[str, str]]) -> ManagedResult | None:
+def publish_for_domain(bot: Bot, domain: str, dkim_records: list[dict[str, str]]) -> ManagedResult | None:
     """Publish a managed domain's records; None when the domain is not ours to edit."""
     cfg: Config = bot.cfg
     client = bot.dns_client()

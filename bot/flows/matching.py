@@ -6,15 +6,14 @@ Used by ``prepare`` (before the transaction, to foresee the decision) and by
 
 from __future__ import annotations
 
-from typing import Any
-
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.request import Facility, ParsedMail
 from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
 
 
-def reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
+def reply_target(bot: Bot, parsed: ParsedMail) -> CaseRow | None:
     """The case a mail answers: a case reference in its subject, else its threading."""
     for ref in parsed.case_refs:
         case = bot.store.find_case(ref)
@@ -24,7 +23,7 @@ def reply_target(bot: Bot, parsed: Any) -> CaseRow | None:
     return bot.store.case_for_message_id(ids) if ids else None
 
 
-def existing_case(bot: Bot, facility: Any, requester: str | None, target: CaseRow | None) -> CaseRow | None:
+def existing_case(bot: Bot, facility: Facility, requester: str | None, target: CaseRow | None) -> CaseRow | None:
     """The case a request continues: a repeat of an active one, or a needs_info one completed."""
     if target is not None and target.state == State.NEEDS_INFO:
         return target

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core import cases as sm
 from bot.core.cases import Event, State, classify_watch
+from bot.core.dnsresults import AreaResult, DnsLookup
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
 from bot.core.watchtime import next_watch
@@ -81,7 +82,7 @@ def _watch_key(case: CaseRow) -> tuple[str, tuple[str, ...]] | None:
     return (case.domain or "", tuple(case.selectors or [case.selector or ""]))
 
 
-def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: Any) -> None:
+def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: DnsLookup | None) -> None:
     """One watched case, one DKIM observation: decide, act on the signer, record, mail."""
     from bot.checks.keyplan import fold_dkim
 
@@ -97,7 +98,7 @@ def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: A
         from bot.flows.rechecks import install_and_prove
 
         try:
-            ok, why = install_and_prove(bot, case, client)
+            ok, why = install_and_prove(bot, case, client or bot.dns_client())
         except Exception as exc:  # the signer is ours: log, stay, retry next check
             log.exception("%s: reinstalling the key failed", case.ref)
             ok, why = False, f"install failed: {type(exc).__name__}"
@@ -183,12 +184,12 @@ def _stop_signing(bot: Bot, case: CaseRow, per_selector: dict[str, Any]) -> tupl
     return removed, None
 
 
-def _staff_context(case: CaseRow, title: str, reason: str, hint: str, dkim: Any) -> dict[str, Any]:
+def _staff_context(case: CaseRow, title: str, reason: str, hint: str, dkim: AreaResult) -> dict[str, Any]:
     return {"reason_title": title, "reason": reason, "decide_hint": hint,
             "diagnoses": [d for d in dkim.diagnoses if d.severity == "error"]}
 
 
-def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: Any, *, was: State, removed: list[str],
+def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: AreaResult, *, was: State, removed: list[str],
              grace: timedelta) -> None:
     errors = [d for d in dkim.diagnoses if d.severity == "error"]
     if kind == "dkim_lost":

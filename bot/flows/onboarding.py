@@ -20,6 +20,7 @@ from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
 from bot.core.replies import read_reply
+from bot.core.request import Facility, ParsedMail
 from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dkimbot")
 
 
-def decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> str:
+def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
     target = reply_target(bot, parsed)
@@ -49,7 +50,7 @@ def decide_message(bot: Bot, parsed: Any, prepared: Prepared | None = None) -> s
     return "not for us"
 
 
-def handle_reply(bot: Bot, case: CaseRow, parsed: Any, prepared: Prepared | None = None) -> None:
+def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared | None = None) -> None:
     """A facility answered: check its case at once and answer what we then see."""
     now = bot.clock()
     thread = list(case.thread_refs)
@@ -142,7 +143,7 @@ class _Reply:
         return {"records": records, **looked_for_reply(self.bot, case, records, self.seen)}
 
 
-def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prepared | None = None) -> None:
+def handle_request(bot: Bot, parsed: ParsedMail, target: CaseRow | None, prepared: Prepared | None = None) -> None:
     """One reply per request mail, listing every facility it named: each facility's step
     is planned (``core.requestplan``) and carried out here, inside the transaction."""
     cfg = bot.cfg
@@ -165,7 +166,7 @@ def handle_request(bot: Bot, parsed: Any, target: CaseRow | None, prepared: Prep
     _send_reply(reply, requester, thread_refs)
 
 
-def _fields(f: Any) -> dict[str, Any]:
+def _fields(f: Facility) -> dict[str, Any]:
     return dict(facility=f.facility_name, contact_name=f.contact_name, contact_email=f.contact_email,
                 contact_phone=f.contact_phone, admin_email=f.admin_email)
 
@@ -286,7 +287,7 @@ _STEPS: dict[Step, Callable[[_Reply, FacilityPlan], None]] = {
 }
 
 
-def _hand_over_limit(bot: Bot, parsed: Any, requester: str | None, limit: int) -> None:
+def _hand_over_limit(bot: Bot, parsed: ParsedMail, requester: str | None, limit: int) -> None:
     count = len(parsed.facilities)
     enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
         "reason_title": f"a request names {count} facilities",
@@ -339,7 +340,7 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
     )
 
 
-def _report_undecodable(bot: Bot, parsed: Any, cases: list[CaseRow], count: int, now: Any) -> None:
+def _report_undecodable(bot: Bot, parsed: ParsedMail, cases: list[CaseRow], count: int, now: datetime) -> None:
     """Text that could not be decoded exactly is never passed off as read: each case of
     the mail records it, and staff get a note (a name holding such characters was not
     stored; the reply asks the facility to write it again)."""

@@ -38,7 +38,9 @@ from typing import Any
 
 from bot.core.cases import State
 from bot.core.records import dkim_box, ed25519_selector, render_selector
+from bot.core.request import ParsedMail
 from bot.core.requestplan import Continued, NotPrepared, Step, over_limit, plan_facility
+from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
 from bot.flows.matching import existing_case, reply_target
 from bot.flows.runtime import Bot
@@ -138,7 +140,7 @@ def prepare_keys(bot: Bot, domain: str, bits: int | None = None) -> PreparedKeys
     return PreparedKeys(selectors, keys, known)
 
 
-def prepare_message(bot: Bot, parsed: Any) -> Prepared:
+def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
     """Do the I/O ``onboarding.decide_message`` will need for ``parsed``; no transaction.
 
     Walks the plan ``handle_request`` will execute (``core.requestplan``); a step that
@@ -180,7 +182,7 @@ def prepare_message(bot: Bot, parsed: Any) -> Prepared:
     return out
 
 
-def _prepare_reply(bot: Bot, out: Prepared, case: Any, parsed: Any) -> None:
+def _prepare_reply(bot: Bot, out: Prepared, case: CaseRow, parsed: ParsedMail) -> None:
     """A reply asking for the shorter key (``rekey.answer_short_key_wish``): its selector
     (asks DNS) and key file, made here."""
     from bot.core.replies import read_reply
@@ -196,7 +198,7 @@ def _prepare_reply(bot: Bot, out: Prepared, case: Any, parsed: Any) -> None:
         out.failed[case.domain or ""] = exc
 
 
-def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: Any) -> None:
+def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | None) -> None:
     """Keys (unless a live case of the domain has them) and, for a managed zone with no
     other facility on it, the RFC 2136 publish, in the order handle_request does them."""
     selectors = _live_selectors(bot, domain)
@@ -229,7 +231,7 @@ def look_at(bot: Bot, domain: str) -> Any:
                                   lookahead.look_budget(bot.cfg.dns.timeout))
 
 
-def looked_for_reply(bot: Bot, case: Any, records: list[dict[str, str]], seen: dict[str, Any]) -> dict[str, Any]:
+def looked_for_reply(bot: Bot, case: CaseRow, records: list[dict[str, str]], seen: dict[str, Any]) -> dict[str, Any]:
     """The request_reply item keys for one case, looking at its domain once per mail
     (``seen`` caches per domain) and recording what was seen in the case's events."""
     from bot.checks import lookahead

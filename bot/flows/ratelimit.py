@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+
+from bot.adapters.store import Store
+from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
 
-def mails_to_address_since(store: Any, address: str, since: datetime) -> int:
+def mails_to_address_since(store: Store, address: str, since: datetime) -> int:
     """Facility mails (not ``staff_*``) queued since ``since`` with ``address`` among their recipients."""
     wanted = address.strip().lower()
     lists = store.facility_recipient_lists(since, wanted)  # a prefilter; the comparison below decides
@@ -26,7 +28,7 @@ def mails_to_address_since(store: Any, address: str, since: datetime) -> int:
 
 
 def limit_recipients(
-    bot: Any, kind: str, case_ids: Sequence[int], recipients: list[str],
+    bot: Bot, kind: str, case_ids: Sequence[int], recipients: list[str],
 ) -> list[str]:
     """The recipients still under their daily limit (staff always are).
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.core import cases as sm
 from bot.core.cases import Event, State
+from bot.core.dnsresults import CheckReport, DnsLookup
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
 from bot.core.watchtime import next_watch
@@ -67,7 +68,7 @@ def _case_key(case: CaseRow) -> tuple[str, tuple[str, ...]] | None:
     return (case.domain, sels) if case.domain and sels else None
 
 
-def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
+def install_and_prove(bot: Bot, case: CaseRow, client: DnsLookup) -> tuple[bool, str]:
     """Install the case's key(s) into the signer, then sign a probe and verify it via DNS."""
     from bot.adapters import signer
     from bot.checks.dnscheck import make_dkim_dnsfunc
@@ -93,7 +94,7 @@ def install_and_prove(bot: Bot, case: CaseRow, client: Any) -> tuple[bool, str]:
     return True, "; ".join(notes)
 
 
-def _report_evidence(report: Any) -> dict[str, Any]:
+def _report_evidence(report: CheckReport) -> dict[str, Any]:
     out: dict[str, Any] = report.to_json()
     for name in ("dkim", "dmarc", "spf", "alignment"):
         area = getattr(report, name)
@@ -101,7 +102,7 @@ def _report_evidence(report: Any) -> dict[str, Any]:
     return out
 
 
-def apply_check(bot: Bot, case: CaseRow, report: Any, client: Any) -> None:
+def apply_check(bot: Bot, case: CaseRow, report: CheckReport, client: DnsLookup) -> None:
     """Turn one DNS report into decisions for a case (chained while the case moves on)."""
     cfg = bot.cfg
     signing_started = False  # DKIM proven in this chain with its announcement skipped

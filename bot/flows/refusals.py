@@ -17,9 +17,9 @@ Addresses go to events and staff mail only; the log gets counts and Message-IDs.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from bot.adapters.mailout import Refused, describe_refused, new_message_id
+from bot.core.rows import OutboxRow
 from bot.flows.escalation import escalate_delivery_failure
 from bot.flows.runtime import Bot
 
@@ -42,7 +42,7 @@ def _with_message_id(raw: bytes, old: str, new: str) -> bytes:
     return msg.as_bytes()
 
 
-def requeue_for(bot: Bot, row: Any, addresses: list[str]) -> str:
+def requeue_for(bot: Bot, row: OutboxRow, addresses: list[str]) -> str:
     """Queue ``row``'s mail again for ``addresses`` only; returns the new Message-ID."""
     message_id = new_message_id(bot.cfg.bot_domain)
     bot.store.enqueue(
@@ -53,7 +53,7 @@ def requeue_for(bot: Bot, row: Any, addresses: list[str]) -> str:
     return message_id
 
 
-def handle_refused(bot: Bot, row: Any, refused: Refused) -> None:
+def handle_refused(bot: Bot, row: OutboxRow, refused: Refused) -> None:
     """Act on the recipients refused in an otherwise accepted delivery of ``row``.
 
     Runs inside the caller's transaction (the one that marks the row sent).

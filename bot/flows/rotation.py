@@ -24,6 +24,7 @@ from typing import Any
 
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.dnsresults import DnsLookup
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
@@ -160,7 +161,7 @@ def rotation_once(bot: Bot) -> int:
     return len(due)
 
 
-def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
+def check_rotation(bot: Bot, rotation: Rotation, client: DnsLookup) -> None:
     from bot.checks.keyplan import check_dkim_each, fold_dkim
     from bot.flows.selectors import expected_keys
 
@@ -215,7 +216,7 @@ def check_rotation(bot: Bot, rotation: Rotation, client: Any) -> None:
     log.info("%s: signing switched to %s", domain, ", ".join(rotation.new_selectors))
 
 
-def _switch(bot: Bot, rotation: Rotation, client: Any) -> tuple[bool, str]:
+def _switch(bot: Bot, rotation: Rotation, client: DnsLookup) -> tuple[bool, str]:
     """Prove each new key via DNS, install them retiring the old ones, prove again.
 
     Until the last install the old keys sign; if the installed keys then fail their

@@ -10,11 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.adapters.mailout import MailRenderer
 from bot.adapters.store import Store
 from bot.config import Config
+
+if TYPE_CHECKING:  # imported when first used: an idle pass needs neither
+    from bot.adapters.dnsclient import DnsClient
+    from bot.adapters.keys import KeyStore
 
 log = logging.getLogger("dkimbot")
 
@@ -51,7 +55,7 @@ class Bot:
     store: Store
     clock: Callable[[], datetime] = utcnow
     renderer: MailRenderer | None = None
-    _keystore: Any = None
+    _keystore: KeyStore | None = None
 
     def __post_init__(self) -> None:
         if self.renderer is None:
@@ -64,14 +68,14 @@ class Bot:
         return cls(cfg=cfg, store=Store(cfg.state_dir / "dkimbot.sqlite3"), clock=clock)
 
     @property
-    def keystore(self) -> Any:
+    def keystore(self) -> KeyStore:
         if self._keystore is None:
             from bot.adapters.keys import KeyStore
 
             self._keystore = KeyStore(self.cfg.state_dir / "keys", self.cfg.keys.passphrase)
         return self._keystore
 
-    def dns_client(self) -> Any:
+    def dns_client(self) -> DnsClient:
         from bot.adapters.dnsclient import DnsClient
 
         return DnsClient(self.cfg.dns)
