@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -379,16 +380,18 @@ class DnsClient:
         # become a "DNS error" in a facility's case history.
         for attempt in range(2):
             try:
-                response = future.result()
+                # The multiplexer ends every query by its deadline; the wait's own bound
+                # is only a guard against a bug there hanging the pass.
+                response = future.result(timeout=self.timeout + 5)
                 if response.rcode() == dns.rcode.FORMERR and query.edns >= 0:
                     # A server from before EDNS (RFC 6891 §7): the same question without it.
                     query, future = self._send(qname, rdtype, server, edns=False)
-                    response = future.result()
+                    response = future.result(timeout=self.timeout + 5)
                 if response.flags & dns.flags.TC:
                     self._count()  # too big for UDP: the same question over TCP
                     response = dns.query.tcp(query, server, timeout=self.timeout, port=self.port)
                 break
-            except dns.exception.Timeout:
+            except (dns.exception.Timeout, FutureTimeout):
                 if attempt == 1:
                     return DnsFailure("timeout", server, name)
                 query, future = self._send(qname, rdtype, server)

@@ -117,7 +117,14 @@ class UdpMux:
                 self._wake.wait()
                 continue
             for fd, _events in epoll.poll(_TICK):
-                self._receive(fd)
+                try:
+                    self._receive(fd)
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive any one answer
+                    # Every query waits on this thread: dying here would hang them all.
+                    log.error("DNS multiplexer: dropping an answer it could not handle: %r", exc)
+                    item = self._finish(fd)
+                    if item is not None:
+                        item.future.set_exception(OSError(f"unreadable answer: {exc!r}"))
             now = time.monotonic()
             if now - last_sweep >= _TICK:
                 last_sweep = now

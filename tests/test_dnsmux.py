@@ -1,0 +1,93 @@
+"""The DNS multiplexer (bot/adapters/dnsmux.py) on loopback UDP servers of the test's
+own: only the answer to the question asked is taken, junk and forged IDs are ignored
+until the deadline, silence is a timeout, a closed port an error, never a hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import dns.exception
+import dns.message
+import dns.rrset
+import pytest
+
+from bot.adapters.dnsmux import UdpMux
+
+
+class UdpServer:
+    """Answers each datagram with whatever ``reply(query_wire)`` returns (a list of datagrams)."""
+
+    def __init__(self, reply: Callable[[bytes], list[bytes]]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            for datagram in self.reply(wire):
+                self.sock.sendto(datagram, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _answer(wire: bytes, *, id_offset: int = 0, text: str = "v=DKIM1") -> bytes:
+    query = dns.message.from_wire(wire)
+    response = dns.message.make_response(query)
+    response.id = (response.id + id_offset) % 65536
+    response.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "TXT", f'"{text}"'))
+    return response.to_wire()
+
+
+def _query() -> dns.message.Message:
+    return dns.message.make_query("sel._domainkey.example.test", "TXT")
+
+
+def test_junk_and_forged_answers_are_ignored_and_the_real_one_taken():
+    server = UdpServer(lambda wire: [b"\x00junk", _answer(wire, id_offset=1, text="forged"), _answer(wire)])
+    try:
+        response = UdpMux().query(_query(), "127.0.0.1", server.port, 2.0).result(timeout=5)
+        assert [rd.strings for rd in response.answer[0]] == [(b"v=DKIM1",)]
+    finally:
+        server.close()
+
+
+def test_silence_is_a_timeout_at_the_deadline():
+    server = UdpServer(lambda wire: [])
+    try:
+        future = UdpMux().query(_query(), "127.0.0.1", server.port, 0.3)
+        with pytest.raises(dns.exception.Timeout):
+            future.result(timeout=5)
+    finally:
+        server.close()
+
+
+def test_a_closed_port_is_an_error_not_a_hang():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: the kernel answers "port unreachable"
+    future = UdpMux().query(_query(), "127.0.0.1", port, 2.0)
+    with pytest.raises((OSError, dns.exception.Timeout)):
+        future.result(timeout=5)
+
+
+def test_many_queries_in_flight_each_gets_its_own_answer():
+    server = UdpServer(lambda wire: [_answer(wire, text=dns.message.from_wire(wire).question[0].name.to_text())])
+    try:
+        mux = UdpMux()
+        names = [f"n{i}.example.test" for i in range(200)]
+        futures = [mux.query(dns.message.make_query(n, "TXT"), "127.0.0.1", server.port, 5.0) for n in names]
+        got = [f.result(timeout=10).answer[0][0].strings[0].decode() for f in futures]
+        assert got == [n + "." for n in names]
+    finally:
+        server.close()
