@@ -20,7 +20,7 @@ from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -201,6 +201,12 @@ MIGRATIONS: dict[int, str] = {
         failures INTEGER NOT NULL,
         last_at TEXT NOT NULL
     );
+    """,
+    # The daily mail limits count the last day's outbox rows for every mail queued. By
+    # created_at through this index, the rows' stored mail (raw, before created_at in the
+    # record) is never read: 2-3x less per count with 1,500 mails in a day (issue 16).
+    7: """
+    CREATE INDEX outbox_created ON outbox(created_at);
     """,
 }
 
@@ -617,12 +623,15 @@ class Store:
         return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
 
     def facility_mails_since(self, case_id: int, since: datetime) -> int:
-        rows = self.db.execute(
-            "SELECT case_ids, kind FROM outbox WHERE created_at >= ?", (now_iso(since),)
-        ).fetchall()
-        return sum(
-            1 for r in rows if case_id in json.loads(r["case_ids"]) and not r["kind"].startswith("staff_")
-        )
+        """Facility mails (not ``staff_*``) queued since ``since`` for ``case_id``; counted
+        in SQLite (json_each), not by decoding every row of the day in Python."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n FROM outbox WHERE created_at >= ? "
+            "AND kind NOT LIKE 'staff\\_%' ESCAPE '\\' "
+            "AND EXISTS (SELECT 1 FROM json_each(outbox.case_ids) WHERE value = ?)",
+            (now_iso(since), case_id),
+        ).fetchone()
+        return int(row["n"])
 
     # -- keys -------------------------------------------------------------------------------
 
