@@ -16,9 +16,13 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.app.minidns import MiniDns
 from bot.config import load_config
+
+if TYPE_CHECKING:
+    from bot.flows.runtime import Bot
 
 DOMAIN = "ryokan-sakura.example"
 REQUESTER = f"tanaka@{DOMAIN}"
@@ -89,18 +93,8 @@ class _Printer:
             print("└" + "─" * 72)
 
 
-def run_demo(keep: bool = False) -> int:
-    from bot.app.jobs import Bot, run_pass
-
-    tmp = Path(tempfile.mkdtemp(prefix="dkimbot-demo-"))
-    dns_server = MiniDns().start()
-    zones = dns_server.data
-    zones.add_zone(DOMAIN)
-    zones.add_zone("489ban.net")
-    # The SaaS's own SPF include, as the real one would publish it.
-    zones.set_txt("_spf.489ban.net", [["v=spf1 ip4:203.0.113.10 -all"]])
-    # RFC 7489 §7.1: the SaaS authorises itself to receive the facility's DMARC reports.
-    zones.set_txt(f"{DOMAIN}._report._dmarc.489ban.net", [["v=DMARC1"]])
+def _write_config(tmp: Path, dns_port: int) -> Path:
+    """The demo's config: the embedded Maildir and outbound directory, DNS on ``dns_port``."""
     config = tmp / "dkimbot.toml"
     config.write_text(
         f"""
@@ -113,7 +107,7 @@ dmarc_rua = "mailto:dmarc@489ban.net"
 
 [dns]
 nameservers = ["127.0.0.1"]
-port = {dns_server.port}
+port = {dns_port}
 timeout = 2.0
 
 [schedule]
@@ -124,75 +118,121 @@ dir = "{tmp / 'state'}"
 """,
         encoding="utf-8",
     )
-    cfg = load_config(config)
-    bot = Bot.open(cfg)
-    from bot.adapters.intake import MaildirMailbox
+    return config
 
-    inbox = MaildirMailbox(cfg.state_path(cfg.intake.maildir))
-    printer = _Printer(cfg.state_path(cfg.outbound.directory))
 
+def _start_dns() -> MiniDns:
+    dns_server = MiniDns().start()
+    zones = dns_server.data
+    zones.add_zone(DOMAIN)
+    zones.add_zone("489ban.net")
+    # The SaaS's own SPF include, as the real one would publish it.
+    zones.set_txt("_spf.489ban.net", [["v=spf1 ip4:203.0.113.10 -all"]])
+    # RFC 7489 §7.1: the SaaS authorises itself to receive the facility's DMARC reports.
+    zones.set_txt(f"{DOMAIN}._report._dmarc.489ban.net", [["v=DMARC1"]])
+    return dns_server
+
+
+class _Demo:
+    """The bot, its mailbox and outbox, and the DNS zone the demo plays on."""
+
+    def __init__(self, bot: Bot, dns_server: MiniDns) -> None:
+        from bot.adapters.intake import MaildirMailbox
+
+        cfg = bot.cfg
+        self.bot = bot
+        self.zones = dns_server.data
+        self.inbox = MaildirMailbox(cfg.state_path(cfg.intake.maildir))
+        self.printer = _Printer(cfg.state_path(cfg.outbound.directory))
+
+    @staticmethod
     def step(n: int, title: str) -> None:
         print(f"\n=== step {n}: {title} ===")
 
-    def run() -> None:
-        result = run_pass(bot)
+    def run(self) -> None:
+        from bot.app.jobs import run_pass
+
+        result = run_pass(self.bot)
         for err in result.errors:
             print(f"  (error: {err})")
-        printer.show()
-        for c in bot.store.list_cases():
+        self.printer.show()
+        for c in self.bot.store.list_cases():
             print(f"  state: {c.ref} {c.facility} {c.domain} → {c.state}")
 
+    def reply(self, subject: str, body: str) -> None:
+        self.inbox.deliver(_mail(subject, body, self.printer.last_message_id))
+
+
+def _dkim_steps(demo: _Demo) -> str | None:
+    """Steps 1 to 7: the request, the record, a pasting mistake named, DKIM proven.
+    Returns the case's reference, or None when no case was opened."""
+    from bot.core.records import split_txt_strings
+
+    demo.step(1, "the facility mails a request to support@ (ISO-2022-JP, like Outlook)")
+    demo.inbox.deliver(_mail("DKIM、DMARC設定希望", REQUEST_BODY))
+    demo.step(2, "dkimbot reads it, makes the key pair, and replies with the TXT record (step 3)")
+    demo.run()
+    cases = demo.bot.store.list_cases()
+    if not cases:  # the log above says why (a broken template, say): one line, no traceback
+        print("demo stopped: the request did not open a case", file=sys.stderr)
+        return None
+    case = cases[0]
+    key = demo.bot.keystore.get(DOMAIN, case.selector or "")
+    assert key is not None
+
+    demo.step(4, "the facility pastes the record, but with the quotes of the zone-file form")
+    quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
+    demo.zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
+    demo.reply("Re: DKIM設定", "設定しました。")
+    demo.step(5, "the facility replies 設定しました; dkimbot checks at once and names the mistake")
+    demo.run()
+
+    demo.step(4, "the facility fixes the record (the 2048-bit value is stored as two strings)")
+    demo.zones.set_txt(key.fqdn, [split_txt_strings(key.record)])
+    demo.step(6, "dkimbot sees the right record on every name server, installs the key, proves it")
+    demo.run()
+    demo.step(7, "…and told the facility DKIM is active, with the DMARC record to publish")
+    cfg = demo.bot.cfg
+    signer_dir = cfg.state_path(cfg.signer.keytable).parent
+    for name in ("KeyTable", "SigningTable"):
+        p = signer_dir / name
+        if p.exists():
+            print(f"  {p.name}: {p.read_text().strip()}")
+    return str(case.ref)
+
+
+def _dmarc_steps(demo: _Demo) -> None:
+    """Steps 8 and 9: DMARC and SPF published, the final check, the completion report."""
+    demo.step(8, "the facility publishes DMARC (p=none) and its SPF record, and replies")
+    demo.zones.set_txt(f"_dmarc.{DOMAIN}", [["v=DMARC1; p=none; rua=mailto:dmarc@489ban.net"]])
+    demo.zones.set_txt(DOMAIN, [["v=spf1 include:_spf.489ban.net ~all"]])
+    demo.reply("Re: DKIM署名を開始しました", "DMARCを設定しました。")
+    demo.step(9, "dkimbot runs the final check and sends the completion report")
+    demo.run()
+
+
+def run_demo(keep: bool = False) -> int:
+    from bot.app.jobs import Bot
+    from bot.app.show import show_case
+
+    tmp = Path(tempfile.mkdtemp(prefix="dkimbot-demo-"))
+    dns_server = _start_dns()
+    bot = Bot.open(load_config(_write_config(tmp, dns_server.port)))
+    demo = _Demo(bot, dns_server)
     try:
         print(f"dkimbot demo in {tmp} (DNS for {DOMAIN} served on 127.0.0.1:{dns_server.port})")
-        step(1, "the facility mails a request to support@ (ISO-2022-JP, like Outlook)")
-        inbox.deliver(_mail("DKIM、DMARC設定希望", REQUEST_BODY))
-        step(2, "dkimbot reads it, makes the key pair, and replies with the TXT record (step 3)")
-        run()
-        cases = bot.store.list_cases()
-        if not cases:  # the log above says why (a broken template, say): one line, no traceback
-            print("demo stopped: the request did not open a case", file=sys.stderr)
+        ref = _dkim_steps(demo)
+        if ref is None:
             return 1
-        case = cases[0]
-        key = bot.keystore.get(DOMAIN, case.selector or "")
-        assert key is not None
-
-        step(4, "the facility pastes the record, but with the quotes of the zone-file form")
-        from bot.core.records import split_txt_strings
-
-        quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
-        zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
-        inbox.deliver(_mail("Re: DKIM設定", "設定しました。", printer.last_message_id))
-        step(5, "the facility replies 設定しました; dkimbot checks at once and names the mistake")
-        run()
-
-        step(4, "the facility fixes the record (the 2048-bit value is stored as two strings)")
-        zones.set_txt(key.fqdn, [split_txt_strings(key.record)])
-        step(6, "dkimbot sees the right record on every name server, installs the key, proves it")
-        run()
-        step(7, "…and told the facility DKIM is active, with the DMARC record to publish")
-        signer_dir = cfg.state_path(cfg.signer.keytable).parent
-        for name in ("KeyTable", "SigningTable"):
-            p = signer_dir / name
-            if p.exists():
-                print(f"  {p.name}: {p.read_text().strip()}")
-
-        step(8, "the facility publishes DMARC (p=none) and its SPF record, and replies")
-        zones.set_txt(f"_dmarc.{DOMAIN}", [["v=DMARC1; p=none; rua=mailto:dmarc@489ban.net"]])
-        zones.set_txt(DOMAIN, [["v=spf1 include:_spf.489ban.net ~all"]])
-        inbox.deliver(_mail("Re: DKIM署名を開始しました", "DMARCを設定しました。", printer.last_message_id))
-        step(9, "dkimbot runs the final check and sends the completion report")
-        run()
-
+        _dmarc_steps(demo)
         print("\n=== one more pass: nothing changes, nothing is sent ===")
-        before = len(printer.seen)
-        run()
-        print(f"  mails sent by that pass: {len(printer.seen) - before}")
+        before = len(demo.printer.seen)
+        demo.run()
+        print(f"  mails sent by that pass: {len(demo.printer.seen) - before}")
         print("\nThe event log of the case (dkimbot show):")
-        from bot.app.show import show_case
-
         show_case(bot.store, bot.store.list_cases()[0], False)
         final = bot.store.list_cases()[0].state
-        print(f"\ndemo finished: {case.ref} is {final}")
+        print(f"\ndemo finished: {ref} is {final}")
         return 0 if final == "completed" else 1
     finally:
         bot.close()
