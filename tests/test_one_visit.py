@@ -290,6 +290,19 @@ def test_a_reply_the_same_pass_resolves_is_not_escalated(ryokan):
     assert "facility_reply_forwarded" not in kinds
 
 
+def test_a_question_is_forwarded_even_when_the_same_pass_completes_the_case(ryokan):
+    r = ryokan()
+    got = r.boxes_of(r.request())
+    for kind in ("dkim", "dmarc", "spf"):
+        r.publish(got[kind])
+    mails = r.reply("設定しましたが、来月で解約したいのですが、どうすればよいですか？")
+    assert r.case.state == "completed"
+    subjects = sorted(str(m["Subject"]) for m in mails)
+    assert len(subjects) == 2 and "設定が完了しました" in subjects[0] and "ご返信を承りました" in subjects[1]
+    [forward] = [m for m in r.staff if "ESCALATION" in str(m["Subject"])]
+    assert "解約したい" in text_of(forward)
+
+
 def test_a_completed_facility_asking_again_is_told_setup_is_complete(ryokan):
     r = ryokan()
     got = r.boxes_of(r.request())

@@ -9,10 +9,11 @@ A reply to a case the bot is waiting on is rechecked at once in the same pass; a
 staff would have been asked about (「直しました」 before it was understood, 「SPFも変え
 ましたが…」) is often answered by that very recheck, which moves the case on. So such a
 reply is *held* (in the store's meta table, in the intake transaction) and decided after
-the pass's rechecks (``forward_held_once``): if its case moved on since, the recheck's
-own mail answered it and nothing goes to staff (event ``facility_reply_resolved``);
-otherwise it is acknowledged (questions) and forwarded, once, and the hold is cleared in
-the same transaction. A crash in between leaves it held for the next pass.
+the pass's rechecks (``forward_held_once``): if its case moved on since and the reply was
+not a question, the recheck's own mail answered it and nothing goes to staff (event
+``facility_reply_resolved``); otherwise it is acknowledged (questions) and forwarded,
+once, and the hold is cleared in the same transaction. A crash in between leaves it held
+for the next pass.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def forward_held_once(bot: Bot) -> int:
             was = State(item.get("state") or case.state)
             now_state = State(case.resume_state) if case.state == State.ESCALATED and case.resume_state \
                 else State(case.state)
-            if now_state in _FORWARD_OF.get(was, ()):
+            # A question still goes to a person (「解約したいのですが」 is not answered by a
+            # completed check); words the bot could not read are answered by the progress.
+            if item.get("reading") != "question" and now_state in _FORWARD_OF.get(was, ()):
                 bot.store.add_event(case.id, bot.clock(), "facility_reply_resolved", detail={
                     "reading": item.get("reading"), "from_state": was.value, "to_state": now_state.value})
                 log.info("%s: the facility's reply was answered by this pass's check; not forwarded", case.ref)
