@@ -292,21 +292,7 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
             "warning", {"name": name, "target": view.cname}))
     candidates = [r for r in view.records if is_dmarc_candidate(r)]
     if len(candidates) > 1:
-        parsed = [parse_dmarc(r) for r in candidates]
-        # The strictest valid policy among them (their order in DNS is arbitrary): an
-        # existing stricter policy is never suggested away (SPEC §4).
-        valid = [p for p in parsed if p.valid]
-        best = max(valid, key=lambda p: POLICIES.index((p.policy or "none").lower())) if valid else parsed[0]
-        suggestion = suggest_dmarc_record(best.tags, rua)
-        found.update(record=list(candidates), location=name, suggested=suggestion)
-        diags.append(Diagnosis(
-            "dmarc_multiple_records",
-            f"「{name}」に DMARC レコードが {len(candidates)} 件登録されています。"
-            "DMARC レコードは1件だけにする必要があり、複数あると受信側はどれも使いません。"
-            f"次の1件にまとめ、ほかは削除してください：{suggestion}",
-            "error", {"name": name, "records": list(candidates), "fix": suggestion,
-                      "fix_host": name}))
-        return AreaResult(False, diags, found)
+        return _several(candidates, name, rua, found, diags)
     if len(candidates) == 1:
         rec = parse_dmarc(candidates[0])
         _describe(found, rec, name, rec.policy)
@@ -315,9 +301,51 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
         if rec.valid:
             diags.extend(_check_rua(client, domain, rec))
         return AreaResult(not _errors(diags), diags, found)
+    _wrong_places(client, domain, name, found, diags)
+    inherited = _inherited(client, domain, name, found, diags)
+    if inherited is not None:
+        return inherited
+    if found.get("wrong_location"):
+        # The record exists, only in the wrong place: the wrong-place diagnosis says
+        # where it belongs; "not found" next to it would contradict it.
+        wrong_rec = parse_dmarc(found["wrong_location"][0]["record"])
+        found["suggested"] = suggest_dmarc_record(wrong_rec.tags if wrong_rec.valid else None, rua)
+        return AreaResult(False, diags, found)
+    suggestion = suggest_dmarc_record(None, rua)
+    found["suggested"] = suggestion
+    diags.append(Diagnosis(
+        "dmarc_not_published",
+        f"{domain} の DMARC レコードが見つかりませんでした。"
+        f"ホスト名「_dmarc」（ドメイン名を含めると「{name}」）、種類「TXT」、"
+        f"値「{suggestion}」で登録してください。",
+        "error", {"name": name, "fix": suggestion, "fix_host": name}))
+    return AreaResult(False, diags, found)
 
-    # Nothing at _dmarc.<domain>: look where clerks put it by mistake (all at once, on
-    # one server: a panel's mistake is on every server or on none).
+
+def _several(candidates: list[Any], name: str, rua: str | None, found: dict[str, Any],
+             diags: list[Diagnosis]) -> AreaResult:
+    """More than one DMARC record: receivers use none; suggest the strictest, merged."""
+    parsed = [parse_dmarc(r) for r in candidates]
+    # The strictest valid policy among them (their order in DNS is arbitrary): an
+    # existing stricter policy is never suggested away (SPEC §4).
+    valid = [p for p in parsed if p.valid]
+    best = max(valid, key=lambda p: POLICIES.index((p.policy or "none").lower())) if valid else parsed[0]
+    suggestion = suggest_dmarc_record(best.tags, rua)
+    found.update(record=list(candidates), location=name, suggested=suggestion)
+    diags.append(Diagnosis(
+        "dmarc_multiple_records",
+        f"「{name}」に DMARC レコードが {len(candidates)} 件登録されています。"
+        "DMARC レコードは1件だけにする必要があり、複数あると受信側はどれも使いません。"
+        f"次の1件にまとめ、ほかは削除してください：{suggestion}",
+        "error", {"name": name, "records": list(candidates), "fix": suggestion,
+                  "fix_host": name}))
+    return AreaResult(False, diags, found)
+
+
+def _wrong_places(client: DnsLookup, domain: str, name: str, found: dict[str, Any],
+                  diags: list[Diagnosis]) -> None:
+    """Nothing at _dmarc.<domain>: look where clerks put it by mistake (all at once, on
+    one server: a panel's mistake is on every server or on none)."""
     client.prefetch([(f"dmarc.{domain}", "TXT"), (f"_dmarc.{domain}.{domain}", "TXT"), (domain, "TXT")],
                     first_server_only=True)
     for wrong, why in (
@@ -336,6 +364,11 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
                 f"（{why}）。ホスト名の欄には「_dmarc」とだけ入力し、誤った場所のレコードは削除してください。",
                 "error", {"found_at": wrong, "expected": name, "record": rec_text}))
 
+
+def _inherited(client: DnsLookup, domain: str, name: str, found: dict[str, Any],
+               diags: list[Diagnosis]) -> AreaResult | None:
+    """The organisational domain's record, when ``domain`` has none of its own: the
+    verdict (inherited, or a DNS error), or None to go on."""
     org = organizational_domain(domain)
     if org != domain:
         org_name = f"_dmarc.{org}"
@@ -358,22 +391,7 @@ def check_dmarc(client: DnsLookup, domain: str, rua: str | None = "") -> AreaRes
                 "warning", {"name": name, "inherited_from": org_name, "record": str(rec.text)}))
             diags.extend(_check_rua(client, org, rec))
             return AreaResult(not _errors(diags), diags, found)
-
-    if found.get("wrong_location"):
-        # The record exists, only in the wrong place: the wrong-place diagnosis says
-        # where it belongs; "not found" next to it would contradict it.
-        wrong_rec = parse_dmarc(found["wrong_location"][0]["record"])
-        found["suggested"] = suggest_dmarc_record(wrong_rec.tags if wrong_rec.valid else None, rua)
-        return AreaResult(False, diags, found)
-    suggestion = suggest_dmarc_record(None, rua)
-    found["suggested"] = suggestion
-    diags.append(Diagnosis(
-        "dmarc_not_published",
-        f"{domain} の DMARC レコードが見つかりませんでした。"
-        f"ホスト名「_dmarc」（ドメイン名を含めると「{name}」）、種類「TXT」、"
-        f"値「{suggestion}」で登録してください。",
-        "error", {"name": name, "fix": suggestion, "fix_host": name}))
-    return AreaResult(False, diags, found)
+    return None
 
 
 def _errors(diags: list[Diagnosis]) -> list[Diagnosis]:
