@@ -38,6 +38,7 @@ class Provider:
     host_field: HostField
     long_values: LongValues
     apex: str = "@"                # what the host field takes for the domain itself
+    always_quoted: bool = False    # every TXT value must be typed in "…" (Route 53 refuses it bare)
 
     @property
     def caps_txt_at_255(self) -> bool:
@@ -60,7 +61,8 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("cloudflare", "Cloudflare", (r"\.ns\.cloudflare\.com$",),
              "CloudflareのダッシュボードのDNS設定", "either", "single"),
     Provider("route53", "Amazon Route 53", (r"^ns-\d+\.awsdns-\d+\.(com|net|org|co\.uk)$",),
-             "AWSマネジメントコンソールのRoute 53（ホストゾーン）", "label", "quoted", apex="（空欄）"),
+             "AWSマネジメントコンソールのRoute 53（ホストゾーン）", "label", "quoted", apex="（空欄）",
+             always_quoted=True),
     Provider("gcloud", "Google Cloud DNS", (r"^ns-cloud-[a-z]\d+\.googledomains\.com$",),
              "Google Cloud コンソールのCloud DNS", "label", "quoted", apex="（空欄）"),
     Provider("godaddy", "GoDaddy", (r"\.domaincontrol\.com$",),
@@ -123,7 +125,11 @@ def hint(provider: Provider, records: Sequence[Mapping[str, str]]) -> dict[str, 
     elif labels:
         text.append(f"ホスト名の欄には「{labels}」と入力してください"
                     "（ドメイン名まで入力しても同じ意味になります）。")
-    if provider.long_values == "quoted" and long:
+    if provider.always_quoted:
+        text.append("この画面では、TXTの値をダブルクォーテーション（\"）で囲んで入力します"
+                    "（255文字を超える値は、255文字ごとに区切って囲みます）。枠内の値はその形にしてありますので、"
+                    "この形のまま貼り付けてください（画面がこの形を1件の値として保存します）。")
+    elif provider.long_values == "quoted" and long:
         text.append("この画面では255文字を超える値をそのまま登録できないため、枠内の値は"
                     "ダブルクォーテーション（\"）で区切った形にしてあります。この形のまま貼り付けてください"
                     "（画面がこの形を1件の値として保存します）。")

@@ -162,8 +162,11 @@ def quoted_form(value: str) -> str:
 
 
 def needs_quoting(provider: Provider | None, value: str) -> bool:
-    """True when this panel takes a long value only as quoted strings (Route 53 …)."""
-    return provider is not None and provider.long_values == "quoted" and len(value.encode()) > 255
+    """True when this panel takes the value only as quoted strings: Route 53 always,
+    Cloud DNS when it is over 255 bytes."""
+    if provider is None:
+        return False
+    return provider.always_quoted or (provider.long_values == "quoted" and len(value.encode()) > 255)
 
 
 def record_box(domain: str, fqdn: str, value: str, rtype: str = "TXT",
