@@ -162,10 +162,24 @@ def upward_imports(modules: dict[str, ast.Module]) -> list[str]:
 
 
 def private_imports(modules: dict[str, ast.Module]) -> list[str]:
-    return [f"{imp.module}:{imp.line} imports {imp.target}.{imp.name}"
-            for imp in all_imports(modules)
-            if imp.name and imp.name.startswith("_") and not imp.name.startswith("__")
-            and imp.target.startswith("bot") and imp.target != imp.module]
+    """``from x import _name`` across modules, and ``x._name`` on an imported bot module."""
+    bad = [f"{imp.module}:{imp.line} imports {imp.target}.{imp.name}"
+           for imp in all_imports(modules)
+           if imp.name and imp.name.startswith("_") and not imp.name.startswith("__")
+           and imp.target.startswith("bot") and imp.target != imp.module]
+    for name, tree in modules.items():
+        aliases = {}
+        for imp in imports_of(name, tree):
+            target = resolve(imp, modules)
+            if target and target != name and imp.name is None:
+                aliases[imp.target.split(".")[0]] = target  # import bot.x.y: used as bot.x.y.attr
+            elif target and target != name and target == f"{imp.target}.{imp.name}":
+                aliases[imp.name] = target  # from bot.x import y (a module)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+                bad.append(f"{name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return bad
 
 
 def core_io(modules: dict[str, ast.Module]) -> list[str]:
@@ -299,6 +313,8 @@ def test_an_upward_import_is_caught(modules: dict[str, ast.Module]) -> None:
 def test_a_private_import_is_caught(modules: dict[str, ast.Module]) -> None:
     bad = _with(modules, "bot.flows.rechecks", "def f():\n    from bot.flows.compose import _secret\n")
     assert private_imports(bad) == ["bot.flows.rechecks:2 imports bot.flows.compose._secret"]
+    used = _with(modules, "bot.flows.rechecks", "from bot.flows import compose\ndef f():\n    compose._secret()\n")
+    assert private_imports(used) == ["bot.flows.rechecks:3 uses bot.flows.compose._secret"]
 
 
 @pytest.mark.parametrize("source", [
