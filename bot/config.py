@@ -57,6 +57,12 @@ class ServiceConfig:
     # A dead-man's switch: GET this URL after every pass without a server error
     # (Healthchecks-style monitors alert when the pings stop). Empty: none.
     heartbeat_url: str = ""
+    # A stranger can mail support@ (bot/flows/confirm.py, bot/core/authority.py): new cases
+    # (and so keys) opened per sender address per 24 h (0: no limit), and staff mails per
+    # hour before the rest wait for the digest (escalations of one case within an hour
+    # are merged into one mail).
+    max_new_cases_per_sender_per_day: int = 20
+    max_staff_mails_per_hour: int = 20
 
 
 @dataclass
@@ -73,7 +79,12 @@ class IntakeConfig:
     max_message_bytes: int = 20 * 1024 * 1024
     # A mail naming more facilities than this goes to staff instead of making that many
     # keys at once (a pasted spreadsheet, or a hostile mail).
-    max_facilities_per_mail: int = 50
+    max_facilities_per_mail: int = 10
+    # The decoded text a request is read from is cut here (a crafted mail cannot make the
+    # parser work for minutes), and one message may take at most this long to decide;
+    # longer counts as a failure (staff after 3) and the pass moves on.
+    max_text_chars: int = 100_000
+    message_time_budget_seconds: float = 20.0
     header_batch: int = 500
     # The daemon waits in IMAP IDLE on the folder (when the server offers it) and starts
     # a pass as soon as mail arrives; polling every poll_interval_seconds stays as well.
@@ -148,6 +159,9 @@ class ScheduleConfig:
     # `dkimbot digest`. A case waiting stuck_after_days in one state is listed as stuck.
     digest_hour: int = 0
     stuck_after_days: float = 7
+    # The simplified flow waits for the admin address to confirm (bot/flows/confirm.py):
+    # one reminder after this many hours, expiry (staff told) after twice as long.
+    confirm_wait_hours: float = 72
 
 
 @dataclass
@@ -215,6 +229,15 @@ class WebConfig:
 
 
 @dataclass
+class RegistryConfig:
+    """The SaaS's own list of facilities (bot/adapters/registry.py): a CSV with an
+    ``admin_email`` column (``facility`` optional). A request whose admin address is
+    listed needs no confirmation mail; empty: no registry."""
+
+    file: str = ""
+
+
+@dataclass
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -226,6 +249,7 @@ class Config:
     proof: ProofConfig = field(default_factory=ProofConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     state_dir: Path = Path("state")
     # The override directory of [service] templates_dir (None: the shipped templates only).
     templates_dir: Path | None = None
@@ -258,7 +282,20 @@ _SECTIONS: dict[str, type] = {
     "proof": ProofConfig,
     "reports": ReportsConfig,
     "web": WebConfig,
+    "registry": RegistryConfig,
 }
+
+
+#: Names of the environment variables the loaded configs read secrets from: a child
+#: process (``[signer] reload_command``) gets an environment without them.
+SECRET_ENV_NAMES: set[str] = set()
+
+
+def child_environment() -> dict[str, str]:
+    """os.environ without the bot's secrets: every ``DKIMBOT_*`` variable and every
+    variable a ``*_env`` key named (a reload command has no business with them)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.upper().startswith("DKIMBOT_") and k not in SECRET_ENV_NAMES}
 
 
 def _secret(section: str, raw: dict[str, Any], key: str, env_key: str) -> str | None:
@@ -273,7 +310,11 @@ def _secret(section: str, raw: dict[str, Any], key: str, env_key: str) -> str | 
         name = raw.pop(env_key)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"[{section}] {env_key} must be the name of an environment variable")
+        SECRET_ENV_NAMES.add(name)
         value = os.environ.get(name)
+        if value == "":
+            # An empty passphrase would store keys unencrypted just as an unset one would.
+            raise ConfigError(f"[{section}] {env_key} names the environment variable {name}, which is empty")
         if value is None and key in raw:
             return str(raw.pop(key))
         raw.pop(key, None)

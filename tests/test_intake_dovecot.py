@@ -144,7 +144,8 @@ def test_it_answers_the_whole_corpus_through_dovecot_and_leaves_every_flag_alone
     smtp.clear()
     # The corpus is ~40 mails from one facility in one day: lift the daily limits (tested below).
     cfg_path = write_config(tmp_path, dovecot, bind, smtp, service="max_mails_per_case_per_day = 100\n"
-                                                                   "max_mails_per_address_per_day = 100")
+                                                                   "max_mails_per_address_per_day = 100\n"
+                                                                   "max_new_cases_per_sender_per_day = 1000")
     corpus = _corpus()
     for index, (_eml, _expected, raw) in enumerate(corpus):
         dovecot.append(SUPPORT_ADDRESS, raw, flags=_flags_for(index))
@@ -160,6 +161,10 @@ def test_it_answers_the_whole_corpus_through_dovecot_and_leaves_every_flag_alone
     cfg = bot.cfg
     rejected_domains = {*cfg.service.freemail_domains, *cfg.service.own_domains, cfg.bot_domain}
     answered: set[str] = set()
+    # Issue 11: a domain with a live case belongs to that case's parties; a request for it
+    # from anyone else opens nothing ("already in progress", staff told).
+    claimed: dict[str, set[str]] = {}
+    in_progress = 0
     try:
         for eml, expected, raw in corpus:
             parsed = parse_message(raw, own_addresses=[SUPPORT_ADDRESS])
@@ -182,11 +187,21 @@ def test_it_answers_the_whole_corpus_through_dovecot_and_leaves_every_flag_alone
             to = addrs(msg, "To")
             facilities = expected["facilities"]
             contacts = {f["contact_email"] for f in facilities if f["contact_email"]}
+            mine = []
+            for f in facilities:
+                d = f["domain"]
+                if not f["problems"] and d and d not in rejected_domains:
+                    if d in claimed and parsed.reply_address not in claimed[d]:
+                        in_progress += 1
+                        continue
+                    claimed.setdefault(d, set()).update({parsed.reply_address, f["contact_email"], f["admin_email"]})
+                mine.append(f)
+            facilities = mine if mine or not expected["facilities"] else []
             assert to[0] == parsed.from_addr and set(to) <= {parsed.from_addr, *contacts}, (name, to)
             assert addrs(msg, "Cc") == [STAFF]
             assert msg["Auto-Submitted"] == "auto-replied"
             refs = refs_of(msg)
-            assert len(refs) == max(1, len(facilities)), (name, refs)
+            assert len(refs) == (len(facilities) if expected["facilities"] else 1), (name, refs)
             body = unicodedata.normalize("NFKC", body_of(got[0].raw))
             for facility, ref in zip(facilities or [None], refs):
                 case = bot.store.find_case(ref)
@@ -205,16 +220,24 @@ def test_it_answers_the_whole_corpus_through_dovecot_and_leaves_every_flag_alone
                     want = "awaiting_dkim"
                     assert case.domain == facility["domain"]
                 assert state == want, (name, facility["facility_name"], state)
-        # Nothing else was sent: no stray mail, nothing to staff but the undecodable note.
+        # Nothing else was sent: no stray mail; to staff only the undecodable note and the notes of requests for a
+        # domain in progress from someone not its party.
+        notes = [m for m in smtp.messages if "not its party" in str(m.message["Subject"])]
+        # (a second note about the same case within the hour is held and merged later)
+        held = [e for c in bot.store.list_cases() for e in bot.store.events(c.id) if e["kind"] == "staff_mail_held"]
+        assert len(notes) + len(held) == in_progress > 0
+        answered |= {m.message["Message-ID"] for m in notes}
         assert {m.message["Message-ID"] for m in smtp.messages} == answered
         assert len(answered) == len(smtp.messages)
 
         # Every valid facility has exactly one case; every domain exactly one key.
         cases = bot.store.list_cases()
-        assert {c.state for c in cases} == {"needs_info", "rejected", "awaiting_dkim"}
+        # cancelled: an unfinished request superseded by a colleague's live case (issue 11)
+        assert {c.state for c in cases} <= {"needs_info", "rejected", "awaiting_dkim", "cancelled"}
+        assert {c.state for c in cases} >= {"needs_info", "rejected", "awaiting_dkim"}
         waiting = [c for c in cases if c.state == "awaiting_dkim"]
         identities = [(c.admin_email, c.facility) for c in waiting]
-        assert len(identities) == len(set(identities))
+        assert len(identities) == len(set(identities)), [(c.ref, c.requester, c.admin_email, c.facility, [e["kind"] for e in bot.store.events(c.id)]) for c in waiting if identities.count((c.admin_email, c.facility)) > 1]
         for domain in {c.domain for c in waiting}:
             assert len(bot.store.domain_keys(domain)) == 1, domain
             assert len({c.selector for c in waiting if c.domain == domain}) == 1, domain
@@ -255,7 +278,9 @@ def test_it_answers_nothing_twice_after_uidvalidity_changes(tmp_path, dovecot, b
     first_validity = fill()
     one_pass(cfg_path)
     sent = len(smtp.messages)
-    assert sent == 4  # the four requests; the auto-reply and the unrelated mail get nothing
+    # The four requests; the auto-reply and the unrelated mail get nothing. hotel-sakura.jp
+    # is asked for twice by different senders: staff get a note (issue 11).
+    assert sent == 5
 
     # The folder deleted and made again: the same messages under a new UIDVALIDITY.
     dovecot.reset(SUPPORT_ADDRESS)  # deletes every folder but INBOX
@@ -414,18 +439,15 @@ def test_replies_reach_their_case_by_in_reply_to_alone_and_by_subject_reference_
     [active] = [m for m in new if f"[{ca['case']['case']}]" in m.message["Subject"]]
     assert "DKIM署名を開始しました" in active.message["Subject"]
     assert by_state[b] == "awaiting_dkim"
-    # B: the check ran (the quoting is diagnosed to the facility) and staff got the question.
-    [problem] = [m for m in new if f"[{cb['case']['case']}]" in m.message["Subject"]
-                 and STAFF not in addrs(m.message, "To") and "ご返信を承りました" not in m.message["Subject"]]
-    assert addrs(problem.message, "To")[0] == f"yamada@{b}"
-    # The question is acknowledged to the facility (a person will answer) and forwarded once.
-    [ack] = [m for m in new if "ご返信を承りました" in m.message["Subject"]]
-    assert addrs(ack.message, "To")[0] == f"yamada@{b}" and "担当者より改めてご連絡します" in body_of(ack.raw)
+    # B: a subject reference alone does not act on a case (issue 11: anyone can type it):
+    # no check ran, nothing was mailed to the facility, staff got the question.
+    assert not [m for m in new if f"[{cb['case']['case']}]" in m.message["Subject"]
+                and STAFF not in addrs(m.message, "To")]
     [forward] = [m for m in new if addrs(m.message, "To") == [STAFF]]
     assert f"[{cb['case']['case']}]" in forward.message["Subject"]
     text = body_of(forward.raw)
     assert question in text and b_reply_id in text
-    assert len(new) == 4
+    assert len(new) == 2
 
 
 def test_a_corrected_mail_completes_the_same_case(tmp_path, dovecot, bind, smtp):

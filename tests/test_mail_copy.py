@@ -18,6 +18,8 @@ what the bot saw and what to decide. ``DKIMBOT_TEST_DUMP=1 pytest -s`` prints th
 
 from __future__ import annotations
 
+import uuid
+
 import email
 import email.policy
 import os
@@ -531,10 +533,15 @@ def test_provider_hint_and_managed_zone_mails(copyflow, tmp_path, bind, saas):  
     reply = f.request()
     check_facility_mail(reply, ref=f.case.ref, facility="ホテルさくら", records=[f.dkim()], allow_quoted=True)
 
-    m = copyflow(prefix="managed")
+    # The operator's name server lives in a zone of its own (issue 11: the operator's zones
+    # never get records), and the admin address is in the facility registry (proof of control).
+    ops_ns = f"ns1.ops-{uuid.uuid4().hex[:6]}.test"
+    m = copyflow(prefix="managed", nameservers={ops_ns: "127.0.0.1"})
+    (tmp_path / "facilities.csv").write_text(f"admin_email\ninfo@{m.domain}\n", encoding="utf-8")
     text = m.cfg_path.read_text().replace(
-        "[dns]\n", f'[dns]\nmanaged_nameservers = [".{m.domain}"]\n'
+        "[dns]\n", f'[dns]\nmanaged_nameservers = ["{ops_ns}"]\n'
                    f'tsig_key_name = "{bind.tsig_key_name}"\ntsig_secret = "{bind.tsig_secret}"\n')
+    text += f'\n[registry]\nfile = "{tmp_path / "facilities.csv"}"\n'
     m.cfg_path.write_text(text)
     from bot.config import load_config
     from bot.flows.runtime import Bot

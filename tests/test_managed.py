@@ -23,16 +23,23 @@ def test_a_managed_domain_is_published_by_the_bot_and_completes(tmp_path, bind, 
     tag = uuid.uuid4().hex[:6]
     domain = f"managed-{tag}.test"
     saas = f"saas-{tag}.test"
-    bind.add_zone(domain, (f"ns1.{domain}",), servers=[bind.addresses[0]])
+    ops = f"ops-{tag}.test"  # the operator's zone holds its name server (issue 11: never a facility's)
+    bind.add_zone(ops, servers=[bind.addresses[0]])
+    bind.add_zone(domain, (f"ns1.{ops}",), servers=[bind.addresses[0]])
     bind.add_zone(saas)
     bind.update(saas, "_spf", "TXT", ["v=spf1 ip4:203.0.113.10 -all"])
     smtp.clear()
+    # The admin address is in the SaaS's facility registry: proof of control without a
+    # confirmation mail (tests/test_security_managed.py covers the confirmation itself).
+    registry = tmp_path / "facilities.csv"
+    registry.write_text(f"admin_email\ninfo@{domain}\n", encoding="utf-8")
     cfg_file = write_toml(tmp_path / "c.toml", {
         "service": service(spf_include=f"_spf.{saas}"),
         "outbound": smtp_out(smtp, timeout=None),
-        "dns": dns(bind, managed_nameservers=[f".{domain}"], tsig_key_name=bind.tsig_key_name,
+        "dns": dns(bind, managed_nameservers=[f".{ops}"], tsig_key_name=bind.tsig_key_name,
                    tsig_secret=bind.tsig_secret),
         "schedule": {"check_interval_seconds": 0},
+        "registry": {"file": str(registry)},
         "state": {"dir": str(tmp_path / "state")},
     })
     cfg = load_config(cfg_file)

@@ -228,6 +228,31 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+def passphrase_problem(directory: Path, passphrase: str | None) -> str | None:
+    """Does ``passphrase`` open the stored keys? One line saying why not, else None.
+
+    Tried on one encrypted key file before a pass writes anything (issue 11): a wrong
+    passphrase must stop the bot, not let it write new keys under the wrong one and
+    escalate every case whose key it cannot read. Keys stored unencrypted (before a
+    passphrase was set) need none and prove nothing either way.
+    """
+    files = sorted(directory.glob("*/*.pem"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if directory.is_dir() else []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"ENCRYPTED" not in data[:64]:
+            continue
+        try:
+            load_private_pem(data, passphrase, what=f"{path.parent.name} selector {path.stem}")
+        except KeyStoreError as exc:
+            return str(exc)
+        return None
+    return None
+
+
 class KeyStore:
     """Private keys under ``directory/<domain>/<selector>.pem`` (PKCS#8 PEM)."""
 

@@ -306,6 +306,12 @@ class SmtpTransport:
                 f"SMTP refused all {len(answers)} recipients ({', '.join(map(str, codes))})",
                 permanent=permanent, refused=answers,
             ) from None
+        except (UnicodeError, ValueError, smtplib.SMTPNotSupportedError) as exc:
+            # An address or header no SMTP server without SMTPUTF8 can take: this mail
+            # fails for good, the connection is reset, and the rest of the outbox goes on.
+            self.close()
+            raise DeliveryError(f"the mail cannot be encoded for SMTP ({type(exc).__name__})",
+                                permanent=True) from None
         except smtplib.SMTPResponseException as exc:
             self.close()
             text = _smtp_text(exc.smtp_error)

@@ -62,7 +62,7 @@ from bot.adapters.keys import (
     validate_selector,
     write_file_atomic,
 )
-from bot.config import Config
+from bot.config import Config, child_environment
 from bot.core.signertables import (
     InstalledKey,
     keyname_for,
@@ -206,7 +206,7 @@ def run_reload(cfg: Config) -> None:
     # Its own session, so a timeout kills the whole process group, not just the shell.
     proc = subprocess.Popen(
         command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        stderr=subprocess.STDOUT, start_new_session=True, env=child_environment(),
     )
     try:
         output, _ = proc.communicate(timeout=timeout)

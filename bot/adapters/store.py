@@ -20,7 +20,7 @@ from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -207,6 +207,39 @@ MIGRATIONS: dict[int, str] = {
     # record) is never read: 2-3x less per count with 1,500 mails in a day (issue 16).
     7: """
     CREATE INDEX outbox_created ON outbox(created_at);
+    """,
+    # Proof of control (bot/flows/confirm.py): the managed flow publishes only after the
+    # domain's admin address confirmed (a one-time token), the registry listed it, or staff
+    # confirmed by hand; managed_records are the exact values the bot wrote by RFC 2136,
+    # so a cancel removes those and nothing else.
+    8: """
+    CREATE TABLE confirmations (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        token TEXT UNIQUE,
+        status TEXT NOT NULL DEFAULT 'pending',
+        how TEXT,
+        created_at TEXT NOT NULL,
+        mailed_at TEXT,
+        reminded_at TEXT,
+        done_at TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX confirmations_case ON confirmations(case_id);
+    CREATE INDEX confirmations_status ON confirmations(status);
+    CREATE TABLE managed_records (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        zone TEXT NOT NULL,
+        server TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        value TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        removed_at TEXT
+    );
+    CREATE INDEX managed_records_case ON managed_records(case_id);
     """,
 }
 
@@ -1045,3 +1078,96 @@ class Store:
         for r in rows:
             out.setdefault(int(r["case_id"]), {})[str(r["to_state"])] = datetime.fromisoformat(r["at"])
         return out
+    # -- proof of control (bot/flows/confirm.py) ---------------------------------------------
+
+    def add_confirmation(self, *, case_id: int, domain: str, address: str, token: str | None,
+                         status: str, how: str | None, now: datetime) -> int:
+        cur = self.db.execute(
+            "INSERT INTO confirmations (case_id, domain, address, token, status, how, created_at, done_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (case_id, domain, address, token, status, how, now_iso(now),
+             now_iso(now) if status != "pending" else None),
+        )
+        return int(cur.lastrowid or 0)
+
+    def confirmation_for_case(self, case_id: int) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT * FROM confirmations WHERE case_id=? ORDER BY id DESC LIMIT 1", (case_id,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def confirmation_by_token(self, token: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM confirmations WHERE token=?", (token,)).fetchone()
+        return dict(row) if row else None
+
+    def confirmations_with_status(self, status: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM confirmations WHERE status=? ORDER BY id", (status,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def set_confirmation(self, confirmation_id: int, now: datetime, *, status: str | None = None,
+                         how: str | None = None, mailed: bool = False, reminded: bool = False,
+                         detail: dict[str, Any] | None = None) -> None:
+        sets, args = [], []
+        if status is not None:
+            sets += ["status=?", "done_at=?"]
+            args += [status, now_iso(now)]
+        if how is not None:
+            sets.append("how=?")
+            args.append(how)
+        if mailed:
+            sets.append("mailed_at=?")
+            args.append(now_iso(now))
+        if reminded:
+            sets.append("reminded_at=?")
+            args.append(now_iso(now))
+        if detail is not None:
+            sets.append("detail=?")
+            args.append(json.dumps(detail, ensure_ascii=False, default=str))
+        if sets:
+            self.db.execute(f"UPDATE confirmations SET {', '.join(sets)} WHERE id=?", (*args, confirmation_id))
+
+    def confirmation_mails_to_domain_since(self, domain: str, since: datetime) -> int:
+        """Confirmation mails (first or reminder) sent to ``domain`` since ``since``."""
+        row = self.db.execute(
+            "SELECT (SELECT count(*) FROM confirmations WHERE domain=? AND mailed_at >= ?) + "
+            "(SELECT count(*) FROM confirmations WHERE domain=? AND reminded_at >= ?)",
+            (domain, now_iso(since), domain, now_iso(since)),
+        ).fetchone()
+        return int(row[0])
+
+    def add_managed_record(self, case_id: int, zone: str, server: str, owner: str, value: str,
+                           now: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO managed_records (case_id, zone, server, owner, value, published_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (case_id, zone, server, owner, value, now_iso(now)),
+        )
+
+    def managed_records(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM managed_records WHERE case_id=? AND removed_at IS NULL ORDER BY id", (case_id,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def mark_managed_records_removed(self, record_ids: list[int], now: datetime) -> None:
+        for rid in record_ids:
+            self.db.execute("UPDATE managed_records SET removed_at=? WHERE id=?", (now_iso(now), rid))
+
+    def staff_mails_since(self, since: datetime) -> list[dict[str, Any]]:
+        """Staff mails (``staff_*``) queued since ``since``: kind and case ids (the staff gate)."""
+        rows = self.db.execute(
+            "SELECT kind, case_ids FROM outbox WHERE created_at >= ? AND kind LIKE 'staff\\_%' ESCAPE '\\'",
+            (now_iso(since),),
+        ).fetchall()
+        return [{"kind": r["kind"], "case_ids": json.loads(r["case_ids"])} for r in rows]
+
+    def requesters_since(self, since: datetime) -> list[str | None]:
+        """The requester of every case opened since ``since`` (per-sender daily limit)."""
+        rows = self.db.execute("SELECT requester FROM cases WHERE created_at >= ?", (now_iso(since),)).fetchall()
+        return [r["requester"] for r in rows]
+
+    def bot_message_ids(self, case_id: int) -> set[str]:
+        """Message-IDs of the facility mails the bot queued for ``case_id`` (not staff mail)."""
+        return {m["message_id"] for m in self.mails_for_case(case_id) if not str(m["kind"]).startswith("staff_")}

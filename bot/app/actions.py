@@ -1,5 +1,5 @@
 """Staff actions: one code path for ``dkimbot resend|retry|cancel|rekey|rotate|proof|note``
-and the buttons of the staff site (``bot/web/``).
+(and ``confirm``, issue 11) and the buttons of the staff site (``bot/web/``).
 
 Each action takes the pass lock (waiting for a running pass, as the CLI always did),
 reads the case again under it (the page or the command saw it before the lock), says
@@ -20,7 +20,7 @@ from bot.flows.runtime import Bot, pass_lock
 # Actions that cannot be taken back (a cancelled case stays cancelled; a new key or a
 # rotation mails the facility a new record): the site asks again before doing them.
 DESTRUCTIVE = ("cancel", "rekey", "rotate")
-CASE_ACTIONS = ("resend", "retry", "cancel", "rekey", "rotate", "proof", "note")
+CASE_ACTIONS = ("resend", "retry", "cancel", "rekey", "rotate", "proof", "note", "confirm")
 NOTE_MAX = 4000
 
 
@@ -149,6 +149,21 @@ def proof(bot: Bot, case: CaseRow, who: str) -> ActionResult:
         + f"; the receiver's verdict is reported by a pass within {bot.cfg.proof.wait_minutes:g} minutes"])
 
 
+def confirm(bot: Bot, case: CaseRow, who: str) -> ActionResult:
+    """Staff vouch for a managed-zone request: control confirmed by hand, records published
+    now (bot/flows/confirm.py); recorded as a staff_confirm event with ``who``."""
+    from bot.flows.confirm import ConfirmError, staff_confirm
+
+    with pass_lock(bot.cfg, wait=True):
+        case = _fresh(bot, case, "confirm")
+        try:
+            case = staff_confirm(bot, case, who)
+        except ConfirmError as exc:
+            raise ActionError(str(exc), 1) from None
+        _deliver(bot)
+    return ActionResult(case, [f"{case.ref}: {case.state}"])
+
+
 def note(bot: Bot, case: CaseRow, who: str, text: str) -> ActionResult:
     """A staff note in the case's event log (changes nothing else)."""
     text = text.strip()
@@ -165,4 +180,5 @@ def note(bot: Bot, case: CaseRow, who: str, text: str) -> ActionResult:
 
 # Actions on one case, by name, for the site's one form handler.
 CaseAction = Callable[[Bot, CaseRow, str], ActionResult]
-SIMPLE: dict[str, CaseAction] = {"resend": resend, "retry": retry, "cancel": cancel, "proof": proof}
+SIMPLE: dict[str, CaseAction] = {"resend": resend, "retry": retry, "cancel": cancel, "proof": proof,
+                                  "confirm": confirm}

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--json", action="store_true")
     for name, text in (("resend", "send the facility its record again"),
                        ("cancel", "stop a case"),
-                       ("retry", "check a case now; resume an escalated case")):
+                       ("retry", "check a case now; resume an escalated case"),
+                       ("confirm", "vouch for a managed-zone request by hand: publish without the admin's reply")):
         c = sub.add_parser(name, help=text)
         c.add_argument("case")
     dg = sub.add_parser("digest", help="send the daily staff digest now")
@@ -151,6 +152,10 @@ def _backup_restore(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that may make, read or install private keys: the passphrase is checked first.
+_WRITING_COMMANDS = frozenset({"run", "daemon", "rotate", "rekey", "confirm", "retry", "resend", "proof", "adopt"})
+
+
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "sign":
         from bot.adapters.signer import sign_filter
@@ -166,6 +171,15 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return run_doctor(cfg, sys.stdout)
     from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
 
+    if args.command in _WRITING_COMMANDS:
+        from bot.adapters.keys import passphrase_problem
+
+        # Before anything is written: a wrong [keys] passphrase would otherwise store new
+        # keys under it and fail every case whose key it cannot read (issue 11).
+        problem = passphrase_problem(cfg.state_dir / "keys", cfg.keys.passphrase)
+        if problem:
+            print(f"dkimbot: {problem}", file=sys.stderr)
+            return 2
     if args.command == "run":
         try:
             with pass_lock(cfg, wait=args.wait):

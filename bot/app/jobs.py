@@ -82,7 +82,10 @@ def poll_inbox_once(bot: Bot) -> int:
 
                     note_oversized(bot, message.key, message.size, message.oversized_header)
                 else:
-                    process_message(bot, message.key, message.raw)
+                    from bot.flows.budget import time_budget
+
+                    with time_budget(cfg.intake.message_time_budget_seconds, f"message {message.key}"):
+                        process_message(bot, message.key, message.raw)
             except Exception as exc:  # noqa: BLE001 -- our bug or a broken template: logged, never lose the mail
                 _message_failed(bot, message.key, message.raw, exc)
                 if not store.is_handled(message.key, None):
@@ -138,7 +141,8 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     from bot.flows.prepare import Prepared, prepare_message
 
     cfg = bot.cfg
-    parsed = parse_message(raw, own_addresses=[cfg.service.support_address])
+    parsed = parse_message(raw, own_addresses=[cfg.service.support_address],
+                           max_text_chars=cfg.intake.max_text_chars)
     # Counts and codes only: addresses and names stay out of the logs.
     log.debug("message %s (%s): request=%s, %d facilities, case refs %s, no-reply: %s, %d bytes",
               key, parsed.message_id, parsed.is_request, len(parsed.facilities),
@@ -180,6 +184,19 @@ def run_pass(bot: Bot) -> PassResult:
         result.messages = poll_inbox_once(bot)
     except IntakeError as exc:
         result.errors.append(str(exc))  # the caller reports it: one line, no traceback
+    try:
+        from bot.flows.confirm import confirm_due_once, publish_confirmed_once
+
+        # Proof of control (bot/flows/confirm.py): publish what was confirmed, before the
+        # checks look at it; held confirmation mails, the reminder, expiry.
+        publish_confirmed_once(bot)
+        confirm_due_once(bot)
+        from bot.flows.staffnotes import release_held_once
+
+        release_held_once(bot)  # staff notes merged after their hour (bot/flows/staffgate.py)
+    except Exception as exc:  # a confirmation's trouble must not stop the checks and delivery
+        log.exception("confirmations failed")
+        result.errors.append(f"confirmations failed: {type(exc).__name__}")
     try:
         result.checks = recheck_due_once(bot)
     except Exception as exc:  # each case is guarded inside; this is the last line: mail still goes out

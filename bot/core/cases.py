@@ -19,6 +19,9 @@ from bot.core.mailkinds import MailKind
 
 class State(StrEnum):
     NEEDS_INFO = "needs_info"
+    # The simplified flow waits for the domain's admin address to prove control (a
+    # one-time token, the registry, or staff) before anything is published: bot/flows/confirm.py.
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
     REJECTED = "rejected"
     AWAITING_DKIM = "awaiting_dkim"
     AWAITING_DMARC = "awaiting_dmarc"
@@ -45,6 +48,8 @@ class Event(StrEnum):
     DKIM_OK = "dkim_ok"                      # watched domain: every selector still right
     DKIM_GONE = "dkim_gone"                  # watched domain: a record vanished or changed
     GRACE_EXPIRED = "grace_expired"          # dkim_lost for longer than signing_grace_days
+    CONFIRMED = "confirmed"                  # the admin address proved control (token, registry, staff)
+    CONFIRMATION_EXPIRED = "confirmation_expired"  # no confirmation after the reminder
 
 
 # States in which the bot waits for the facility and checks DNS on a schedule.
@@ -54,7 +59,7 @@ TERMINAL = (State.REJECTED, State.CANCELLED)
 # After completion: the domain is rechecked daily (``bot.flows.monitor``), SPEC §8.
 WATCHED = (State.COMPLETED, State.DKIM_LOST, State.SIGNING_STOPPED)
 # States staff may cancel or retry.
-ACTIVE = (State.NEEDS_INFO, *WAITING, State.ESCALATED)
+ACTIVE = (State.NEEDS_INFO, State.AWAITING_CONFIRMATION, *WAITING, State.ESCALATED)
 
 STAY = None  # in the table: the case keeps its state
 
@@ -91,11 +96,14 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State | None, tuple[MailKind, ...]]
     (State.SIGNING_STOPPED, Event.DKIM_PROVEN): (State.COMPLETED, (MailKind.DKIM_RESTORED,)),
     (State.SIGNING_STOPPED, Event.DKIM_PROOF_FAILED): (STAY, ()),
     **{(s, Event.DNS_ERROR): (STAY, ()) for s in WATCHED},
+    # Proof of control (bot/flows/confirm.py): only then is anything published.
+    (State.AWAITING_CONFIRMATION, Event.CONFIRMED): (State.AWAITING_DKIM, ()),
+    (State.AWAITING_CONFIRMATION, Event.CONFIRMATION_EXPIRED): (State.CANCELLED, (MailKind.STAFF_ESCALATION,)),
 }
 
 #: The states a new case starts in (intake: a request with missing fields, a domain we
 #: cannot serve, or a key assigned at once).
-INITIAL_STATES = (State.NEEDS_INFO, State.REJECTED, State.AWAITING_DKIM)
+INITIAL_STATES = (State.NEEDS_INFO, State.REJECTED, State.AWAITING_DKIM, State.AWAITING_CONFIRMATION)
 
 #: The state ``dkimbot adopt`` (bot/flows/adopt.py) gives a domain the operator had
 #: already signed by hand, once its record is right on every authoritative server: it
@@ -129,12 +137,22 @@ def _moves() -> dict[tuple[State, State], tuple[str, ...]]:
         add((s, State.ESCALATED), "delivery failed")
         # staff (bot/app/jobs.py staff_retry): an escalated case back where it was
         add((State.ESCALATED, s), "staff retry")
+    # intake, a domain on the operator's name servers (bot/flows/confirm.py): the case
+    # waits for its admin address to prove control before anything is published
+    add((State.NEEDS_INFO, State.AWAITING_CONFIRMATION), "request completed (managed zone)")
+    for s in (*WAITING, State.ESCALATED, State.COMPLETED):
+        add((s, State.AWAITING_CONFIRMATION), "request names a new domain (managed zone)")
+    # delivery: the confirmation mail to the admin address refused for good
+    add((State.AWAITING_CONFIRMATION, State.ESCALATED), "delivery failed")
+    add((State.ESCALATED, State.AWAITING_CONFIRMATION), "staff retry")
     # staff or the facility (bot/flows/rekey.py): a new key restarts the DKIM step
     add((State.ESCALATED, State.AWAITING_DKIM), "rekey")
     # staff (bot/flows/cancel.py): any case not yet cancelled
     for s in State:
         if s != State.CANCELLED:
             add((s, State.CANCELLED), "staff cancel")
+    # intake: an unfinished request superseded by a colleague's live case of the facility
+    add((State.NEEDS_INFO, State.CANCELLED), "superseded by a live case")
     return {move: tuple(c) for move, c in sorted(causes.items())}
 
 

@@ -28,6 +28,8 @@ class MailKind(StrEnum):
     PROOF_REPORT = "proof_report"
     DMARC_REPORT = "dmarc_report"            # what receivers' DMARC reports say; p=quarantine advice
     REPLY_ACK = "reply_ack"                  # a question was passed to a person, who will answer
+    # to the domain's admin address only: the one-time token of the simplified flow
+    CONFIRM_REQUEST = "confirm_request"
     # to staff
     STAFF_ESCALATION = "staff_escalation"
     STAFF_DIGEST = "staff_digest"

@@ -564,6 +564,15 @@ _FORWARD_MARKERS = [
                r"forwarded message follows)\s*-{2,}\s*$", re.IGNORECASE),
     re.compile(r"^\s*(?:begin forwarded message|転送されたメッセージ|転送メッセージ)\s*[:：]\s*$", re.IGNORECASE),
 ]
+
+def _any_of(patterns: list[re.Pattern[str]]) -> re.Pattern[str]:
+    """One pattern for a list: one regex call per line instead of one per marker."""
+    return re.compile("|".join(f"(?{'i' if p.flags & re.IGNORECASE else ''}:{p.pattern})"
+                               for p in patterns))
+
+
+_REPLY_ANY = _any_of(_REPLY_MARKERS)
+_FORWARD_ANY = _any_of(_FORWARD_MARKERS)
 _HEADER_BLOCK_LINE = re.compile(
     r"^\s*(?:from|sent|date|to|cc|bcc|subject|reply-to|差出人|送信者|送信日時|日付|日時|宛先|件名|"
     r"cc|bcc|返信先)\s*[:：]", re.IGNORECASE)
@@ -592,22 +601,30 @@ def split_sections(text: str) -> tuple[list[str], list[list[str]]]:
     forwarded: list[list[str]] = []
     current = own
     skip_headers = False
+    # The next non-blank line after each index, in one backward pass: looking it up per
+    # rule line by slicing the rest (lines[index + 1:]) made a body of rules quadratic.
+    next_text = [""] * (len(lines) + 1)
+    for j in range(len(lines) - 1, -1, -1):
+        next_text[j] = lines[j] if lines[j].strip() else next_text[j + 1]
     for index, line in enumerate(lines):
+        if not line and not skip_headers:
+            current.append(line)  # a blank line is no marker, rule or quote: the common case, fast
+            continue
         if skip_headers:
             # The forwarded header block: From/Date/Subject/To lines and the blank lines
             # around them; the first other line is the forwarded body.
             if not line.strip() or _HEADER_BLOCK_LINE.match(line) or line.startswith((" ", "\t")):
                 continue
             skip_headers = False
-        if any(marker.match(line) for marker in _FORWARD_MARKERS):
+        if _FORWARD_ANY.match(line):
             current = []
             forwarded.append(current)
             skip_headers = True
             continue
-        if any(marker.match(line) for marker in _REPLY_MARKERS):
+        if _REPLY_ANY.match(line):
             break
         if RULE_LINE.match(line) and index + 1 < len(lines):
-            nxt = next((candidate for candidate in lines[index + 1 :] if candidate.strip()), "")
+            nxt = next_text[index + 1]
             if _HEADER_BLOCK_START.match(nxt):
                 break  # Outlook: "____" then "From:" / "差出人:"
         if _is_reply_header_block(lines, index):

@@ -52,7 +52,7 @@ FIELD_LABELS = {
 @dataclass(frozen=True)
 class FieldProblem:
     field: str  # one of FIELDS
-    kind: str  # "missing" | "invalid"
+    kind: str  # "missing" | "invalid" | "too_long"
     value: str | None  # what was written, for "invalid"
 
 
@@ -263,7 +263,8 @@ _HONORIFICS = str.maketrans("", "", "の様ごお御貴 \t\u3000:")
 
 def _canon(label: str) -> str:
     text = _nfkc(label).lower()
-    text = re.sub(r"\([^)]*\)|※.*$", "", text)
+    # [^()]: each "(" scans only to the next parenthesis, so "((((…" stays linear.
+    text = re.sub(r"\([^()]*\)|※.*$", "", text)
     return text.translate(_HONORIFICS).strip("・*-_")
 
 
@@ -289,6 +290,14 @@ _BRACKETS = {"[": "]", "【": "】", "<": ">", "〈": "〉", "《": "》", "≪"
              "『": "』", "〔": "〕", "{": "}", "(": ")"}
 
 
+# The longest label text looked up (the help page's longest label is 20 characters; a
+# pasted label may carry a note in parentheses).
+_LABEL_MAX = 120
+# Field lengths (issue 11): a longer value is a field problem named in the needs-info
+# mail, never mailed back verbatim. RFC 5321 allows 254 characters for an address.
+NAME_MAX = 100
+ADDRESS_MAX = 254
+
 # Alone on a line without brackets these are greetings ("ご担当者様"), not labels.
 _NOT_ALONE = {_canon("担当者"), _canon("ご担当者様")}
 
@@ -302,6 +311,8 @@ class _Label:
 
 
 def _lookup(head: str, *, fuzzy: bool) -> tuple[str, bool, bool] | None:
+    if len(head) > _LABEL_MAX:
+        return None  # no label is this long: not worth normalising
     key = _canon(head)
     if not key:
         return None
@@ -364,12 +375,17 @@ def _clean_name(value: str) -> str | None:
 
 def _clean_email(value: str) -> str | None:
     """A bare lower-case address with a punycode domain, or None if not an address."""
+    if len(value) > 4 * ADDRESS_MAX:
+        return None  # far longer than any address: not worth reading (and linear-time safe)
     text = re.sub(r"(?i)mailto:", "", value)
     angle = re.search(r"<([^<>]+)>", text)
     if angle:
         text = angle.group(1)
     # Spaces around "@" are typing slips; a space inside a part is a different address.
-    text = re.sub(r"\s*@\s*", "@", text.strip()).strip("。．.、,;；\"'「」()[]")
+    # (split/strip, not re.sub(r"\s*@\s*"): that regex is quadratic on long blank runs.)
+    text = "@".join(part.strip() for part in text.strip().split("@")).strip("。．.、,;；\"'「」()[]")
+    if len(text) > ADDRESS_MAX:
+        return None
     if re.search(r"\s", text):
         return None
     if text.count("@") != 1:
@@ -434,6 +450,13 @@ def _facility(values: dict[str, str]) -> Facility:
             problems.append(FieldProblem(field, "missing", None))
             continue
         raw = raw.strip()
+        limit = ADDRESS_MAX if field in ("contact_email", "admin_email") else NAME_MAX
+        if len(raw) > limit:
+            # Named, never echoed whole: a stranger's 3,000-character "name" with a URL
+            # must not be mailed back verbatim.
+            cleaned[field] = None
+            problems.append(FieldProblem(field, "too_long", raw[:30] + "…"))
+            continue
         if field in ("contact_email", "admin_email"):
             value = _clean_email(raw)
         elif field == "contact_phone":
@@ -556,8 +579,26 @@ def _address(value: str | None) -> str | None:
     for _, addr in pairs:
         addr = addr.strip().lower()
         if "@" in addr:
-            return addr
+            return header_address(addr)
     return None
+
+
+def header_address(addr: str) -> str | None:
+    """A From/Reply-To address the bot can answer: an IDN domain in IDNA (punycode)
+    form; None for one no SMTP server without SMTPUTF8 can take (a UTF-8 local part)
+    or that is not an address at all. One such address must never block the outbox."""
+    if len(addr) > ADDRESS_MAX or not addr.isprintable():
+        return None
+    if addr.isascii():
+        return addr
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
+        return None
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return f"{local}@{ascii_domain}".lower()
 
 
 def message_fingerprint(date: str | None, from_addr: str | None, subject: str, body: str) -> str:
@@ -570,7 +611,13 @@ def message_fingerprint(date: str | None, from_addr: str | None, subject: str, b
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedMail:
+#: The decoded body text a mail is read from is cut here (issue 11: a crafted 500 KB
+#: body must not keep the parser busy); a real request is a few hundred characters.
+MAX_TEXT_CHARS = 100_000
+
+
+def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
+                  max_text_chars: int = MAX_TEXT_CHARS) -> ParsedMail:
     """Read one mail. Never raises on malformed input: whatever cannot be read is empty.
 
     ``facilities`` is always empty when ``no_reply_reason`` is set, so a bounce that quotes
@@ -586,7 +633,7 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = ()) -> ParsedM
     references = tuple(_MSG_ID.findall(" ".join(headers.get("references", []))))
     own = {address.strip().lower() for address in own_addresses}
     reason = _no_reply_reason(msg, headers, from_addr, subject, own)
-    body = extract_body_text(msg)
+    body = extract_body_text(msg)[:max_text_chars]
     facilities = () if reason else tuple(parse_facilities(body))
     return ParsedMail(
         message_id=message_id_match.group(0) if message_id_match else None,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.core.authority import lookalike_of
 from bot.core.cases import State, classify_domain
 from bot.core.request import FIELDS, Facility, FieldProblem
 
@@ -84,6 +85,8 @@ def plan_facility(facility: Facility, existing: Continued | None, *, freemail: S
         return FacilityPlan(Step.NEEDS_INFO, facility, None, existing)
     domain = facility.domain
     reason = classify_domain(domain or "", freemail=list(freemail), own=list(own))
+    if reason is None and domain and lookalike_of(domain, own) is not None:
+        reason = "own"  # a UTS #39 confusable of an own domain ("489bаn.net"): issue 11
     if reason:
         return FacilityPlan(Step.REJECT, facility, domain, existing, reason)
     if existing is not None and existing.state != State.NEEDS_INFO and existing.domain == domain:

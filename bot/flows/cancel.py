@@ -34,11 +34,13 @@ class CancelResult:
     case: CaseRow
     removed: list[str] = field(default_factory=list)          # selectors taken out of the signer
     kept: dict[str, list[str]] = field(default_factory=dict)  # selector -> refs of live cases using it
+    unpublished: list[str] = field(default_factory=list)      # owner names the bot had published, removed
 
     def lines(self) -> list[str]:
         """What the command prints after ``REF: cancelled``."""
         domain = self.case.domain
         out = [f"removed from the signer: {s}._domainkey.{domain}" for s in self.removed]
+        out += [f"removed from DNS (published by the bot): {o}" for o in self.unpublished]
         out += [f"left in the signer: {s}._domainkey.{domain}, used by live case {', '.join(refs)}"
                 for s, refs in self.kept.items()]
         return out
@@ -71,12 +73,24 @@ def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
                     f"removing {selector}._domainkey.{case.domain} from the signer failed: {exc}{done}; "
                     "the case is not cancelled: fix the signer and run cancel again"
                 ) from None
+    if case.domain:
+        from bot.flows.confirm import remove_published
+
+        try:
+            # Records the bot itself published in a managed zone: exactly those values.
+            result.unpublished = remove_published(bot, case)
+        except Exception as exc:  # noqa: BLE001 -- reported to staff as the CancelError below
+            raise CancelError(
+                f"removing the records the bot published for {case.domain} failed: {exc}; "
+                "the case is not cancelled: fix DNS and run cancel again"
+            ) from None
     now = bot.clock()
     with bot.store.transaction():
         result.case = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
                                            event="staff_cancel", detail={
                                                "by": who, "signer_removed": result.removed,
-                                               "signer_kept": result.kept},
+                                               "signer_kept": result.kept,
+                                               "dns_removed": result.unpublished},
                                            next_check_at=None)
     if result.removed:
         log.info("%s: cancelled; removed %d selector(s) of the domain from the signer",

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.adapters.mailout import build_message
+from bot.core.authority import may_copy_contact
 from bot.core.mailkinds import MailKind
 from bot.core.providers import Provider, by_key
 from bot.core.records import dkim_box
@@ -74,7 +75,9 @@ def _addressees(names: list[str | None]) -> list[str]:
 
 def _case_recipients(bot: Bot, case: CaseRow) -> list[str]:
     to = [case.requester] if case.requester else []
-    if bot.cfg.service.cc_contact and case.contact_email and case.contact_email not in to:
+    # A contact on another domain is recorded, never mailed (no mail to third parties).
+    if (bot.cfg.service.cc_contact and case.contact_email and case.contact_email not in to
+            and may_copy_contact(case, case.requester)):
         to.append(case.contact_email)
     return [a for a in to if a]
 
@@ -83,6 +86,7 @@ def enqueue_mail(
     bot: Bot, kind: MailKind, cases_: list[CaseRow], context: dict[str, Any], *,
     to: list[str] | None = None, staff_only: bool = False,
     in_reply_to: str | None = None, references: list[str] | None = None,
+    merged_release: bool = False,
 ) -> str | None:
     """Render and queue one mail (inside the caller's transaction). Returns its Message-ID."""
     cfg = bot.cfg
@@ -108,6 +112,11 @@ def enqueue_mail(
     }
     assert bot.renderer is not None
     subject, body = bot.renderer.render(kind, ctx)
+    if staff_only:
+        from bot.flows.staffgate import hold_staff_mail
+
+        if hold_staff_mail(bot, kind, cases_, subject, body, merged_release=merged_release):
+            return None  # merged later or listed in the digest (bot/flows/staffgate.py)
     if staff_only:
         recipients, cc = list(cfg.service.staff_cc), []
     else:

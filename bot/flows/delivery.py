@@ -88,6 +88,14 @@ def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
                     errors.append(said)
                     break  # the server is down: the rest waits for the next pass
                 continue
+            except Exception as exc:  # noqa: BLE001 - this mail's own trouble: fail it, never block the rest
+                log.warning("delivery of %s failed for good (%s); the rest of the outbox goes on",
+                            row.message_id, type(exc).__name__)
+                transport.close()
+                with bot.store.transaction():
+                    bot.store.mark_failed(row.id, now, f"{type(exc).__name__}: {exc}")
+                    escalate_delivery_failure(bot, row, f"{type(exc).__name__}: {exc}")
+                continue
             maybe_crash("smtp.accepted")  # the window bot/flows/delivery.py explains
             with bot.store.transaction():
                 bot.store.mark_sent(row.id, bot.clock())

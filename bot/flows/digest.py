@@ -19,6 +19,7 @@ from bot.core.mailkinds import MailKind
 from bot.faults import maybe_crash
 from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
 from bot.flows.runtime import Bot
+from bot.flows.staffgate import held_notes
 
 log = logging.getLogger("dkimbot")
 
@@ -93,6 +94,9 @@ def build_digest(bot: Bot, now: datetime | None = None) -> dict[str, Any]:
         "dns_errors": sorted(dns.items()),
         "watch": watch,
         "new_cases": sum(1 for c in cases if c.created_at >= day_ago),
+        # Staff notes held back by the flood gate (bot/flows/staffgate.py), not yet merged.
+        "held": [{"ref": e["ref"] or "-", "at": e["at"], "why": e["detail"].get("why", ""),
+                  "subject": e["detail"].get("subject", "")} for e in held_notes(bot, day_ago)],
         "completed_today": sum(1 for e in events if e["to_state"] == State.COMPLETED
                                and e["from_state"] != State.COMPLETED),
         "dmarc": dmarc_digest_section(bot, now),

@@ -26,6 +26,8 @@ class ManagedResult:
     nameservers: list[str]
     published: list[str] = field(default_factory=list)  # owner names written
     error: str | None = None
+    server: str = ""
+    values: dict[str, str] = field(default_factory=dict)  # owner → the exact value written
 
 
 def _matches(ns: str, managed: list[str]) -> bool:
@@ -97,6 +99,30 @@ def publish_txt(cfg: Config, zone: str, server: str, records: dict[str, str | No
         raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
 
 
+def delete_txt_values(cfg: Config, zone: str, server: str, values: list[tuple[str, str]]) -> None:
+    """Delete exactly these (owner, value) TXT records (RFC 2136 "delete an RR from an
+    RRset"): a record someone else put at the same name stays."""
+    import dns.name
+    import dns.query
+    import dns.rcode
+    import dns.tsigkeyring
+    import dns.update
+
+    keyring = None
+    if cfg.dns.tsig_key_name:
+        keyring = dns.tsigkeyring.from_text({cfg.dns.tsig_key_name: cfg.dns.tsig_secret})
+    update = dns.update.UpdateMessage(
+        zone + ".", keyring=keyring,
+        keyname=dns.name.from_text(cfg.dns.tsig_key_name) if cfg.dns.tsig_key_name else None,
+        keyalgorithm=dns.name.from_text(cfg.dns.tsig_algorithm),
+    )
+    for owner, value in values:
+        update.delete(dns.name.from_text(owner + "."), _txt_rdata(value))
+    response = dns.query.tcp(update, server, port=cfg.dns.port, timeout=cfg.dns.timeout)
+    if response.rcode() != dns.rcode.NOERROR:
+        raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
+
+
 def publish_for_domain(bot: Bot, domain: str, dkim_records: list[dict[str, str]]) -> ManagedResult | None:
     """Publish a managed domain's records; None when the domain is not ours to edit."""
     cfg: Config = bot.cfg
@@ -119,6 +145,8 @@ def publish_for_domain(bot: Bot, domain: str, dkim_records: list[dict[str, str]]
             raise RuntimeError(f"no address for the name servers of {zone}")
         publish_txt(cfg, zone, server, records)
         result.published = [k for k, v in records.items() if v is not None]
+        result.server = server
+        result.values = {k: v for k, v in records.items() if v is not None}
         log.info("managed zone %s: published %s", zone, ", ".join(result.published))
     except Exception as exc:  # noqa: BLE001 -- DNS down, TSIG refused: logged, staff finish it
         result.error = f"{type(exc).__name__}: {exc}"

@@ -7,6 +7,7 @@ Used by ``prepare`` (before the transaction, to foresee the decision) and by
 from __future__ import annotations
 
 from bot.core import cases as sm
+from bot.core.authority import fold_address, is_party
 from bot.core.cases import State
 from bot.core.request import Facility, ParsedMail
 from bot.core.rows import CaseRow
@@ -31,8 +32,46 @@ def existing_case(bot: Bot, facility: Facility, requester: str | None, target: C
     name = facility.facility_name
     for c in candidates:
         if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
+            if c.state == State.NEEDS_INFO and not is_party(c, [requester]):
+                continue  # someone else's unfinished request is not theirs to complete (issue 11)
             return c
     for c in candidates:
         if c.state == State.NEEDS_INFO and requester and c.requester == requester and name and c.facility == name:
             return c
     return None
+
+
+def new_cases_left(bot: Bot, requester: str | None) -> int | None:
+    """How many more new cases (and so keys) ``requester`` may open today; None: no limit.
+
+    Counted by the folded address (``a+x@`` is ``a@``), over the cases opened in the last
+    24 hours: one stranger's mail flood makes at most this many keys a day (issue 11).
+    """
+    cap = bot.cfg.service.max_new_cases_per_sender_per_day
+    if cap <= 0 or not requester:
+        return None
+    from datetime import timedelta
+
+    me = fold_address(requester)
+    opened = sum(1 for r in bot.store.requesters_since(bot.clock() - timedelta(days=1)) if r and fold_address(r) == me)
+    return max(0, cap - opened)
+
+
+def party_guard(bot: Bot, facility: Facility, domain: str, requester: str | None,
+                existing: CaseRow | None) -> tuple[str, CaseRow | None]:
+    """Who a request for a domain with live cases may be (issue 11), read-only:
+
+    * ("in_progress", a live case): the sender is no party of any live case of the
+      domain: nothing changes, they are told the domain is in progress;
+    * ("join", the live case): a party asks again for a facility a live case already
+      covers (while its own unfinished request is still open): that case is repeated;
+    * ("ok", None): decide as planned.
+    """
+    live = [c for c in bot.store.cases_for_domain(domain) if c.state not in (State.REJECTED, State.CANCELLED)]
+    if live and not any(is_party(c, [requester]) for c in live):
+        return "in_progress", live[0]
+    same = [c for c in live if c.admin_email == facility.admin_email and is_party(c, [requester])
+            and (not facility.facility_name or c.facility == facility.facility_name)]
+    if same and (existing is None or existing.state == State.NEEDS_INFO) and existing not in same:
+        return "join", same[0]
+    return "ok", None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from bot.adapters.mailout import show_domain_ja
 from bot.core import cases as sm
+from bot.core.authority import Standing, answers_bot_mail, may_copy_contact
+from bot.core.authority import reply_standing as authority_standing
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
 from bot.core.replies import read_reply
@@ -24,7 +26,7 @@ from bot.core.request import Facility, ParsedMail
 from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
-from bot.flows.matching import existing_case, reply_target
+from bot.flows.matching import existing_case, new_cases_left, party_guard, reply_target
 from bot.flows.prepare import looked_for_reply, not_prepared
 from bot.flows.runtime import Bot
 
@@ -37,7 +39,19 @@ log = logging.getLogger("dkimbot")
 def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
+    from bot.flows.confirm import confirm_by_token
+
+    confirmed = confirm_by_token(bot, parsed)
+    if confirmed is not None:
+        return confirmed
     target = reply_target(bot, parsed)
+    # A reply acts on its case only from a party answering the bot's mail (bot/core/authority.py).
+    standing = reply_standing(bot, target, parsed) if target is not None else None
+    if target is not None and standing is not None and not standing.may_act:
+        if not parsed.is_request or target.state == State.NEEDS_INFO:
+            refuse_reply(bot, target, parsed, standing.why)
+            return f"reply to {target.ref} refused: not a party"
+        target = None  # a new request that merely names a case: decided as a request
     if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
         handle_request(bot, parsed, target, prepared)
         return f"request: {len(parsed.facilities)} facilities"
@@ -48,6 +62,36 @@ def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = Non
         handle_request(bot, parsed, None)
         return "request without fields"
     return "not for us"
+
+
+def reply_standing(bot: Bot, case: CaseRow, parsed: ParsedMail) -> Standing:
+    """May this mail act on ``case``: from a party, threading onto the bot's mail on it."""
+    from bot.core.authority import tokens_in
+
+    token = bot.store.confirmation_for_case(case.id)
+    carries = bool(token and token.get("token") and token["token"] in
+                   tokens_in(f"{parsed.subject}\n{parsed.body_text or ''}"))
+    return authority_standing(
+        case, [parsed.from_addr, parsed.reply_to],
+        threads_on_bot_mail=answers_bot_mail(parsed.in_reply_to, parsed.references,
+                                             bot.store.bot_message_ids(case.id)),
+        carries_token=carries)
+
+
+def refuse_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, why: str) -> None:
+    """Anything about a case from someone who may not act on it: staff see it, nothing changes."""
+    now = bot.clock()
+    bot.store.add_event(case.id, now, "reply_refused", detail={
+        "from": parsed.from_addr, "reply_to": parsed.reply_to, "message_id": parsed.message_id, "why": why})
+    log.warning("%s: a mail about the case changes nothing: %s", case.ref, why)
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+        "reason_title": "a mail about the case from someone who may not act on it",
+        "reason": f"A mail from {parsed.from_addr or 'unknown sender'}"
+                  f"{' (Reply-To ' + parsed.reply_to + ')' if parsed.reply_to else ''} "
+                  f"(Message-ID {parsed.message_id}) names this case, but {why}. "
+                  f"Nothing was changed.\n\n{(parsed.body_text or '').strip()[:2000]}",
+        "decide_hint": "If the sender is the facility's, answer them yourself; otherwise nothing to do.",
+        "diagnoses": []}, staff_only=True)
 
 
 def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared | None = None) -> None:
@@ -158,12 +202,77 @@ def handle_request(bot: Bot, parsed: ParsedMail, target: CaseRow | None, prepare
                         thread_last=parsed.message_id, thread_refs=thread_refs[-30:]),
                    dict(prepared.seen) if prepared is not None else {})
     own = [*cfg.service.own_domains, cfg.bot_domain]
+    left = new_cases_left(bot, requester)  # per sender and day (issue 11): cases and keys
+    limited: list[str | None] = []
     for f in facilities_of(parsed.facilities):
         found = existing_case(bot, f, requester, target)
+        if found is None and left is not None:
+            if left <= 0:
+                limited.append(f.facility_name)
+                reply.items.append({"kind": "limited", "ref": None, "facility": f.facility_name,
+                                    "admin_email": f.admin_email, "domain": f.domain})
+                continue
+            left -= 1
         existing = Continued(found.id, found.state, found.domain) if found is not None else None
         plan = plan_facility(f, existing, freemail=cfg.service.freemail_domains, own=own)
+        if plan.step in (Step.RESEND, Step.ASSIGN_KEY):
+            guarded = _guard(reply, plan, found, requester)
+            if guarded is None:
+                continue
+            plan = guarded
         _STEPS[plan.step](reply, plan)
+    if limited:
+        _note_limited(bot, parsed, requester, len(limited))
     _send_reply(reply, requester, thread_refs)
+
+
+def _guard(r: _Reply, plan: FacilityPlan, found: CaseRow | None,
+           requester: str | None) -> FacilityPlan | None:
+    """A domain with live cases belongs to their parties (``matching.party_guard``):
+    None when the facility was answered as "in progress" (nothing changed), else the plan
+    to carry out (a party's request for a facility a live case covers repeats that case,
+    and its own unfinished request is superseded)."""
+    bot, store, f = r.bot, r.bot.store, plan.facility
+    domain = plan.domain or ""
+    verdict, live = party_guard(bot, f, domain, requester, found)
+    if verdict == "in_progress" and live is not None:
+        _note_in_progress(bot, live, r.parsed, requester)
+        r.items.append({"kind": "in_progress", "ref": None, "facility": f.facility_name,
+                        "admin_email": f.admin_email, "domain": domain})
+        return None
+    if verdict == "join" and live is not None:
+        if found is not None:
+            store.transition(found.id, State.CANCELLED, r.now, expected_state=found.state,
+                             event="superseded", detail={"by": live.ref}, next_check_at=None)
+        return FacilityPlan(Step.RESEND, f, domain, Continued(live.id, live.state, live.domain))
+    return plan
+
+
+def _note_in_progress(bot: Bot, live: CaseRow, parsed: Any, requester: str | None) -> None:
+    now = bot.clock()
+    bot.store.add_event(live.id, now, "request_by_non_party", detail={
+        "from": parsed.from_addr, "reply_to": parsed.reply_to, "message_id": parsed.message_id})
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [live], {
+        "reason_title": "a request for a domain in progress, from someone who is not its party",
+        "reason": f"{requester or 'an unknown sender'} (Message-ID {parsed.message_id}) asked for "
+                  f"{live.domain}, which case {live.ref} already covers. Nothing was changed; the "
+                  "sender was told politely that the domain is already in progress.",
+        "decide_hint": "If the sender is the facility's (a colleague), cancel or hand over the case "
+                       "yourself; otherwise nothing to do.",
+        "diagnoses": []}, staff_only=True)
+
+
+def _note_limited(bot: Bot, parsed: Any, requester: str | None, count: int) -> None:
+    cap = bot.cfg.service.max_new_cases_per_sender_per_day
+    log.warning("request %s: %d facilities over the per-sender daily limit", parsed.message_id, count)
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+        "reason_title": "a sender is over the daily limit of new cases",
+        "reason": f"{requester} sent {parsed.message_id}; {count} of its facilities were not taken "
+                  f"(over [service] max_new_cases_per_sender_per_day = {cap}). No case and no key "
+                  "was made for them.",
+        "decide_hint": "If the sender is genuine (a group's IT person), ask them to send the rest "
+                       "tomorrow or raise the limit.",
+        "diagnoses": []}, staff_only=True)
 
 
 def _fields(f: Facility) -> dict[str, Any]:
@@ -194,9 +303,9 @@ def _needs_info(r: _Reply, plan: FacilityPlan) -> None:
                         "admin_email": f.admin_email}})
 
 
-def _reject(r: _Reply, plan: FacilityPlan) -> None:
+def _reject(r: _Reply, plan: FacilityPlan, detail: dict[str, Any] | None = None) -> None:
     f, store, now, domain = plan.facility, r.bot.store, r.now, plan.domain
-    rejected = {"reason": plan.reason, "domain": domain}
+    rejected = {"reason": plan.reason, "domain": domain, **(detail or {})}
     if plan.continues is not None and plan.existing is not None:
         case = store.transition(plan.continues, State.REJECTED, now, expected_state=plan.existing.state,
                                 event="rejected", detail=rejected,
@@ -215,7 +324,9 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
     assert plan.existing is not None
     existing = store.get_case(plan.existing.id)
     store.add_event(existing.id, now, "repeat_request", detail={"message_id": r.parsed.message_id})
-    case = store.update_case(existing.id, now, **r.base) if existing.state != State.COMPLETED else existing
+    # The thread moves on; the requester stays who it was (a party asked again, issue 11).
+    thread = {k: v for k, v in r.base.items() if k != "requester"}
+    case = store.update_case(existing.id, now, **thread) if existing.state != State.COMPLETED else existing
     r.touched.append(case)
     if case.state == State.COMPLETED:
         # Setup is done: say so, with its records for reference; nothing to add.
@@ -224,62 +335,62 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
                         "records": key_records(r.bot, case), "shared_with": [], "asks": [],
                         "existing": [], "provider_hint": None})
         return
-    r.items.append({"kind": "resend", "ref": case.ref, "facility": case.facility,
+    # Waiting for the admin's confirmation: say so again (no second token mail, no records).
+    kind = "confirming" if existing.state == State.AWAITING_CONFIRMATION else "resend"
+    r.items.append({"kind": kind, "ref": case.ref, "facility": case.facility,
                     "admin_email": case.admin_email, "domain": plan.domain,
                     "shared_with": [], **r.lookahead(case)})
 
 
 def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
     bot, store, now, domain = r.bot, r.bot.store, r.now, plan.domain or ""
+    skip = plan.existing.id if plan.existing is not None else None
+    others_before = [c for c in store.cases_for_domain(domain)
+                     if c.id != skip and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+    zone = None
+    if bot.cfg.dns.managed_nameservers and not others_before:
+        # The simplified flow: our own name servers. Nothing is published until the
+        # domain's admin address proved control (bot/flows/confirm.py, issue 11).
+        if r.prepared is None or domain not in r.prepared.zones:
+            raise not_prepared(r.prepared, domain, "the managed zone's lookup")
+        zone = r.prepared.zones[domain]
+        refusal = zone.refusal(bot.cfg.dns.managed_nameservers) if zone is not None else None
+        if refusal:
+            # The operator's own zones never get records from a request.
+            _reject(r, FacilityPlan(Step.REJECT, plan.facility, domain, plan.existing, "own"), {"why": refusal})
+            return
     selectors = _choose_key(bot, domain, r.prepared)
-    due = sm.next_check_at(now, now, bot.cfg.schedule)
+    # Nothing to check before the admin address confirms (awaiting_confirmation).
+    due = sm.next_check_at(now, now, bot.cfg.schedule) if zone is None else None
+    start = State.AWAITING_CONFIRMATION if zone is not None else State.AWAITING_DKIM
     assigned = {"domain": domain, "selectors": selectors}
     if plan.existing is not None:
         case = store.transition(
-            plan.existing.id, State.AWAITING_DKIM, now, expected_state=plan.existing.state,
+            plan.existing.id, start, now, expected_state=plan.existing.state,
             event="key_assigned", detail=assigned, domain=domain,
             selector=selectors[0], selectors=selectors, problems=[], next_check_at=due,
             reminders_sent=0, last_notice=None, **_fields(plan.facility), **r.base,
         )
     else:
         case = store.create_case(
-            state=State.AWAITING_DKIM, now=now, domain=domain, selector=selectors[0],
+            state=start, now=now, domain=domain, selector=selectors[0],
             selectors=selectors, next_check_at=due, **_fields(plan.facility), **r.base,
         )
-        store.add_event(case.id, now, "key_assigned", None, State.AWAITING_DKIM, assigned)
-    others = [c.facility for c in store.cases_for_domain(domain)
-              if c.id != case.id and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+        store.add_event(case.id, now, "key_assigned", None, start, assigned)
+    others = [c.facility for c in others_before]
+    kind = "record"
+    if zone is not None:
+        from bot.flows.confirm import open_confirmation
+
+        case, how = open_confirmation(bot, case, zone)
+        kind = "managed" if how == "registry" else "confirming"
     r.touched.append(case)
-    managed = _managed_publish(r, case, selectors) if bot.cfg.dns.managed_nameservers and not others else None
-    r.items.append({"kind": "managed" if managed else "record", "ref": case.ref,
+    r.items.append({"kind": kind, "ref": case.ref,
                     "facility": case.facility,
                     "admin_email": case.admin_email, "domain": domain, "shared_with": others,
                     "bits": min((k["bits"] for k in store.domain_keys(domain)
                                  if k["selector"] in selectors and k["algorithm"] == "rsa"), default=None),
                     **r.lookahead(case)})
-
-
-def _managed_publish(r: _Reply, case: CaseRow, selectors: list[str]) -> Any:
-    """The simplified flow: our own name servers, so we published (before the transaction)
-    and the facility rests. Records what the RFC 2136 update did; a failure goes to staff."""
-    domain = case.domain or ""
-    done, managed = r.prepared.managed_for(domain, selectors) if r.prepared else (False, None)
-    if not done:
-        raise not_prepared(r.prepared, domain, "the managed zone's update")
-    if managed is not None:
-        r.bot.store.add_event(case.id, r.now, "managed_publish", detail={
-            "zone": managed.zone, "nameservers": managed.nameservers,
-            "published": managed.published, "error": managed.error})
-        if managed.error:
-            enqueue_mail(r.bot, MailKind.STAFF_ESCALATION, [case], {
-                "reason_title": "publishing in a managed zone failed",
-                "reason": f"Zone {managed.zone} is served by our name servers "
-                          f"({', '.join(managed.nameservers)}), but the RFC 2136 update "
-                          f"failed: {managed.error}",
-                "decide_hint": "Publish the DKIM record in the zone by hand; the bot "
-                               "keeps checking and continues by itself.",
-                "diagnoses": []}, staff_only=True)
-    return managed
 
 
 _STEPS: dict[Step, Callable[[_Reply, FacilityPlan], None]] = {
@@ -316,6 +427,10 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
         subject_text = "DKIM、DMARCの設定は既に完了しています"
     elif kinds == {"rejected"}:
         subject_text = "DKIM設定をお受けできませんでした"
+    elif kinds <= {"confirming", "managed"}:
+        subject_text = "DKIM設定のお申し込みを承りました（管理用メールアドレスへの確認をお送りしました）"
+    elif kinds == {"in_progress"}:
+        subject_text = "DKIM設定のお申し込みについて（既にお手続き中のドメインです）"
     else:
         subject_text = "DKIM、DMARC設定のお申し込みについて"
     rejected = [i.get("facility") or show_domain_ja(i.get("domain")) for i in items if i["kind"] == "rejected"]
@@ -326,7 +441,8 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
     to = [requester] if requester else []
     if bot.cfg.service.cc_contact:
         for c in r.touched:
-            if c.contact_email and c.contact_email not in to and c.state != State.NEEDS_INFO:
+            # A contact on another domain is recorded, never mailed (issue 11: no third parties).
+            if c.contact_email and c.contact_email not in to and may_copy_contact(c, requester):
                 to.append(c.contact_email)
     undecodable = getattr(parsed, "undecodable", 0)
     if undecodable:

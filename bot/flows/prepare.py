@@ -2,8 +2,8 @@
 
 Deciding on a request needs network and CPU time: the selector choice asks the
 domain's name servers (``keyplan.choose_selector``), a new key is generated
-(``KeyStore.load_or_create``), a managed zone gets an RFC 2136 update
-(``managed.publish_for_domain``) and the first reply looks at the domain's DNS
+(``KeyStore.load_or_create``), a managed zone is looked up (its RFC 2136 update waits for the admin's confirmation:
+``bot/flows/confirm.py``) and the first reply looks at the domain's DNS
 (``lookahead.look_bounded``: up to 3 × [dns] timeout). Done inside
 ``process_message``'s ``BEGIN IMMEDIATE`` transaction, all of that held SQLite's write
 lock, so ``dkimbot status`` (and every other writer) waited for a hung name server and
@@ -14,7 +14,7 @@ So a message is handled in two phases:
 * **prepare** (this module, outside any transaction): walk the request's facilities the
   way ``onboarding.handle_request`` will, reading the store without locking it, and do
   the I/O each one will need: choose the selector and create the key files (idempotent
-  per domain + selector, so a crash or a second run reuses them), publish a managed
+  per domain + selector, so a crash or a second run reuses them), find a managed
   zone, look at the domain's DNS. The results are a ``Prepared``.
 * **decide** (``onboarding.handle_request`` in the transaction): re-reads the store and
   takes a prepared result only when it still fits (``Prepared.keys_for`` checks that no
@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.core.cases import State
-from bot.core.records import dkim_box, ed25519_selector, render_selector
+from bot.core.records import ed25519_selector, render_selector
 from bot.core.request import ParsedMail
 from bot.core.requestplan import Continued, NotPrepared, Step, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
-from bot.flows.matching import existing_case, reply_target
+from bot.flows.matching import existing_case, new_cases_left, party_guard, reply_target
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -68,8 +68,9 @@ class Prepared:
     """What the prepare phase did for one message (empty: nothing slow was needed)."""
 
     keys: dict[str, PreparedKeys] = field(default_factory=dict)
-    # domain → (the selectors published, publish_for_domain's result)
-    managed: dict[str, tuple[list[str], Any]] = field(default_factory=dict)
+    # domain → its managed zone (bot/flows/confirm.py ManagedZone) or None: looked up
+    # here; nothing is published before the admin address confirms (issue 11).
+    zones: dict[str, Any] = field(default_factory=dict)
     # domain → Lookahead | None: the ``seen`` cache of ``lookahead.looked_for_reply``
     seen: dict[str, Any] = field(default_factory=dict)
     # domain → what went wrong preparing it (the decision re-raises it if it needs the work)
@@ -86,17 +87,6 @@ class Prepared:
         now_known = frozenset(k["selector"] for k in bot.store.domain_keys(domain))
         return pk if now_known == pk.known else None
 
-    def managed_for(self, domain: str, selectors: list[str]) -> tuple[bool, Any]:
-        """(True, result) when the prepare phase published exactly these selectors."""
-        done = self.managed.get(domain)
-        if done is not None and done[0] == selectors:
-            return True, done[1]
-        return False, None
-
-
-def _records(domain: str, keys: list[Any]) -> list[dict[str, str]]:
-    """The record boxes ``compose.key_records`` would give for these keys once recorded."""
-    return [dkim_box(domain, k.selector, k.algorithm, k.public_b64) for k in keys]
 
 
 def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
@@ -161,13 +151,24 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
     requester = parsed.reply_address
     own = [*cfg.service.own_domains, cfg.bot_domain]
     assigned: set[str] = set()  # domains an earlier facility of this mail gets a case on
+    left = new_cases_left(bot, requester)  # no keys beyond the sender's daily limit (issue 11)
     for f in parsed.facilities:
         found = existing_case(bot, f, requester, target)
+        if found is None and left is not None:
+            if left <= 0:
+                continue
+            left -= 1
         existing = Continued(found.id, found.state, found.domain) if found is not None else None
         plan = plan_facility(f, existing, freemail=cfg.service.freemail_domains, own=own)
         if plan.step not in (Step.RESEND, Step.ASSIGN_KEY):
             continue
         domain = plan.domain or ""
+        verdict, live = party_guard(bot, f, domain, requester, found)
+        if verdict == "in_progress":
+            continue  # nothing is made for a non-party (the decision tells them so)
+        if verdict == "join":
+            plan = plan_facility(f, Continued(live.id, live.state, live.domain) if live else None,
+                                 freemail=cfg.service.freemail_domains, own=own)
         if domain not in out.seen:
             # Looked at first: the DNS host decides the key size (さくら: 1024 bits).
             out.seen[domain] = look_at(bot, domain)
@@ -200,16 +201,10 @@ def _prepare_reply(bot: Bot, out: Prepared, case: CaseRow, parsed: ParsedMail) -
 
 def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | None) -> None:
     """Keys (unless a live case of the domain has them) and, for a managed zone with no
-    other facility on it, the RFC 2136 publish, in the order handle_request does them."""
-    selectors = _live_selectors(bot, domain)
-    if selectors is None:
-        pk = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)))
-        out.keys[domain] = pk
-        selectors, records = pk.selectors, _records(domain, pk.keys)
-    else:
-        stored = {k["selector"]: k for k in bot.store.domain_keys(domain)}
-        records = [dkim_box(domain, s, stored[s]["algorithm"], stored[s]["public_b64"])
-                   for s in selectors if s in stored]
+    other facility on it, the zone lookup (its RFC 2136 update waits for the admin's
+    confirmation: bot/flows/confirm.py), in the order handle_request does them."""
+    if _live_selectors(bot, domain) is None:
+        out.keys[domain] = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)))
     if not bot.cfg.dns.managed_nameservers:
         return
     skip = existing.id if existing is not None else None
@@ -217,9 +212,9 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | 
               if c.id != skip and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
     if others:
         return
-    from bot.flows.managed import publish_for_domain
+    from bot.flows.confirm import managed_zone_for
 
-    out.managed[domain] = (list(selectors), publish_for_domain(bot, domain, records))
+    out.zones[domain] = managed_zone_for(bot, domain)
 
 
 def look_at(bot: Bot, domain: str) -> Any:

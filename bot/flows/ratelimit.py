@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from bot.adapters.store import Store
+from bot.core.authority import fold_address
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -22,9 +23,12 @@ log = logging.getLogger("dkimbot")
 
 def mails_to_address_since(store: Store, address: str, since: datetime) -> int:
     """Facility mails (not ``staff_*``) queued since ``since`` with ``address`` among their recipients."""
-    wanted = address.strip().lower()
-    lists = store.facility_recipient_lists(since, wanted)  # a prefilter; the comparison below decides
-    return sum(1 for recipients in lists if wanted in (a.strip().lower() for a in recipients))
+    # One mailbox, one count: "a+1@x" and "a+2@x" (and "a.b@gmail.com", "ab@gmail.com")
+    # are the same person's (issue 11); the prefilter matches the domain only.
+    wanted = fold_address(address)
+    domain = wanted.rpartition("@")[2]
+    lists = store.facility_recipient_lists(since, "mail.com" if domain == "gmail.com" else "@" + domain)
+    return sum(1 for recipients in lists if wanted in (fold_address(a) for a in recipients))
 
 
 def limit_recipients(

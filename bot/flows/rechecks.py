@@ -37,7 +37,7 @@ def recheck_due_once(bot: Bot, *, workers: int = WORKERS) -> int:
     now = bot.clock()
     states = (*sm.WAITING, State.ESCALATED)
     due = [c for c in bot.store.due_cases(tuple(s.value for s in states), now)
-           if c.state != State.ESCALATED or c.resume_state]
+           if c.state != State.ESCALATED or (c.resume_state and c.resume_state != State.AWAITING_CONFIRMATION)]
     if not due:
         return 0
     from bot.checks.keyplan import check_case_domain

@@ -1,0 +1,270 @@
+"""Proof of control before the bot publishes anything by itself (the simplified flow).
+
+In a zone of the operator's own name servers the bot could publish for anyone who mails
+support@, so it publishes only after the domain's own people proved control:
+
+* a **token**: a confirmation mail goes to the admin address (it is at the domain) with
+  a one-time token; a reply carrying it confirms. One reminder, then the request expires
+  (the case is cancelled) and staff are told;
+* the **registry** (``[registry] file``) lists the admin address: confirmed at once;
+* **staff** confirm by hand (``dkimbot confirm CASE``, or the staff page), recorded as a
+  staff event.
+
+Confirmation is a transition inside the message's transaction; the RFC 2136 update
+itself runs outside any transaction (``publish_confirmed_once``, early in each pass), so
+SQLite's write lock never waits for a name server. What was written is kept
+(``managed_records``), so a cancel removes exactly those values and nothing else.
+At most one confirmation mail (first or reminder) goes to a domain per day: the worst a
+stranger can cause is that mail and a note to staff.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.adapters.registry import registry_for
+from bot.core.authority import new_token, operator_zone, tokens_in
+from bot.core.cases import Event, State
+from bot.core.mailkinds import MailKind
+from bot.core.rows import CaseRow, parse_iso
+from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.runtime import Bot
+
+log = logging.getLogger("dkimbot")
+
+
+class ConfirmError(Exception):
+    """Staff asked to confirm a case that is not waiting for confirmation (one line)."""
+
+
+@dataclass(frozen=True)
+class ManagedZone:
+    zone: str
+    nameservers: list[str]
+    addresses: list[str]
+
+    def refusal(self, managed: list[str]) -> str | None:
+        """Why this zone must never get records from a request (the operator's own), or None."""
+        return operator_zone(self.zone, self.nameservers, managed)
+
+
+def managed_zone_for(bot: Bot, domain: str) -> ManagedZone | None:
+    """The zone of ``domain`` when every name server of it is the operator's (DNS I/O)."""
+    if not bot.cfg.dns.managed_nameservers:
+        return None
+    from bot.flows.managed import find_managed_zone
+
+    found = find_managed_zone(bot.dns_client(), bot.cfg, domain)
+    return ManagedZone(found[0], list(found[1]), list(found[2])) if found else None
+
+
+def _registry_lists(bot: Bot, address: str | None) -> bool:
+    path = bot.cfg.state_path(bot.cfg.registry.file) if bot.cfg.registry.file else None
+    return registry_for(path).lists(address)
+
+
+def _confirmed(bot: Bot, case: CaseRow, how: str, detail: dict[str, Any]) -> CaseRow:
+    """awaiting_confirmation → awaiting_dkim (TRANSITIONS: CONFIRMED); the publish follows."""
+    now = bot.clock()
+    updated = bot.store.transition(case.id, State.AWAITING_DKIM, now, expected_state=case.state,
+                                   event=Event.CONFIRMED.value, detail={"how": how, **detail},
+                                   next_check_at=now, reminders_sent=0)
+    log.info("%s: control of %s confirmed (%s)", case.ref, case.domain, how)
+    return updated
+
+
+def _domain_mail_allowed(bot: Bot, domain: str, now: datetime) -> bool:
+    return bot.store.confirmation_mails_to_domain_since(domain, now - timedelta(days=1)) == 0
+
+
+def _mail(bot: Bot, case: CaseRow, row: dict[str, Any], *, reminder: bool) -> None:
+    enqueue_mail(bot, MailKind.CONFIRM_REQUEST, [case], {
+        "token": row["token"], "reminder": reminder, "admin_email": row["address"],
+        "domain": case.domain, "requester": case.requester or "",
+        "wait_hours": int(bot.cfg.schedule.confirm_wait_hours),
+    }, to=[row["address"]], in_reply_to="", references=[])
+    bot.store.set_confirmation(row["id"], bot.clock(), mailed=not reminder, reminded=reminder)
+
+
+def open_confirmation(bot: Bot, case: CaseRow, zone: ManagedZone) -> tuple[CaseRow, str]:
+    """Inside the request's transaction: start proving control of ``case``'s domain.
+
+    Returns the case and how it went: "registry" (confirmed at once), "mailed" (the
+    token went to the admin address) or "held" (a confirmation mail went to this domain
+    in the last day; ``confirm_due_once`` sends it once the day is over).
+    """
+    now = bot.clock()
+    assert case.domain and case.admin_email
+    store = bot.store
+    if _registry_lists(bot, case.admin_email):
+        store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
+                               token=None, status="confirmed", how="registry", now=now)
+        return _confirmed(bot, case, "registry", {"zone": zone.zone}), "registry"
+    token = new_token()
+    cid = store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
+                                 token=token, status="pending", how=None, now=now)
+    store.add_event(case.id, now, "confirmation_opened", detail={
+        "zone": zone.zone, "nameservers": zone.nameservers, "address": case.admin_email})
+    if not _domain_mail_allowed(bot, case.domain, now):
+        store.add_event(case.id, now, "confirmation_mail_held", detail={
+            "reason": "a confirmation mail went to this domain in the last 24 hours"})
+        return case, "held"
+    row = {"id": cid, "token": token, "address": case.admin_email}
+    _mail(bot, case, row, reminder=False)
+    return store.get_case(case.id), "mailed"
+
+
+def confirm_by_token(bot: Bot, parsed: Any) -> str | None:
+    """Inside the message's transaction: a mail carrying a live token confirms its case.
+
+    Returns the outcome for the handled mark, or None when the mail carries no token
+    the bot issued (then it is an ordinary mail).
+    """
+    text = f"{parsed.subject}\n{parsed.body_text or ''}"
+    for token in tokens_in(text):
+        row = bot.store.confirmation_by_token(token)
+        if row is None:
+            continue
+        case = bot.store.get_case(row["case_id"])
+        now = bot.clock()
+        if row["status"] != "pending" or case.state != State.AWAITING_CONFIRMATION:
+            bot.store.add_event(case.id, now, "confirmation_token_stale", detail={
+                "status": row["status"], "state": case.state, "message_id": parsed.message_id})
+            return f"confirmation token of {case.ref}: already {row['status']}"
+        bot.store.set_confirmation(row["id"], now, status="confirmed", how="token", detail={
+            "message_id": parsed.message_id, "from": parsed.from_addr})
+        _confirmed(bot, case, "token", {"message_id": parsed.message_id})
+        return f"confirmed {case.ref} (token)"
+    return None
+
+
+def staff_confirm(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
+    """Staff vouch for the requester (CLI ``dkimbot confirm``, the staff page): confirm
+    and publish now. Raises ConfirmError when the case is not waiting for confirmation."""
+    with bot.store.transaction():
+        case = bot.store.get_case(case.id)
+        if case.state != State.AWAITING_CONFIRMATION or not case.domain or not case.admin_email:
+            raise ConfirmError(f"{case.ref} is {case.state}, not waiting for confirmation")
+        now = bot.clock()
+        row = bot.store.confirmation_for_case(case.id)
+        if row is not None and row["status"] == "pending":
+            bot.store.set_confirmation(row["id"], now, status="confirmed", how="staff", detail={"by": who})
+        else:
+            bot.store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
+                                       token=None, status="confirmed", how="staff", now=now)
+        bot.store.add_event(case.id, now, "staff_confirm", detail={"by": who})
+        _confirmed(bot, case, "staff", {"by": who})
+    publish_confirmed_once(bot)
+    return bot.store.get_case(case.id)
+
+
+def _escalate(bot: Bot, case: CaseRow, title: str, reason: str, hint: str) -> None:
+    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+        "reason_title": title, "reason": reason, "decide_hint": hint, "diagnoses": []}, staff_only=True)
+
+
+def publish_confirmed_once(bot: Bot) -> int:
+    """Publish the records of every confirmed, not yet published case (RFC 2136, outside
+    any transaction); returns how many were published."""
+    from bot.flows.managed import publish_for_domain
+
+    done = 0
+    for row in bot.store.confirmations_with_status("confirmed"):
+        case = bot.store.get_case(row["case_id"])
+        if case.state in (State.CANCELLED, State.REJECTED) or not case.domain:
+            with bot.store.transaction():
+                bot.store.set_confirmation(row["id"], bot.clock(), status="void")
+            continue
+        zone = managed_zone_for(bot, case.domain)
+        refusal = zone.refusal(bot.cfg.dns.managed_nameservers) if zone else None
+        result = publish_for_domain(bot, case.domain, key_records(bot, case)) if zone and not refusal else None
+        now = bot.clock()
+        with bot.store.transaction():
+            if result is None or result.error:
+                why = refusal or (result.error if result else "the zone is no longer on our name servers")
+                bot.store.set_confirmation(row["id"], now, status="failed", detail={"error": why})
+                bot.store.add_event(case.id, now, "managed_publish", detail={
+                    "zone": zone.zone if zone else None, "published": [], "error": why})
+                _escalate(bot, case, "publishing in a managed zone failed",
+                          f"Control of {case.domain} was confirmed ({row['how']}), but publishing "
+                          f"failed: {why}",
+                          "Publish the DKIM record in the zone by hand, or cancel the case; the bot "
+                          "keeps checking and continues by itself.")
+                continue
+            for owner, value in result.values.items():
+                bot.store.add_managed_record(case.id, result.zone, result.server, owner, value, now)
+            bot.store.set_confirmation(row["id"], now, status="published")
+            bot.store.add_event(case.id, now, "managed_publish", detail={
+                "zone": result.zone, "nameservers": result.nameservers,
+                "published": result.published, "error": None})
+            bot.store.update_case(case.id, now, next_check_at=now)
+        done += 1
+    return done
+
+
+def confirm_due_once(bot: Bot) -> int:
+    """Held first mails, the one reminder, and expiry; returns how many rows moved."""
+    now = bot.clock()
+    wait = timedelta(hours=bot.cfg.schedule.confirm_wait_hours)
+    moved = 0
+    for row in bot.store.confirmations_with_status("pending"):
+        case = bot.store.get_case(row["case_id"])
+        with bot.store.transaction():
+            if case.state != State.AWAITING_CONFIRMATION:
+                bot.store.set_confirmation(row["id"], now, status="void")
+                continue
+            mailed, reminded = parse_iso(row["mailed_at"]), parse_iso(row["reminded_at"])
+            if mailed is None:
+                if _domain_mail_allowed(bot, row["domain"], now):
+                    _mail(bot, case, row, reminder=False)
+                    moved += 1
+            elif reminded is None and now >= mailed + wait:
+                if _domain_mail_allowed(bot, row["domain"], now):
+                    _mail(bot, case, row, reminder=True)
+                    bot.store.add_event(case.id, now, "confirmation_reminder")
+                    moved += 1
+            elif reminded is not None and now >= reminded + wait:
+                _expire(bot, case, row, now)
+                moved += 1
+    return moved
+
+
+def _expire(bot: Bot, case: CaseRow, row: dict[str, Any], now: datetime) -> None:
+    bot.store.set_confirmation(row["id"], now, status="expired")
+    updated = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
+                                   event=Event.CONFIRMATION_EXPIRED.value, detail={"address": row["address"]},
+                                   next_check_at=None)
+    _escalate(bot, updated, "a managed-zone request was never confirmed",
+              f"Nobody at {row['address']} confirmed the request for {case.domain} (requested by "
+              f"{case.requester}); after one reminder it expired and the case is cancelled. "
+              "Nothing was published and no key was installed.",
+              "Nothing to do unless the facility contacts you; a new request starts over.")
+    log.info("%s: confirmation expired; cancelled", case.ref)
+
+
+def remove_published(bot: Bot, case: CaseRow) -> list[str]:
+    """Delete the values the bot published for ``case`` (exact rdata, RFC 2136) unless
+    another live case of the domain still relies on them. Outside any transaction;
+    raises on a failed update (the cancel then stops, as for the signer)."""
+    from bot.flows.managed import delete_txt_values
+
+    records = bot.store.managed_records(case.id)
+    if not records:
+        return []
+    others = [c for c in bot.store.cases_for_domain(case.domain or "")
+              if c.id != case.id and c.state not in (State.CANCELLED, State.REJECTED)]
+    if others:
+        return []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["zone"], r["server"]), []).append(r)
+    removed: list[str] = []
+    for (zone, server), rows in groups.items():
+        delete_txt_values(bot.cfg, zone, server, [(r["owner"], r["value"]) for r in rows])
+        with bot.store.transaction():
+            bot.store.mark_managed_records_removed([r["id"] for r in rows], bot.clock())
+        removed += [r["owner"] for r in rows]
+    return removed
