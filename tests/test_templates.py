@@ -199,6 +199,15 @@ def test_every_template_renders_from_the_codes_own_contexts(bot: Any) -> None:
         enqueue_mail(bot, MailKind.DMARC_REPORT, [store.get_case(done.id)],
                      {**dmarcnotify.facility_context(bot, store.get_case(done.id), bot.clock.now.date()),
                       "first": True})
+    # The simplified flow's one-time token to the admin address, as open_confirmation writes it.
+    from bot.flows.confirm import ManagedZone, open_confirmation
+
+    with store.transaction():
+        waiting = store.create_case(state=State.AWAITING_CONFIRMATION, now=bot.clock.now,
+                                    domain="managed-kaede.test", selector="s1", selectors=["s1"],
+                                    facility="旅館かえで", admin_email="info@managed-kaede.test",
+                                    requester="someone@sender.test")
+        open_confirmation(bot, waiting, ManagedZone("managed-kaede.test", ["ns1.489ban.test"], ["127.0.0.1"]))
     subject, body = digest.render_digest(bot)
     bot.renderer.rendered.setdefault("staff_digest", []).append((subject, body))
 
