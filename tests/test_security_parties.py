@@ -221,3 +221,17 @@ def test_a_lookalike_of_an_own_domain_is_rejected_like_it(tmp_path, dovecot, bin
     [case] = w.bot.store.list_cases()
     assert case.state == "rejected" and case.domain == "xn--489bn-7ve.net"
     assert w.bot.store.domain_keys(case.domain) == []
+
+
+def test_the_per_address_limit_folds_plus_tags(tmp_path, dovecot, bind, smtp, monkeypatch):
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    w.cfg.service.max_mails_per_address_per_day = 2
+    for k in range(3):
+        domain = f"tag{k}-{w.tag}.test"
+        w.deliver(mail(f"owner+{k}@multi-{w.tag}.test", "DKIM、DMARC設定希望", block(f"宿{k}", domain)))
+    new = w.run()
+    to_owner = [m for m in new if any(a.startswith("owner+") for a in to_of(m))]
+    assert len(to_owner) == 2  # a+1@, a+2@ and a+3@ are one mailbox: the third reply is held
+    suppressed = [e for c in w.bot.store.list_cases() for e in w.bot.store.events(c.id)
+                  if e["kind"] == "mail_suppressed"]
+    assert len(suppressed) == 1
