@@ -725,6 +725,15 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
     analysis = analyse_spf(rec, domain, lookup)
     found.update(dns_lookups=analysis.lookups, void_lookups=analysis.voids,
                  lookups_per_term=analysis.per_term)
+    diags.extend(_limit_diagnoses(domain, analysis, found))
+
+    diags.extend(_authorization(lookup, domain, text, sending_ips, add, analysis, found))
+    return AreaResult(not [d for d in diags if d.severity == "error"], diags, found)
+
+
+def _limit_diagnoses(domain: str, analysis: SpfAnalysis, found: dict[str, Any]) -> list[Diagnosis]:
+    """RFC 7208 §4.6.4: at most 10 DNS-querying terms and 2 void lookups."""
+    diags: list[Diagnosis] = []
     if analysis.lookups > MAX_LOOKUPS:
         heavy = "、".join(f"{k}（{v}回）" for k, v in analysis.per_term.items())
         diags.append(Diagnosis(
@@ -743,7 +752,14 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
                       "problems": analysis.problems}))
     if analysis.problems:
         found["problems"] = analysis.problems
+    return diags
 
+
+def _authorization(lookup: LookupFn, domain: str, text: str, sending_ips: Sequence[str], add: list[str],
+                   analysis: SpfAnalysis, found: dict[str, Any]) -> list[Diagnosis]:
+    """Each of our sending addresses evaluated against the record (RFC 7208 check_host);
+    the record with our include merged in when one does not pass."""
+    diags: list[Diagnosis] = []
     evaluator = SpfEvaluator(lookup)
     verdicts: dict[str, str] = {}
     traces: dict[str, list[str]] = {}
@@ -772,7 +788,7 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
         diags.append(Diagnosis("spf_not_authorized", message, "error",
                                {"name": domain, "results": failing, "trace": traces,
                                 "fix": fix, "fix_host": domain, "include_present": already}))
-    return AreaResult(not [d for d in diags if d.severity == "error"], diags, found)
+    return diags
 
 
 def _dns_error(name: str, evidence: Any) -> Diagnosis:
