@@ -509,6 +509,9 @@ class DnsClient:
             # The right zone's servers never refer a name of their own zone elsewhere.
             if not any(isinstance(a, DnsFailure) and a.reason == "not_authoritative"
                        for a in answers.values()):
+                # Its servers answered for it: the name is in that zone (a later
+                # zone_for, e.g. for the servers' names in a mail, asks nothing).
+                self._seed(("zone", name), known[0])
                 return answers
         zone = self.zone_for(name)
         return self._ask_zone(zone, name, rdtype, _chain)
