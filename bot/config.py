@@ -208,6 +208,10 @@ class ReportsConfig:
     max_report_bytes: int = 20 * 1024 * 1024    # decompressed XML per report (zip/gzip bombs)
     facility_report_days: int = 14              # the facility's report mail, days after completion
     quarantine_min_messages: int = 100          # p=quarantine advised only with this much mail in 30 days
+    # The rua mailbox's own receiving server (its Authentication-Results authserv-id): when
+    # set, a report mail whose sender it did not authenticate (aligned DKIM or DMARC pass)
+    # is kept but marked; empty: the sender is judged by its From domain only.
+    authserv_id: str = ""
 
 
 @dataclass

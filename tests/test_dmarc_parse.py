@@ -224,3 +224,45 @@ def test_old_rows_are_forgotten_after_400_days_but_a_resent_report_stays_a_dupli
         assert bot.store.dmarc_mail_counts(now[0] - timedelta(days=1)) == {"duplicate": 1}
     finally:
         bot.close()
+
+
+def test_with_authserv_id_only_mail_our_receiver_authenticated_is_taken_at_its_word(tmp_path) -> None:
+    """[reports] authserv_id: a report mail is believed to come from its From domain only
+    when our own receiving server's (topmost) Authentication-Results passed it."""
+    from bot.adapters.intake import MaildirMailbox
+    from bot.config import load_config
+    from bot.flows.dmarcintake import intake_once
+    from bot.flows.dmarcnotify import summary
+    from bot.flows.runtime import Bot
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f'[reports]\nkind = "maildir"\npath = "rua"\nauthserv_id = "mx.489ban.test"\n'
+                        f'[service]\nsending_ips = ["0.0.0.0/0", "::/0"]\n[state]\ndir = "{tmp_path / "state"}"\n')
+    bot = Bot.open(load_config(cfg_path), clock=lambda: NOW)
+    try:
+        dmarckit.completed_case(bot.store, dmarckit.DOMAIN, NOW)
+        box = MaildirMailbox(bot.cfg.state_path("rua"))
+        good = corpus("google.xml")
+
+        def mail(report_id: str, *ar: str) -> bytes:
+            raw = dmarckit.report_mail(good.replace(b"8437265093854712345", report_id.encode()),
+                                       "noreply-dmarc-support@google.com", "zip+text", "g.zip")
+            return b"".join(f"Authentication-Results: {a}\r\n".encode() for a in ar) + raw
+
+        box.deliver(mail("passed", "mx.489ban.test; dkim=pass header.d=google.com header.s=20230601; "
+                                   "dmarc=pass header.from=google.com"))
+        box.deliver(mail("no-header"))
+        # A header from someone else's server, and ours lower down: only the topmost of ours counts.
+        box.deliver(mail("forged-header", "evil.test; dkim=pass header.d=google.com",
+                         "mx.489ban.test; dkim=fail header.d=google.com; dmarc=fail header.from=google.com"))
+        box.deliver(mail("other-signer", "mx.489ban.test; dkim=pass header.d=mailer.test; spf=pass"))
+        assert intake_once(bot)["stored"] == 4
+        reporters = set(summary(bot, dmarckit.DOMAIN, 30).sources[0].reporters)
+        assert reporters == {"google.com", "google.com (unauthenticated mail from google.com)"}
+        rows = bot.store.dmarc_source_rows(dmarckit.DOMAIN, "2026-11-01")
+        by_reporter: dict[str, int] = {}
+        for r in rows:
+            by_reporter[r["reporter"]] = by_reporter.get(r["reporter"], 0) + int(r["messages"])
+        assert by_reporter == {"google.com": 137, "google.com (unauthenticated mail from google.com)": 3 * 137}
+    finally:
+        bot.close()

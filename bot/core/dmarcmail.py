@@ -37,6 +37,7 @@ class ReportMail:
     subject: str
     documents: list[bytes] = field(default_factory=list)
     errors: list[ReportError] = field(default_factory=list)
+    auth_results: list[str] = field(default_factory=list)  # Authentication-Results values, top first
 
 
 def _gunzip(data: bytes, max_bytes: int) -> bytes:
@@ -100,7 +101,8 @@ def _from_domain(msg: Message) -> str:
 def read_report_mail(raw: bytes, max_bytes: int) -> ReportMail:
     """Every XML document in a report mail, each leaf part judged by its bytes."""
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    mail = ReportMail(from_domain=_from_domain(msg), subject=" ".join(str(msg.get("Subject") or "").split()))
+    mail = ReportMail(from_domain=_from_domain(msg), subject=" ".join(str(msg.get("Subject") or "").split()),
+                      auth_results=[" ".join(str(v).split()) for v in msg.get_all("Authentication-Results") or []])
     for part in msg.walk():
         if part.is_multipart():
             continue

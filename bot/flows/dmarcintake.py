@@ -55,8 +55,35 @@ class OurAddresses:
         return any(addr.version == n.version and addr in n for n in self.networks)
 
 
-def reporter_label(report: AggregateReport, from_domain: str) -> str:
-    """The reporter, marked with the sending domain when the two do not belong together."""
+def sender_authenticated(auth_results: list[str], authserv_id: str, own: str) -> bool:
+    """Did our own receiving server (``authserv_id``) pass the report mail's sender?
+
+    RFC 8601 §5: only the topmost header from the trusted authserv-id counts (anyone can
+    write Authentication-Results lower down); aligned means the same organisation as the
+    From domain (``own``), by a DMARC pass or by a passing DKIM signature.
+    """
+    from bot.checks.dmarc import organizational_domain
+    from bot.core.authresults import AuthResultsError, parse_authentication_results
+
+    for value in auth_results:
+        try:
+            parsed = parse_authentication_results(value)
+        except AuthResultsError:
+            continue
+        if parsed.authserv_id != authserv_id.lower():
+            continue
+        dmarc = any(r.result == "pass" and organizational_domain(r.props.get("header.from") or "x.invalid") == own
+                    for r in parsed.by_method("dmarc"))
+        dkim = any(r.result == "pass" and organizational_domain(r.dkim_domain or "x.invalid") == own
+                   for r in parsed.by_method("dkim"))
+        return dmarc or dkim
+    return False
+
+
+def reporter_label(report: AggregateReport, from_domain: str, auth_results: list[str] | None = None,
+                   authserv_id: str = "") -> str:
+    """The reporter, marked with the sending domain when the two do not belong together,
+    or when our receiving server (``authserv_id``, if configured) did not authenticate it."""
     # Here, not at the top: the public suffix list is a heavy import an idle pass never needs.
     from bot.checks.dmarc import organizational_domain
 
@@ -66,6 +93,8 @@ def reporter_label(report: AggregateReport, from_domain: str) -> str:
     if not from_domain:
         return f"{name} (via unknown sender)"
     own = organizational_domain(from_domain)
+    if authserv_id and not sender_authenticated(auth_results or [], authserv_id, own):
+        return f"{name} (unauthenticated mail from {own})"
     if claimed and organizational_domain(claimed) == own:
         return name
     if "." in key and " " not in key and organizational_domain(key) == own:
@@ -105,7 +134,7 @@ def store_report(bot: Bot, report: AggregateReport, mail: ReportMail, key: str, 
     if not _is_facility_domain(bot, report.domain):
         return "no_case"
     ours = OurAddresses(bot.cfg.service.sending_ips)
-    reporter = reporter_label(report, mail.from_domain)
+    reporter = reporter_label(report, mail.from_domain, mail.auth_results, bot.cfg.reports.authserv_id)
     flags = ["reporter_unverified"] if reporter != report.reporter else []
     rows, foreign = [], 0
     for r in report.rows:
