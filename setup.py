@@ -6,11 +6,15 @@ its ``*.txt`` files package data, read at run time with importlib.resources
 (``bot.adapters.mailout.shipped_templates_dir``). Everything else is in pyproject.toml.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=find_packages(include=["bot", "bot.*"]) + ["bot.templates"],
+    # Namespace discovery so that the data-only directories bot/web/templates and
+    # bot/web/static (no __init__.py) are packages in their own right: listed, their
+    # files declared below, and setuptools has nothing to warn about ("Package would be
+    # ignored").
+    packages=find_namespace_packages(include=["bot", "bot.*"], exclude=["*.__pycache__"]) + ["bot.templates"],
     package_dir={"bot.templates": "templates"},
     # bot.web: the staff site's page templates and its one stylesheet (bot/web/).
-    package_data={"bot.templates": ["*.txt"], "bot.web": ["templates/*.html", "static/*"]},
+    package_data={"bot.templates": ["*.txt"], "bot.web.templates": ["*.html"], "bot.web.static": ["*"]},
 )

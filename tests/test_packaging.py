@@ -41,7 +41,18 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)],
                        capture_output=True, text=True, timeout=600, env=_clean_env(), check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (base / "build.log").write_text(r.stdout + r.stderr, encoding="utf-8")
     return out
+
+
+def test_the_build_is_free_of_setuptools_package_warnings(dist: Path) -> None:
+    """Data-only directories (bot/web/templates, bot/web/static) are declared packages:
+    setuptools says nothing about packages it "would ignore", and their files ship."""
+    log = (dist.parent / "build.log").read_text(encoding="utf-8")
+    assert "would be ignored" not in log and "is absent from the `packages`" not in log, log[-3000:]
+    names = set(zipfile.ZipFile(next(dist.glob("dkimbot-*.whl"))).namelist())
+    assert "bot/web/static/style.css" in names
+    assert "bot/web/templates/base.html" in names
 
 
 def test_the_wheel_carries_every_template_and_the_sdist_the_tests_and_docs(dist: Path) -> None:
