@@ -2,11 +2,13 @@
 every pass).
 
 The parsers are linear and the text they read is capped (``[intake] max_text_chars``),
-so the budget is the backstop: a message whose handling takes longer than
+so the budget is the backstop: reading a message or deciding on it taking longer than
 ``[intake] message_time_budget_seconds`` is interrupted and counts as a failure of that
-message (``jobs._message_failed``: retried, staff after 3), and the pass moves on to
-the next message and to delivery. The decision's transaction rolls back on the
-interruption, so nothing of the message is half-written.
+message (``jobs._message_failed``: retried, staff after 3), and the pass moves on to the
+next message and to delivery. The decision's transaction rolls back on the
+interruption, so nothing of the message is half-written. The prepare phase's DNS
+lookups and key generation are not counted: they are bounded by ``[dns] timeout`` and
+do not depend on what the mail says.
 
 The interruption is SIGALRM, which only the main thread receives: ``run --once`` (cron)
 is interrupted; in the daemon's worker thread the budget is measured and logged only.
