@@ -327,6 +327,8 @@ def test_a_day_after_done_with_nothing_in_dns_the_reminder_offers_the_short_key(
     reminder = next(m for m in r.later(hours=73) if "再度のお願い" in str(m["Subject"]))
     text = text_of(reminder)
     assert "保存できなかった" in text and "「短い鍵希望」" in text
+    # Still one visit from the reminder alone: the DMARC and SPF asks come along.
+    assert set(r.boxes_of(reminder)) == {"dkim", "dmarc", "spf"} and "登録済みの場合は" in text
     [rekey] = r.reply("短い鍵希望です。")
     assert "1024ビット" in str(rekey["Subject"])
     assert {k["bits"] for k in r.bot.store.domain_keys(r.domain) if not k["retired_at"]} == {1024}

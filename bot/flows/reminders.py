@@ -56,6 +56,31 @@ def panel_may_have_refused(bot: Bot, case: CaseRow, report: CheckReport | None) 
                for k in bot.store.domain_keys(case.domain or ""))
 
 
+def first_mail_asks_boxes(bot: Bot, case: CaseRow) -> list[dict[str, Any]]:
+    """The DMARC and SPF boxes the case's first mail asked for, rebuilt from what was seen
+    before it (the ``dns_lookahead`` event), for the panel seen then."""
+    from bot.checks.dmarc import suggest_dmarc_record
+    from bot.core.records import record_box
+    from bot.flows.compose import case_provider
+
+    domain = case.domain or ""
+    detail: dict[str, Any] = {}
+    for event in reversed(bot.store.events(case.id)):
+        if event["kind"] == "dns_lookahead":
+            detail = event.get("detail") or {}
+            break
+    provider = case_provider(bot, case)
+    out: list[dict[str, Any]] = []
+    dmarc_fix = (detail.get("dmarc") or {}).get("fix")
+    if detail.get("dmarc_missing") or dmarc_fix:
+        value = dmarc_fix or suggest_dmarc_record(None, bot.cfg.service.dmarc_rua or None)
+        out.append({"name": "DMARC", "box": record_box(domain, f"_dmarc.{domain}", value, provider=provider)})
+    spf_fix = detail.get("spf_new") or (detail.get("spf") or {}).get("fix")
+    if spf_fix:
+        out.append({"name": "SPF", "box": record_box(domain, domain, spf_fix, provider=provider)})
+    return out
+
+
 def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     """Template context for ``reminder`` (besides what ``enqueue_mail`` adds)."""
     from bot.flows.checkmail import dmarc_context, fix_boxes
@@ -77,6 +102,9 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
         if report is not None:
             ctx["diagnoses"] = _shown(report.dkim.diagnoses)
         ctx["refused_hint"] = panel_may_have_refused(bot, case, report)
+        # One visit: the DMARC and SPF records the first mail asked for come along again,
+        # so a clerk who does everything from this reminder still visits the panel once.
+        ctx["also"] = first_mail_asks_boxes(bot, case)
     elif state == State.AWAITING_DMARC:
         if report is None:
             report = _report_from_evidence({})
