@@ -20,8 +20,15 @@ def test_the_demo_plays_every_step_to_completion_without_a_server(tmp_path: Path
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert elapsed < 30, f"the demo took {elapsed:.1f} s"
     headings = re.findall(r"^=== (.*) ===$", out, re.MULTILINE)
-    steps = {int(n) for h in headings for n in re.findall(r"step (\d)", h)}
-    assert steps == set(range(1, 10))
+    # Numbered as shown: 1, 2, 3, ... each once, in order (no "step 4" twice, no step
+    # announced after the mail it describes was printed).
+    steps = [int(m.group(1)) for h in headings if (m := re.match(r"step (\d+):", h))]
+    assert steps == list(range(1, 10)), steps
+    # The third mail (DKIM is active) is printed under the step that announces it.
+    third = re.findall(r"Subject: (\[DKIM-\d{4}\] .*)", out)[2]
+    announced = out.index("=== step 6:")
+    assert "DKIM is active" in out[announced:out.index("\n", announced)]
+    assert announced < out.index(third) < out.index("=== step 7:")
     # Every mail it sends is printed: the record, the named mistake, DKIM active, the report.
     subjects = re.findall(r"Subject: (\[DKIM-\d{4}\] .*)", out)
     assert len(subjects) == 4

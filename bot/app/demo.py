@@ -144,10 +144,13 @@ class _Demo:
         self.zones = dns_server.data
         self.inbox = MaildirMailbox(cfg.state_path(cfg.intake.maildir))
         self.printer = _Printer(cfg.state_path(cfg.outbound.directory))
+        self.steps = 0
 
-    @staticmethod
-    def step(n: int, title: str) -> None:
-        print(f"\n=== step {n}: {title} ===")
+    def step(self, title: str, flow: str) -> None:
+        """The next step, numbered here so the numbers only go up, in the order shown;
+        ``flow`` names the step(s) of the onboarding flow (docs/CONTRACT.md §1) it plays."""
+        self.steps += 1
+        print(f"\n=== step {self.steps}: {title} (flow {flow}) ===")
 
     def run(self) -> None:
         from bot.app.jobs import run_pass
@@ -168,9 +171,9 @@ def _dkim_steps(demo: _Demo) -> str | None:
     Returns the case's reference, or None when no case was opened."""
     from bot.core.records import split_txt_strings
 
-    demo.step(1, "the facility mails a request to support@ (ISO-2022-JP, like Outlook)")
+    demo.step("the facility mails a request to support@ (ISO-2022-JP, like Outlook)", "1")
     demo.inbox.deliver(_mail("DKIM、DMARC設定希望", REQUEST_BODY))
-    demo.step(2, "dkimbot reads it, makes the key pair, and replies with the TXT record (step 3)")
+    demo.step("dkimbot reads it, makes the key pair, and replies with the TXT record", "2–3")
     demo.run()
     cases = demo.bot.store.list_cases()
     if not cases:  # the log above says why (a broken template, say): one line, no traceback
@@ -180,18 +183,19 @@ def _dkim_steps(demo: _Demo) -> str | None:
     key = demo.bot.keystore.get(DOMAIN, case.selector or "")
     assert key is not None
 
-    demo.step(4, "the facility pastes the record, but with the quotes of the zone-file form")
+    demo.step("the facility pastes the record, but with the quotes of the zone-file form", "4")
     quoted = '"' + '" "'.join(split_txt_strings(key.record)) + '"'
     demo.zones.set_txt(key.fqdn, [split_txt_strings(quoted)])  # the panel splits what was pasted
     demo.reply("Re: DKIM設定", "設定しました。")
-    demo.step(5, "the facility replies 設定しました; dkimbot checks at once and names the mistake")
+    demo.step("the facility replies 設定しました; dkimbot checks at once and names the mistake", "5")
     demo.run()
 
-    demo.step(4, "the facility fixes the record (the 2048-bit value is stored as two strings)")
+    demo.step("the facility fixes the record (the 2048-bit value is stored as two strings)", "4 again")
     demo.zones.set_txt(key.fqdn, [split_txt_strings(key.record)])
-    demo.step(6, "dkimbot sees the right record on every name server, installs the key, proves it")
+    demo.step("dkimbot sees the right record on every name server, installs the key, proves it, "
+              "and tells the facility DKIM is active, with the DMARC record to publish", "6–7")
     demo.run()
-    demo.step(7, "…and told the facility DKIM is active, with the DMARC record to publish")
+    demo.step("what the signer now holds: the key in its KeyTable and SigningTable", "6")
     cfg = demo.bot.cfg
     signer_dir = cfg.state_path(cfg.signer.keytable).parent
     for name in ("KeyTable", "SigningTable"):
@@ -203,11 +207,11 @@ def _dkim_steps(demo: _Demo) -> str | None:
 
 def _dmarc_steps(demo: _Demo) -> None:
     """Steps 8 and 9: DMARC and SPF published, the final check, the completion report."""
-    demo.step(8, "the facility publishes DMARC (p=none) and its SPF record, and replies")
+    demo.step("the facility publishes DMARC (p=none) and its SPF record, and replies", "8")
     demo.zones.set_txt(f"_dmarc.{DOMAIN}", [["v=DMARC1; p=none; rua=mailto:dmarc@489ban.net"]])
     demo.zones.set_txt(DOMAIN, [["v=spf1 include:_spf.489ban.net ~all"]])
     demo.reply("Re: DKIM署名を開始しました", "DMARCを設定しました。")
-    demo.step(9, "dkimbot runs the final check and sends the completion report")
+    demo.step("dkimbot runs the final check and sends the completion report", "9")
     demo.run()
 
 
