@@ -38,4 +38,7 @@ def test_the_demo_plays_every_step_to_completion_without_a_server(tmp_path: Path
     states = re.findall(r"state: DKIM-\d{4} .* → (\w+)", out)
     assert states[0] == "awaiting_dkim" and "awaiting_dmarc" in states and states[-1] == "completed"
     assert re.search(r"^demo finished: DKIM-\d{4} is completed$", out, re.MULTILINE)
+    # The event log: areas a check did not ask (DKIM was still wrong) say so, not "ok=True".
+    assert re.search(r"^\s+dmarc\s+skipped \(asked once the DKIM record is right\)$", out, re.MULTILINE)
+    assert not re.search(r"dkim\s+ok=False.*\n\s+dmarc\s+ok=True", out)
     assert list(tmp_path.iterdir()) == []  # its temporary directory, not ./state

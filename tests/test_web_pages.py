@@ -129,3 +129,26 @@ def test_the_charts_count_the_funnel_completion_days_and_waiting_diagnoses(tmp_p
     svg = str(charts.waiting_svg(data))
     assert "DKIMが255文字で切断" in svg and svg.startswith("<svg") and "<script" not in svg
     assert "中央値 2.0日（1件）" in str(charts.completion_svg(data))
+
+
+def test_an_area_the_check_did_not_ask_is_shown_as_not_checked(tmp_path):
+    """A check made while DKIM was still wrong did not ask DMARC, SPF or alignment:
+    the case page says 未確認 for them, not OK."""
+    from bot.core.dnsresults import AreaResult, CheckReport, Diagnosis
+
+    store = _store(tmp_path)
+    with store.transaction():
+        ref = _case(store, 1, "awaiting_dkim", created=NOW - timedelta(days=1), since=NOW - timedelta(days=1))
+        skipped = AreaResult(True, [], {"skipped": "asked once the DKIM record is right"})
+        dkim = AreaResult(False, [Diagnosis("dkim_quoted", "引用符が含まれています。")], {})
+        [case] = store.list_cases()
+        store.add_event(case.id, NOW, "check", detail={"dns": CheckReport(dkim, skipped, skipped, skipped).to_json()})
+    store.close()
+    html = _client(tmp_path).get(f"/cases/{ref}").text
+    verdicts = re.findall(r'<td class="verdict">(.*?)</td>', html, re.DOTALL)
+    # The check is shown where the page lists the latest check and in the event log: four
+    # areas each time, DKIM NG and the three others not checked.
+    assert verdicts and len(verdicts) % 4 == 0
+    for i in range(0, len(verdicts), 4):
+        assert verdicts[i] == "NG"
+        assert all(v.startswith("未確認") and "asked once the DKIM record is right" in v for v in verdicts[i + 1:i + 4])

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bot.adapters.store import CaseRow, Store
+
+
+def skipped_reason(area: dict[str, Any]) -> str | None:
+    """Why a stored area (``AreaResult.to_json``) was not asked, or None. Events stored
+    before the ``skipped`` flag existed carry only ``found.skipped``."""
+    found = area.get("found")
+    why = found.get("skipped") if isinstance(found, dict) else None
+    if why:
+        return str(why)
+    return "not asked" if area.get("skipped") else None
 
 
 def show_case(store: Store, case: CaseRow, as_json: bool) -> int:
@@ -31,6 +41,10 @@ def show_case(store: Store, case: CaseRow, as_json: bool) -> int:
         if dns:
             for area in ("dkim", "dmarc", "spf", "alignment"):
                 a = dns.get(area) or {}
+                why = skipped_reason(a)
+                if why:  # not asked: its ok=True would read as "verified"
+                    print(f"      {area:<9} skipped ({why})")
+                    continue
                 codes = ", ".join(d["code"] for d in a.get("diagnoses", [])) or "-"
                 print(f"      {area:<9} ok={a.get('ok')}  {codes}")
         for item in items or []:  # the receiver's Authentication-Results, one line each

@@ -18,6 +18,7 @@ from typing import Any
 from publicsuffixlist import PublicSuffixList
 
 from bot.core.dnsresults import (
+    RETRY_BY_BOT,
     AreaResult,
     Diagnosis,
     DnsFailure,
@@ -265,7 +266,7 @@ def _dns_error(name: str, answers: Mapping[str, Any]) -> Diagnosis:
     return Diagnosis(
         "dns_error",
         f"{name} の確認中に DNS サーバーから応答が得られませんでした。"
-        "一時的な問題の可能性があるため、時間をおいて自動的に再確認します。",
+        "一時的な問題の可能性があるため、" + RETRY_BY_BOT,
         "error", {"name": name, "servers": _evidence(answers)})
 
 

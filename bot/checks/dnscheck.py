@@ -22,6 +22,7 @@ from bot.checks.spf import check_spf
 from bot.config import ServiceConfig
 from bot.core.dnsresults import (
     MAX_NAME_TEXT,
+    RETRY_BY_BOT,
     AreaResult,
     CheckReport,
     Diagnosis,
@@ -30,6 +31,7 @@ from bot.core.dnsresults import (
     DnsQueryError,
     Lookup,
     TxtRecord,
+    for_one_off,
     normalize_name,
 )
 from bot.core.recordtext import PastedChar, clean_pasted, describe_all_ja, find_pasted
@@ -244,7 +246,7 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     if failures:
         add("dns_error",
             f"{name} の確認中に、一部またはすべての DNS サーバーから応答が得られませんでした。"
-            "一時的な問題の可能性があるため、時間をおいて自動的に再確認します。",
+            "一時的な問題の可能性があるため、" + RETRY_BY_BOT,
             servers={s: f.to_json() for s, f in failures.items()})
     missing = [s for s, recs in served.items() if not recs]
     if served and len(missing) == len(served) and not failures:
@@ -458,8 +460,13 @@ def check_domain(client: DnsLookup, domain: str, selector: str | None,
             else _skipped("no selector given"))
     dmarc = check_dmarc(client, domain, service_cfg.dmarc_rua)
     spf = check_spf(client, domain, service_cfg.sending_ips, service_cfg.spf_include)
-    adkim = str(dmarc.found.get("tags", {}).get("adkim", "r") or "r")
-    alignment = check_alignment(domain, dkim_domain or domain, adkim)
+    if dkim.dns_error or dmarc.dns_error:
+        # Without the DKIM record there is no signature to align, and without the DMARC
+        # record its adkim= is unknown: the verdict would be a guess, not a check.
+        alignment = _skipped("DKIM or DMARC record not read (DNS error)")
+    else:
+        adkim = str(dmarc.found.get("tags", {}).get("adkim", "r") or "r")
+        alignment = check_alignment(domain, dkim_domain or domain, adkim)
     return CheckReport(dkim, dmarc, spf, alignment)
 
 
@@ -514,8 +521,8 @@ def make_dkim_dnsfunc(client: DnsLookup) -> Callable[..., bytes | None]:
 
 def _area_summary(name: str, area: AreaResult) -> str:
     f = area.found
-    if f.get("skipped"):
-        return f"skipped ({f['skipped']})"
+    if area.skipped:
+        return f"not checked: {area.skipped}"
     if name == "dkim":
         servers = ", ".join(f"{s}: {v}" for s, v in f.get("verdicts", {}).items())
         return f"{f.get('name')} [{servers}]"
@@ -533,7 +540,8 @@ def format_report_table(report: CheckReport) -> str:
     """A plain table for staff: one line per area, then one per diagnosis."""
     rows = [("AREA", "RESULT", "WHAT")]
     for name, area in report.areas():
-        status = "OK" if area.ok else ("DNS ERROR" if area.only_dns_errors else "FAIL")
+        status = ("SKIPPED" if area.skipped else "OK" if area.ok
+                  else "DNS ERROR" if area.only_dns_errors else "FAIL")
         rows.append((name, status, _area_summary(name, area)))
         for d in area.diagnoses:
             rows.append(("", f"  {d.severity}", f"{d.code}: {d.message}"))
@@ -553,7 +561,7 @@ def exit_code(report: CheckReport) -> int:
 def run_check_command(client: DnsLookup, service_cfg: ServiceConfig, domain: str, selector: str | None,
                       expected_public_b64: str | None, as_json: bool, out: TextIO) -> int:
     """``dkimbot check``: read-only; prints the table or the SPEC §4 JSON."""
-    report = check_domain(client, domain, selector, expected_public_b64, service_cfg)
+    report = for_one_off(check_domain(client, domain, selector, expected_public_b64, service_cfg))
     if as_json:
         out.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     else:

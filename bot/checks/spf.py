@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.checks.spfsyntax import syntax_diagnosis
 from bot.core.dnsresults import (
+    RETRY_BY_BOT,
     AreaResult,
     Diagnosis,
     DnsFailure,
@@ -795,5 +796,5 @@ def _dns_error(name: str, evidence: Any) -> Diagnosis:
     return Diagnosis(
         "dns_error",
         f"{name} の SPF レコードの確認中に DNS サーバーから応答が得られませんでした。"
-        "時間をおいて自動的に再確認します。",
+        + RETRY_BY_BOT,
         "error", {"name": name, "evidence": evidence})

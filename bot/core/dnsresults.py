@@ -11,7 +11,7 @@ test can hand in anything with these methods.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 # ---------------------------------------------------------------------------
@@ -34,13 +34,30 @@ class Diagnosis:
                 "detail": self.detail}
 
 
+#: How a ``dns_error`` message ends. The bot's own checks do ask again on their schedule;
+#: after the one-off ``dkimbot check`` nothing does, so the person is asked to
+#: (``for_one_off``).
+RETRY_BY_BOT = "時間をおいて自動的に再確認します。"
+RETRY_BY_HAND = "時間をおいてもう一度お試しください。"
+
+
 @dataclass
 class AreaResult:
-    """The verdict of one area (dkim, dmarc, spf, alignment)."""
+    """The verdict of one area (dkim, dmarc, spf, alignment).
+
+    An area that was not asked (``found["skipped"]`` holds why) has ``ok`` true only in
+    the sense that nothing failed: it blocks nothing, but it was not verified, and every
+    display says so (``skipped``)."""
 
     ok: bool
     diagnoses: list[Diagnosis] = field(default_factory=list)
     found: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> str | None:
+        """Why this area was not asked; None when it was."""
+        why = self.found.get("skipped")
+        return str(why) if why else None
 
     @property
     def dns_error(self) -> bool:
@@ -61,8 +78,11 @@ class AreaResult:
         return not self.ok and bool(errs) and all(d.code == "dns_error" for d in errs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "diagnoses": [d.to_json() for d in self.diagnoses],
-                "found": self.found}
+        out: dict[str, Any] = {"ok": self.ok, "diagnoses": [d.to_json() for d in self.diagnoses],
+                               "found": self.found}
+        if self.skipped:
+            out["skipped"] = True  # only then, so an asked area keeps the documented shape
+        return out
 
 
 @dataclass
@@ -83,8 +103,18 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         """The SPEC §4 shape: each area holds ``ok`` and ``diagnoses`` of code+message
-        (plus severity, detail and ``found`` as evidence)."""
+        (plus severity, detail and ``found`` as evidence, and ``skipped`` when not asked)."""
         return {name: area.to_json() for name, area in self.areas()}
+
+
+def for_one_off(report: CheckReport) -> CheckReport:
+    """``report`` worded for a one-off command: a DNS error's message asks the person to
+    try again later instead of promising an automatic recheck that will not happen."""
+    def area(a: AreaResult) -> AreaResult:
+        diagnoses = [replace(d, message=d.message.replace(RETRY_BY_BOT, RETRY_BY_HAND))
+                     if d.code == "dns_error" else d for d in a.diagnoses]
+        return AreaResult(a.ok, diagnoses, a.found)
+    return CheckReport(*(area(a) for _, a in report.areas()))
 
 
 # ---------------------------------------------------------------------------

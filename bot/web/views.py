@@ -168,6 +168,7 @@ class Finding:
     diagnoses: list[dict[str, Any]]
     servers: dict[str, Any]
     name: str
+    skipped: str = ""  # why the area was not asked: shown as 未確認, not as OK
 
 
 def findings(dns: dict[str, Any] | None) -> list[Finding]:
@@ -183,6 +184,8 @@ def findings(dns: dict[str, Any] | None) -> list[Finding]:
             area=AREA_LABELS[area], ok=bool(a.get("ok")), diagnoses=list(a.get("diagnoses") or []),
             servers=servers if isinstance(servers, dict) else {},
             name=str(found.get("name") or found.get("location") or "") if isinstance(found, dict) else "",
+            skipped=str((found.get("skipped") if isinstance(found, dict) else None)
+                        or ("not asked" if a.get("skipped") else "")),
         ))
     return out
 
