@@ -99,6 +99,9 @@ class ParsedMail:
     # the declared charset and every guess reject). Counted so staff hear of it; a name
     # holding one is never stored (see _facility).
     undecodable: int = 0
+    # Why the body was not read (MIME nested deeper than the parser can follow): the
+    # headers alone were read, no facility is taken from it, staff are told.
+    malformed: str | None = None
 
     @property
     def reply_address(self) -> str | None:
@@ -623,7 +626,15 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
     ``facilities`` is always empty when ``no_reply_reason`` is set, so a bounce that quotes
     a request cannot open a case even if a caller forgets to check.
     """
-    msg = BytesParser(policy=compat32).parsebytes(raw)
+    malformed = mime_too_deep(raw)
+    body_msg: Message | None = None
+    if malformed is None:
+        try:
+            body_msg = BytesParser(policy=compat32).parsebytes(raw)
+        except RecursionError:  # the scan above is a bound; this is the guarantee
+            malformed = "MIME structure nested too deeply to read"
+    # Malformed: the headers alone, enough for the subject, sender and no-reply rules.
+    msg = body_msg if body_msg is not None else BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
     headers = _headers(msg)
     subject = re.sub(r"\s+", " ", decode_header_value(_first(headers, "subject"))).strip()
     from_addr = _address(_first(headers, "from"))
@@ -633,8 +644,13 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
     references = tuple(_MSG_ID.findall(" ".join(headers.get("references", []))))
     own = {address.strip().lower() for address in own_addresses}
     reason = _no_reply_reason(msg, headers, from_addr, subject, own)
-    body = extract_body_text(msg)[:max_text_chars]
-    facilities = () if reason else tuple(parse_facilities(body))
+    body = ""
+    if body_msg is not None:
+        try:
+            body = extract_body_text(body_msg)[:max_text_chars]
+        except RecursionError:
+            malformed = "MIME structure nested too deeply to read"
+    facilities = () if reason or malformed else tuple(parse_facilities(body))
     return ParsedMail(
         message_id=message_id_match.group(0) if message_id_match else None,
         subject=subject,
@@ -649,4 +665,21 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
         fingerprint=message_fingerprint(_first(headers, "date"), from_addr, subject, body),
         reply_to=reply_to if reply_to and reply_to != from_addr and reply_to not in own else None,
         undecodable=subject.count("\ufffd") + body.count("\ufffd"),
+        malformed=malformed,
     )
+
+
+# At most this many multipart/* and message/* containers in one mail. Python's email
+# parser recurses once per nesting level and fails near a thousand (RecursionError); real
+# mail nests a handful deep, and the text reader stops at 20 levels anyway.
+MAX_MIME_CONTAINERS = 200
+_CONTAINER = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart|message)/", re.IGNORECASE | re.MULTILINE)
+
+
+def mime_too_deep(raw: bytes) -> str | None:
+    """Why ``raw`` is not parsed beyond its headers, or None. A cheap scan of the
+    Content-Type lines declaring containers, before the recursive parser sees them."""
+    count = sum(1 for _ in _CONTAINER.finditer(raw))
+    if count > MAX_MIME_CONTAINERS:
+        return f"{count} nested MIME containers (at most {MAX_MIME_CONTAINERS} are read)"
+    return None

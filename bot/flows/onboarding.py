@@ -39,6 +39,10 @@ log = logging.getLogger("dkimbot")
 def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
+    if parsed.malformed:
+        from bot.flows.malformed import note_malformed
+
+        return note_malformed(bot, parsed)
     from bot.flows.confirm import confirm_by_token
 
     confirmed = confirm_by_token(bot, parsed)
