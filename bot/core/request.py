@@ -201,6 +201,9 @@ def _no_reply_reason(msg: Message, headers: dict[str, list[str]], from_addr: str
     return_path = _first(headers, "return-path")
     if return_path is not None and re.fullmatch(r"\s*<\s*>\s*", return_path):
         return "bounce: null return-path"
+    sender = _first(headers, "from")
+    if sender is not None and re.fullmatch(r"\s*<\s*>\s*", sender):
+        return "bounce: null sender (From: <>)"  # RFC 5321 §4.5.5: never answered
     if from_addr and from_addr.split("@", 1)[0] in _BOUNCE_LOCALPARTS:
         return "bounce: from mailer-daemon"
     auto = _first(headers, "auto-submitted")
