@@ -18,8 +18,12 @@ from bot.adapters.store import CaseRow
 from bot.flows.runtime import Bot, pass_lock
 
 # Actions that cannot be taken back (a cancelled case stays cancelled; a new key or a
-# rotation mails the facility a new record): the site asks again before doing them.
-DESTRUCTIVE = ("cancel", "rekey", "rotate")
+# rotation mails the facility a new record; a confirmation publishes records in the
+# operator's zone for a requester nobody verified): the site asks again before them.
+DESTRUCTIVE = ("cancel", "rekey", "rotate", "confirm")
+# Actions that may make, read or install private keys: the [keys] passphrase is checked
+# first (issue 11), by the CLI and the site alike.
+KEY_ACTIONS = frozenset({"rotate", "rekey", "confirm", "retry", "resend", "proof"})
 CASE_ACTIONS = ("resend", "retry", "cancel", "rekey", "rotate", "proof", "note", "confirm")
 NOTE_MAX = 4000
 

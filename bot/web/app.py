@@ -307,6 +307,12 @@ class StaffSite:
             case = bot.store.find_case(ref)
             if case is None:
                 return f"{ref}: no such case"
+            if name in actions.KEY_ACTIONS:
+                from bot.adapters.keys import passphrase_problem
+
+                problem = passphrase_problem(self.cfg.state_dir / "keys", self.cfg.keys.passphrase)
+                if problem:  # as the CLI: a wrong passphrase must not write keys under it
+                    return f"実行できませんでした: {problem}"
             try:
                 if name == "rotate":
                     result = actions.rotate(bot, case.domain or "", who)
@@ -326,7 +332,8 @@ class StaffSite:
 
 
 ACTION_LABELS = {"resend": "レコードを再送", "retry": "今すぐ再確認", "cancel": "案件を取り消す",
-                 "rekey": "新しい鍵を作る", "rotate": "鍵を更新", "proof": "到達テストを送信", "note": "メモを残す"}
+                 "rekey": "新しい鍵を作る", "rotate": "鍵を更新", "proof": "到達テストを送信", "note": "メモを残す",
+                 "confirm": "管理の確認を手動で完了"}
 
 
 def available_actions(cfg: Config, case: Any) -> dict[str, str | None]:
@@ -338,6 +345,7 @@ def available_actions(cfg: Config, case: Any) -> dict[str, str | None]:
     out["proof"] = ("[proof] が無効です" if not cfg.proof.enabled else
                     None if case.state in ("awaiting_dmarc", "awaiting_final", "completed", "dkim_lost")
                     else "署名中の案件のみ")
+    out["confirm"] = None if case.state == "awaiting_confirmation" else "管理確認待ちの案件のみ"
     return out
 
 

@@ -13,7 +13,8 @@ from email.message import EmailMessage
 from typing import Any
 
 from bot.adapters.store import CaseRow, Store
-from bot.core.cases import WAITING, State
+from bot.core.cases import ACTIVE as ACTIVE_STATES
+from bot.core.cases import State
 
 STATE_LABELS: dict[str, str] = {
     "needs_info": "情報不足", "rejected": "受付不可", "awaiting_dkim": "DKIM待ち",
@@ -39,7 +40,7 @@ DIAGNOSIS_LABELS: dict[str, str] = {
 }
 
 AREA_LABELS = {"dkim": "DKIM", "dmarc": "DMARC", "spf": "SPF", "alignment": "アライメント"}
-ACTIVE = ("needs_info", *(s.value for s in WAITING), "escalated")
+ACTIVE = tuple(s.value for s in ACTIVE_STATES)  # waiting on someone: these can be stuck
 CHECKED = (*ACTIVE, "completed", "dkim_lost", "signing_stopped")  # states with a next check
 
 
