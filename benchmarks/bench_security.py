@@ -47,7 +47,8 @@ def _inputs(scale: float) -> dict[str, str]:
     n_rules = int(70_000 * scale)
     return {
         "_clean_email (84 KB of blanks in an address)": base.replace(
-            f"[担当者様のメールアドレス]\nyamada@{domain}", f"[担当者様のメールアドレス] yamada{' ' * n_blank}@{domain}"),
+            f"[担当者様のメールアドレス]\nyamada@{domain}",
+            f"[担当者様のメールアドレス] yamada{' ' * n_blank}@{domain}"),
         "_canon (209 KB of '(' in a label)": base + "[" + "(" * n_paren + "]\n",
         "split_sections (560 KB of rule lines)": base + "-----\n\n" * n_rules,
     }
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     r = run(args.quick)
     print(f"baseline: an ordinary request parsed + read in {r['baseline_ms']:.2f} ms")
-    print(f"| input | bytes | as a pass reads it (capped) | vs baseline | uncapped | growth at 4x size |")
+    print("| input | bytes | as a pass reads it (capped) | vs baseline | uncapped | growth at 4x size |")
     print("|---|---|---|---|---|---|")
     for name, x in r["inputs"].items():
         print(f"| {name} | {x['bytes']:,} | {x['capped_ms']:.1f} ms | {x['vs_baseline']:.0f}x | "

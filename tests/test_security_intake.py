@@ -12,21 +12,21 @@ import email
 import email.policy
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import pytest
+from configkit import dns, imap, service, smtp_out, write_toml
+from conftest import SUPPORT_ADDRESS
+from test_e2e import body_of
 
 from bot.app.jobs import Bot, flush_outbox_once, run_pass
 from bot.config import load_config
 from bot.core.replies import read_reply
 from bot.core.request import parse_message
 from bot.flows.compose import enqueue_mail
-from configkit import dns, imap, service, smtp_out, write_toml
-from conftest import SUPPORT_ADDRESS
-from test_e2e import body_of
 
 PASSWORD = "pw-intake"
 # A hang detector, not a speed claim (the figures are in benchmarks/bench_security.py):
@@ -40,7 +40,7 @@ def raw_mail(frm: str, subject: str, body: str, *, utf8_headers: bool = False) -
     msg["From"] = frm
     msg["To"] = SUPPORT_ADDRESS
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain="sender.test")
     msg.set_content(body, charset="utf-8")
     return msg.as_bytes()
@@ -213,7 +213,7 @@ def test_a_message_over_its_time_budget_fails_alone_staff_after_three(tmp_path, 
     monkeypatch.setattr(request, "parse_facilities", stalling)
     w.deliver(raw_mail("a@sender.test", "DKIM、DMARC設定希望", "STALL\n" + request_body("stall.test")))
     w.deliver(raw_mail("yamada@plain.test", "DKIM、DMARC設定希望", request_body("plain.test")))
-    for n in range(3):
+    for _ in range(3):
         started = time.monotonic()
         run_pass(w.bot)
         assert time.monotonic() - started < HANG

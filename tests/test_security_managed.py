@@ -12,20 +12,20 @@ import email
 import email.policy
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from configkit import dns, imap, service, smtp_out, write_toml
+from conftest import SUPPORT_ADDRESS
+from test_e2e import body_of
 
 from bot.adapters import signer
 from bot.app.jobs import Bot, run_pass
 from bot.config import load_config
 from bot.flows.cancel import cancel_case
-from configkit import dns, imap, service, smtp_out, write_toml
-from conftest import SUPPORT_ADDRESS
-from test_e2e import body_of
 
 pytestmark = pytest.mark.servers
 
@@ -38,7 +38,7 @@ def mail(frm: str, subject: str, body: str, *, in_reply_to: str | None = None,
     msg["From"] = frm
     msg["To"] = SUPPORT_ADDRESS
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = message_id or make_msgid(domain="sender.test")
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
@@ -194,7 +194,7 @@ def test_the_operators_own_zones_never_get_records(tmp_path, dovecot, bind, smtp
 
 def test_an_unconfirmed_request_is_reminded_once_then_expires_and_staff_are_told(tmp_path, dovecot, bind, smtp,
                                                                                  monkeypatch):
-    now = [datetime.now(timezone.utc)]
+    now = [datetime.now(UTC)]
     w = World(tmp_path, dovecot, bind, smtp, monkeypatch, clock=lambda: now[0])
     admin = f"ceo@{w.domain}"
     w.deliver(mail("mallory@evil.example", "DKIM、DMARC設定希望", request_body(w.domain, admin)))

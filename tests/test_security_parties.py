@@ -13,19 +13,19 @@ from __future__ import annotations
 import email
 import email.policy
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import pytest
+from configkit import dns, imap, service, smtp_out, write_toml
+from conftest import SUPPORT_ADDRESS
+from test_e2e import body_of
 
 from bot.app.jobs import Bot, run_pass
 from bot.config import load_config
 from bot.core.authority import fold_address, reply_standing
-from configkit import dns, imap, service, smtp_out, write_toml
-from conftest import SUPPORT_ADDRESS
-from test_e2e import body_of
 
 pytestmark = pytest.mark.servers
 PASSWORD = "pw-parties"
@@ -37,7 +37,7 @@ def mail(frm: str, subject: str, body: str, *, in_reply_to: str | None = None) -
     msg["From"] = frm
     msg["To"] = SUPPORT_ADDRESS
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain="sender.test")
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
@@ -190,7 +190,7 @@ def test_twenty_spoofed_replies_make_one_staff_mail_then_one_merged(tmp_path, do
     from datetime import timedelta
 
     w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
-    now = [datetime.now(timezone.utc)]
+    now = [datetime.now(UTC)]
     w.bot.clock = lambda: now[0]
     domain = f"flood-{w.tag}.test"
     w.deliver(mail(f"yamada@{domain}", "DKIM、DMARC設定希望", block("宿D", domain)))

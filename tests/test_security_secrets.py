@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.adapters.keys import KeyStore
 from configkit import write_toml
 from test_security_intake import raw_mail, request_body
+
+from bot.adapters.keys import KeyStore
 
 
 def dkimbot(cfg: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
