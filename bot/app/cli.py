@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dkimbot")
 
 
+CASE_HELP = "a case reference, e.g. DKIM-0007"
+DOMAIN_HELP = "a domain name, e.g. hotel-sakura.jp (IDN allowed)"
+JSON_HELP = "print JSON instead of text (for scripts)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dkimbot", description="DKIM/DMARC onboarding mail bot")
     p.add_argument("--config", metavar="FILE", help="TOML config (default: the embedded default)")
@@ -32,33 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="wait for a running pass instead of exiting")
     sub.add_parser("daemon", help="run passes on a schedule until SIGTERM/SIGINT")
     st = sub.add_parser("status", help="list cases")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help=JSON_HELP)
     sh = sub.add_parser("show", help="one case and its event log")
-    sh.add_argument("case")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("case", help=CASE_HELP)
+    sh.add_argument("--json", action="store_true", help=JSON_HELP)
     ck = sub.add_parser("check", help="check a domain's DNS without changing any state")
-    ck.add_argument("domain")
-    ck.add_argument("--selector")
-    ck.add_argument("--json", action="store_true")
+    ck.add_argument("domain", help=DOMAIN_HELP)
+    ck.add_argument("--selector",
+                    help="the DKIM selector to check (default: the domain's case's, else [keys] selector for today)")
+    ck.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, text in (("resend", "send the facility its record again"),
                        ("cancel", "stop a case"),
                        ("retry", "check a case now; resume an escalated case"),
                        ("confirm", "vouch for a managed-zone request by hand: publish without the admin's reply")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("case")
+        c.add_argument("case", help=CASE_HELP)
     dg = sub.add_parser("digest", help="send the daily staff digest now")
     dg.add_argument("--print", action="store_true", help="only print it; send nothing, record nothing")
     sub.add_parser("sign", help="sign a message from stdin with the installed key(s) of its From domain")
     pf = sub.add_parser("proof", help="send a DKIM-signed probe to the [proof] mailbox now; "
                                       "a later pass reports the receiver's verdict")
-    pf.add_argument("case")
+    pf.add_argument("case", help=CASE_HELP)
     rk = sub.add_parser("rekey", help="before the DKIM step: a new key "
                                       "(e.g. --bits 1024 for a host that cuts long records)")
-    rk.add_argument("case")
+    rk.add_argument("case", help=CASE_HELP)
     rk.add_argument("--bits", type=int, default=1024, help="RSA key size (default 1024: fits one 255-byte string)")
     nt = sub.add_parser("note", help="add a staff note to a case's event log")
-    nt.add_argument("case")
-    nt.add_argument("text", nargs="+")
+    nt.add_argument("case", help=CASE_HELP)
+    nt.add_argument("text", nargs="+", help="the note (the words are joined by spaces)")
     web = sub.add_parser("web", help="serve the staff site (see README: create an account first)")
     web.add_argument("--host", help="listen address (default [web] host, 127.0.0.1)")
     web.add_argument("--port", type=int, help="listen port (default [web] port, 8025)")
@@ -68,25 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
                        ("remove", "remove an account and end its sessions"),
                        ("passwd", "set a new password (stdin or a prompt); ends its sessions")):
         sa = staff_sub.add_parser(name, help=text)
-        sa.add_argument("name")
+        sa.add_argument("name", help="the account name")
     staff_sub.add_parser("list", help="list the accounts").set_defaults(name=None)
     rot = sub.add_parser("rotate", help="start a key rotation: new selector, record mailed, switch once it verifies")
-    rot.add_argument("domain")
+    rot.add_argument("domain", help=DOMAIN_HELP)
     ad = sub.add_parser("adopt", help="take in domains already signed by hand (OpenDKIM tables) "
                                       "whose records are right")
     ad.add_argument("--keytable", metavar="PATH", help="default: [signer] keytable")
     ad.add_argument("--signingtable", metavar="PATH", help="default: [signer] signingtable")
     ad.add_argument("--dry-run", action="store_true", help="only list what would be adopted")
     bk = sub.add_parser("backup", help="a consistent copy of the state (database, keys, signer files) into FILE")
-    bk.add_argument("file")
+    bk.add_argument("file", help="the backup file to write")
     rs = sub.add_parser("restore", help="put a backup into an empty state directory")
-    rs.add_argument("file")
+    rs.add_argument("file", help="a file made by dkimbot backup")
     rs.add_argument("--force", action="store_true", help="write over a state directory that is not empty")
     sub.add_parser("doctor", help="check every connection and permission against the real servers, changing nothing")
     rp = sub.add_parser("reports", help="what DMARC aggregate reports say about a domain's mail ([reports])")
-    rp.add_argument("domain")
+    rp.add_argument("domain", help=DOMAIN_HELP)
     rp.add_argument("--days", type=int, default=30, help="the window, in days up to today (default 30)")
-    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--json", action="store_true", help=JSON_HELP)
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     return p
@@ -250,11 +256,15 @@ def _reports(bot: Any, domain: str, days: int, as_json: bool) -> int:
     if days <= 0:
         print("dkimbot: --days must be more than 0", file=sys.stderr)
         return 2
-    domain = domain.strip().rstrip(".").lower()
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
+    typed = domain
+    domain, problem = _domain_arg(typed)
+    if problem is not None:  # "bad domain" is a typo, not a domain without reports
+        print(f"dkimbot: {typed!r} is not a domain name: {problem}", file=sys.stderr)
+        return 2
+    if not bot.cfg.reports.enabled:
+        print("dkimbot: DMARC aggregate reports are not being collected: [reports] is not "
+              "configured (README: \"DMARC aggregate reports\"); only reports stored earlier are shown",
+              file=sys.stderr)
     result = summary(bot, domain, days)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
@@ -305,26 +315,39 @@ def _status(bot: Any, as_json: bool) -> int:
     return 0
 
 
-def _check(cfg: Config, args: argparse.Namespace) -> int:
-    """Read-only: the store is consulted (for a case's key) but never written."""
-    from bot.adapters.store import Store
-    from bot.checks.dnscheck import run_check_command
+def _domain_arg(typed: str) -> tuple[str, str | None]:
+    """A domain typed on the command line: lower case, no final dot, IDNA (punycode);
+    with why it is not a domain name (None when it is)."""
+    from bot.core.records import validate_domain
 
-    domain = args.domain.strip().rstrip(".").lower()
+    domain = typed.strip().rstrip(".").lower()
     try:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
         pass
-    from bot.core.records import validate_domain, validate_selector
+    try:
+        validate_domain(domain)
+    except ValueError as exc:
+        return domain, str(exc)
+    return domain, None
+
+
+def _check(cfg: Config, args: argparse.Namespace) -> int:
+    """Read-only: the store is consulted (for a case's key) but never written."""
+    from bot.adapters.store import Store
+    from bot.checks.dnscheck import run_check_command
+    from bot.core.records import validate_selector
 
     # A typo ("hotel sakura.jp", "info@hotel.jp") is named as such, not sent to DNS
     # and reported back as a DNS error.
-    try:
-        validate_domain(domain)
-        if args.selector is not None:
+    domain, problem = _domain_arg(args.domain)
+    if problem is None and args.selector is not None:
+        try:
             validate_selector(args.selector)
-    except ValueError as exc:
-        print(f"dkimbot: {args.domain!r} cannot be checked: {exc}", file=sys.stderr)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem is not None:
+        print(f"dkimbot: {args.domain!r} cannot be checked: {problem}", file=sys.stderr)
         return 2
     selector = args.selector
     expected = None
