@@ -267,6 +267,12 @@ def test_login_needs_the_login_forms_token_and_redirects_only_locally(site):
     assert r.status_code == 403
     r = _login(client, next="//evil.example/steal")
     assert r.status_code == 303 and r.headers["location"] == "/"
+    # A wrong password keeps where the login was going (escaped, and only a local path).
+    client.cookies.clear()
+    r = _login(client, password="wrong password", next="/cases/DKIM-0001")
+    assert r.status_code == 401 and 'name="next" value="/cases/DKIM-0001"' in r.text
+    r = _login(client, password="wrong password", next='/"><b>x')
+    assert r.status_code == 401 and '"><b>' not in r.text
 
 
 def test_secure_cookies_behind_a_trusted_tls_proxy_only(tmp_path):

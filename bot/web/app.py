@@ -140,9 +140,9 @@ class StaffSite:
             return RedirectResponse("/", status_code=303)
         return self.login_page(request, "", 200)
 
-    def login_page(self, request: Request, error: str, status: int) -> Response:
+    def login_page(self, request: Request, error: str, status: int, nxt: str | None = None) -> Response:
         token = auth.new_token()
-        nxt = request.query_params.get("next", "/")
+        nxt = nxt or request.query_params.get("next", "/")
         with self.reader() as store:
             has_staff = views.staff_store_check(store)
         response = self.render("login.html", status, token=token, error=error, next=_local(nxt),
@@ -162,7 +162,7 @@ class StaffSite:
         if isinstance(outcome, int):
             message = (f"ログインの失敗が続いたため、あと{outcome}秒お待ちください。" if outcome > 0
                        else "名前またはパスワードが違います。")
-            return self.login_page(request, message, 429 if outcome > 0 else 401)
+            return self.login_page(request, message, 429 if outcome > 0 else 401, _field(form, "next"))
         response = RedirectResponse(_local(_field(form, "next") or "/"), status_code=303)
         response.set_cookie(auth.SESSION_COOKIE, outcome, httponly=True, samesite="strict",
                             secure=self.secure(request), path="/",
