@@ -45,8 +45,14 @@ def bot_mail_id(ref: str) -> str:
     return f"<bench-{ref}@489ban.net>"
 
 
+def record_mail_id(domain: str) -> str:
+    return f"<record.{domain}@489ban.net>"
+
+
 def reply_mail(domain: str, ref: str) -> bytes:
     msg = EmailMessage(policy=email.policy.SMTP)
+    msg["In-Reply-To"] = record_mail_id(domain)
+    msg["References"] = record_mail_id(domain)
     msg["From"] = f"山田 太郎 <yamada@{domain}>"
     msg["To"] = SUPPORT
     msg["Subject"] = f"Re: 【予約番】DKIMの設定をお願いします [{ref}]"
@@ -126,6 +132,13 @@ def _make_cases(cfg: Any, domains: list[str], pems: list[bytes], publics: list[s
                     contact_email=f"yamada@{domain}", contact_phone="03-1234-5678",
                     admin_email=f"info@{domain}", domain=domain, selector=SELECTOR, selectors=[SELECTOR],
                     requester=f"yamada@{domain}", next_check_at=now + timedelta(days=1))
+                # The record mail the facility answers: a reply acts on a case only when it
+                # threads onto a mail the bot sent on it (bot/core/authority.py).
+                bot.store.enqueue(message_id=record_mail_id(domain), kind="request_reply", case_ids=[case.id],
+                                  sender=SUPPORT, recipients=[f"yamada@{domain}"], raw=b"(sent before the run)",
+                                  now=now)
+                for mail in bot.store.mails_for_case(case.id):
+                    bot.store.mark_sent(mail["id"], now)
                 refs.append(case.ref)
                 # The record mail the facility answers (sent before the benchmark starts).
                 bot.store.enqueue(message_id=bot_mail_id(case.ref), kind="request_reply", case_ids=[case.id],

@@ -649,11 +649,15 @@ class Store:
 
     def mails_for_case(self, case_id: int, *, with_raw: bool = False) -> list[dict[str, Any]]:
         raw = ", raw" if with_raw else ""
+        # The case's rows picked in SQLite (json_each), not every mail ever decoded in
+        # Python: a reply asks this, and the outbox grows with the whole base (issue 16).
         rows = self.db.execute(
             "SELECT id, message_id, kind, case_ids, recipients, status, created_at, sent_at, "
-            f"attempts, last_error{raw} FROM outbox ORDER BY id"
+            f"attempts, last_error{raw} FROM outbox "
+            "WHERE EXISTS (SELECT 1 FROM json_each(outbox.case_ids) WHERE value = ?) ORDER BY id",
+            (case_id,),
         ).fetchall()
-        return [dict(r) for r in rows if case_id in json.loads(r["case_ids"])]
+        return [dict(r) for r in rows]
 
     def facility_mails_since(self, case_id: int, since: datetime) -> int:
         """Facility mails (not ``staff_*``) queued since ``since`` for ``case_id``; counted
