@@ -148,6 +148,9 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if name == "latency":
         i, p = r["idle"], r["polling"]
         floor_ms = 1000 * r["floor_seconds"]
+        if not i["answered"] or not p["answered"]:
+            return [("reply to result mail (IMAP IDLE / polling)",
+                     f"answered {i['answered']}/{i['replies']} / {p['answered']}/{p['replies']}", "all", "NO")]
         return [
             (f"reply 「設定しました」 to result mail, IMAP IDLE, p50 / p95 of {i['replies']} "
              f"({int(r['delay'] * 1000)} ms per DNS answer)",
