@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +290,21 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+#: The keys of [state], read by ``load_config`` itself (no dataclass of their own).
+STATE_KEYS = ("dir", "templates_dir")
+
+
+def accepted_keys() -> dict[str, set[str]]:
+    """Every key a config file may hold, per section: the fields of each section's
+    dataclass, the ``*_env`` names of its secret, and [state]'s. Derived, not listed,
+    so the documentation test (tests/test_config_docs.py) sees every key added."""
+    keys = {section: {f.name for f in fields(cls)} for section, cls in _SECTIONS.items()}
+    for section, (_, env_key) in SECRET_KEYS.items():
+        keys[section].add(env_key)
+    keys["state"] = set(STATE_KEYS)
+    return keys
+
+
 #: Names of the environment variables the loaded configs read secrets from: a child
 #: process (``[signer] reload_command``) gets an environment without them.
 SECRET_ENV_NAMES: set[str] = set()
@@ -330,19 +345,27 @@ def _secret(section: str, raw: dict[str, Any], key: str, env_key: str) -> str | 
     return None
 
 
+#: The secret of each section: its field (also accepted literally, for tests and the demo)
+#: and the ``*_env`` key naming the environment variable that holds it (preferred).
+SECRET_KEYS: dict[str, tuple[str, str]] = {
+    "intake": ("password", "password_env"),
+    "outbound": ("password", "password_env"),
+    "reports": ("password", "password_env"),
+    "proof": ("imap_password", "imap_password_env"),
+    "keys": ("passphrase", "passphrase_env"),
+    "dns": ("tsig_secret", "tsig_secret_env"),
+}
+
+
 def _build(section: str, cls: type, raw: dict[str, Any]) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{section}] must be a table")
     raw = dict(raw)
     extra: dict[str, Any] = {}
-    if section in ("intake", "outbound", "reports"):
-        extra["password"] = _secret(section, raw, "password", "password_env") or ""
-    if section == "proof":
-        extra["imap_password"] = _secret(section, raw, "imap_password", "imap_password_env") or ""
-    if section == "keys":
-        extra["passphrase"] = _secret(section, raw, "passphrase", "passphrase_env") or None
-    if section == "dns":
-        extra["tsig_secret"] = _secret(section, raw, "tsig_secret", "tsig_secret_env") or ""
+    if section in SECRET_KEYS:
+        key, env_key = SECRET_KEYS[section]
+        # An unset passphrase is None (keys stored unencrypted), an unset password "".
+        extra[key] = _secret(section, raw, key, env_key) or (None if section == "keys" else "")
     defaults = cls()
     known = set(vars(defaults))
     for key, value in raw.items():
@@ -447,13 +470,9 @@ def load_config(path: str | Path | None = None, *, state_dir: str | Path | None 
         raise ConfigError("[state] must be a table")
     state = dict(state)
     cfg.state_dir = Path(state_dir or state.pop("dir", "state"))
-    # [state] templates_dir and [mail] templates_dir are the older spellings of
-    # [service] templates_dir, still read.
+    # [state] templates_dir is the older spelling of [service] templates_dir, still read.
     if "templates_dir" in state:
         cfg.templates_dir = Path(state.pop("templates_dir"))
-    mail = raw.pop("mail", {})
-    if isinstance(mail, dict) and "templates_dir" in mail:
-        cfg.templates_dir = Path(mail["templates_dir"])
     if cfg.service.templates_dir:
         override = Path(cfg.service.templates_dir).expanduser()
         if not override.is_absolute() and path is not None:
