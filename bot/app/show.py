@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bot.core.dnsresults import stored_skip_reason
 
 if TYPE_CHECKING:
     from bot.adapters.store import CaseRow, Store
-
-
-def skipped_reason(area: dict[str, Any]) -> str | None:
-    """Why a stored area (``AreaResult.to_json``) was not asked, or None. Events stored
-    before the ``skipped`` flag existed carry only ``found.skipped``."""
-    found = area.get("found")
-    why = found.get("skipped") if isinstance(found, dict) else None
-    if why:
-        return str(why)
-    return "not asked" if area.get("skipped") else None
 
 
 def show_case(store: Store, case: CaseRow, as_json: bool) -> int:
@@ -41,7 +33,7 @@ def show_case(store: Store, case: CaseRow, as_json: bool) -> int:
         if dns:
             for area in ("dkim", "dmarc", "spf", "alignment"):
                 a = dns.get(area) or {}
-                why = skipped_reason(a)
+                why = stored_skip_reason(a)
                 if why:  # not asked: its ok=True would read as "verified"
                     print(f"      {area:<9} skipped ({why})")
                     continue

@@ -11,6 +11,7 @@ test can hand in anything with these methods.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -105,6 +106,16 @@ class CheckReport:
         """The SPEC §4 shape: each area holds ``ok`` and ``diagnoses`` of code+message
         (plus severity, detail and ``found`` as evidence, and ``skipped`` when not asked)."""
         return {name: area.to_json() for name, area in self.areas()}
+
+
+def stored_skip_reason(area: Mapping[str, Any]) -> str | None:
+    """Why a stored area (``AreaResult.to_json`` in an event) was not asked, or None.
+    Events stored before the ``skipped`` flag existed carry only ``found.skipped``."""
+    found = area.get("found")
+    why = found.get("skipped") if isinstance(found, Mapping) else None
+    if why:
+        return str(why)
+    return "not asked" if area.get("skipped") else None
 
 
 def for_one_off(report: CheckReport) -> CheckReport:

@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.core import cases as sm
 from bot.core.cases import State
+from bot.core.dnsresults import stored_skip_reason
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, OutboxRow
 from bot.flows.compose import enqueue_mail
@@ -60,6 +61,10 @@ def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
             lines.append(f"Last DNS check ({at}):")
             for area in _AREAS:
                 a = dns.get(area) or {}
+                why = stored_skip_reason(a)
+                if why:  # not asked (DKIM still wrong): not "ok"
+                    lines.append(f"  {area:<9} skipped ({why})")
+                    continue
                 errors = [d for d in a.get("diagnoses", []) if d.get("severity", "error") == "error"]
                 lines.append(f"  {area:<9} {'ok' if a.get('ok') else 'NOT OK'}"
                              + (": " + ", ".join(d.get("code", "?") for d in errors) if errors else ""))

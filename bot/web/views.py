@@ -15,6 +15,7 @@ from typing import Any
 from bot.adapters.store import CaseRow, Store
 from bot.core.cases import ACTIVE as ACTIVE_STATES
 from bot.core.cases import State
+from bot.core.dnsresults import stored_skip_reason
 
 STATE_LABELS: dict[str, str] = {
     "needs_info": "情報不足", "rejected": "受付不可", "awaiting_dkim": "DKIM待ち",
@@ -185,8 +186,7 @@ def findings(dns: dict[str, Any] | None) -> list[Finding]:
             area=AREA_LABELS[area], ok=bool(a.get("ok")), diagnoses=list(a.get("diagnoses") or []),
             servers=servers if isinstance(servers, dict) else {},
             name=str(found.get("name") or found.get("location") or "") if isinstance(found, dict) else "",
-            skipped=str((found.get("skipped") if isinstance(found, dict) else None)
-                        or ("not asked" if a.get("skipped") else "")),
+            skipped=stored_skip_reason(a) or "",
         ))
     return out
 
