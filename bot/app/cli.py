@@ -177,7 +177,9 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return run_doctor(cfg, sys.stdout)
     from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
 
-    if args.command in _WRITING_COMMANDS:
+    # Only when there is a key to try: the key module pulls in cryptography, which an idle
+    # pass of a fresh install must not pay for (benchmarks/bench_startup.py).
+    if args.command in _WRITING_COMMANDS and any((cfg.state_dir / "keys").glob("*/*.pem")):
         from bot.adapters.keys import passphrase_problem
 
         # Before anything is written: a wrong [keys] passphrase would otherwise store new
