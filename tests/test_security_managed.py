@@ -250,3 +250,17 @@ def test_a_repeated_request_while_waiting_sends_no_second_token(tmp_path, doveco
     to_mallory = [m for m in smtp.messages if "mallory@evil.example" in m.message["To"]]
     assert len(to_mallory) == 2 and all("v=DKIM1" not in body_of(m.raw) for m in to_mallory)
     w.bot.close()
+
+
+def test_a_subdomain_of_a_managed_zone_waits_for_its_admin_too(tmp_path, dovecot, bind, smtp, monkeypatch):
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    sub = f"mail.{w.domain}"
+    admin = f"ceo@{sub}"
+    w.deliver(mail("mallory@evil.example", "DKIM、DMARC設定希望", request_body(sub, admin)))
+    run_pass(w.bot)
+    [case] = w.bot.store.list_cases()
+    assert (case.domain, case.state) == (sub, "awaiting_confirmation")
+    assert bind.txt(f"{case.selector}._domainkey.{sub}") == [] and bind.txt(f"_dmarc.{sub}") == []
+    assert signer.installed_selectors(w.cfg, sub) == []
+    assert len([m for m in smtp.messages if admin in m.message["To"]]) == 1
+    w.bot.close()
