@@ -103,7 +103,7 @@ def test_every_decided_move_is_in_the_table() -> None:
 # ------------------------------------------------------------- nobody else writes a state
 
 
-def state_writes(tree: ast.AST) -> list[int]:
+def state_writes(tree: ast.AST, *, subscripts: bool = True) -> list[int]:
     """Lines that write a case's state other than through ``Store.transition``:
     ``update_case(..., state=...)``, ``<dict>.update(state=...)``, ``x["state"] = ...``
     and an ``UPDATE cases`` SQL string."""
@@ -116,7 +116,7 @@ def state_writes(tree: ast.AST) -> list[int]:
             if any(isinstance(a, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "state"
                                                      for k in a.keys) for a in node.args):
                 lines.append(node.lineno)
-        elif isinstance(node, ast.Assign) and any(
+        elif subscripts and isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "state"
                 for t in node.targets):
             lines.append(node.lineno)
@@ -126,12 +126,18 @@ def state_writes(tree: ast.AST) -> list[int]:
     return lines
 
 
+# Where cases are handled: the ``x["state"] = ...`` form is only a case write there (the
+# config loader's ``keys["state"]`` is its [state] section, not a case).
+CASE_HANDLERS = ("flows", "app", "web")
+
+
 def test_no_code_outside_the_store_writes_a_state() -> None:
     found = {}
     for path in sorted((ROOT / "bot").rglob("*.py")):
         if path == ROOT / "bot" / "adapters" / "store.py":
             continue
-        lines = state_writes(ast.parse(path.read_text(encoding="utf-8")))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lines = state_writes(tree, subscripts=path.parent.name in CASE_HANDLERS)
         if lines:
             found[str(path.relative_to(ROOT))] = lines
     assert found == {}
