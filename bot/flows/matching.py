@@ -25,18 +25,20 @@ def reply_target(bot: Bot, parsed: ParsedMail) -> CaseRow | None:
 
 
 def existing_case(bot: Bot, facility: Facility, requester: str | None, target: CaseRow | None) -> CaseRow | None:
-    """The case a request continues: a repeat of an active one, or a needs_info one completed."""
+    """The case a request continues: a repeat of an active one, or a needs_info one completed.
+
+    A needs_info case is completed only by the mail that answers it (``target``, which
+    ``decide_message`` keeps only when the mail may act on it: a party threading on the
+    bot's mail or carrying its token). Matching one by the From address and facility name
+    would let a forged From rewrite it (red team, issue 11); a fresh mail makes a new case.
+    """
     if target is not None and target.state == State.NEEDS_INFO:
         return target
-    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE) + (State.COMPLETED.value,))
+    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE if s != State.NEEDS_INFO)
+                                      + (State.COMPLETED.value,))
     name = facility.facility_name
     for c in candidates:
         if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
-            if c.state == State.NEEDS_INFO and not is_party(c, [requester]):
-                continue  # someone else's unfinished request is not theirs to complete (issue 11)
-            return c
-    for c in candidates:
-        if c.state == State.NEEDS_INFO and requester and c.requester == requester and name and c.facility == name:
             return c
     return None
 
