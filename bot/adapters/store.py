@@ -1132,12 +1132,15 @@ class Store:
         if sets:
             self.db.execute(f"UPDATE confirmations SET {', '.join(sets)} WHERE id=?", (*args, confirmation_id))
 
-    def confirmation_mails_to_domain_since(self, domain: str, since: datetime) -> int:
-        """Confirmation mails (first or reminder) sent to ``domain`` since ``since``."""
+    def confirmation_mails_in_zone_since(self, zone: str, since: datetime) -> int:
+        """Confirmation mails (first or reminder) sent since ``since`` to ``zone`` or any
+        name under it (a stranger picks the labels: r1.victim, r2.victim, ...)."""
+        under = "." + zone
         row = self.db.execute(
-            "SELECT (SELECT count(*) FROM confirmations WHERE domain=? AND mailed_at >= ?) + "
-            "(SELECT count(*) FROM confirmations WHERE domain=? AND reminded_at >= ?)",
-            (domain, now_iso(since), domain, now_iso(since)),
+            "SELECT (SELECT count(*) FROM confirmations WHERE (domain=? OR substr(domain, -?)=?) "
+            "AND mailed_at >= ?) + (SELECT count(*) FROM confirmations WHERE "
+            "(domain=? OR substr(domain, -?)=?) AND reminded_at >= ?)",
+            (zone, len(under), under, now_iso(since), zone, len(under), under, now_iso(since)),
         ).fetchone()
         return int(row[0])
 

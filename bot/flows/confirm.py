@@ -14,7 +14,7 @@ Confirmation is a transition inside the message's transaction; the RFC 2136 upda
 itself runs outside any transaction (``publish_confirmed_once``, early in each pass), so
 SQLite's write lock never waits for a name server. What was written is kept
 (``managed_records``), so a cancel removes exactly those values and nothing else.
-At most one confirmation mail (first or reminder) goes to a domain per day: the worst a
+At most one confirmation mail (first or reminder) goes to a managed zone per day: the worst a
 stranger can cause is that mail and a note to staff.
 """
 
@@ -76,8 +76,21 @@ def _confirmed(bot: Bot, case: CaseRow, how: str, detail: dict[str, Any]) -> Cas
     return updated
 
 
-def _domain_mail_allowed(bot: Bot, domain: str, now: datetime) -> bool:
-    return bot.store.confirmation_mails_to_domain_since(domain, now - timedelta(days=1)) == 0
+def _zone_mail_allowed(bot: Bot, zone: str, now: datetime) -> bool:
+    """One confirmation mail a day per managed zone, not per requested name: a stranger
+    naming info@r1.victim, info@r2.victim, ... must not make the bot mail the victim's
+    mail server once per label he invents (red team, issue 11)."""
+    return bot.store.confirmation_mails_in_zone_since(zone, now - timedelta(days=1)) == 0
+
+
+def _zone_of(bot: Bot, case: CaseRow, domain: str) -> str:
+    """The managed zone recorded when the confirmation was opened (else the domain)."""
+    for event in reversed(bot.store.events(case.id)):
+        if event["kind"] == "confirmation_opened":
+            zone = (event.get("detail") or {}).get("zone")
+            if isinstance(zone, str) and zone:
+                return zone
+    return domain
 
 
 def _mail(bot: Bot, case: CaseRow, row: dict[str, Any], *, reminder: bool) -> None:
@@ -108,9 +121,9 @@ def open_confirmation(bot: Bot, case: CaseRow, zone: ManagedZone) -> tuple[CaseR
                                  token=token, status="pending", how=None, now=now)
     store.add_event(case.id, now, "confirmation_opened", detail={
         "zone": zone.zone, "nameservers": zone.nameservers, "address": case.admin_email})
-    if not _domain_mail_allowed(bot, case.domain, now):
+    if not _zone_mail_allowed(bot, zone.zone, now):
         store.add_event(case.id, now, "confirmation_mail_held", detail={
-            "reason": "a confirmation mail went to this domain in the last 24 hours"})
+            "reason": f"a confirmation mail went to the zone {zone.zone} in the last 24 hours"})
         return case, "held"
     row = {"id": cid, "token": token, "address": case.admin_email}
     _mail(bot, case, row, reminder=False)
@@ -218,11 +231,11 @@ def confirm_due_once(bot: Bot) -> int:
                 continue
             mailed, reminded = parse_iso(row["mailed_at"]), parse_iso(row["reminded_at"])
             if mailed is None:
-                if _domain_mail_allowed(bot, row["domain"], now):
+                if _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
                     _mail(bot, case, row, reminder=False)
                     moved += 1
             elif reminded is None and now >= mailed + wait:
-                if _domain_mail_allowed(bot, row["domain"], now):
+                if _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
                     _mail(bot, case, row, reminder=True)
                     bot.store.add_event(case.id, now, "confirmation_reminder")
                     moved += 1

@@ -1,0 +1,62 @@
+"""Issue 11, red team: attacks a stranger can mount by mail alone, each on real servers.
+
+Through real Dovecot (the support mailbox), BIND (the DNS the bot asks) and the SMTP
+sink, with the harness of ``test_security_parties``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_security_parties import World, block, mail, to_of
+
+pytestmark = pytest.mark.servers
+
+
+def test_a_forged_from_without_the_thread_does_not_complete_a_needs_info_case(
+        tmp_path, dovecot, bind, smtp, monkeypatch):
+    """A fresh request (no subject reference, no In-Reply-To) with the From of a
+    needs_info case's requester and the same facility name used to continue that case:
+    a stranger who forged the From chose its domain, admin and contact addresses."""
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    domain = f"hotel-{w.tag}.test"
+    incomplete = block("ホテルB", domain).replace(f"info@{domain}", "")
+    w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", incomplete))
+    w.run()
+    [case] = w.bot.store.list_cases()
+    assert case.state == "needs_info"
+    evil = f"evil-{w.tag}.test"
+    w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", block("ホテルB", evil, "m@evil.example")))
+    w.run()
+    after = w.bot.store.get_case(case.id)
+    assert (after.state, after.domain, after.admin_email, after.contact_email) == \
+        ("needs_info", None, None, case.contact_email)
+
+    # The facility itself, answering the bot's mail, still completes it.
+    ask = next(m for m in smtp.messages if f"sato@{domain}" in to_of(m))
+    w.deliver(mail(f"sato@{domain}", f"Re: [{case.ref}]", block("ホテルB", domain),
+                   in_reply_to=ask.message["Message-ID"]))
+    w.run()
+    done = w.bot.store.get_case(case.id)
+    assert (done.state, done.domain) == ("awaiting_dkim", domain)
+
+
+def test_subdomains_of_one_managed_zone_get_one_confirmation_mail_a_day(tmp_path, dovecot, bind, smtp, monkeypatch):
+    """One confirmation mail per domain per day was counted per *requested* domain: one
+    stranger's mail naming info@r1.victim, info@r2.victim, ... (any label he likes, all in
+    one zone on our name servers) made the bot mail the victim's mail server once per
+    label. Now the zone counts: the rest wait (held), staff-free, nothing published."""
+    from test_security_managed import World as ManagedWorld
+    from test_security_managed import mail as mmail
+    from test_security_managed import request_body
+
+    from bot.app.jobs import run_pass
+
+    w = ManagedWorld(tmp_path, dovecot, bind, smtp, monkeypatch)
+    body = "\n".join(request_body(f"r{i}.{w.domain}", f"info@r{i}.{w.domain}").replace("旅館テスト", f"旅館{i}")
+                     for i in range(4))
+    w.deliver(mmail("Mallory <mallory@evil.example>", "DKIM、DMARC設定希望", body))
+    run_pass(w.bot)
+    cases = w.bot.store.list_cases()
+    assert len(cases) == 4 and {c.state for c in cases} == {"awaiting_confirmation"}
+    to_zone = [m for m in smtp.messages if any(a.endswith(w.domain) for a in to_of(m))]
+    assert len(to_zone) == 1
