@@ -60,3 +60,17 @@ def test_subdomains_of_one_managed_zone_get_one_confirmation_mail_a_day(tmp_path
     assert len(cases) == 4 and {c.state for c in cases} == {"awaiting_confirmation"}
     to_zone = [m for m in smtp.messages if any(a.endswith(w.domain) for a in to_of(m))]
     assert len(to_zone) == 1
+
+
+def test_a_huge_references_header_is_read_as_its_root_and_newest_ids():
+    """40,000 ids in References were each looked up in the store (twice per message, the
+    cases' thread roots unindexed): with 5,000 cases one such mail kept a pass busy for
+    tens of seconds. Now at most MAX_REFERENCES ids are read: the root and the newest."""
+    from bot.core.request import MAX_REFERENCES, parse_message
+
+    ids = [f"<{i:08d}@evil.example>" for i in range(40_000)]
+    raw = ("From: m@evil.example\r\nTo: support@489ban.net\r\nSubject: Re: x\r\n"
+           f"Message-ID: <q@evil.example>\r\nReferences: {' '.join(ids)}\r\n\r\nbody\r\n").encode()
+    refs = parse_message(raw).references
+    assert len(refs) == MAX_REFERENCES
+    assert refs[0] == ids[0] and refs[-1] == ids[-1] and refs[1] == ids[-(MAX_REFERENCES - 1)]

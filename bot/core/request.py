@@ -607,6 +607,18 @@ def header_address(addr: str) -> str | None:
     return f"{local}@{ascii_domain}".lower()
 
 
+#: At most this many References ids are read: the thread's root and the newest ones, as
+#: RFC 5322 §3.6.4 trims them. Each id is looked up (the bot's mails, cases' roots); a
+#: crafted header of 40,000 ids kept one message busy for seconds per lookup (red team).
+MAX_REFERENCES = 50
+
+
+def _trimmed_references(ids: list[str]) -> tuple[str, ...]:
+    if len(ids) <= MAX_REFERENCES:
+        return tuple(ids)
+    return (ids[0], *ids[-(MAX_REFERENCES - 1):])
+
+
 def message_fingerprint(date: str | None, from_addr: str | None, subject: str, body: str) -> str:
     """A digest of what a person wrote and when: the Date header, sender, subject and the
     decoded body text with whitespace collapsed. Transfer encoding, Received lines and
@@ -644,7 +656,7 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
     reply_to = _address(_first(headers, "reply-to"))
     message_id_match = _MSG_ID.search(_first(headers, "message-id") or "")
     in_reply_to_match = _MSG_ID.search(_first(headers, "in-reply-to") or "")
-    references = tuple(_MSG_ID.findall(" ".join(headers.get("references", []))))
+    references = _trimmed_references(_MSG_ID.findall(" ".join(headers.get("references", []))))
     own = {address.strip().lower() for address in own_addresses}
     reason = _no_reply_reason(msg, headers, from_addr, subject, own)
     body = ""
