@@ -49,6 +49,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from bot.adapters.dkimsign import sign_rsa
 from bot.adapters.keys import (
     DkimKey,
     KeyStoreError,
@@ -407,9 +408,9 @@ def sign_with_key(raw: bytes, domain: str, selector: str, private: PrivateKey,
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    signature: bytes = dkim.sign(raw, selector.encode(), domain.encode(), pem,
-                                 signature_algorithm=b"rsa-sha256", **common)
-    return signature
+    # dkimpy's header, OpenSSL's RSA: byte-identical to dkim.sign (bot/adapters/dkimsign.py).
+    return sign_rsa(raw, selector.encode(), domain.encode(), private, pem, canonicalize=(b"relaxed", b"relaxed"),
+                    include_headers=header_list(headers), linesep=_linesep(raw))
 
 
 def _load_installed(entry: InstalledKey) -> PrivateKey:
