@@ -301,8 +301,7 @@ def accepted_keys() -> dict[str, set[str]]:
     keys = {section: {f.name for f in fields(cls)} for section, cls in _SECTIONS.items()}
     for section, (_, env_key) in SECRET_KEYS.items():
         keys[section].add(env_key)
-    keys["state"] = set(STATE_KEYS)
-    return keys
+    return {**keys, "state": set(STATE_KEYS)}  # the [state] table, not a case's state
 
 
 #: Names of the environment variables the loaded configs read secrets from: a child
