@@ -74,3 +74,40 @@ def test_a_huge_references_header_is_read_as_its_root_and_newest_ids():
     refs = parse_message(raw).references
     assert len(refs) == MAX_REFERENCES
     assert refs[0] == ids[0] and refs[-1] == ids[-1] and refs[1] == ids[-(MAX_REFERENCES - 1)]
+
+
+def test_requests_held_for_a_zones_daily_mail_expire_instead_of_mailing_for_days(
+        tmp_path, dovecot, bind, smtp, monkeypatch):
+    """With one confirmation mail a day per zone, the requests held behind it used to wait
+    for their turn forever: a stranger's N names in one zone meant N days of mail to it.
+    A request whose confirmation could not be mailed within twice confirm_wait_hours
+    expires like an unanswered one (cancelled, staff told, nothing published)."""
+    from datetime import UTC, datetime, timedelta
+
+    from test_security_managed import World as ManagedWorld
+    from test_security_managed import mail as mmail
+    from test_security_managed import request_body
+
+    from bot.app.jobs import run_pass
+
+    now = [datetime.now(UTC)]
+    w = ManagedWorld(tmp_path, dovecot, bind, smtp, monkeypatch, clock=lambda: now[0])  # confirm_wait_hours 24
+    body = "\n".join(request_body(f"r{i}.{w.domain}", f"info@r{i}.{w.domain}").replace("旅館テスト", f"旅館{i}")
+                     for i in range(3))
+    w.deliver(mmail("Mallory <mallory@evil.example>", "DKIM、DMARC設定希望", body))
+
+    def to_zone() -> int:
+        return len([m for m in smtp.messages if any(a.endswith(w.domain) for a in to_of(m))])
+
+    run_pass(w.bot)
+    assert to_zone() == 1
+    now[0] += timedelta(hours=25)  # the first one's reminder takes the day's mail
+    run_pass(w.bot)
+    assert to_zone() == 2
+    now[0] += timedelta(hours=25)
+    run_pass(w.bot)
+    assert to_zone() == 2
+    assert {c.state for c in w.bot.store.list_cases()} == {"cancelled"}
+    for c in w.bot.store.list_cases():
+        assert bind.txt(f"{c.selector}._domainkey.{c.domain}") == []
+    w.bot.close()

@@ -231,7 +231,13 @@ def confirm_due_once(bot: Bot) -> int:
                 continue
             mailed, reminded = parse_iso(row["mailed_at"]), parse_iso(row["reminded_at"])
             if mailed is None:
-                if _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
+                created = parse_iso(row["created_at"])
+                if created is not None and now >= created + 2 * wait:
+                    # Held all this time (one mail a day per zone): a stranger's thousand
+                    # names in one zone must not make a thousand days of mail (red team).
+                    _expire(bot, case, row, now, mailed=False)
+                    moved += 1
+                elif _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
                     _mail(bot, case, row, reminder=False)
                     moved += 1
             elif reminded is None and now >= mailed + wait:
@@ -245,14 +251,17 @@ def confirm_due_once(bot: Bot) -> int:
     return moved
 
 
-def _expire(bot: Bot, case: CaseRow, row: dict[str, Any], now: datetime) -> None:
+def _expire(bot: Bot, case: CaseRow, row: dict[str, Any], now: datetime, *, mailed: bool = True) -> None:
     bot.store.set_confirmation(row["id"], now, status="expired")
     updated = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
                                    event=Event.CONFIRMATION_EXPIRED.value, detail={"address": row["address"]},
                                    next_check_at=None)
     _escalate(bot, updated, "a managed-zone request was never confirmed",
               f"Nobody at {row['address']} confirmed the request for {case.domain} (requested by "
-              f"{case.requester}); after one reminder it expired and the case is cancelled. "
+              f"{case.requester}); "
+              + ("after one reminder it expired" if mailed else "its confirmation mail was never sent (one a "
+                 "day per zone, and other requests for the zone went first), so it expired")
+              + " and the case is cancelled. "
               "Nothing was published and no key was installed.",
               "Nothing to do unless the facility contacts you; a new request starts over.")
     log.info("%s: confirmation expired; cancelled", case.ref)
