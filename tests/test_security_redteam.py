@@ -111,3 +111,94 @@ def test_requests_held_for_a_zones_daily_mail_expire_instead_of_mailing_for_days
     for c in w.bot.store.list_cases():
         assert bind.txt(f"{c.selector}._domainkey.{c.domain}") == []
     w.bot.close()
+
+
+class _BlackHoleDns:
+    """A name server on loopback that reads every query and never answers (what a
+    stranger's own domains can delegate to): records the names it was asked."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        import dns.message
+
+        self.names: list[str] = []
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(64)
+        self._conns: list[object] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    data, _ = self.udp.recvfrom(4096)
+                except OSError:
+                    return
+                try:
+                    self.names.append(str(dns.message.from_wire(data).question[0].name).lower())
+                except Exception:  # noqa: BLE001 -- a query we cannot read is not counted
+                    continue
+
+        def accept() -> None:
+            while True:
+                try:
+                    self._conns.append(self.tcp.accept())
+                except OSError:
+                    return
+
+        threading.Thread(target=drain, daemon=True).start()
+        threading.Thread(target=accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def test_name_servers_that_never_answer_cost_one_bounded_look_per_mail(tmp_path):
+    """Ten facility domains whose name servers never answer kept one mail in the pass
+    for ~97 s ([dns] timeout 1 s): each domain's bounded look, then its selector check's
+    timeouts. Now a domain whose look gave no answer is not asked for its selector, and
+    once a mail's DNS budget (2 looks) is spent its other domains are not asked at all;
+    every facility still gets its case and the reply still goes out."""
+    import email.policy
+    import uuid
+    from email.message import EmailMessage
+
+    from configkit import write_toml
+
+    from bot.adapters.intake import MaildirMailbox
+    from bot.app.jobs import Bot, run_pass
+    from bot.config import load_config
+
+    hole = _BlackHoleDns()
+    try:
+        cfg = load_config(write_toml(tmp_path / "c.toml", {
+            "service": {"support_address": "support@489ban.net", "staff_cc": ["staff@489ban.net"]},
+            "intake": {"kind": "maildir"}, "outbound": {"kind": "directory"},
+            "dns": {"nameservers": ["127.0.0.1"], "port": hole.port, "timeout": 0.5},
+            "keys": {"bits": 1024}, "state": {"dir": str(tmp_path / "state")},
+        }))
+        bot = Bot.open(cfg)
+        tag = uuid.uuid4().hex[:6]
+        domains = [f"h{i}-{tag}.slow.example" for i in range(10)]
+        body = "".join(f"[施設名]\nホテル{i}\n[担当者様のお名前]\n山田 太郎\n[担当者様のメールアドレス]\n"
+                       f"m@evil.example\n[担当者様の電話番号]\n03-1234-5678\n"
+                       f"[予約番で使用する管理用メールアドレス]\ninfo@{d}\n\n" for i, d in enumerate(domains))
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["From"], msg["To"], msg["Subject"] = "m@evil.example", "support@489ban.net", "DKIM、DMARC設定希望"
+        msg["Message-ID"] = f"<{tag}@evil.example>"
+        msg.set_content(body, charset="utf-8")
+        MaildirMailbox(cfg.state_path(cfg.intake.maildir)).deliver(msg.as_bytes())
+        run_pass(bot)
+        assert [c.state for c in bot.store.list_cases()] == ["awaiting_dkim"] * 10
+        assert len(list((cfg.state_path(cfg.outbound.directory)).glob("*"))) >= 1
+        asked = {d for d in domains if any(n.rstrip(".").endswith(d) for n in hole.names)}
+        assert len(asked) <= 3, sorted(asked)
+        assert not [n for n in hole.names if "._domainkey." in n and n.startswith("yoyakuban")]
+        bot.close()
+    finally:
+        hole.close()

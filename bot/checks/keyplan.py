@@ -75,6 +75,20 @@ def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b6
     return False
 
 
+def first_allowed_selector(base: str, *, with_ed25519: bool, exclude: Iterable[str] = ()) -> str:
+    """The first candidate from ``base`` the bot has not used for the domain, without
+    asking DNS (what ``choose_selector`` falls back to when DNS gives no answer)."""
+    validate_selector(base)
+    excluded = {s.lower() for s in exclude}
+    for count, candidate in enumerate(selector_candidates(base)):
+        if count >= _MAX_CANDIDATES:
+            break
+        names = [candidate, ed25519_selector(candidate)] if with_ed25519 else [candidate]
+        if not any(n in excluded for n in names):
+            return candidate
+    raise ValueError(f"no free selector among {_MAX_CANDIDATES} candidates from {base!r}")
+
+
 def choose_selector(
     client: DnsLookup, domain: str, base: str, *, with_ed25519: bool, exclude: Iterable[str] = (),
     own_key: Callable[[str], str | None] = lambda selector: None,

@@ -33,6 +33,7 @@ a lookahead is only read.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,8 +110,9 @@ def key_bits_for(bot: Bot, found: Any) -> int:
     return bits
 
 
-def prepare_keys(bot: Bot, domain: str, bits: int | None = None) -> PreparedKeys:
-    """Choose a new selector for ``domain`` (asks DNS) and create its key file(s)."""
+def prepare_keys(bot: Bot, domain: str, bits: int | None = None, *, look: bool = True) -> PreparedKeys:
+    """Choose a new selector for ``domain`` (asks DNS unless ``look`` is False) and create
+    its key file(s)."""
     from bot.flows.selectors import choose_selector
 
     cfg = bot.cfg
@@ -119,7 +121,7 @@ def prepare_keys(bot: Bot, domain: str, bits: int | None = None) -> PreparedKeys
     dual = cfg.keys.ed25519 and algorithm != "ed25519"
     # Never a selector the domain already uses in DNS, nor one the bot used before (SPEC §8).
     selector = choose_selector(bot, domain, render_selector(cfg.keys.selector, bot.clock()),
-                               with_ed25519=dual, exclude=known)
+                               with_ed25519=dual, exclude=known, look=look)
     key = bot.keystore.load_or_create(domain, selector, algorithm, bits or cfg.keys.bits)
     maybe_crash("key.written")
     selectors, keys = [selector], [key]
@@ -152,6 +154,7 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
     own = [*cfg.service.own_domains, cfg.bot_domain]
     assigned: set[str] = set()  # domains an earlier facility of this mail gets a case on
     left = new_cases_left(bot, requester)  # no keys beyond the sender's daily limit (issue 11)
+    dns_deadline = time.monotonic() + 2 * _look_budget(bot)
     for f in parsed.facilities:
         found = existing_case(bot, f, requester, target)
         if found is None and left is not None:
@@ -170,8 +173,15 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
             plan = plan_facility(f, Continued(live.id, live.state, live.domain) if live else None,
                                  freemail=cfg.service.freemail_domains, own=own)
         if domain not in out.seen:
-            # Looked at first: the DNS host decides the key size (さくら: 1024 bits).
-            out.seen[domain] = look_at(bot, domain)
+            # Looked at first: the DNS host decides the key size (さくら: 1024 bits). Once
+            # this mail's DNS budget is spent, the rest are answered without looking: a
+            # stranger's ten domains on name servers that never answer must not hold the
+            # pass for minutes (red team, issue 11).
+            if time.monotonic() < dns_deadline:
+                out.seen[domain] = look_at(bot, domain)
+            else:
+                log.warning("DNS budget of %s spent: %s answered without looking", parsed.message_id, domain)
+                out.seen[domain] = None
         if plan.step == Step.ASSIGN_KEY and domain not in assigned:
             try:
                 _prepare_new_case(bot, out, domain, found)
@@ -204,7 +214,11 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | 
     other facility on it, the zone lookup (its RFC 2136 update waits for the admin's
     confirmation: bot/flows/confirm.py), in the order handle_request does them."""
     if _live_selectors(bot, domain) is None:
-        out.keys[domain] = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)))
+        # A domain whose look gave no answer is not asked again for its selector: name
+        # servers that never answer cost one bounded look, not that and every selector's
+        # timeouts (red team, issue 11).
+        out.keys[domain] = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)),
+                                        look=out.seen.get(domain) is not None)
     if not bot.cfg.dns.managed_nameservers:
         return
     skip = existing.id if existing is not None else None
@@ -215,6 +229,12 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | 
     from bot.flows.confirm import managed_zone_for
 
     out.zones[domain] = managed_zone_for(bot, domain)
+
+
+def _look_budget(bot: Bot) -> float:
+    from bot.checks import lookahead
+
+    return lookahead.look_budget(bot.cfg.dns.timeout)
 
 
 def look_at(bot: Bot, domain: str) -> Any:

@@ -4,9 +4,12 @@ which public key each selector of a case is expected to publish."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from bot.flows.runtime import Bot
+
+log = logging.getLogger("dkimbot")
 
 
 def own_key(bot: Bot, domain: str, selector: str) -> str | None:
@@ -19,10 +22,15 @@ def own_key(bot: Bot, domain: str, selector: str) -> str | None:
 
 
 def choose_selector(bot: Bot, domain: str, base: str, *, with_ed25519: bool,
-                    exclude: Iterable[str] = ()) -> str:
-    """``keyplan.choose_selector`` through a fresh DNS client, our own keys not counted as taken."""
+                    exclude: Iterable[str] = (), look: bool = True) -> str:
+    """``keyplan.choose_selector`` through a fresh DNS client, our own keys not counted as
+    taken; ``look=False``: the domain's DNS just gave no answer, so the first allowed
+    candidate without asking again (what a failed check would give, minus its timeouts)."""
     from bot.checks import keyplan
 
+    if not look:
+        log.warning("selector for %s chosen without looking (its DNS gave no answer)", domain)
+        return keyplan.first_allowed_selector(base, with_ed25519=with_ed25519, exclude=exclude)
     return keyplan.choose_selector(bot.dns_client(), domain, base, with_ed25519=with_ed25519,
                                    exclude=exclude, own_key=lambda sel: own_key(bot, domain, sel))
 
