@@ -92,14 +92,15 @@ def _label(code: str) -> str:
     return diagnosis_label(code)
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
+def svg_frame(width: int, height: int, title: str, body: list[str]) -> Markup:
+    """The frame every staff chart draws in: presentation attributes only (the CSP forbids styles and scripts)."""
     return Markup(
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
         f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="12">'
         f"<title>{escape(title)}</title>{''.join(body)}</svg>")
 
 
-def _text(x: float, y: float, text: str, anchor: str = "start", size: int = 12, fill: str = "#222") -> str:
+def svg_text(x: float, y: float, text: str, anchor: str = "start", size: int = 12, fill: str = "#222") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
             f'fill="{fill}">{escape(text)}</text>')
 
@@ -111,7 +112,7 @@ def funnel_svg(data: ChartData) -> Markup:
     slot = (width - left - 10) / max(len(data.weeks), 1)
     bar = slot * 0.8 / 4
     body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#888"/>',
-            _text(left - 6, top + 4, str(top_value), "end"), _text(left - 6, top + plot_h, "0", "end")]
+            svg_text(left - 6, top + 4, str(top_value), "end"), svg_text(left - 6, top + plot_h, "0", "end")]
     for i, week in enumerate(data.weeks):
         x0 = left + i * slot + slot * 0.1
         for j, value in enumerate(week.counts):
@@ -119,11 +120,11 @@ def funnel_svg(data: ChartData) -> Markup:
             x = x0 + j * bar
             body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar - 1:.1f}" height="{h:.1f}" '
                         f'fill="{COLOURS[j]}"><title>{escape(week.start)} {FUNNEL_STEPS[j]}: {value}</title></rect>')
-        body.append(_text(x0 + 2 * bar, top + plot_h + 16, week.start[5:], "middle", 11))
+        body.append(svg_text(x0 + 2 * bar, top + plot_h + 16, week.start[5:], "middle", 11))
     for j, step in enumerate(FUNNEL_STEPS):
         body.append(f'<rect x="{left + j * 120}" y="{height - 18}" width="12" height="12" fill="{COLOURS[j]}"/>')
-        body.append(_text(left + j * 120 + 16, height - 8, step))
-    return _svg(width, height, "週ごとのファネル（依頼→DKIM→DMARC→完了）", body)
+        body.append(svg_text(left + j * 120 + 16, height - 8, step))
+    return svg_frame(width, height, "週ごとのファネル（依頼→DKIM→DMARC→完了）", body)
 
 
 def completion_buckets(days: list[float]) -> list[tuple[str, int]]:
@@ -145,13 +146,13 @@ def completion_svg(data: ChartData) -> Markup:
         x = left + i * slot + slot * 0.15
         body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
                     f'fill="#4f7cac"><title>{escape(label)}: {n}</title></rect>')
-        body.append(_text(x + slot * 0.35, top + plot_h - h - 4, str(n), "middle"))
-        body.append(_text(x + slot * 0.35, top + plot_h + 16, label, "middle"))
+        body.append(svg_text(x + slot * 0.35, top + plot_h - h - 4, str(n), "middle"))
+        body.append(svg_text(x + slot * 0.35, top + plot_h + 16, label, "middle"))
     if data.completion_days:
-        body.append(_text(left, 16, f"中央値 {median(data.completion_days):.1f}日（{len(data.completion_days)}件）"))
+        body.append(svg_text(left, 16, f"中央値 {median(data.completion_days):.1f}日（{len(data.completion_days)}件）"))
     else:
-        body.append(_text(left, 16, "完了した案件はまだありません"))
-    return _svg(width, height, "完了までの日数", body)
+        body.append(svg_text(left, 16, "完了した案件はまだありません"))
+    return svg_frame(width, height, "完了までの日数", body)
 
 
 def waiting_svg(data: ChartData) -> Markup:
@@ -159,14 +160,14 @@ def waiting_svg(data: ChartData) -> Markup:
     width, left, row_h = 860, 260, 26
     height = 30 + row_h * max(len(rows), 1)
     top_value = max([n for _, n in rows] + [1])
-    body = [_text(0, 16, f"待機中の案件 {data.waiting_total}件の、最後の診断")]
+    body = [svg_text(0, 16, f"待機中の案件 {data.waiting_total}件の、最後の診断")]
     if not rows:
-        body.append(_text(0, 44, "待機中の案件はありません"))
+        body.append(svg_text(0, 44, "待機中の案件はありません"))
     for i, (code, n) in enumerate(rows):
         y = 26 + i * row_h
         w = (width - left - 60) * n / top_value
-        body.append(_text(left - 8, y + 15, _label(code), "end"))
+        body.append(svg_text(left - 8, y + 15, _label(code), "end"))
         body.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="#c0703a">'
                     f'<title>{escape(code)}: {n}</title></rect>')
-        body.append(_text(left + w + 6, y + 15, str(n)))
-    return _svg(width, height, "案件を止めている診断", body)
+        body.append(svg_text(left + w + 6, y + 15, str(n)))
+    return svg_frame(width, height, "案件を止めている診断", body)

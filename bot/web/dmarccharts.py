@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 
 from bot.adapters.store import Store
 from bot.core.dmarcstats import percent
+from bot.web.charts import svg_frame, svg_text
 
 DAYS = 30
 ALL_COLOUR, OURS_COLOUR, FAIL_COLOUR = "#8da9c4", "#1b7f4b", "#c0392b"
@@ -60,38 +61,25 @@ def gather(store: Store, now: datetime, days: int = DAYS) -> list[FacilityRates]
     return out
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
-    # The same frame as bot/web/charts.py draws: presentation attributes only (the CSP).
-    return Markup(
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-        f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="12">'
-        f"<title>{escape(title)}</title>{''.join(body)}</svg>")
-
-
-def _text(x: float, y: float, text: str, anchor: str = "start", size: int = 12, fill: str = "#222") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
-            f'fill="{fill}">{escape(text)}</text>')
-
-
 def pass_rate_svg(facilities: list[FacilityRates], today: date, days: int = DAYS) -> Markup:
     width, left, right, row_h = 860, 200, 210, 34
     height = 36 + row_h * max(len(facilities), 1)
     plot_w = width - left - right
     slot = plot_w / days
     first = today - timedelta(days=days - 1)
-    body = [_text(0, 14, f"受信側のDMARCレポート：施設ごとの合格率（過去{days}日、1日1本）"),
+    body = [svg_text(0, 14, f"受信側のDMARCレポート：施設ごとの合格率（過去{days}日、1日1本）"),
             f'<rect x="{left}" y="20" width="10" height="10" fill="{ALL_COLOUR}"/>',
-            _text(left + 14, 29, "全ての送信元", size=11),
+            svg_text(left + 14, 29, "全ての送信元", size=11),
             f'<rect x="{left + 110}" y="20" width="10" height="10" fill="{OURS_COLOUR}"/>',
-            _text(left + 124, 29, "予約番のメール", size=11)]
+            svg_text(left + 124, 29, "予約番のメール", size=11)]
     if not facilities:
-        body.append(_text(0, 56, "まだレポートはありません"))
+        body.append(svg_text(0, 56, "まだレポートはありません"))
     for i, fac in enumerate(facilities):
         y = 36 + i * row_h
         bar_h = row_h - 10
         by_day = {d.day: d for d in fac.days}
         colour = FAIL_COLOUR if fac.ours_failing else "#222"
-        body.append(_text(left - 8, y + bar_h - 6, fac.domain, "end", fill=colour))
+        body.append(svg_text(left - 8, y + bar_h - 6, fac.domain, "end", fill=colour))
         body.append(f'<line x1="{left}" y1="{y + bar_h}" x2="{left + plot_w}" y2="{y + bar_h}" stroke="#ccc"/>')
         for k in range(days):
             day = (first + timedelta(days=k)).isoformat()
@@ -112,5 +100,5 @@ def pass_rate_svg(facilities: list[FacilityRates], today: date, days: int = DAYS
         summary = f"{percent(fac.dmarc_pass, fac.messages)}（{fac.dmarc_pass}/{fac.messages}通）"
         if fac.ours_failing:
             summary += f" 予約番不合格{fac.ours_failing}"
-        body.append(_text(left + plot_w + 8, y + bar_h - 6, summary, fill=colour, size=11))
-    return _svg(width, height, "施設ごとのDMARC合格率", body)
+        body.append(svg_text(left + plot_w + 8, y + bar_h - 6, summary, fill=colour, size=11))
+    return svg_frame(width, height, "施設ごとのDMARC合格率", body)
