@@ -94,12 +94,15 @@ def test_a_strangers_repeat_request_does_not_take_the_case(tmp_path, dovecot, bi
     new = w.run()
     after = w.bot.store.get_case(case.id)
     assert after.requester == f"yamada@{domain}" and after.selectors == case.selectors
-    assert len(w.bot.store.list_cases()) == 1
+    # Neither case is proven yet: the stranger's request is a case with a key of its own
+    # (tests/test_security_squatting.py), which learns nothing of the facility's.
+    [theirs] = [c for c in w.bot.store.list_cases() if c.id != case.id]
+    assert theirs.requester == "mallory@evil.example" and set(theirs.selectors).isdisjoint(case.selectors)
     [to_mallory] = [m for m in new if "mallory@evil.example" in to_of(m)]
     text = body_of(to_mallory.raw)
-    assert "既に別のお申し込みで" in text
-    assert "v=DKIM1" not in text and case.ref not in text and f"yamada@{domain}" not in text
-    assert any(to_of(m) == {STAFF} and "not its party" in m.message["Subject"] for m in new)
+    assert case.ref not in text and f"{case.selector}._domainkey" not in text
+    # The contact it names (the facility's yamada@) is not mailed before any proof.
+    assert not [m for m in new if f"yamada@{domain}" in to_of(m)]
 
 
 def test_a_strangers_reply_does_not_rewrite_a_needs_info_case(tmp_path, dovecot, bind, smtp, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -533,6 +533,13 @@ class Store:
             (case_id, now_iso(now), kind, from_state, to_state,
              json.dumps(detail or {}, ensure_ascii=False, default=str)),
         )
+
+    def case_has_event(self, case_id: int, kinds: Collection[str]) -> bool:
+        """Did ``case_id`` ever record an event of one of ``kinds``?"""
+        marks = ",".join("?" * len(kinds))
+        row = self.db.execute(f"SELECT 1 FROM events WHERE case_id=? AND kind IN ({marks}) LIMIT 1",
+                              (case_id, *kinds)).fetchone()
+        return row is not None
 
     def events(self, case_id: int) -> list[dict[str, Any]]:
         rows = self.db.execute(

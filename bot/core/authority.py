@@ -64,6 +64,27 @@ def reply_standing(case: CaseParties, senders: Iterable[str | None], *, threads_
     return Standing(True, "party, answering the bot's mail" if threads_on_bot_mail else "party, with the case's token")
 
 
+# A case is *proven* once the domain's own people acted on it: in the normal flow the
+# exact DKIM record went up on every authoritative server and a probe verified
+# (dkim_proven: every state past awaiting_dkim), in the simplified flow the admin address
+# confirmed (token, registry, staff), or staff adopted a domain already signed. Before
+# that, a case is only a claim by whoever mailed support@.
+PROVEN_STATES = frozenset({"awaiting_dmarc", "awaiting_final", "completed", "dkim_lost", "signing_stopped"})
+PROOF_EVENTS = frozenset({"dkim_proven", "confirmed", "adopted"})
+
+
+def is_proven(state: str, event_kinds: Iterable[str]) -> bool:
+    """Has the domain's own side proved control on this case (see above)?"""
+    return state in PROVEN_STATES or any(k in PROOF_EVENTS for k in event_kinds)
+
+
+def same_requester(case: CaseParties, sender: str | None) -> bool:
+    """Is ``sender`` the address that opened the case (folded)? Before a case is proven its
+    contact and admin addresses are only what the requester wrote, so they do not make
+    their owners part of the requester's case."""
+    return bool(sender and case.requester and fold_address(sender) == fold_address(case.requester))
+
+
 class CaseContact(CaseParties, Protocol):
     domain: str | None
     state: str
@@ -71,14 +92,17 @@ class CaseContact(CaseParties, Protocol):
 
 def may_copy_contact(case: CaseContact, requester: str | None) -> bool:
     """Is the contact address copied on the case's facility mail? Only when it is at the
-    facility's own domain or the requester's, and the case is past the proof of control:
-    a stranger must not make the bot mail addresses of their choosing."""
+    requester's domain, or at the facility's own domain once the domain's people proved
+    control: a stranger must not make the bot mail addresses of their choosing, nor hand
+    the real facility a record whose publication would carry the stranger's case on."""
     contact = (case.contact_email or "").lower()
     if not contact or case.state in ("needs_info", "awaiting_confirmation", "rejected"):
         return False
     domain = contact.rpartition("@")[2]
-    requester_domain = (requester or "").lower().rpartition("@")[2]
-    return domain in {(case.domain or "").lower(), requester_domain} - {""}
+    allowed = {(requester or "").lower().rpartition("@")[2]}
+    if case.state in PROVEN_STATES:
+        allowed.add((case.domain or "").lower())
+    return domain in allowed - {""}
 
 
 # -- addresses ---------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ Used by ``prepare`` (before the transaction, to foresee the decision) and by
 from __future__ import annotations
 
 from bot.core import cases as sm
-from bot.core.authority import fold_address, is_party
-from bot.core.cases import State
+from bot.core.authority import PROOF_EVENTS, fold_address, is_party, is_proven, same_requester
+from bot.core.cases import TERMINAL, State
 from bot.core.request import Facility, ParsedMail
 from bot.core.rows import CaseRow
 from bot.flows.runtime import Bot
@@ -22,6 +22,27 @@ def reply_target(bot: Bot, parsed: ParsedMail) -> CaseRow | None:
             return case
     ids = [i for i in [parsed.in_reply_to, *reversed(parsed.references)] if i]
     return bot.store.case_for_message_id(ids) if ids else None
+
+
+def proven(bot: Bot, case: CaseRow) -> bool:
+    """Has the domain's own side proved control on ``case`` (``authority.is_proven``)?"""
+    return is_proven(case.state, ()) or bot.store.case_has_event(case.id, tuple(PROOF_EVENTS))
+
+
+def key_holders(bot: Bot, domain: str, requester: str | None, skip: int | None = None) -> list[CaseRow]:
+    """The live cases of ``domain`` whose key (and, in a managed zone, whose confirmation)
+    a new case for ``requester`` shares; empty: the new case gets a key of its own.
+
+    Facilities of one domain share one key, but only with a case the domain's people
+    proved, or, before any proof, with the requester's own cases: sharing a stranger's
+    unproven key would let the real facility's publication carry the stranger's case on
+    (and its mails to the stranger), and the stranger's key would wait for the real one.
+    """
+    live = [c for c in bot.store.cases_for_domain(domain)
+            if c.id != skip and c.state not in TERMINAL and c.selectors]
+    anchor = next((c for c in live if proven(bot, c)), None) or \
+        next((c for c in live if same_requester(c, requester)), None)
+    return [] if anchor is None else [c for c in live if c.selectors == anchor.selectors]
 
 
 def existing_case(bot: Bot, facility: Facility, requester: str | None, target: CaseRow | None) -> CaseRow | None:
@@ -39,7 +60,10 @@ def existing_case(bot: Bot, facility: Facility, requester: str | None, target: C
     name = facility.facility_name
     for c in candidates:
         if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
-            return c
+            # An unproven case is only its requester's claim: another sender naming the
+            # same facility is not continuing it (``party_guard``).
+            if same_requester(c, requester) or proven(bot, c):
+                return c
     return None
 
 
@@ -63,16 +87,23 @@ def party_guard(bot: Bot, facility: Facility, domain: str, requester: str | None
                 existing: CaseRow | None) -> tuple[str, CaseRow | None]:
     """Who a request for a domain with live cases may be (issue 11), read-only:
 
-    * ("in_progress", a live case): the sender is no party of any live case of the
-      domain: nothing changes, they are told the domain is in progress;
+    * ("in_progress", a proven case): the domain's people proved control on a live case
+      and the sender is no party of it: nothing changes, they are told the domain is in
+      progress;
     * ("join", the live case): a party asks again for a facility a live case already
       covers (while its own unfinished request is still open): that case is repeated;
-    * ("ok", None): decide as planned.
+    * ("ok", None): decide as planned. Unproven cases hold nothing: before proof, a
+      request from another sender gets a case and a key of its own (``key_holders``),
+      so a stranger's early request can neither block the domain's real people nor ride
+      on their DNS change, nor learn about their case.
     """
-    live = [c for c in bot.store.cases_for_domain(domain) if c.state not in (State.REJECTED, State.CANCELLED)]
-    if live and not any(is_party(c, [requester]) for c in live):
-        return "in_progress", live[0]
-    same = [c for c in live if c.admin_email == facility.admin_email and is_party(c, [requester])
+    live = [c for c in bot.store.cases_for_domain(domain) if c.state not in TERMINAL]
+    holders = [c for c in live if proven(bot, c)]
+    if holders and not any(is_party(c, [requester]) for c in holders):
+        return "in_progress", holders[0]
+    if not holders:
+        holders = [c for c in live if same_requester(c, requester)]
+    same = [c for c in holders if c.admin_email == facility.admin_email and is_party(c, [requester])
             and (not facility.facility_name or c.facility == facility.facility_name)]
     if same and (existing is None or existing.state == State.NEEDS_INFO) and existing not in same:
         return "join", same[0]

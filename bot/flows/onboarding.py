@@ -26,7 +26,7 @@ from bot.core.request import Facility, ParsedMail
 from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
-from bot.flows.matching import existing_case, new_cases_left, party_guard, reply_target
+from bot.flows.matching import existing_case, key_holders, new_cases_left, party_guard, reply_target
 from bot.flows.prepare import looked_for_reply, not_prepared
 from bot.flows.runtime import Bot
 
@@ -136,23 +136,15 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared
             text=text, reading=reading.reason, rechecked=False)
 
 
-def _shared_selectors(bot: Bot, domain: str) -> list[str] | None:
-    """Facilities of one domain share one key: the domain's live selector(s), if any."""
-    for c in bot.store.cases_for_domain(domain):
-        if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
-            return list(c.selectors)
-    return None
-
-
-def _choose_key(bot: Bot, domain: str, prepared: Prepared | None) -> list[str]:
-    """The domain's shared selectors, or the keys the prepare phase made for it.
+def _choose_key(bot: Bot, domain: str, holders: list[CaseRow], prepared: Prepared | None) -> list[str]:
+    """The selectors of the cases the new one shares a key with (``matching.key_holders``),
+    or the keys the prepare phase made for it.
 
     Never makes a key or asks DNS here (this runs inside the write transaction): what the
     prepare phase did not foresee is ``NotPrepared``, and ``process_message`` prepares
     again outside the transaction."""
-    shared = _shared_selectors(bot, domain)
-    if shared is not None:
-        return shared
+    if holders:
+        return list(holders[0].selectors)
     ready = prepared.keys_for(bot, domain) if prepared is not None else None
     if ready is None:
         raise not_prepared(prepared, domain, "a key")
@@ -349,8 +341,10 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
 def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
     bot, store, now, domain = r.bot, r.bot.store, r.now, plan.domain or ""
     skip = plan.existing.id if plan.existing is not None else None
-    others_before = [c for c in store.cases_for_domain(domain)
-                     if c.id != skip and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
+    # The cases whose key this one shares (proven ones, or the requester's own): a
+    # stranger's unproven case of the domain is neither shared nor waited for.
+    holders = key_holders(bot, domain, r.base.get("requester"), skip)
+    others_before = [c for c in holders if c.facility]
     zone = None
     if bot.cfg.dns.managed_nameservers and not others_before:
         # The simplified flow: our own name servers. Nothing is published until the
@@ -363,7 +357,7 @@ def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
             # The operator's own zones never get records from a request.
             _reject(r, FacilityPlan(Step.REJECT, plan.facility, domain, plan.existing, "own"), {"why": refusal})
             return
-    selectors = _choose_key(bot, domain, r.prepared)
+    selectors = _choose_key(bot, domain, holders, r.prepared)
     # Nothing to check before the admin address confirms (awaiting_confirmation).
     due = sm.next_check_at(now, now, bot.cfg.schedule) if zone is None else None
     start = State.AWAITING_CONFIRMATION if zone is not None else State.AWAITING_DKIM

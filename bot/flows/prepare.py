@@ -43,7 +43,7 @@ from bot.core.request import ParsedMail
 from bot.core.requestplan import Continued, NotPrepared, Step, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
-from bot.flows.matching import existing_case, new_cases_left, party_guard, reply_target
+from bot.flows.matching import existing_case, key_holders, new_cases_left, party_guard, reply_target
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -88,14 +88,6 @@ class Prepared:
         now_known = frozenset(k["selector"] for k in bot.store.domain_keys(domain))
         return pk if now_known == pk.known else None
 
-
-
-def _live_selectors(bot: Bot, domain: str) -> list[str] | None:
-    # The same rule as onboarding._choose_key: facilities of one domain share one key.
-    for c in bot.store.cases_for_domain(domain):
-        if c.selectors and c.state not in (State.REJECTED, State.CANCELLED):
-            return list(c.selectors)
-    return None
 
 
 def key_bits_for(bot: Bot, found: Any) -> int:
@@ -184,7 +176,7 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
                 out.seen[domain] = None
         if plan.step == Step.ASSIGN_KEY and domain not in assigned:
             try:
-                _prepare_new_case(bot, out, domain, found)
+                _prepare_new_case(bot, out, domain, found, requester)
             except Exception as exc:  # noqa: BLE001 -- logged; re-raised by the decision if it needs it
                 log.warning("preparing a key for %s failed (%s: %s)", domain, type(exc).__name__, exc)
                 out.failed[domain] = exc
@@ -209,22 +201,19 @@ def _prepare_reply(bot: Bot, out: Prepared, case: CaseRow, parsed: ParsedMail) -
         out.failed[case.domain or ""] = exc
 
 
-def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | None) -> None:
-    """Keys (unless a live case of the domain has them) and, for a managed zone with no
-    other facility on it, the zone lookup (its RFC 2136 update waits for the admin's
-    confirmation: bot/flows/confirm.py), in the order handle_request does them."""
-    if _live_selectors(bot, domain) is None:
+def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | None,
+                      requester: str | None) -> None:
+    """Keys (unless the new case shares a live case's: ``matching.key_holders``) and, for
+    a managed zone with no case to share with, the zone lookup (its RFC 2136 update waits
+    for the admin's confirmation: bot/flows/confirm.py), in the order handle_request does them."""
+    holders = key_holders(bot, domain, requester, existing.id if existing is not None else None)
+    if not holders:
         # A domain whose look gave no answer is not asked again for its selector: name
         # servers that never answer cost one bounded look, not that and every selector's
         # timeouts (red team, issue 11).
         out.keys[domain] = prepare_keys(bot, domain, key_bits_for(bot, out.seen.get(domain)),
                                         look=out.seen.get(domain) is not None)
-    if not bot.cfg.dns.managed_nameservers:
-        return
-    skip = existing.id if existing is not None else None
-    others = [c for c in bot.store.cases_for_domain(domain)
-              if c.id != skip and c.state not in (State.REJECTED, State.CANCELLED) and c.facility]
-    if others:
+    if not bot.cfg.dns.managed_nameservers or any(c.facility for c in holders):
         return
     from bot.flows.confirm import managed_zone_for
 
