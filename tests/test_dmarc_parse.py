@@ -213,14 +213,14 @@ def test_old_rows_are_forgotten_after_400_days_but_a_resent_report_stays_a_dupli
         name, raw = dmarckit.corpus_mails()[0]
         box.deliver(raw)
         assert reports_once(bot) == []
-        assert summary(bot, dmarckit.DOMAIN, 30).messages == 137
+        assert summary(bot.store, dmarckit.DOMAIN, 30, bot.clock().date()).messages == 137
         now[0] = NOW + timedelta(days=394)  # the report is of NOW - 5 days: 399 days old
         reports_once(bot)
-        assert summary(bot, dmarckit.DOMAIN, 500).messages == 137
+        assert summary(bot.store, dmarckit.DOMAIN, 500, bot.clock().date()).messages == 137
         now[0] = NOW + timedelta(days=406)
         box.deliver(raw)  # the same report again, a year later
         reports_once(bot)
-        assert summary(bot, dmarckit.DOMAIN, 500).messages == 0
+        assert summary(bot.store, dmarckit.DOMAIN, 500, bot.clock().date()).messages == 0
         assert bot.store.dmarc_mail_counts(now[0] - timedelta(days=1)) == {"duplicate": 1}
     finally:
         bot.close()
@@ -257,7 +257,7 @@ def test_with_authserv_id_only_mail_our_receiver_authenticated_is_taken_at_its_w
                          "mx.489ban.test; dkim=fail header.d=google.com; dmarc=fail header.from=google.com"))
         box.deliver(mail("other-signer", "mx.489ban.test; dkim=pass header.d=mailer.test; spf=pass"))
         assert intake_once(bot)["stored"] == 4
-        reporters = set(summary(bot, dmarckit.DOMAIN, 30).sources[0].reporters)
+        reporters = set(summary(bot.store, dmarckit.DOMAIN, 30, bot.clock().date()).sources[0].reporters)
         assert reporters == {"google.com", "google.com (unauthenticated mail from google.com)"}
         rows = bot.store.dmarc_source_rows(dmarckit.DOMAIN, "2026-11-01")
         by_reporter: dict[str, int] = {}

@@ -123,7 +123,7 @@ def test_real_reports_flow_from_dovecot_into_the_figures(tmp_path, dovecot, bind
                 for record in re.findall(rb"<record>.*?</record>", doc, flags=re.S):
                     if b"<header_from>real-facility.test</header_from>" in record:
                         expected += int(re.search(rb"<count>\s*(\d+)\s*</count>", record).group(1))
-        result = summary(bot, "real-facility.test", 300)
+        result = summary(bot.store, "real-facility.test", 300, bot.clock().date())
         assert result.messages == expected == 6
         assert {s.ip for s in result.sources} == {"198.51.100.3", "198.51.100.5", "198.51.100.6", "198.51.100.7"}
         stored = dovecot.fetch_all(rua)

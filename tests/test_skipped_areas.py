@@ -24,7 +24,7 @@ def test_the_stall_escalation_calls_unasked_areas_skipped(tmp_path: Path) -> Non
         bot.store.add_event(case.id, NOW - timedelta(days=1), "check",
                             detail={"dns": CheckReport(dkim, skipped, skipped, skipped).to_json()})
     [case] = bot.store.list_cases()
-    reason = stall_context(bot, case)["reason"]
+    reason = stall_context(bot.store, case)["reason"]
     lines = {line.split()[0]: line for line in reason.splitlines() if line.startswith("  ")}
     assert "NOT OK" in lines["dkim"] and "dkim_quoted" in lines["dkim"]
     for area in ("dmarc", "spf", "alignment"):

@@ -159,7 +159,7 @@ def test_every_template_renders_from_the_codes_own_contexts(bot: Any) -> None:
                              (MailKind.STAFF_ESCALATION, _report())):
             enqueue_check_mail(bot, kind, store.get_case(case.id), report, (False, "probe not verified"))
         enqueue_mail(bot, MailKind.REMINDER, [case], reminder_context(bot, case, 1))
-        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], stall_context(bot, case), staff_only=True)
+        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], stall_context(bot.store, case), staff_only=True)
         # One visit (issue 13): DKIM proven with the next stage already satisfied.
         for kind, report in ((MailKind.FINAL_PROBLEM, _report(spf=False)), (MailKind.COMPLETION_REPORT, _report())):
             enqueue_check_mail(bot, kind, store.get_case(case.id), report, None, signing_started=True)

@@ -267,7 +267,7 @@ def _reports(bot: Any, domain: str, days: int, as_json: bool) -> int:
         print("dkimbot: DMARC aggregate reports are not being collected: [reports] is not "
               "configured (README: \"DMARC aggregate reports\"); only reports stored earlier are shown",
               file=sys.stderr)
-    result = summary(bot, domain, days)
+    result = summary(bot.store, domain, days, bot.clock().date())
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
         return 0

@@ -295,7 +295,7 @@ def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
         bot.store.add_event(case.id, now, "staff_resend", detail={"by": who})
         item = {"kind": "resend", "ref": case.ref, "facility": case.facility,
                 "admin_email": case.admin_email, "domain": case.domain,
-                "records": key_records(bot, case), "shared_with": [], "provider_hint": None}
+                "records": key_records(bot.store, case), "shared_with": [], "provider_hint": None}
         return enqueue_mail(bot, MailKind.REQUEST_REPLY, [case], {
             "items": [item], "subject_text": "DKIM設定のご案内：DNSへの設定（レコード）の登録のお願い（再送）",
             "records": True,

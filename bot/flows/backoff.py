@@ -23,7 +23,7 @@ from typing import Any
 from bot.adapters.store import Store
 from bot.core import cases as sm
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import Office
 
 log = logging.getLogger("dkimbot")
 
@@ -56,17 +56,17 @@ def note_success(store: Store, case_id: int) -> None:
         store.delete_meta(_key(case_id))
 
 
-def record_check_crash(bot: Bot, case: CaseRow, exc: BaseException, where: str) -> None:
+def record_check_crash(office: Office, case: CaseRow, exc: BaseException, where: str) -> None:
     """A case's check raised: log it with the case ref, record a ``check_failed``
     event, and back its next check off like a DNS error. Never raises for a store
     that still works: the pass must go on to the other cases and to delivery."""
-    now: datetime = bot.clock()
+    now: datetime = office.clock()
     log.error("%s: %s of %s failed: %s: %s", case.ref, where, case.domain,
               type(exc).__name__, exc, exc_info=exc)
-    with bot.store.transaction():
-        attempt = note_failure(bot.store, case.id)
-        delay = sm.dns_error_delay(bot.cfg.schedule.check_interval_seconds, attempt)
-        bot.store.update_case(case.id, now, next_check_at=now + delay)
+    with office.store.transaction():
+        attempt = note_failure(office.store, case.id)
+        delay = sm.dns_error_delay(office.cfg.schedule.check_interval_seconds, attempt)
+        office.store.update_case(case.id, now, next_check_at=now + delay)
         detail: dict[str, Any] = {"where": where, "error": f"{type(exc).__name__}: {exc}",
                                   "attempt": attempt}
-        bot.store.add_event(case.id, now, "check_failed", case.state, case.state, detail)
+        office.store.add_event(case.id, now, "check_failed", case.state, case.state, detail)

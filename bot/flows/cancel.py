@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import Office
 
 log = logging.getLogger("dkimbot")
 
@@ -50,13 +50,13 @@ def _selectors(case: CaseRow) -> list[str]:
     return list(case.selectors or ([case.selector] if case.selector else []))
 
 
-def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
+def cancel_case(office: Office, case: CaseRow, who: str = "staff") -> CancelResult:
     """Cancel ``case``; uninstall its selectors no other live case of the domain uses."""
     from bot.adapters import signer
 
     result = CancelResult(case=case)
     if case.domain:
-        others = [c for c in bot.store.cases_for_domain(case.domain)
+        others = [c for c in office.store.cases_for_domain(case.domain)
                   if c.id != case.id and State(c.state) not in sm.TERMINAL]
         for selector in _selectors(case):
             users = [c.ref or str(c.id) for c in others if selector in _selectors(c)]
@@ -65,7 +65,7 @@ def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
                 continue
             try:
                 # False: it was never installed (the case stopped before the DKIM step).
-                if signer.uninstall_key(bot.cfg, case.domain, selector):
+                if signer.uninstall_key(office.cfg, case.domain, selector):
                     result.removed.append(selector)
             except Exception as exc:  # noqa: BLE001 -- any signer failure: reported to staff as CancelError
                 done = f" (already removed: {', '.join(result.removed)})" if result.removed else ""
@@ -78,15 +78,15 @@ def cancel_case(bot: Bot, case: CaseRow, who: str = "staff") -> CancelResult:
 
         try:
             # Records the bot itself published in a managed zone: exactly those values.
-            result.unpublished = remove_published(bot, case)
+            result.unpublished = remove_published(office, case)
         except Exception as exc:  # noqa: BLE001 -- reported to staff as the CancelError below
             raise CancelError(
                 f"removing the records the bot published for {case.domain} failed: {exc}; "
                 "the case is not cancelled: fix DNS and run cancel again"
             ) from None
-    now = bot.clock()
-    with bot.store.transaction():
-        result.case = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
+    now = office.clock()
+    with office.store.transaction():
+        result.case = office.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
                                            event="staff_cancel", detail={
                                                "by": who, "signer_removed": result.removed,
                                                "signer_kept": result.kept,

@@ -35,7 +35,7 @@ def dmarc_context(bot: Bot, case: CaseRow, report: CheckReport) -> dict[str, Any
         "record": found.get("record"),
         "location": found.get("location") or f"_dmarc.{domain}",
         "diagnoses": errors,
-        "box": record_box(domain, f"_dmarc.{domain}", suggestion, provider=case_provider(bot, case)),
+        "box": record_box(domain, f"_dmarc.{domain}", suggestion, provider=case_provider(bot.store, case)),
     }
 
 
@@ -98,14 +98,14 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
         # The diagnosis explains the short-key offer; the step only says how to take it up.
         hint = ("（DNSの管理画面で値が途中で切れてしまう場合は、2.の代わりに「短い鍵希望」と"
                 "ご返信ください）" if truncated else "")
-        ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot, case), "extra_hint": hint}
+        ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot.store, case), "extra_hint": hint}
     elif kind == "dkim_active":
         found = getattr(report.dkim, "found", {}) or {}
         names = found.get("server_names") or {}
         # By name, as the clerk's panel shows them ("ns1.dns.ne.jp"), not by address.
         servers = sorted({names.get(s, s) for s in (found.get("servers", {}) or [])})
         ctx = {"nameservers": servers or ["権威DNSサーバー"], "dmarc": dmarc_context(bot, case, report),
-               "dmarc_asked": "DMARC" in first_mail_asks(bot, case)}
+               "dmarc_asked": "DMARC" in first_mail_asks(bot.store, case)}
     elif kind == "dmarc_problem":
         ctx = {"diagnoses": report.dmarc.diagnoses, "dmarc": dmarc_context(bot, case, report)}
     elif kind == "final_problem":
@@ -125,7 +125,7 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
                 "diagnoses": diags,
             }, staff_only=True)
             return
-        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case, case_provider(bot, case)),
+        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case, case_provider(bot.store, case)),
                "signing_started": signing_started, "remaining": len(diags)}
     elif kind == "completion_report":
         ctx = {"results": final_rows(report, case),

@@ -12,28 +12,30 @@ from datetime import timedelta
 from typing import Any
 
 from bot.adapters.mailout import build_message
+from bot.adapters.store import Store
+from bot.config import Config
 from bot.core.authority import may_copy_contact
 from bot.core.mailkinds import MailKind
 from bot.core.providers import Provider, by_key
 from bot.core.records import dkim_box
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 log = logging.getLogger("dkimbot")
 
 
-def case_provider(bot: Bot, case: CaseRow) -> Provider | None:
+def case_provider(store: Store, case: CaseRow) -> Provider | None:
     """The DNS host seen before the case's first reply (its ``dns_lookahead`` event)."""
-    for event in reversed(bot.store.events(case.id)):
+    for event in reversed(store.events(case.id)):
         if event["kind"] == "dns_lookahead":
             return by_key((event.get("detail") or {}).get("provider"))
     return None
 
 
-def first_mail_asks(bot: Bot, case: CaseRow) -> set[str]:
+def first_mail_asks(store: Store, case: CaseRow) -> set[str]:
     """Which of DMARC and SPF the case's first mail already asked for (one visit), read
     from what was seen before it (the ``dns_lookahead`` event)."""
-    for event in reversed(bot.store.events(case.id)):
+    for event in reversed(store.events(case.id)):
         if event["kind"] == "dns_lookahead":
             d = event.get("detail") or {}
             asked = set()
@@ -45,15 +47,15 @@ def first_mail_asks(bot: Bot, case: CaseRow) -> set[str]:
     return set()
 
 
-def key_records(bot: Bot, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
+def key_records(store: Store, case: CaseRow, provider: Provider | None = None) -> list[dict[str, str]]:
     """The DKIM record box(es) of a case's domain, from the stored public keys, for the
     panel of ``provider`` (default: the one seen when the case began)."""
     boxes: list[dict[str, str]] = []
     if not case.domain:
         return boxes
     if provider is None:
-        provider = case_provider(bot, case)
-    keys = {k["selector"]: k for k in bot.store.domain_keys(case.domain)}
+        provider = case_provider(store, case)
+    keys = {k["selector"]: k for k in store.domain_keys(case.domain)}
     for selector in case.selectors or ([case.selector] if case.selector else []):
         k = keys.get(selector)
         if k is None:
@@ -73,31 +75,31 @@ def _addressees(names: list[str | None]) -> list[str]:
     return out
 
 
-def _case_recipients(bot: Bot, case: CaseRow) -> list[str]:
+def _case_recipients(cfg: Config, case: CaseRow) -> list[str]:
     to = [case.requester] if case.requester else []
     # A contact on another domain is recorded, never mailed (no mail to third parties).
-    if (bot.cfg.service.cc_contact and case.contact_email and case.contact_email not in to
+    if (cfg.service.cc_contact and case.contact_email and case.contact_email not in to
             and may_copy_contact(case, case.requester)):
         to.append(case.contact_email)
     return [a for a in to if a]
 
 
 def enqueue_mail(
-    bot: Bot, kind: MailKind, cases_: list[CaseRow], context: dict[str, Any], *,
+    desk: MailDesk, kind: MailKind, cases_: list[CaseRow], context: dict[str, Any], *,
     to: list[str] | None = None, staff_only: bool = False,
     in_reply_to: str | None = None, references: list[str] | None = None,
     merged_release: bool = False,
 ) -> str | None:
     """Render and queue one mail (inside the caller's transaction). Returns its Message-ID."""
-    cfg = bot.cfg
-    now = bot.clock()
+    cfg = desk.cfg
+    now = desk.clock()
     refs = [c.ref for c in cases_]
     primary = cases_[0] if cases_ else None
     if not staff_only and primary is not None:
         # Loop and rate safety: a bounded number of facility mails per case per day.
-        sent_today = bot.store.facility_mails_since(primary.id, now - timedelta(days=1))
+        sent_today = desk.store.facility_mails_since(primary.id, now - timedelta(days=1))
         if sent_today >= cfg.service.max_mails_per_case_per_day:
-            bot.store.add_event(primary.id, now, "mail_suppressed",
+            desk.store.add_event(primary.id, now, "mail_suppressed",
                                 detail={"kind": kind, "reason": "daily mail limit reached"})
             log.warning("%s: %s mail suppressed (daily limit %d)", primary.ref, kind,
                         cfg.service.max_mails_per_case_per_day)
@@ -110,17 +112,17 @@ def enqueue_mail(
         "case": primary.to_json() | {"ref": primary.ref} if primary else {},
         **context,
     }
-    assert bot.renderer is not None
-    subject, body = bot.renderer.render(kind, ctx)
+    assert desk.renderer is not None
+    subject, body = desk.renderer.render(kind, ctx)
     if staff_only:
         from bot.flows.staffgate import hold_staff_mail
 
-        if hold_staff_mail(bot, kind, cases_, subject, body, merged_release=merged_release):
+        if hold_staff_mail(desk, kind, cases_, subject, body, merged_release=merged_release):
             return None  # merged later or listed in the digest (bot/flows/staffgate.py)
     if staff_only:
         recipients, cc = list(cfg.service.staff_cc), []
     else:
-        recipients = to if to is not None else (_case_recipients(bot, primary) if primary else [])
+        recipients = to if to is not None else (_case_recipients(desk.cfg, primary) if primary else [])
         cc = list(cfg.service.staff_cc)
     if not recipients:
         recipients, cc = list(cfg.service.staff_cc), []
@@ -128,7 +130,7 @@ def enqueue_mail(
         from bot.flows.ratelimit import limit_recipients
 
         # Per address, across cases: stops a loop that opens a new case per message.
-        recipients = limit_recipients(bot, kind, [c.id for c in cases_], recipients)
+        recipients = limit_recipients(desk, kind, [c.id for c in cases_], recipients)
         if not recipients:
             return None
     if primary is not None and in_reply_to is None:
@@ -138,7 +140,7 @@ def enqueue_mail(
         cfg, kind=kind, subject=subject, body=body, to=recipients, cc=cc, now=now,
         in_reply_to=in_reply_to, references=references, case_refs=refs,
     )
-    bot.store.enqueue(
+    desk.store.enqueue(
         message_id=mail.message_id, kind=kind, case_ids=[c.id for c in cases_],
         sender=mail.sender, recipients=mail.recipients, raw=mail.raw, now=now,
     )
@@ -146,9 +148,9 @@ def enqueue_mail(
         for c in cases_:
             thread = list(c.thread_refs)
             thread.append(mail.message_id)
-            bot.store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
+            desk.store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
     for c in cases_:
-        bot.store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
+        desk.store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
                                                               "subject": subject})
     log.info("%s: queued %s mail %s", ",".join(refs) or "-", kind, mail.message_id)
     return mail.message_id

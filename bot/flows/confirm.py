@@ -31,6 +31,7 @@ from bot.core.cases import Event, State
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, parse_iso
 from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.desks import Office
 from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
@@ -193,7 +194,7 @@ def publish_confirmed_once(bot: Bot) -> int:
             continue
         zone = managed_zone_for(bot, case.domain)
         refusal = zone.refusal(bot.cfg.dns.managed_nameservers) if zone else None
-        result = publish_for_domain(bot, case.domain, key_records(bot, case)) if zone and not refusal else None
+        result = publish_for_domain(bot, case.domain, key_records(bot.store, case)) if zone and not refusal else None
         now = bot.clock()
         with bot.store.transaction():
             if result is None or result.error:
@@ -267,16 +268,16 @@ def _expire(bot: Bot, case: CaseRow, row: dict[str, Any], now: datetime, *, mail
     log.info("%s: confirmation expired; cancelled", case.ref)
 
 
-def remove_published(bot: Bot, case: CaseRow) -> list[str]:
+def remove_published(office: Office, case: CaseRow) -> list[str]:
     """Delete the values the bot published for ``case`` (exact rdata, RFC 2136) unless
     another live case of the domain still relies on them. Outside any transaction;
     raises on a failed update (the cancel then stops, as for the signer)."""
     from bot.flows.managed import delete_txt_values
 
-    records = bot.store.managed_records(case.id)
+    records = office.store.managed_records(case.id)
     if not records:
         return []
-    others = [c for c in bot.store.cases_for_domain(case.domain or "")
+    others = [c for c in office.store.cases_for_domain(case.domain or "")
               if c.id != case.id and c.state not in (State.CANCELLED, State.REJECTED)]
     if others:
         return []
@@ -285,8 +286,8 @@ def remove_published(bot: Bot, case: CaseRow) -> list[str]:
         groups.setdefault((r["zone"], r["server"]), []).append(r)
     removed: list[str] = []
     for (zone, server), rows in groups.items():
-        delete_txt_values(bot.cfg, zone, server, [(r["owner"], r["value"]) for r in rows])
-        with bot.store.transaction():
-            bot.store.mark_managed_records_removed([r["id"] for r in rows], bot.clock())
+        delete_txt_values(office.cfg, zone, server, [(r["owner"], r["value"]) for r in rows])
+        with office.store.transaction():
+            office.store.mark_managed_records_removed([r["id"] for r in rows], office.clock())
         removed += [r["owner"] for r in rows]
     return removed

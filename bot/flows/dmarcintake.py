@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.adapters.reportbox import ReportMessage, open_report_mailbox
+from bot.adapters.store import Store
+from bot.config import Config
 from bot.core.cases import State
 from bot.core.dmarcmail import ReportMail, read_report_mail
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.dmarcxml import AggregateReport, ReportError, ReportRow, parse_aggregate
-from bot.flows.runtime import Bot
+from bot.flows.desks import Lookout, Office
 
 log = logging.getLogger("dkimbot")
 
@@ -125,16 +127,17 @@ def _row(report: AggregateReport, row: ReportRow, ours: OurAddresses) -> DmarcRo
     )
 
 
-def _is_facility_domain(bot: Bot, domain: str) -> bool:
-    return any(c.state != State.REJECTED for c in bot.store.cases_for_domain(domain))
+def _is_facility_domain(store: Store, domain: str) -> bool:
+    return any(c.state != State.REJECTED for c in store.cases_for_domain(domain))
 
 
-def store_report(bot: Bot, report: AggregateReport, mail: ReportMail, key: str, now: datetime) -> str:
+def store_report(cfg: Config, store: Store, report: AggregateReport, mail: ReportMail, key: str,
+                 now: datetime) -> str:
     """Store one parsed report (inside the caller's transaction); returns the outcome."""
-    if not _is_facility_domain(bot, report.domain):
+    if not _is_facility_domain(store, report.domain):
         return "no_case"
-    ours = OurAddresses(bot.cfg.service.sending_ips)
-    reporter = reporter_label(report, mail.from_domain, mail.auth_results, bot.cfg.reports.authserv_id)
+    ours = OurAddresses(cfg.service.sending_ips)
+    reporter = reporter_label(report, mail.from_domain, mail.auth_results, cfg.reports.authserv_id)
     flags = ["reporter_unverified"] if reporter != report.reporter else []
     rows, foreign = [], 0
     for r in report.rows:
@@ -147,7 +150,7 @@ def store_report(bot: Bot, report: AggregateReport, mail: ReportMail, key: str, 
         flags.append(f"foreign_rows:{foreign}")
         log.warning("DMARC report %s from %s: %d messages for other domains than %s dropped",
                     report.report_id, reporter, foreign, report.domain)
-    added = bot.store.add_dmarc_report(
+    added = store.add_dmarc_report(
         reporter=reporter, report_id=report.report_id, reporter_email=report.email, sent_by=mail.from_domain,
         domain=report.domain, begin=report.begin, end=report.end, now=now, schema=report.schema,
         policy_p=report.policy.get("p", "").lower(), flags=flags, mail_key=key, rows=rows,
@@ -182,38 +185,38 @@ def read_message(message: ReportMessage, max_bytes: int, now: datetime) -> ReadM
     return read
 
 
-def store_mail(bot: Bot, read: ReadMail, now: datetime) -> tuple[str, list[str]]:
+def store_mail(cfg: Config, store: Store, read: ReadMail, now: datetime) -> tuple[str, list[str]]:
     """Store a read mail's reports and its outcome (inside the caller's transaction)."""
     outcomes, details, ips = list(read.outcomes), list(read.details), []
     for report in read.reports:
-        outcome = store_report(bot, report, read.mail, read.key, now)
+        outcome = store_report(cfg, store, report, read.mail, read.key, now)
         outcomes.append(outcome)
         details.append(f"{report.reporter} {report.report_id} {report.domain} {report.messages} msgs")
         if outcome == "stored":
             ips += [r.source_ip for r in report.rows]
     final = ",".join(sorted(set(outcomes))) if outcomes else "no_report"
-    bot.store.record_dmarc_mail(read.key, now, final, "; ".join(details))
+    store.record_dmarc_mail(read.key, now, final, "; ".join(details))
     if final != "stored":
         log.info("DMARC report mail %s: %s (%s)", read.key, final, "; ".join(details)[:300])
     return final, ips
 
 
-def take_messages(bot: Bot, messages: list[ReportMessage]) -> list[tuple[str, list[str]]]:
+def take_messages(office: Office, messages: list[ReportMessage]) -> list[tuple[str, list[str]]]:
     """Read, then store a batch of mails in one transaction (a commit costs more than
     parsing a small report). If storing fails (a bug), the batch is rolled back and each
     mail is taken alone, so one mail's failure is that mail's outcome only."""
-    now = bot.clock()
+    now = office.clock()
     reads = []
     for m in messages:
         try:
-            reads.append(read_message(m, bot.cfg.reports.max_report_bytes, now))
+            reads.append(read_message(m, office.cfg.reports.max_report_bytes, now))
         except Exception as exc:  # a parser bug on one mail: that mail's outcome, not the pass's end
             log.exception("DMARC report mail %s could not be read", m.key)
             reads.append(ReadMail(m.key, ReportMail(from_domain="", subject=""), outcomes=["error"],
                                   details=[f"{type(exc).__name__}: {exc}"]))
     try:
-        with bot.store.transaction():
-            return [store_mail(bot, r, now) for r in reads]
+        with office.store.transaction():
+            return [store_mail(office.cfg, office.store, r, now) for r in reads]
     except Exception:
         if len(reads) == 1:
             raise
@@ -221,16 +224,16 @@ def take_messages(bot: Bot, messages: list[ReportMessage]) -> list[tuple[str, li
     results = []
     for message in messages:
         try:
-            results += take_messages(bot, [message])
+            results += take_messages(office, [message])
         except Exception as exc:  # our bug on one mail must not stop the others nor loop forever
             log.exception("DMARC report mail %s failed", message.key)
-            with bot.store.transaction():
-                bot.store.record_dmarc_mail(message.key, bot.clock(), "error", f"{type(exc).__name__}: {exc}")
+            with office.store.transaction():
+                office.store.record_dmarc_mail(message.key, office.clock(), "error", f"{type(exc).__name__}: {exc}")
             results.append(("error", []))
     return results
 
 
-def name_sources(bot: Bot, ips: list[str]) -> int:
+def name_sources(lookout: Lookout, ips: list[str]) -> int:
     """Reverse DNS (PTR, via the configured resolver) for other senders' addresses.
 
     At most PTR_PER_PASS new addresses a pass, asked at once (a pool as the DNS checks
@@ -239,37 +242,37 @@ def name_sources(bot: Bot, ips: list[str]) -> int:
     from bot.adapters.dnsclient import DnsFailure
     from bot.checks.dnscheck import map_concurrently
 
-    ours = OurAddresses(bot.cfg.service.sending_ips)
-    now = bot.clock()
-    todo = bot.store.dmarc_unnamed_sources(sorted({ip for ip in ips if ip not in ours}), now - PTR_RETRY)
+    ours = OurAddresses(lookout.cfg.service.sending_ips)
+    now = lookout.clock()
+    todo = lookout.store.dmarc_unnamed_sources(sorted({ip for ip in ips if ip not in ours}), now - PTR_RETRY)
     if not todo:
         return 0
-    client = bot.dns_client()
+    client = lookout.dns_client()
     batch = todo[:PTR_PER_PASS]
     answers = map_concurrently(lambda ip: client.lookup(ipaddress.ip_address(ip).reverse_pointer, "PTR"),
                                batch, max_workers=PTR_PER_PASS)
     named = 0
-    with bot.store.transaction():
+    with lookout.store.transaction():
         for ip, answer in zip(batch, answers, strict=True):
             if isinstance(answer, DnsFailure):
                 continue  # asked again next pass
             name = str(answer.records[0]) if answer.records else None
-            bot.store.set_dmarc_source(ip, name, "ptr" if name else "none", now)
+            lookout.store.set_dmarc_source(ip, name, "ptr" if name else "none", now)
             named += bool(name)
     return named
 
 
-def intake_once(bot: Bot) -> Counter[str]:
+def intake_once(lookout: Lookout) -> Counter[str]:
     """Read every new report mail; returns outcomes counted. Raises ReportsMailboxError."""
-    cfg = bot.cfg
-    store = bot.store
+    cfg = lookout.cfg
+    store = lookout.store
     box = open_report_mailbox(cfg.reports, cfg.state_path(cfg.reports.path), store.get_meta)
     counts: Counter[str] = Counter()
     ips: list[str] = []
     batch: list[ReportMessage] = []
 
     def flush() -> None:
-        for outcome, new_ips in take_messages(bot, batch) if batch else []:
+        for outcome, new_ips in take_messages(lookout, batch) if batch else []:
             counts[outcome] += 1
             ips.extend(new_ips)
         batch.clear()
@@ -287,7 +290,7 @@ def intake_once(bot: Bot) -> Counter[str]:
     finally:
         box.close()
     if ips:
-        name_sources(bot, ips)
+        name_sources(lookout, ips)
     if counts:
         log.info("DMARC report mails: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return counts

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.adapters.store import CaseRow
+from bot.adapters.store import CaseRow, Store
+from bot.config import Config
 from bot.core.cases import State
 from bot.core.dmarcstats import (
     QUARANTINE_WINDOW_DAYS,
@@ -32,7 +33,11 @@ from bot.core.dmarcstats import (
 from bot.core.mailkinds import MailKind
 from bot.core.records import record_box
 from bot.flows.compose import enqueue_mail
-from bot.flows.runtime import Bot
+from bot.flows.desks import Lookout, MailDesk, MailLookout
+
+if TYPE_CHECKING:
+    from bot.adapters.dnsclient import DnsClient
+
 
 log = logging.getLogger("dkimbot")
 
@@ -43,59 +48,58 @@ SENT_EVENT = "dmarc_report_sent"
 ADVISED_EVENT = "dmarc_quarantine_advised"
 
 
-def summary(bot: Bot, domain: str, days: int, today: date | None = None) -> DomainSummary:
-    today = today or bot.clock().date()
+def summary(store: Store, domain: str, days: int, today: date) -> DomainSummary:
     since = (today - timedelta(days=days)).isoformat()
-    return summarise(domain, days, bot.store.dmarc_source_rows(domain, since))
+    return summarise(domain, days, store.dmarc_source_rows(domain, since))
 
 
-def readiness(bot: Bot, domain: str, today: date) -> tuple[Readiness, DomainSummary]:
-    window = summary(bot, domain, QUARANTINE_WINDOW_DAYS, today)
-    verdict = quarantine_ready(window, bot.store.dmarc_first_day(domain), today,
-                               bot.cfg.reports.quarantine_min_messages, bot.store.dmarc_latest_policy(domain))
+def readiness(cfg: Config, store: Store, domain: str, today: date) -> tuple[Readiness, DomainSummary]:
+    window = summary(store, domain, QUARANTINE_WINDOW_DAYS, today)
+    verdict = quarantine_ready(window, store.dmarc_first_day(domain), today,
+                               cfg.reports.quarantine_min_messages, store.dmarc_latest_policy(domain))
     return verdict, window
 
 
-def quarantine_record(bot: Bot, domain: str) -> str:
+def quarantine_record(cfg: Config, dns: DnsClient, domain: str) -> str:
     """The facility's DMARC record with p=quarantine (what DNS has now, else a new one)."""
     from bot.adapters.dnsclient import DnsQueryError
     from bot.checks.dmarc import is_dmarc_candidate, parse_dmarc, suggest_dmarc_record
 
     tags: dict[str, str] = {}
     try:
-        found = [t for t in bot.dns_client().query_txt(f"_dmarc.{domain}") if is_dmarc_candidate(t)]
+        found = [t for t in dns.query_txt(f"_dmarc.{domain}") if is_dmarc_candidate(t)]
     except DnsQueryError as exc:
         log.warning("%s: DMARC record not read for the quarantine advice (%s); suggesting a new one", domain, exc)
         found = []
     if len(found) == 1:
         tags = dict(parse_dmarc(found[0]).tags)
     tags["p"] = "quarantine"
-    return suggest_dmarc_record(tags, bot.cfg.service.dmarc_rua)
+    return suggest_dmarc_record(tags, cfg.service.dmarc_rua)
 
 
-def _live_case(bot: Bot, domain: str) -> CaseRow | None:
-    cases = [c for c in bot.store.cases_for_domain(domain) if c.state not in (State.REJECTED, State.CANCELLED)]
+def _live_case(store: Store, domain: str) -> CaseRow | None:
+    cases = [c for c in store.cases_for_domain(domain) if c.state not in (State.REJECTED, State.CANCELLED)]
     return cases[-1] if cases else None
 
 
-def alert_ours_failing(bot: Bot) -> int:
+def alert_ours_failing(desk: MailDesk) -> int:
     """Same-day staff mail when our own IPs fail DMARC in today's reports."""
-    now = bot.clock()
+    now = desk.clock()
     today = now.date().isoformat()
     midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=now.tzinfo)
     by_domain: dict[str, list[dict[str, Any]]] = {}
-    for row in bot.store.dmarc_ours_failing(midnight):
+    for row in desk.store.dmarc_ours_failing(midnight):
         by_domain.setdefault(row["domain"], []).append(row)
     sent = 0
     for domain, rows in by_domain.items():
-        if bot.store.get_meta(ALERT_META + domain) == today:
+        if desk.store.get_meta(ALERT_META + domain) == today:
             continue
-        case = _live_case(bot, domain)
+        case = _live_case(desk.store, domain)
         lines = "\n".join(f"- {r['reporter']}: {r['failed']} of {r['messages']} messages from {r['ips']} failed DMARC"
                           for r in rows)
-        with bot.store.transaction():
-            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case] if case else [], {
-                "reason_title": f"{bot.cfg.service.saas_name} mail for {domain} fails DMARC at receivers",
+        with desk.store.transaction():
+            enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case] if case else [], {
+                "reason_title": f"{desk.cfg.service.saas_name} mail for {domain} fails DMARC at receivers",
                 "reason": f"DMARC aggregate reports received today show mail from our own sending IPs "
                           f"for {domain} failing DMARC (neither aligned DKIM nor aligned SPF passed):\n{lines}",
                 "decide_hint": f"DNS checks cannot see this: compare the signer's key with the published record "
@@ -103,95 +107,95 @@ def alert_ours_failing(bot: Bot) -> int:
                                f"'dkimbot reports {domain}'.",
                 "diagnoses": [],
             }, staff_only=True)
-            bot.store.set_meta(ALERT_META + domain, today)
+            desk.store.set_meta(ALERT_META + domain, today)
             if case is not None:
-                bot.store.add_event(case.id, now, "dmarc_ours_failing", detail={"reporters": rows})
+                desk.store.add_event(case.id, now, "dmarc_ours_failing", detail={"reporters": rows})
         log.warning("%s: our mail fails DMARC at %s", domain, ", ".join(r["reporter"] for r in rows))
         sent += 1
     return sent
 
 
-def facility_context(bot: Bot, case: CaseRow, today: date) -> dict[str, Any]:
+def facility_context(lookout: Lookout, case: CaseRow, today: date) -> dict[str, Any]:
     domain = case.domain or ""
-    verdict, window = readiness(bot, domain, today)
+    verdict, window = readiness(lookout.cfg, lookout.store, domain, today)
     ours = window.ours
     ours_messages = sum(s.messages for s in ours)
     ours_pass = sum(s.dmarc_pass for s in ours)
     others = [{"ip": s.ip, "name": s.name, "messages": s.messages, "failing": s.failing,
                "reporters": "、".join(s.reporters), "advice": s.advice} for s in window.failing_others]
-    record = quarantine_record(bot, domain) if verdict.ready else ""
+    record = quarantine_record(lookout.cfg, lookout.dns_client(), domain) if verdict.ready else ""
     return {
         "domain": domain, "days": QUARANTINE_WINDOW_DAYS, "messages": window.messages,
         "dmarc_pass": window.dmarc_pass, "pass_share": percent(window.dmarc_pass, window.messages),
         "ours_messages": ours_messages, "ours_pass": ours_pass, "ours_share": percent(ours_pass, ours_messages),
         "reporters": sorted({r for s in window.sources for r in s.reporters}, key=str.lower),
         "others_failing": others, "advise_quarantine": verdict.ready,
-        "quarantine_record": record, "report_days": bot.cfg.reports.facility_report_days,
+        "quarantine_record": record, "report_days": lookout.cfg.reports.facility_report_days,
         # The same box as every other mail (host field first, the full name second).
         "quarantine_box": record_box(domain, f"_dmarc.{domain}", record),
-        "min_messages": bot.cfg.reports.quarantine_min_messages, "readiness": verdict.reason,
+        "min_messages": lookout.cfg.reports.quarantine_min_messages, "readiness": verdict.reason,
     }
 
 
-def _send_facility_report(bot: Bot, case: CaseRow, ctx: dict[str, Any], first: bool) -> None:
-    now = bot.clock()
-    with bot.store.transaction():
-        mid = enqueue_mail(bot, MailKind.DMARC_REPORT, [case], {**ctx, "first": first})
+def _send_facility_report(desk: MailDesk, case: CaseRow, ctx: dict[str, Any], first: bool) -> None:
+    now = desk.clock()
+    with desk.store.transaction():
+        mid = enqueue_mail(desk, MailKind.DMARC_REPORT, [case], {**ctx, "first": first})
         detail = {"message_id": mid, "messages": ctx["messages"], "dmarc_pass": ctx["dmarc_pass"],
                   "others_failing": len(ctx["others_failing"]), "advise_quarantine": ctx["advise_quarantine"],
                   "readiness": ctx["readiness"]}
-        bot.store.add_event(case.id, now, SENT_EVENT, detail=detail)
+        desk.store.add_event(case.id, now, SENT_EVENT, detail=detail)
         if ctx["advise_quarantine"]:
-            bot.store.add_event(case.id, now, ADVISED_EVENT, detail={"record": ctx["quarantine_record"]})
+            desk.store.add_event(case.id, now, ADVISED_EVENT, detail={"record": ctx["quarantine_record"]})
     log.info("%s: DMARC report mail queued (%s messages, %s passed%s)", case.ref, ctx["messages"],
              ctx["pass_share"], ", p=quarantine advised" if ctx["advise_quarantine"] else "")
 
 
-def facility_reports_once(bot: Bot) -> int:
+def facility_reports_once(desk: MailLookout) -> int:
     """The facility's report mail when due, and the quarantine advice once it is ready."""
-    now = bot.clock()
-    due_after = timedelta(days=bot.cfg.reports.facility_report_days)
+    now = desk.clock()
+    due_after = timedelta(days=desk.cfg.reports.facility_report_days)
     sent = 0
-    for case in bot.store.list_cases((State.COMPLETED.value,)):
+    for case in desk.store.list_cases((State.COMPLETED.value,)):
         if not case.domain or now - case.state_since < due_after:
             continue
-        kinds = {e["kind"] for e in bot.store.events(case.id)}
+        kinds = {e["kind"] for e in desk.store.events(case.id)}
         if ADVISED_EVENT in kinds:
             continue
         first = SENT_EVENT not in kinds
-        if not first and not readiness(bot, case.domain, now.date())[0].ready:
+        if not first and not readiness(desk.cfg, desk.store, case.domain, now.date())[0].ready:
             continue
-        ctx = facility_context(bot, case, now.date())
+        ctx = facility_context(desk, case, now.date())
         if ctx["messages"] == 0:
             continue  # no report yet: nothing to tell; asked again next pass
-        _send_facility_report(bot, case, ctx, first)
+        _send_facility_report(desk, case, ctx, first)
         sent += 1
     return sent
 
 
-def digest_section(bot: Bot, now: datetime) -> dict[str, Any]:
+def digest_section(cfg: Config, store: Store, now: datetime) -> dict[str, Any]:
     """The digest's DMARC part: report mails of the last day, our failures, who is ready."""
-    if not bot.cfg.reports.enabled:
+    if not cfg.reports.enabled:
         return {"enabled": False}
     day_ago = now - timedelta(days=1)
-    failing = bot.store.dmarc_ours_failing(day_ago)
+    failing = store.dmarc_ours_failing(day_ago)
     ready = []
     since = (now.date() - timedelta(days=QUARANTINE_WINDOW_DAYS)).isoformat()
-    for domain in bot.store.dmarc_domains(since):
-        verdict, window = readiness(bot, domain, now.date())
+    for domain in store.dmarc_domains(since):
+        verdict, window = readiness(cfg, store, domain, now.date())
         if verdict.ready:
-            case = _live_case(bot, domain)
+            case = _live_case(store, domain)
             ready.append({"domain": domain, "ref": case.ref if case else "-", "messages": window.messages,
                           "sources": len(window.sources)})
-    waiting = timedelta(days=bot.cfg.reports.facility_report_days)
+    waiting = timedelta(days=cfg.reports.facility_report_days)
     silent = [{"ref": c.ref, "domain": c.domain, "days": (now - c.state_since).days}
-              for c in bot.store.list_cases((State.COMPLETED.value,))
-              if c.domain and now - c.state_since >= waiting and bot.store.dmarc_first_day(c.domain) is None]
-    return {"enabled": True, "silent": silent, "mail_counts": sorted(bot.store.dmarc_mail_counts(day_ago).items()),
-            "failing": failing, "ready": ready, "flagged": bot.store.dmarc_flagged_reports(day_ago)}
+              for c in store.list_cases((State.COMPLETED.value,))
+              if c.domain and now - c.state_since >= waiting and store.dmarc_first_day(c.domain) is None]
+    return {"enabled": True, "silent": silent, "mail_counts": sorted(store.dmarc_mail_counts(day_ago).items()),
+            "failing": failing, "ready": ready, "flagged": store.dmarc_flagged_reports(day_ago)}
 
 
-def reports_once(bot: Bot) -> list[str]:
+def reports_once(desk: MailLookout) -> list[str]:
     """The pass's unit ([reports] on): read new reports, alert staff, mail facilities.
 
     Returns the mailbox's error (one line) when it could not be read; the alerts and
@@ -200,20 +204,20 @@ def reports_once(bot: Bot) -> list[str]:
     from bot.adapters.reportbox import ReportsMailboxError
     from bot.flows.dmarcintake import intake_once
 
-    if not bot.cfg.reports.enabled:
+    if not desk.cfg.reports.enabled:
         return []
     errors: list[str] = []
     try:
-        intake_once(bot)
+        intake_once(desk)
     except ReportsMailboxError as exc:
         errors.append(str(exc))
-    alert_ours_failing(bot)
-    facility_reports_once(bot)
-    today = bot.clock().date()
-    if bot.store.get_meta(PRUNE_META) != today.isoformat():
-        with bot.store.transaction():
-            pruned = bot.store.prune_dmarc((today - timedelta(days=KEEP_DAYS)).isoformat())
-            bot.store.set_meta(PRUNE_META, today.isoformat())
+    alert_ours_failing(desk)
+    facility_reports_once(desk)
+    today = desk.clock().date()
+    if desk.store.get_meta(PRUNE_META) != today.isoformat():
+        with desk.store.transaction():
+            pruned = desk.store.prune_dmarc((today - timedelta(days=KEEP_DAYS)).isoformat())
+            desk.store.set_meta(PRUNE_META, today.isoformat())
         if pruned:
             log.info("DMARC reports: %d rows older than %d days forgotten", pruned, KEEP_DAYS)
     return errors

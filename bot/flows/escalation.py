@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.adapters.store import Store
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.dnsresults import stored_skip_reason
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, OutboxRow
 from bot.flows.compose import enqueue_mail
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 _AREAS = ("dkim", "dmarc", "spf", "alignment")
 
@@ -28,16 +29,16 @@ class _Diag:
         self.message = str(d.get("message", ""))
 
 
-def last_check(bot: Bot, case: CaseRow) -> tuple[str | None, dict[str, Any] | None]:
+def last_check(store: Store, case: CaseRow) -> tuple[str | None, dict[str, Any] | None]:
     """(when, dns evidence) of the case's last recorded DNS check, if any."""
-    for event in reversed(bot.store.events(case.id)):
+    for event in reversed(store.events(case.id)):
         dns = (event.get("detail") or {}).get("dns")
         if dns:
             return str(event["at"]), dns
     return None, None
 
 
-def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
+def stall_context(store: Store, case: CaseRow) -> dict[str, Any]:
     """Template context for ``staff_escalation`` when reminders are used up."""
     lines = [f"The case has been {case.state} since {case.state_since.isoformat()}; "
              f"{case.reminders_sent} reminders to {case.requester or '-'} brought no change."]
@@ -49,7 +50,7 @@ def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
         hint = (f"Call the facility ({case.contact_phone or 'no number given'}) to get the missing "
                 f"fields, or cancel the case ('dkimbot cancel {case.ref}').")
     else:
-        at, dns = last_check(bot, case)
+        at, dns = last_check(store, case)
         if dns is None or (at or "") < case.state_since.isoformat():
             # Checks that only confirm "still not published" record no event (they change
             # nothing and mail nothing); so no event since the state began means exactly that.
@@ -81,7 +82,7 @@ def stall_context(bot: Bot, case: CaseRow) -> dict[str, Any]:
     }
 
 
-def escalate_delivery_failure(bot: Bot, row: OutboxRow, error: str, recipients: list[str] | None = None) -> None:
+def escalate_delivery_failure(desk: MailDesk, row: OutboxRow, error: str, recipients: list[str] | None = None) -> None:
     """Escalate ``row``'s cases: its mail to ``recipients`` (default: all) was refused for good.
 
     ``error`` is the server's answer, shown to staff and kept in the event (both may name
@@ -90,15 +91,15 @@ def escalate_delivery_failure(bot: Bot, row: OutboxRow, error: str, recipients: 
     if row.kind.startswith("staff_"):
         return  # never escalate an escalation: that is how mail loops start
     for case_id in row.case_ids:
-        case = bot.store.get_case(case_id)
-        now = bot.clock()
+        case = desk.store.get_case(case_id)
+        now = desk.clock()
         failed = {"message_id": row.message_id, "error": error, "recipients": recipients or row.recipients}
         if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
-            case = bot.store.transition(case.id, State.ESCALATED, now, expected_state=case.state,
+            case = desk.store.transition(case.id, State.ESCALATED, now, expected_state=case.state,
                                         event="delivery_failed", detail=failed, resume_state=case.state)
         else:
-            bot.store.add_event(case.id, now, "delivery_failed", detail=failed)
-        enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+            desk.store.add_event(case.id, now, "delivery_failed", detail=failed)
+        enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {
             "reason_title": "mail to the facility was rejected",
             "reason": f"The {row.kind} mail {row.message_id} to {', '.join(recipients or row.recipients)} was "
                       f"rejected permanently:\n{error}",

@@ -16,16 +16,16 @@ import logging
 from bot.core.mailkinds import MailKind
 from bot.core.request import ParsedMail
 from bot.flows.compose import enqueue_mail
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 log = logging.getLogger("dkimbot")
 
 
-def note_malformed(bot: Bot, parsed: ParsedMail) -> str:
+def note_malformed(desk: MailDesk, parsed: ParsedMail) -> str:
     """Queue the staff note for an unreadable mail (inside the caller's transaction);
     returns the message's outcome."""
     why = parsed.malformed or "unreadable"
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [], {
         "reason_title": "a message could not be read (malformed MIME)",
         "reason": (
             f"Message-ID: {parsed.message_id or '(none)'}\n"

@@ -6,30 +6,31 @@ Used by ``prepare`` (before the transaction, to foresee the decision) and by
 
 from __future__ import annotations
 
+from bot.adapters.store import Store
 from bot.core import cases as sm
 from bot.core.authority import PROOF_EVENTS, fold_address, is_party, is_proven, same_requester
 from bot.core.cases import TERMINAL, State
 from bot.core.request import Facility, ParsedMail
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import Office
 
 
-def reply_target(bot: Bot, parsed: ParsedMail) -> CaseRow | None:
+def reply_target(store: Store, parsed: ParsedMail) -> CaseRow | None:
     """The case a mail answers: a case reference in its subject, else its threading."""
     for ref in parsed.case_refs:
-        case = bot.store.find_case(ref)
+        case = store.find_case(ref)
         if case is not None:
             return case
     ids = [i for i in [parsed.in_reply_to, *reversed(parsed.references)] if i]
-    return bot.store.case_for_message_id(ids) if ids else None
+    return store.case_for_message_id(ids) if ids else None
 
 
-def proven(bot: Bot, case: CaseRow) -> bool:
+def proven(store: Store, case: CaseRow) -> bool:
     """Has the domain's own side proved control on ``case`` (``authority.is_proven``)?"""
-    return is_proven(case.state, ()) or bot.store.case_has_event(case.id, tuple(PROOF_EVENTS))
+    return is_proven(case.state, ()) or store.case_has_event(case.id, tuple(PROOF_EVENTS))
 
 
-def key_holders(bot: Bot, domain: str, requester: str | None, skip: int | None = None) -> list[CaseRow]:
+def key_holders(store: Store, domain: str, requester: str | None, skip: int | None = None) -> list[CaseRow]:
     """The live cases of ``domain`` whose key (and, in a managed zone, whose confirmation)
     a new case for ``requester`` shares; empty: the new case gets a key of its own.
 
@@ -38,14 +39,14 @@ def key_holders(bot: Bot, domain: str, requester: str | None, skip: int | None =
     unproven key would let the real facility's publication carry the stranger's case on
     (and its mails to the stranger), and the stranger's key would wait for the real one.
     """
-    live = [c for c in bot.store.cases_for_domain(domain)
+    live = [c for c in store.cases_for_domain(domain)
             if c.id != skip and c.state not in TERMINAL and c.selectors]
-    anchor = next((c for c in live if proven(bot, c)), None) or \
+    anchor = next((c for c in live if proven(store, c)), None) or \
         next((c for c in live if same_requester(c, requester)), None)
     return [] if anchor is None else [c for c in live if c.selectors == anchor.selectors]
 
 
-def existing_case(bot: Bot, facility: Facility, requester: str | None, target: CaseRow | None) -> CaseRow | None:
+def existing_case(store: Store, facility: Facility, requester: str | None, target: CaseRow | None) -> CaseRow | None:
     """The case a request continues: a repeat of an active one, or a needs_info one completed.
 
     A needs_info case is completed only by the mail that answers it (``target``, which
@@ -55,35 +56,36 @@ def existing_case(bot: Bot, facility: Facility, requester: str | None, target: C
     """
     if target is not None and target.state == State.NEEDS_INFO:
         return target
-    candidates = bot.store.list_cases(tuple(s.value for s in sm.ACTIVE if s != State.NEEDS_INFO)
+    candidates = store.list_cases(tuple(s.value for s in sm.ACTIVE if s != State.NEEDS_INFO)
                                       + (State.COMPLETED.value,))
     name = facility.facility_name
     for c in candidates:
         if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):
             # An unproven case is only its requester's claim: another sender naming the
             # same facility is not continuing it (``party_guard``).
-            if same_requester(c, requester) or proven(bot, c):
+            if same_requester(c, requester) or proven(store, c):
                 return c
     return None
 
 
-def new_cases_left(bot: Bot, requester: str | None) -> int | None:
+def new_cases_left(office: Office, requester: str | None) -> int | None:
     """How many more new cases (and so keys) ``requester`` may open today; None: no limit.
 
     Counted by the folded address (``a+x@`` is ``a@``), over the cases opened in the last
     24 hours: one stranger's mail flood makes at most this many keys a day (issue 11).
     """
-    cap = bot.cfg.service.max_new_cases_per_sender_per_day
+    cap = office.cfg.service.max_new_cases_per_sender_per_day
     if cap <= 0 or not requester:
         return None
     from datetime import timedelta
 
     me = fold_address(requester)
-    opened = sum(1 for r in bot.store.requesters_since(bot.clock() - timedelta(days=1)) if r and fold_address(r) == me)
+    since = office.clock() - timedelta(days=1)
+    opened = sum(1 for r in office.store.requesters_since(since) if r and fold_address(r) == me)
     return max(0, cap - opened)
 
 
-def party_guard(bot: Bot, facility: Facility, domain: str, requester: str | None,
+def party_guard(store: Store, facility: Facility, domain: str, requester: str | None,
                 existing: CaseRow | None) -> tuple[str, CaseRow | None]:
     """Who a request for a domain with live cases may be (issue 11), read-only:
 
@@ -97,8 +99,8 @@ def party_guard(bot: Bot, facility: Facility, domain: str, requester: str | None
       so a stranger's early request can neither block the domain's real people nor ride
       on their DNS change, nor learn about their case.
     """
-    live = [c for c in bot.store.cases_for_domain(domain) if c.state not in TERMINAL]
-    holders = [c for c in live if proven(bot, c)]
+    live = [c for c in store.cases_for_domain(domain) if c.state not in TERMINAL]
+    holders = [c for c in live if proven(store, c)]
     if holders and not any(is_party(c, [requester]) for c in holders):
         return "in_progress", holders[0]
     if not holders:

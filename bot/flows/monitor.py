@@ -71,7 +71,7 @@ def monitor_due_once(bot: Bot) -> int:
     # The same path as the rechecks (bot/flows/checkpass.py): domains concurrently, one
     # watched case's trouble recorded on that case, decisions committed in groups.
     check_and_apply(
-        bot, due, _watch_key, lambda key: expected_keys(bot, key[0], key[1]),
+        bot, due, _watch_key, lambda key: expected_keys(bot.store, key[0], key[1]),
         lambda key, expected: check_dkim_each(client, key[0], expected),
         lambda case, result: apply_watch(bot, bot.store.get_case(case.id), result, client),
         "watch check")
@@ -194,14 +194,14 @@ def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: AreaResult, *, was: 
     errors = [d for d in dkim.diagnoses if d.severity == "error"]
     if kind == "dkim_lost":
         enqueue_mail(bot, kind, [case], {
-            "diagnoses": errors, "records": key_records(bot, case),
+            "diagnoses": errors, "records": key_records(bot.store, case),
             "grace_days": _days(grace), "deadline": _jst(grace_deadline(case, grace)),
         })
     elif kind == "dkim_restored":
         enqueue_mail(bot, kind, [case], {"was_stopped": was == State.SIGNING_STOPPED})
     elif kind == "signing_stopped":
         enqueue_mail(bot, kind, [case], {
-            "diagnoses": errors, "records": key_records(bot, case), "grace_days": _days(grace),
+            "diagnoses": errors, "records": key_records(bot.store, case), "grace_days": _days(grace),
             "removed": [f"{s}._domainkey.{case.domain}" for s in removed],
         })
     elif kind == "staff_escalation":

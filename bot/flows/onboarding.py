@@ -48,7 +48,7 @@ def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = Non
     confirmed = confirm_by_token(bot, parsed)
     if confirmed is not None:
         return confirmed
-    target = reply_target(bot, parsed)
+    target = reply_target(bot.store, parsed)
     # A reply acts on its case only from a party answering the bot's mail (bot/core/authority.py).
     standing = reply_standing(bot, target, parsed) if target is not None else None
     if target is not None and standing is not None and not standing.may_act:
@@ -128,8 +128,8 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared
             return
         # Decided after this pass's recheck: if that moves the case on, its mail answers
         # the reply and staff are not asked (bot/flows/replyforward.py).
-        hold(bot, bot.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
-             text=text, reading=reading.reason)
+        hold(bot.store, bot.clock(), bot.store.get_case(case.id), sender=parsed.from_addr,
+             message_id=parsed.message_id, text=text, reading=reading.reason)
         return
     bot.store.update_case(case.id, now, **fields)
     forward(bot, bot.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
@@ -179,7 +179,7 @@ class _Reply:
         domain = case.domain or ""
         if domain not in self.seen:
             raise not_prepared(self.prepared, domain, "a look at its DNS")
-        records = key_records(self.bot, case, getattr(self.seen[domain], "provider", None))
+        records = key_records(self.bot.store, case, getattr(self.seen[domain], "provider", None))
         return {"records": records, **looked_for_reply(self.bot, case, records, self.seen)}
 
 
@@ -201,7 +201,7 @@ def handle_request(bot: Bot, parsed: ParsedMail, target: CaseRow | None, prepare
     left = new_cases_left(bot, requester)  # per sender and day (issue 11): cases and keys
     limited: list[str | None] = []
     for f in facilities_of(parsed.facilities):
-        found = existing_case(bot, f, requester, target)
+        found = existing_case(bot.store, f, requester, target)
         if found is None and left is not None:
             if left <= 0:
                 limited.append(f.facility_name)
@@ -230,7 +230,7 @@ def _guard(r: _Reply, plan: FacilityPlan, found: CaseRow | None,
     and its own unfinished request is superseded)."""
     bot, store, f = r.bot, r.bot.store, plan.facility
     domain = plan.domain or ""
-    verdict, live = party_guard(bot, f, domain, requester, found)
+    verdict, live = party_guard(bot.store, f, domain, requester, found)
     if verdict == "in_progress" and live is not None:
         _note_in_progress(bot, live, r.parsed, requester)
         r.items.append({"kind": "in_progress", "ref": None, "facility": f.facility_name,
@@ -328,7 +328,7 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
         # Setup is done: say so, with its records for reference; nothing to add.
         r.items.append({"kind": "complete", "ref": case.ref, "facility": case.facility,
                         "admin_email": case.admin_email, "domain": plan.domain,
-                        "records": key_records(r.bot, case), "shared_with": [], "asks": [],
+                        "records": key_records(r.bot.store, case), "shared_with": [], "asks": [],
                         "existing": [], "provider_hint": None})
         return
     # Waiting for the admin's confirmation: say so again (no second token mail, no records).

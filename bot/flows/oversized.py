@@ -15,22 +15,22 @@ import logging
 
 from bot.core.mailkinds import MailKind
 from bot.flows.compose import enqueue_mail
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 log = logging.getLogger("dkimbot")
 
 
-def note_oversized(bot: Bot, key: str, size: int, header: bytes) -> str:
+def note_oversized(desk: MailDesk, key: str, size: int, header: bytes) -> str:
     """Record an oversized message as handled and tell staff about it; returns the outcome."""
     from bot.core.request import parse_message
 
-    cfg = bot.cfg
-    store = bot.store
+    cfg = desk.cfg
+    store = desk.store
     limit = cfg.intake.max_message_bytes
     # Headers alone: an empty body is enough for the subject, sender and no-reply rules.
     head = header.rstrip(b"\r\n") + b"\r\n\r\n"
     parsed = parse_message(head, own_addresses=[cfg.service.support_address])
-    now = bot.clock()
+    now = desk.clock()
     with store.transaction():
         if store.is_handled(key, parsed.message_id, parsed.fingerprint):
             store.mark_handled(key, parsed.message_id, now, "duplicate", parsed.fingerprint)
@@ -39,7 +39,7 @@ def note_oversized(bot: Bot, key: str, size: int, header: bytes) -> str:
             outcome = f"ignored: {parsed.no_reply_reason} (too large to read: {size} bytes)"
         else:
             outcome = f"skipped: too large ({size} bytes > {limit})"
-            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+            enqueue_mail(desk, MailKind.STAFF_ESCALATION, [], {
                 "reason_title": "a message is too large to read",
                 "reason": (
                     f"Message-ID: {parsed.message_id or '(none)'}\n"

@@ -134,7 +134,7 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
     out = Prepared()
     if parsed.no_reply_reason:
         return out
-    target = reply_target(bot, parsed)
+    target = reply_target(bot.store, parsed)
     if not (parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO))):
         if target is not None:
             _prepare_reply(bot, out, target, parsed)
@@ -148,7 +148,7 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
     left = new_cases_left(bot, requester)  # no keys beyond the sender's daily limit (issue 11)
     dns_deadline = time.monotonic() + 2 * _look_budget(bot)
     for f in parsed.facilities:
-        found = existing_case(bot, f, requester, target)
+        found = existing_case(bot.store, f, requester, target)
         if found is None and left is not None:
             if left <= 0:
                 continue
@@ -158,7 +158,7 @@ def prepare_message(bot: Bot, parsed: ParsedMail) -> Prepared:
         if plan.step not in (Step.RESEND, Step.ASSIGN_KEY):
             continue
         domain = plan.domain or ""
-        verdict, live = party_guard(bot, f, domain, requester, found)
+        verdict, live = party_guard(bot.store, f, domain, requester, found)
         if verdict == "in_progress":
             continue  # nothing is made for a non-party (the decision tells them so)
         if verdict == "join":

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from bot.adapters.store import Store
 from bot.core.authority import fold_address
-from bot.flows.runtime import Bot
+from bot.flows.desks import Office
 
 log = logging.getLogger("dkimbot")
 
@@ -32,35 +32,35 @@ def mails_to_address_since(store: Store, address: str, since: datetime) -> int:
 
 
 def limit_recipients(
-    bot: Bot, kind: str, case_ids: Sequence[int], recipients: list[str],
+    office: Office, kind: str, case_ids: Sequence[int], recipients: list[str],
 ) -> list[str]:
     """The recipients still under their daily limit (staff always are).
 
     Addresses held back are recorded as a ``mail_suppressed`` event on each case; an
     empty result means the whole mail is suppressed and must not be queued.
     """
-    cfg = bot.cfg
+    cfg = office.cfg
     limit = cfg.service.max_mails_per_address_per_day
     if limit <= 0:
         return recipients  # 0: no per-address limit
-    now = bot.clock()
+    now = office.clock()
     staff = {a.strip().lower() for a in cfg.service.staff_cc}
     since = now - timedelta(days=1)
     kept: list[str] = []
     held: list[str] = []
     for address in recipients:
-        if address.strip().lower() in staff or mails_to_address_since(bot.store, address, since) < limit:
+        if address.strip().lower() in staff or mails_to_address_since(office.store, address, since) < limit:
             kept.append(address)
         else:
             held.append(address)
     if held:
         for case_id in case_ids:
-            bot.store.add_event(case_id, now, "mail_suppressed", detail={
+            office.store.add_event(case_id, now, "mail_suppressed", detail={
                 "kind": kind, "reason": "daily mail limit per address reached",
                 "addresses": held, "limit": limit, "whole_mail": not kept,
             })
         # Counts and case refs only: the addresses are in the events (addresses stay out of logs).
-        refs = ",".join(bot.store.get_case(c).ref or str(c) for c in case_ids) or "-"
+        refs = ",".join(office.store.get_case(c).ref or str(c) for c in case_ids) or "-"
         log.warning("%s: %s mail %s for %d of %d recipients (daily limit %d per address)", refs, kind,
                     "suppressed" if not kept else "not sent", len(held), len(recipients), limit)
     return kept

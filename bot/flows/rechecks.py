@@ -57,7 +57,7 @@ def recheck_due_once(bot: Bot, *, workers: int = WORKERS) -> int:
 
     # Every selector of a case is checked (dual signing: RSA + Ed25519 records);
     # expected keys are read on this thread (the store's).
-    check_and_apply(bot, due, _case_key, lambda key: expected_keys(bot, key[0], key[1]), check,
+    check_and_apply(bot, due, _case_key, lambda key: expected_keys(bot.store, key[0], key[1]), check,
                     lambda case, report: apply_check(bot, case, report, client), "DNS check",
                     workers=workers)
     return len(due)
@@ -198,7 +198,7 @@ def remind_due_once(bot: Bot) -> int:
                 from bot.flows.escalation import stall_context
 
                 # What the bot last saw (DNS per area, or the missing fields) and what to decide.
-                enqueue_mail(bot, MailKind.STAFF_ESCALATION, [updated], stall_context(bot, case), staff_only=True)
+                enqueue_mail(bot, MailKind.STAFF_ESCALATION, [updated], stall_context(bot.store, case), staff_only=True)
                 log.info("%s: %s -> escalated (stalled)", case.ref, case.state)
             maybe_crash("reminder.decided")
         count += 1

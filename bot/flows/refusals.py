@@ -20,8 +20,8 @@ import logging
 
 from bot.adapters.mailout import Refused, describe_refused, new_message_id
 from bot.core.rows import OutboxRow
+from bot.flows.desks import MailDesk, Office
 from bot.flows.escalation import escalate_delivery_failure
-from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -42,41 +42,41 @@ def _with_message_id(raw: bytes, old: str, new: str) -> bytes:
     return msg.as_bytes()
 
 
-def requeue_for(bot: Bot, row: OutboxRow, addresses: list[str]) -> str:
+def requeue_for(office: Office, row: OutboxRow, addresses: list[str]) -> str:
     """Queue ``row``'s mail again for ``addresses`` only; returns the new Message-ID."""
-    message_id = new_message_id(bot.cfg.bot_domain)
-    bot.store.enqueue(
+    message_id = new_message_id(office.cfg.bot_domain)
+    office.store.enqueue(
         message_id=message_id, kind=row.kind, case_ids=list(row.case_ids), sender=row.sender,
         recipients=addresses, raw=_with_message_id(row.raw, row.message_id, message_id),
-        now=bot.clock(),
+        now=office.clock(),
     )
     return message_id
 
 
-def handle_refused(bot: Bot, row: OutboxRow, refused: Refused) -> None:
+def handle_refused(desk: MailDesk, row: OutboxRow, refused: Refused) -> None:
     """Act on the recipients refused in an otherwise accepted delivery of ``row``.
 
     Runs inside the caller's transaction (the one that marks the row sent).
     """
     if not refused:
         return
-    now = bot.clock()
-    staff = {a.strip().lower() for a in bot.cfg.service.staff_cc}
+    now = desk.clock()
+    staff = {a.strip().lower() for a in desk.cfg.service.staff_cc}
     permanent = {a: v for a, v in refused.items() if 500 <= v[0] < 600}
     transient = {a: v for a, v in refused.items() if a not in permanent}
-    retry_id = requeue_for(bot, row, list(transient)) if transient else None
+    retry_id = requeue_for(desk, row, list(transient)) if transient else None
     facility_bounced = {a: v for a, v in permanent.items() if a.strip().lower() not in staff}
     for case_id in row.case_ids:
-        bot.store.add_event(case_id, now, "recipients_refused", detail={
+        desk.store.add_event(case_id, now, "recipients_refused", detail={
             "message_id": row.message_id, "kind": row.kind,
             "refused": {a: f"{code} {text}".rstrip() for a, (code, text) in refused.items()},
             "retry_message_id": retry_id,
         })
     escalated = bool(facility_bounced) and not row.kind.startswith("staff_")
     if escalated:
-        escalate_delivery_failure(bot, row, describe_refused(facility_bounced),
+        escalate_delivery_failure(desk, row, describe_refused(facility_bounced),
                                    recipients=list(facility_bounced))
-    refs = ",".join(bot.store.get_case(c).ref or str(c) for c in row.case_ids) or "-"
+    refs = ",".join(desk.store.get_case(c).ref or str(c) for c in row.case_ids) or "-"
     codes = ",".join(sorted({str(code) for code, _ in refused.values()}))
     log.warning("%s: %s mail %s: the server refused %d of %d recipients (%s); %s%s", refs, row.kind,
                 row.message_id, len(refused), len(row.recipients), codes,

@@ -125,7 +125,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
             updated.append(bot.store.update_case(c.id, now, **fields))
             bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, rekeyed)
         enqueue_mail(bot, MailKind.DKIM_REKEY, updated, {
-            "records": key_records(bot, updated[0]),
+            "records": key_records(bot.store, updated[0]),
             "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"} for s in rsa_old],
             "bits": bits,
             "reason": reason,

@@ -69,7 +69,7 @@ def first_mail_asks_boxes(bot: Bot, case: CaseRow) -> list[dict[str, Any]]:
         if event["kind"] == "dns_lookahead":
             detail = event.get("detail") or {}
             break
-    provider = case_provider(bot, case)
+    provider = case_provider(bot.store, case)
     out: list[dict[str, Any]] = []
     dmarc_fix = (detail.get("dmarc") or {}).get("fix")
     if detail.get("dmarc_missing") or dmarc_fix:
@@ -95,10 +95,10 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
                          "contact_email": case.contact_email or "", "contact_phone": case.contact_phone or "",
                          "admin_email": case.admin_email or ""}
         return ctx
-    _, dns = last_check(bot, case)
+    _, dns = last_check(bot.store, case)
     report = _report_from_evidence(dns) if dns else None
     if state == State.AWAITING_DKIM:
-        ctx["records"] = key_records(bot, case)
+        ctx["records"] = key_records(bot.store, case)
         if report is not None:
             ctx["diagnoses"] = _shown(report.dkim.diagnoses)
         ctx["refused_hint"] = panel_may_have_refused(bot, case, report)
@@ -114,6 +114,6 @@ def reminder_context(bot: Bot, case: CaseRow, number: int) -> dict[str, Any]:
     elif state == State.AWAITING_FINAL and report is not None:
         from bot.flows.compose import case_provider
 
-        ctx["records"] = fix_boxes(report, case, case_provider(bot, case))
+        ctx["records"] = fix_boxes(report, case, case_provider(bot.store, case))
         ctx["diagnoses"] = _shown([d for _, a in report.areas() for d in a.diagnoses])
     return ctx

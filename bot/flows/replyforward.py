@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
+from bot.adapters.store import Store
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 log = logging.getLogger("dkimbot")
 
@@ -39,8 +41,8 @@ _FORWARD_OF = {
 }
 
 
-def _held(bot: Bot) -> list[dict[str, Any]]:
-    raw = bot.store.get_meta(HELD_KEY)
+def _held(store: Store) -> list[dict[str, Any]]:
+    raw = store.get_meta(HELD_KEY)
     if not raw:
         return []
     try:
@@ -51,31 +53,31 @@ def _held(bot: Bot) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
-def hold(bot: Bot, case: CaseRow, *, sender: str | None, message_id: str | None, text: str,
+def hold(store: Store, now: datetime, case: CaseRow, *, sender: str | None, message_id: str | None, text: str,
          reading: str) -> None:
     """Remember a reply for ``forward_held_once`` (call inside the intake transaction)."""
-    held = _held(bot)
+    held = _held(store)
     held.append({"case_id": case.id, "state": case.resume_state if case.state == State.ESCALATED
                  and case.resume_state else case.state, "sender": sender, "message_id": message_id,
                  "text": text[:4000], "reading": reading})
-    bot.store.set_meta(HELD_KEY, json.dumps(held, ensure_ascii=False))
-    bot.store.add_event(case.id, bot.clock(), "facility_reply_held", detail={"reading": reading})
+    store.set_meta(HELD_KEY, json.dumps(held, ensure_ascii=False))
+    store.add_event(case.id, now, "facility_reply_held", detail={"reading": reading})
 
 
-def forward(bot: Bot, case: CaseRow, *, sender: str | None, message_id: str | None, text: str,
+def forward(desk: MailDesk, case: CaseRow, *, sender: str | None, message_id: str | None, text: str,
             reading: str, rechecked: bool) -> None:
     """Acknowledge a question to the facility and forward the reply to staff (inside the
     caller's transaction)."""
     from bot.flows.compose import enqueue_mail
 
-    bot.store.add_event(case.id, bot.clock(), "facility_reply_forwarded",
+    desk.store.add_event(case.id, desk.clock(), "facility_reply_forwarded",
                         detail={"excerpt": text.strip()[:400], "reading": reading})
     if reading == "question":
         waiting = case.state in (State.AWAITING_DKIM, State.AWAITING_DMARC, State.AWAITING_FINAL,
                                  State.ESCALATED)
-        enqueue_mail(bot, MailKind.REPLY_ACK, [case], {"still_checking": waiting})
+        enqueue_mail(desk, MailKind.REPLY_ACK, [case], {"still_checking": waiting})
     enqueue_mail(
-        bot, MailKind.STAFF_ESCALATION, [case],
+        desk, MailKind.STAFF_ESCALATION, [case],
         {
             "reason_title": ("facility asked a question; acknowledged, please answer" if reading == "question"
                              else "facility replied; the bot cannot act on it"),
@@ -91,16 +93,16 @@ def forward(bot: Bot, case: CaseRow, *, sender: str | None, message_id: str | No
     )
 
 
-def forward_held_once(bot: Bot) -> int:
+def forward_held_once(desk: MailDesk) -> int:
     """After the pass's rechecks: forward each held reply whose case did not move on."""
-    held = _held(bot)
+    held = _held(desk.store)
     if not held:
         return 0
     sent = 0
-    with bot.store.transaction():
+    with desk.store.transaction():
         for item in held:
             try:
-                case = bot.store.get_case(int(item["case_id"]))
+                case = desk.store.get_case(int(item["case_id"]))
             except (KeyError, LookupError, ValueError, TypeError):
                 log.warning("held reply for an unknown case dropped")
                 continue
@@ -110,13 +112,13 @@ def forward_held_once(bot: Bot) -> int:
             # A question still goes to a person (「解約したいのですが」 is not answered by a
             # completed check); words the bot could not read are answered by the progress.
             if item.get("reading") != "question" and now_state in _FORWARD_OF.get(was, ()):
-                bot.store.add_event(case.id, bot.clock(), "facility_reply_resolved", detail={
+                desk.store.add_event(case.id, desk.clock(), "facility_reply_resolved", detail={
                     "reading": item.get("reading"), "from_state": was.value, "to_state": now_state.value})
                 log.info("%s: the facility's reply was answered by this pass's check; not forwarded", case.ref)
                 continue
-            forward(bot, case, sender=item.get("sender"), message_id=item.get("message_id"),
+            forward(desk, case, sender=item.get("sender"), message_id=item.get("message_id"),
                     text=str(item.get("text") or ""), reading=str(item.get("reading") or "unrecognised"),
                     rechecked=True)
             sent += 1
-        bot.store.set_meta(HELD_KEY, "[]")
+        desk.store.set_meta(HELD_KEY, "[]")
     return sent

@@ -139,7 +139,7 @@ def start_rotation(bot: Bot, domain: str, who: str = "staff") -> Rotation:
         # The boxes are rendered from the new selectors; the case itself keeps the old.
         shown = CaseRow(**{**cases[0].__dict__, "selectors": new, "selector": new[0]})
         enqueue_mail(bot, MailKind.ROTATION_RECORD, cases, {
-            "records": key_records(bot, shown),
+            "records": key_records(bot.store, shown),
             "old_names": [f"{s}._domainkey.{domain}" for s in old],
         })
     log.info("%s: rotation %s -> %s started", domain, ",".join(old), ",".join(new))
@@ -168,7 +168,7 @@ def check_rotation(bot: Bot, rotation: Rotation, client: DnsLookup) -> None:
     cfg = bot.cfg
     now = bot.clock()
     domain = rotation.domain
-    dkim = fold_dkim(check_dkim_each(client, domain, expected_keys(bot, domain, rotation.new_selectors)))
+    dkim = fold_dkim(check_dkim_each(client, domain, expected_keys(bot.store, domain, rotation.new_selectors)))
     if not dkim.ok:
         codes = sorted({d.code for d in dkim.diagnoses if d.severity == "error"})
         # DNS errors in a row (kept in the rotation's detail) back off: soon, then less

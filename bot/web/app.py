@@ -242,7 +242,7 @@ class StaffSite:
                                    message=f"{request.path_params['ref']} という案件はありません。")
             events = store.events(case.id)
             mails = [views.mail_view(m) for m in store.mails_for_case(case.id, with_raw=True)]
-            records = key_records(Bot(cfg=self.cfg, store=store), case)
+            records = key_records(store, case)
         checked_at, current = views.current_findings(events)
         now = self.clock()
         return self.page(
