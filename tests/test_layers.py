@@ -12,6 +12,9 @@ The rules:
 * no ``from x import _name`` of another module's private name;
 * ``bot/core`` does no I/O: it imports none of the I/O modules and writes no file;
 * only ``bot/core/records.py`` writes a ``v=DKIM1`` record;
+* flows take what they use: no function in ``bot/flows`` (but ``runtime.py``, which
+  defines it) takes the runtime ``Bot``, and no flow imports it; a flow takes plain
+  values or one of the capabilities of ``bot/flows/desks.py`` (DESIGN.md rule 11);
 * SQL only in the store: no other module imports sqlite3, calls ``.execute``/
   ``.executemany``/``.executescript`` or reaches past the store to its connection
   (``store.db``). ``SQL_MODULES`` is the explicit allowlist (a backup tool in
@@ -47,6 +50,14 @@ OS_WRITES = ("replace", "rename", "write", "open", "remove", "unlink", "makedirs
              "fsync", "system", "popen")
 RECORD_MODULE = "bot.core.records"
 SQL_MODULES = frozenset({"bot.adapters.store"})
+RUNTIME_MODULE = "bot.flows.runtime"  # defines Bot; the one flow module that may name it
+# Flows still taking Bot while issue 10's last rule is being applied, module by module.
+NOT_YET_NARROWED = frozenset({
+    "bot.flows.adopt", "bot.flows.checkmail", "bot.flows.checkpass", "bot.flows.confirm",
+    "bot.flows.managed", "bot.flows.monitor", "bot.flows.onboarding", "bot.flows.prepare",
+    "bot.flows.proof", "bot.flows.rechecks", "bot.flows.rekey", "bot.flows.reminders",
+    "bot.flows.rotation",
+})
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,39 @@ def sql_outside_store(modules: dict[str, ast.Module]) -> list[str]:
     return bad
 
 
+def flows_taking_the_runtime(modules: dict[str, ast.Module]) -> list[str]:
+    """Flows that import ``Bot`` or have a parameter annotated with it (a string
+    annotation, ``runtime.Bot`` or ``Bot | None`` count too)."""
+    bad = []
+    for name, tree in modules.items():
+        if not name.startswith("bot.flows.") or name == RUNTIME_MODULE or name in NOT_YET_NARROWED:
+            continue
+        for imp in imports_of(name, tree):
+            if imp.name == "Bot":
+                bad.append(f"{name}:{imp.line} imports Bot")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is not None and arg.annotation is not None and _names_bot(arg.annotation):
+                    bad.append(f"{name}:{arg.lineno} {arg.arg}: Bot")
+    return bad
+
+
+def _names_bot(annotation: ast.expr) -> bool:
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Name) and node.id == "Bot" or isinstance(node, ast.Attribute) and node.attr == "Bot":
+            return True
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                if _names_bot(ast.parse(node.value, mode="eval").body):
+                    return True
+            except SyntaxError:
+                continue
+    return False
+
+
 # ------------------------------------------------------------------------ the rules on bot/
 
 
@@ -283,6 +327,11 @@ def test_one_place_writes_a_dkim_record(modules: dict[str, ast.Module]) -> None:
 
 def test_sql_only_in_the_store(modules: dict[str, ast.Module]) -> None:
     assert sql_outside_store(modules) == []
+
+
+def test_flows_take_what_they_use(modules: dict[str, ast.Module]) -> None:
+    assert RUNTIME_MODULE in modules and "bot.flows.desks" in modules
+    assert flows_taking_the_runtime(modules) == []
 
 
 # ------------------------------------------------------------ the rules catch a violation
@@ -340,6 +389,22 @@ def test_a_second_dkim_record_builder_is_caught(modules: dict[str, ast.Module]) 
 ])
 def test_sql_outside_the_store_is_caught(modules: dict[str, ast.Module], source: str) -> None:
     assert sql_outside_store(_with(modules, "bot.flows.rotation", source))
+
+
+@pytest.mark.parametrize(("source", "found"), [
+    ("from bot.flows.runtime import Bot\ndef f(bot: Bot) -> None:\n    pass\n",
+     ["bot.flows.compose:1 imports Bot", "bot.flows.compose:2 bot: Bot"]),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bot.flows.runtime import Bot\n",
+     ["bot.flows.compose:3 imports Bot"]),
+    ("def f(x, *, bot: 'Bot | None' = None):\n    pass\n", ["bot.flows.compose:1 bot: Bot"]),
+    ("from bot.flows import runtime\ndef f(b: runtime.Bot):\n    pass\n", ["bot.flows.compose:2 b: Bot"]),
+])
+def test_a_flow_taking_the_runtime_is_caught(modules: dict[str, ast.Module], source: str, found: list[str]) -> None:
+    assert flows_taking_the_runtime(_with(modules, "bot.flows.compose", source)) == found
+
+
+def test_the_runtime_itself_may_name_bot(modules: dict[str, ast.Module]) -> None:
+    assert flows_taking_the_runtime(_with(modules, RUNTIME_MODULE, "class Bot: ...\ndef f(b: Bot): ...\n")) == []
 
 
 def readme_layout() -> str:

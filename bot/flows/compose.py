@@ -8,10 +8,10 @@ caller's transaction, so a mail exists exactly when the decision that caused it 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from bot.adapters.mailout import build_message
+from bot.adapters.mailout import RenderedMail, build_message
 from bot.adapters.store import Store
 from bot.config import Config
 from bot.core.authority import may_copy_contact
@@ -95,44 +95,18 @@ def enqueue_mail(
     now = desk.clock()
     refs = [c.ref for c in cases_]
     primary = cases_[0] if cases_ else None
-    if not staff_only and primary is not None:
-        # Loop and rate safety: a bounded number of facility mails per case per day.
-        sent_today = desk.store.facility_mails_since(primary.id, now - timedelta(days=1))
-        if sent_today >= cfg.service.max_mails_per_case_per_day:
-            desk.store.add_event(primary.id, now, "mail_suppressed",
-                                detail={"kind": kind, "reason": "daily mail limit reached"})
-            log.warning("%s: %s mail suppressed (daily limit %d)", primary.ref, kind,
-                        cfg.service.max_mails_per_case_per_day)
-            return None
-    ctx = {
-        "service": cfg.service,
-        "refs": "、".join(refs),
-        "subject_refs": "".join(f"[{r}]" for r in refs),
-        "addressees": _addressees([c.facility for c in cases_]),
-        "case": primary.to_json() | {"ref": primary.ref} if primary else {},
-        **context,
-    }
-    assert desk.renderer is not None
-    subject, body = desk.renderer.render(kind, ctx)
+    if not staff_only and primary is not None and _over_case_limit(desk.store, cfg, kind, primary, now):
+        return None
+    subject, body = _render(desk, kind, cases_, context)
     if staff_only:
         from bot.flows.staffgate import hold_staff_mail
 
         if hold_staff_mail(desk, kind, cases_, subject, body, merged_release=merged_release):
             return None  # merged later or listed in the digest (bot/flows/staffgate.py)
-    if staff_only:
-        recipients, cc = list(cfg.service.staff_cc), []
-    else:
-        recipients = to if to is not None else (_case_recipients(desk.cfg, primary) if primary else [])
-        cc = list(cfg.service.staff_cc)
-    if not recipients:
-        recipients, cc = list(cfg.service.staff_cc), []
-    elif not staff_only:
-        from bot.flows.ratelimit import limit_recipients
-
-        # Per address, across cases: stops a loop that opens a new case per message.
-        recipients = limit_recipients(desk, kind, [c.id for c in cases_], recipients)
-        if not recipients:
-            return None
+    addressed = _addressed(desk, kind, cases_, to, staff_only)
+    if addressed is None:
+        return None
+    recipients, cc = addressed
     if primary is not None and in_reply_to is None:
         in_reply_to = primary.thread_last
         references = primary.thread_refs
@@ -140,7 +114,65 @@ def enqueue_mail(
         cfg, kind=kind, subject=subject, body=body, to=recipients, cc=cc, now=now,
         in_reply_to=in_reply_to, references=references, case_refs=refs,
     )
-    desk.store.enqueue(
+    _record_queued(desk.store, kind, cases_, mail, subject, staff_only, now)
+    log.info("%s: queued %s mail %s", ",".join(refs) or "-", kind, mail.message_id)
+    return mail.message_id
+
+
+def _over_case_limit(store: Store, cfg: Config, kind: MailKind, case: CaseRow, now: datetime) -> bool:
+    """Loop and rate safety: a bounded number of facility mails per case per day (the
+    suppressed mail is recorded as an event)."""
+    sent_today = store.facility_mails_since(case.id, now - timedelta(days=1))
+    if sent_today < cfg.service.max_mails_per_case_per_day:
+        return False
+    store.add_event(case.id, now, "mail_suppressed", detail={"kind": kind, "reason": "daily mail limit reached"})
+    log.warning("%s: %s mail suppressed (daily limit %d)", case.ref, kind, cfg.service.max_mails_per_case_per_day)
+    return True
+
+
+def _render(desk: MailDesk, kind: MailKind, cases_: list[CaseRow], context: dict[str, Any]) -> tuple[str, str]:
+    """(subject, body) of ``kind`` for ``cases_``: the common fields, then the caller's."""
+    refs = [c.ref for c in cases_]
+    primary = cases_[0] if cases_ else None
+    ctx = {
+        "service": desk.cfg.service,
+        "refs": "、".join(refs),
+        "subject_refs": "".join(f"[{r}]" for r in refs),
+        "addressees": _addressees([c.facility for c in cases_]),
+        "case": primary.to_json() | {"ref": primary.ref} if primary else {},
+        **context,
+    }
+    assert desk.renderer is not None
+    return desk.renderer.render(kind, ctx)
+
+
+def _addressed(desk: MailDesk, kind: MailKind, cases_: list[CaseRow], to: list[str] | None,
+               staff_only: bool) -> tuple[list[str], list[str]] | None:
+    """(recipients, cc) of the mail; None when the per-address limit holds back every
+    recipient (the mail is then not queued at all)."""
+    staff_cc = list(desk.cfg.service.staff_cc)
+    primary = cases_[0] if cases_ else None
+    if staff_only:
+        recipients, cc = staff_cc, []
+    else:
+        recipients = to if to is not None else (_case_recipients(desk.cfg, primary) if primary else [])
+        cc = list(staff_cc)
+    if not recipients:
+        return list(staff_cc), []
+    if not staff_only:
+        from bot.flows.ratelimit import limit_recipients
+
+        # Per address, across cases: stops a loop that opens a new case per message.
+        recipients = limit_recipients(desk, kind, [c.id for c in cases_], recipients)
+        if not recipients:
+            return None
+    return recipients, cc
+
+
+def _record_queued(store: Store, kind: MailKind, cases_: list[CaseRow], mail: RenderedMail, subject: str,
+                   staff_only: bool, now: datetime) -> None:
+    """Put the mail in the outbox, thread the cases on it (facility mail) and record it."""
+    store.enqueue(
         message_id=mail.message_id, kind=kind, case_ids=[c.id for c in cases_],
         sender=mail.sender, recipients=mail.recipients, raw=mail.raw, now=now,
     )
@@ -148,9 +180,7 @@ def enqueue_mail(
         for c in cases_:
             thread = list(c.thread_refs)
             thread.append(mail.message_id)
-            desk.store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
+            store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
     for c in cases_:
-        desk.store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
-                                                              "subject": subject})
-    log.info("%s: queued %s mail %s", ",".join(refs) or "-", kind, mail.message_id)
-    return mail.message_id
+        store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
+                                                         "subject": subject})
