@@ -343,7 +343,7 @@ def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
     skip = plan.existing.id if plan.existing is not None else None
     # The cases whose key this one shares (proven ones, or the requester's own): a
     # stranger's unproven case of the domain is neither shared nor waited for.
-    holders = key_holders(bot, domain, r.base.get("requester"), skip)
+    holders = key_holders(bot.store, domain, r.base.get("requester"), skip)
     others_before = [c for c in holders if c.facility]
     zone = None
     if bot.cfg.dns.managed_nameservers and not others_before:

@@ -206,7 +206,7 @@ def _prepare_new_case(bot: Bot, out: Prepared, domain: str, existing: CaseRow | 
     """Keys (unless the new case shares a live case's: ``matching.key_holders``) and, for
     a managed zone with no case to share with, the zone lookup (its RFC 2136 update waits
     for the admin's confirmation: bot/flows/confirm.py), in the order handle_request does them."""
-    holders = key_holders(bot, domain, requester, existing.id if existing is not None else None)
+    holders = key_holders(bot.store, domain, requester, existing.id if existing is not None else None)
     if not holders:
         # A domain whose look gave no answer is not asked again for its selector: name
         # servers that never answer cost one bounded look, not that and every selector's
