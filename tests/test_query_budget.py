@@ -27,9 +27,9 @@ class Counting(DnsClient):
         super().__init__(cfg)
         self.sent: Counter[tuple[Any, ...]] = Counter()
 
-    def _send(self, qname: Any, rdtype: str, server: str, *, edns: bool = True) -> Any:
+    def _send(self, qname: Any, rdtype: str, server: str, **kw: Any) -> Any:
         self.sent[("direct", str(qname).rstrip("."), rdtype, server)] += 1
-        return super()._send(qname, rdtype, server, edns=edns)
+        return super()._send(qname, rdtype, server, **kw)
 
     def _resolve(self, name: str, rdtype: str) -> Any:
         self.sent[("resolver", name, rdtype)] += 1

@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, wait
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +33,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from bot.adapters.dnsmux import shared_mux
+from bot.adapters import dnswire
+from bot.adapters.dnsmux import Batch, Pending, shared_mux
 from bot.config import DnsConfig
 from bot.core.dnsresults import (  # the values the checks use; re-exported for callers
     MAX_ALIAS_HOPS,
@@ -81,23 +81,37 @@ def _rdata_value(rdtype: str, rdata: Any) -> Any:
     return rdata.to_text()
 
 
-def _records_from_section(section: list[Any], qname: dns.name.Name, rdtype: str
-                          ) -> tuple[list[Any], str | None]:
+def _records_from_reply(reply: dnswire.Reply, qname: dnswire.Labels, rdtype: str
+                        ) -> tuple[list[Any], str | None]:
     """Follow CNAMEs inside one answer section; return (records, final alias target)."""
-    want = dns.rdatatype.from_text(rdtype)
+    want = int(dns.rdatatype.from_text(rdtype))
     name = qname
     target: str | None = None
     for _ in range(10):
-        rrset = next((r for r in section if r.name == name and r.rdtype == want), None)
-        if rrset is not None:
-            return [_rdata_value(rdtype, rd) for rd in rrset], target
-        alias = next((r for r in section if r.name == name
-                      and r.rdtype == dns.rdatatype.CNAME), None)
-        if alias is None:
+        rrset = reply.rrset(name, want)
+        if rrset:
+            if want == dnswire.TXT:
+                return [TxtRecord(reply.value(r)) for r in rrset], target
+            if want in (dnswire.A, dnswire.AAAA):
+                return [reply.value(r) for r in rrset], target
+            return [_rdata_value(rdtype, reply.value(r)) for r in rrset], target
+        alias = reply.rrset(name, dnswire.CNAME)
+        if not alias:
             break
-        name = alias[0].target
-        target = name.to_text(omit_final_dot=True).lower()
+        name = reply.target(alias[0])
+        target = dns.name.Name(name).to_text(omit_final_dot=True).lower()
     return [], target
+
+
+@dataclass
+class _Sent:
+    """A direct query on its way: what the TCP retry and the EDNS fallback need."""
+
+    qname: dns.name.Name
+    rdtype: str
+    qid: int
+    edns: bool
+    pending: Pending
 
 
 class QueryIds:
@@ -373,38 +387,37 @@ class DnsClient:
         except dns.exception.DNSException as exc:  # an empty or over-long label
             return DnsFailure(type(exc).__name__, server, name)
         # Sent already by ``prefetch`` (with others, at once), or sent now.
-        started = self._started().pop((name, rdtype, server), None) or self._send(qname, rdtype, server)
-        query, future = started
-        response = None
+        sent = self._started().pop((name, rdtype, server), None) or self._send(qname, rdtype, server)
+        reply = None
         # Two tries: a lost UDP datagram is common on the open Internet and must not
         # become a "DNS error" in a facility's case history.
         for attempt in range(2):
             try:
                 # The multiplexer ends every query by its deadline; the wait's own bound
                 # is only a guard against a bug there hanging the pass.
-                response = future.result(timeout=self.timeout + 5)
-                if response.rcode() == dns.rcode.FORMERR and query.edns >= 0:
+                reply = sent.pending.result(timeout=self.timeout + 5)
+                if reply.rcode == dns.rcode.FORMERR and sent.edns:
                     # A server from before EDNS (RFC 6891 §7): the same question without it.
-                    query, future = self._send(qname, rdtype, server, edns=False)
-                    response = future.result(timeout=self.timeout + 5)
-                if response.flags & dns.flags.TC:
+                    sent = self._send(qname, rdtype, server, edns=False)
+                    reply = sent.pending.result(timeout=self.timeout + 5)
+                if reply.flags & dnswire.TC:
                     self._count()  # too big for UDP: the same question over TCP
-                    response = dns.query.tcp(query, server, timeout=self.timeout, port=self.port)
+                    reply = self._tcp(sent, server)
                 break
-            except (dns.exception.Timeout, FutureTimeout):
+            except dns.exception.Timeout:
                 if attempt == 1:
                     return DnsFailure("timeout", server, name)
-                query, future = self._send(qname, rdtype, server)
+                sent = self._send(qname, rdtype, server)
             except OSError:
                 return DnsFailure("unreachable", server, name)
             except dns.exception.DNSException as exc:
                 return DnsFailure(type(exc).__name__, server, name)
-        assert response is not None
-        rcode = response.rcode()
+        assert reply is not None
+        rcode = reply.rcode
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            return DnsFailure(dns.rcode.to_text(rcode), server, name)
-        records, target = _records_from_section(response.answer, qname, rdtype)
-        if not records and target is None and not response.flags & dns.flags.AA:
+            return DnsFailure(dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), server, name)
+        records, target = _records_from_reply(reply, dnswire.labels_of(qname), rdtype)
+        if not records and target is None and not reply.flags & dnswire.AA:
             # A referral or a lame server: it does not hold this name's zone.
             return DnsFailure("not_authoritative", server, name)
         if rcode == dns.rcode.NXDOMAIN and target is None:
@@ -415,21 +428,44 @@ class DnsClient:
             return _Alias(target)
         return Lookup(name, rdtype, "NOERROR", tuple(records), target)
 
-    def _send(self, qname: dns.name.Name, rdtype: str, server: str, *, edns: bool = True
-              ) -> tuple[dns.message.Message, Future[dns.message.Message]]:
+    def _tcp(self, sent: _Sent, server: str) -> dnswire.Reply:
+        """The same question over TCP (dnspython's client; rare: only for answers over
+        1,232 bytes), read like a UDP answer."""
+        query = self._message(sent)
+        response = dns.query.tcp(query, server, timeout=self.timeout, port=self.port)
+        reply = dnswire.read_reply(response.to_wire(),
+                                   dnswire.Question(sent.qid, dnswire.labels_of(sent.qname),
+                                                    int(dns.rdatatype.from_text(sent.rdtype))))
+        if reply is None:
+            raise dns.exception.FormError("TCP answer to another question")  # type: ignore[no-untyped-call]
+        return reply
+
+    @staticmethod
+    def _message(sent: _Sent) -> dns.message.Message:
+        """The dnspython message of the bytes ``_send`` sent (same ID, same flags)."""
+        query = (dns.message.make_query(sent.qname, sent.rdtype, use_edns=0, payload=1232, id=sent.qid)
+                 if sent.edns else dns.message.make_query(sent.qname, sent.rdtype, id=sent.qid))
+        query.flags &= ~dns.flags.RD
+        return query
+
+    def _send(self, qname: dns.name.Name, rdtype: str, server: str, *, edns: bool = True,
+              batch: Batch | None = None) -> _Sent:
         # EDNS(0) with 1232 bytes (DNS Flag Day 2020): a 2048-bit DKIM record with the
         # zone's NS in the authority section fits, where 512 bytes made every such
-        # answer come back truncated and be asked again over TCP.
-        query = (dns.message.make_query(qname, rdtype, use_edns=0, payload=1232, id=self._ids.next())
-                 if edns else dns.message.make_query(qname, rdtype, id=self._ids.next()))
-        query.flags &= ~dns.flags.RD  # an authoritative answer or nothing
+        # answer come back truncated and be asked again over TCP. Recursion off: an
+        # authoritative answer or nothing. The bytes are dnspython's make_query's
+        # (tests/test_dnswire.py), built without its message objects.
+        qid = self._ids.next()
+        rdtype_value = int(dns.rdatatype.from_text(rdtype))
+        wire = dnswire.build_query(qid, qname.to_wire() or b"", rdtype_value, edns=edns)
+        question = dnswire.Question(qid, dnswire.labels_of(qname), rdtype_value)
         self._count()
-        return query, self._mux.query(query, server, self.port, self.timeout / 2)
+        return _Sent(qname, rdtype, qid, edns,
+                     self._mux.query(wire, question, server, self.port, self.timeout / 2, batch))
 
-    def _started(self) -> dict[tuple[str, str, str], tuple[dns.message.Message, Future[dns.message.Message]]]:
+    def _started(self) -> dict[tuple[str, str, str], _Sent]:
         """This thread's queries sent by ``prefetch`` and not yet read."""
-        started: dict[tuple[str, str, str], tuple[dns.message.Message, Future[dns.message.Message]]] = \
-            self._local.__dict__.setdefault("started", {})
+        started: dict[tuple[str, str, str], _Sent] = self._local.__dict__.setdefault("started", {})
         return started
 
     def prefetch(self, names: list[tuple[str, str]], *, first_server_only: bool = False) -> None:
@@ -465,13 +501,14 @@ class DnsClient:
         if not mine:
             return
         started = self._started()
+        batch = Batch()
         for (name, rdtype, addr), _fut in mine:
             try:
-                started[(name, rdtype, addr)] = self._send(dns.name.from_text(name), rdtype, addr)
+                started[(name, rdtype, addr)] = self._send(dns.name.from_text(name), rdtype, addr, batch=batch)
             except dns.exception.DNSException:
                 continue  # an unaskable name: _direct says why
         # Sleep once for all of them (one wake-up, not one per answer), then read.
-        wait([f for _q, f in started.values()], timeout=self.timeout / 2)
+        batch.wait(self.timeout / 2)
         owned: set[tuple[Any, ...]] = self._local.__dict__.setdefault("owned", set())
         try:
             for (name, rdtype, addr), fut in mine:
