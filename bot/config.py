@@ -63,6 +63,9 @@ class ServiceConfig:
     # are merged into one mail).
     max_new_cases_per_sender_per_day: int = 20
     max_staff_mails_per_hour: int = 20
+    # Replies to requests sent per hour, all senders together (0: no cap): a flood from
+    # many forged From addresses must not make the bot mail them all (bot/flows/replycap.py).
+    max_request_replies_per_hour: int = 120
 
 
 @dataclass

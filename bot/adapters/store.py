@@ -611,6 +611,18 @@ class Store:
             for r in rows
         ]
 
+    def mails_sent_since(self, kind: str, since: datetime) -> int:
+        """Mails of ``kind`` handed to SMTP at or after ``since``."""
+        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind=? AND status='sent' AND sent_at >= ?",
+                              (kind, now_iso(since))).fetchone()
+        return int(row[0])
+
+    def global_events_since(self, kind: str, since: datetime) -> int:
+        """Events of ``kind`` recorded on no case (pass-wide ones) at or after ``since``."""
+        row = self.db.execute("SELECT COUNT(*) FROM events WHERE case_id IS NULL AND kind=? AND at >= ?",
+                              (kind, now_iso(since))).fetchone()
+        return int(row[0])
+
     def mark_sent(self, outbox_id: int, now: datetime) -> None:
         self.db.execute(
             "UPDATE outbox SET status='sent', sent_at=?, attempts=attempts+1, last_error=NULL "

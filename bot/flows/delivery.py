@@ -53,11 +53,19 @@ def flush_outbox_once(desk: MailDesk) -> tuple[int, list[str]]:
     pending = desk.store.pending_mail(now)
     if not pending:
         return 0, []
+    from bot.flows.replycap import ReplyCap
+
     transport = make_transport(desk.cfg)
+    cap = ReplyCap(desk)  # request replies per hour, all senders together
+    held = cap.held_ids(pending)
+    if cap.report():  # staff told (once a day): the note goes out in this run
+        pending = desk.store.pending_mail(desk.clock())
     sent = 0
     errors: list[str] = []
     try:
         for row in pending:
+            if row.id in held:
+                continue  # stays pending: leaves when a later hour allows
             done, stop = _deliver_one(desk, transport, row, now)
             sent += done
             if stop is not None:

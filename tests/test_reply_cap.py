@@ -1,0 +1,73 @@
+"""A flood of requests from many addresses: at most N replies an hour, staff told once.
+
+One attacker with many From addresses gets past every per-sender cap, and each request
+would be answered: the bot mailing as many third parties (the forged Froms). Through
+real Dovecot (the support mailbox), BIND and the SMTP sink, with
+``max_request_replies_per_hour = 3``: six requests from six addresses make six cases,
+three replies leave and one staff note; the other three wait in the outbox (a second
+pass in the same hour sends nothing and tells staff nothing more); an hour later they
+leave, so every sender got its one reply, exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from configkit import dns, imap, service, smtp_out, write_toml
+from test_security_parties import PASSWORD, STAFF, block, mail, to_of
+
+from bot.app.jobs import Bot, run_pass
+from bot.config import load_config
+
+pytestmark = pytest.mark.servers
+
+
+def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
+        tmp_path, dovecot, bind, smtp, monkeypatch):
+    tag = uuid.uuid4().hex[:6]
+    user = f"support-{tag}@489ban.net"
+    dovecot.add_user(user, PASSWORD)
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
+    smtp.clear()
+    cfg = load_config(write_toml(tmp_path / "c.toml", {
+        "service": service(max_request_replies_per_hour=3),
+        "intake": imap(dovecot, user),
+        "outbound": smtp_out(smtp),
+        "dns": dns(bind),
+        "keys": {"bits": 1024},
+        "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state")},
+    }))
+    now = [datetime.now(UTC)]
+    bot = Bot.open(cfg)
+    bot.clock = lambda: now[0]
+    senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
+    for n, sender in enumerate(senders):
+        dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", f"flood{n}-{tag}.test", sender)))
+
+    def run() -> list:
+        before = len(smtp.messages)
+        run_pass(bot)
+        return smtp.messages[before:]
+
+    first = run()
+    assert len(bot.store.list_cases()) == 6  # every request was taken
+    replies = [m for m in first if to_of(m) != {STAFF}]
+    notes = [m for m in first if to_of(m) == {STAFF}]
+    assert len(replies) == 3
+    assert len(notes) == 1 and "hourly cap" in str(notes[0].message["Subject"])
+    pending = bot.store.db.execute(
+        "SELECT COUNT(*) FROM outbox WHERE kind='request_reply' AND status='pending'").fetchone()[0]
+    assert pending == 3
+
+    now[0] += timedelta(minutes=20)
+    assert run() == []  # the same hour: nothing more, and staff are not told again
+
+    now[0] += timedelta(minutes=45)
+    later = run()
+    assert len(later) == 3 and all(to_of(m) != {STAFF} for m in later)
+    got = sorted(a for m in first + later for a in to_of(m) if a != STAFF)
+    assert got == sorted(senders)  # each sender exactly one reply, none lost, none twice
+    bot.close()
