@@ -186,7 +186,7 @@ def test_it_proves_dkim_and_dmarc_pass_at_the_receiver_and_reports_item_by_item(
             ("dkim", "pass", f"header.d={domain} header.s={case.selector}"),
             ("dmarc", "pass", f"header.from={domain}"),
         ]
-        assert proofs_for(bot, case.id)[0]["status"] == "received"
+        assert proofs_for(bot.store, case.id)[0]["status"] == "received"
         # Read-only: the proof mailbox is untouched (no \Seen).
         assert "\\Seen" not in dovecot.fetch_all(proof_box)[0][1]
 
@@ -206,7 +206,7 @@ def test_it_proves_dkim_and_dmarc_pass_at_the_receiver_and_reports_item_by_item(
         before = len(receiver.messages)
         clock.advance(minutes=40)
         jobs.run_pass(bot)
-        assert len(receiver.messages) == before and len(proofs_for(bot, case.id)) == 1
+        assert len(receiver.messages) == before and len(proofs_for(bot.store, case.id)) == 1
 
         # dkimbot show lists the receiver's items, one line each.
         capsys.readouterr()
@@ -226,7 +226,7 @@ def test_a_changed_record_makes_dkim_fail_at_the_receiver_and_escalates(world, d
         case = complete_case(bot, bind, receiver, dovecot, mailbox, domain, clock)
         clock.advance(minutes=2)
         jobs.run_pass(bot)  # the completion probe passes
-        assert [p["status"] for p in proofs_for(bot, case.id)] == ["received"]
+        assert [p["status"] for p in proofs_for(bot.store, case.id)] == ["received"]
 
         # Someone replaced the record with another key: signatures can no longer verify.
         other = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
@@ -258,11 +258,11 @@ def test_a_changed_record_makes_dkim_fail_at_the_receiver_and_escalates(world, d
         jobs.flush_outbox_once(bot)
         clock.advance(minutes=20)
         jobs.run_pass(bot)
-        assert proofs_for(bot, case.id)[-1]["status"] == "waiting"
+        assert proofs_for(bot.store, case.id)[-1]["status"] == "waiting"
         clock.advance(minutes=11)
         before = len(mails_to(receiver, STAFF))
         jobs.run_pass(bot)
-        assert proofs_for(bot, case.id)[-1]["status"] == "not_received"
+        assert proofs_for(bot.store, case.id)[-1]["status"] == "not_received"
         [missing] = mails_to(receiver, STAFF)[before:]
         assert "probe not received" in missing.message["Subject"]
         assert "was not in the proof mailbox INBOX after 30 minutes" in body_of(missing.raw)

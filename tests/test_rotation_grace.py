@@ -81,7 +81,7 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         clock.advance(minutes=10)
         jobs.run_pass(bot)
         assert installed_selectors(bot.cfg, domain) == [old]
-        assert rotation.rotations_for(bot, domain)[-1].status == "pending"
+        assert rotation.rotations_for(bot.store, domain)[-1].status == "pending"
 
         # On one of the two name servers only: still the old key.
         publish_box(bind, domain, body, f"{new}._domainkey.{domain}", servers=["127.0.0.1"])
@@ -96,7 +96,7 @@ def test_rotation_switches_only_after_the_new_record_verifies_everywhere(tmp_pat
         clock.advance(minutes=10)
         jobs.run_pass(bot)
         assert installed_selectors(bot.cfg, domain) == [new]
-        assert rotation.rotations_for(bot, domain)[-1].status == "done"
+        assert rotation.rotations_for(bot.store, domain)[-1].status == "done"
         case = bot.store.get_case(case.id)
         assert (case.state, case.selector, case.selectors) == ("completed", new, [new])
         done = case_mails(smtp)[-1]

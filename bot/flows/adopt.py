@@ -26,9 +26,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bot.adapters.store import Store
 from bot.core.cases import State
 from bot.core.signertables import InstalledKey, entries, parse_keytable
-from bot.flows.runtime import Bot
+from bot.flows.desks import KeyDesk
 
 log = logging.getLogger("dkimbot")
 
@@ -65,12 +66,12 @@ def read_tables(keytable: Path, signingtable: Path) -> list[Candidate]:
     return sorted(by_domain.values(), key=lambda c: c.domain)
 
 
-def judge(bot: Bot, cand: Candidate, client: Any) -> Any:
+def judge(store: Store, cand: Candidate, client: Any) -> Any:
     """Fill in the verdict; return the (domain, selector) → DkimKey and PEM data to adopt."""
     from bot.adapters.keys import KeyStoreError, dkim_key_from_private, load_private_pem
     from bot.checks.keyplan import check_dkim_each, fold_dkim
 
-    known = [c for c in bot.store.cases_for_domain(cand.domain) if c.state not in _ENDED]
+    known = [c for c in store.cases_for_domain(cand.domain) if c.state not in _ENDED]
     if known:
         cand.verdict, cand.ref = "known", known[0].ref
         cand.reason = f"already a case ({known[0].ref}, {known[0].state})"
@@ -98,24 +99,24 @@ def judge(bot: Bot, cand: Candidate, client: Any) -> Any:
     return {}
 
 
-def adopt(bot: Bot, keytable: Path, signingtable: Path, *, dry_run: bool) -> list[Candidate]:
+def adopt(desk: KeyDesk, keytable: Path, signingtable: Path, *, dry_run: bool) -> list[Candidate]:
     from bot.adapters import signer
     from bot.adapters.keys import unencrypted_pkcs8
 
-    cfg = bot.cfg
+    cfg = desk.cfg
     candidates = read_tables(keytable, signingtable)
     own_tables = (keytable.resolve() == cfg.state_path(cfg.signer.keytable).resolve())
-    client = bot.dns_client()
+    client = desk.dns_client()
     for cand in candidates:
-        loaded = judge(bot, cand, client)
+        loaded = judge(desk.store, cand, client)
         if cand.verdict != "adopt" or dry_run:
             continue
-        now = bot.clock()
+        now = desk.clock()
         for selector, (key, private) in loaded.items():
-            bot.keystore.import_key(cand.domain, selector, private)
+            desk.keystore.import_key(cand.domain, selector, private)
             if not own_tables and selector not in signer.installed_selectors(cfg, cand.domain):
                 signer.install_key(cfg, key, unencrypted_pkcs8(private))
-        case = bot.store.adopt_case(
+        case = desk.store.adopt_case(
             domain=cand.domain, now=now,
             keys=[(k.selector, k.algorithm, k.bits, k.public_b64) for k, _ in loaded.values()],
             next_check_at=now + timedelta(days=1),
@@ -127,15 +128,15 @@ def adopt(bot: Bot, keytable: Path, signingtable: Path, *, dry_run: bool) -> lis
     return candidates
 
 
-def adopt_command(bot: Bot, keytable: str | None, signingtable: str | None, dry_run: bool) -> int:
-    cfg = bot.cfg
+def adopt_command(desk: KeyDesk, keytable: str | None, signingtable: str | None, dry_run: bool) -> int:
+    cfg = desk.cfg
     kt = Path(keytable) if keytable else cfg.state_path(cfg.signer.keytable)
     st = Path(signingtable) if signingtable else cfg.state_path(cfg.signer.signingtable)
     for path in (kt, st):
         if not path.is_file():
             print(f"dkimbot: no such table: {path}")
             return 2
-    found = adopt(bot, kt, st, dry_run=dry_run)
+    found = adopt(desk, kt, st, dry_run=dry_run)
     words = {"adopt": "would adopt", "adopted": "adopted", "known": "known", "mismatch": "not adopted",
              "error": "not adopted"}
     for cand in found:

@@ -26,13 +26,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.adapters.registry import registry_for
+from bot.adapters.store import Store
+from bot.config import Config
 from bot.core.authority import new_token, operator_zone, tokens_in
 from bot.core.cases import Event, State
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, parse_iso
 from bot.flows.compose import enqueue_mail, key_records
-from bot.flows.desks import Office
-from bot.flows.runtime import Bot
+from bot.flows.desks import Lookout, MailDesk, MailLookout, Office
 
 log = logging.getLogger("dkimbot")
 
@@ -52,41 +53,40 @@ class ManagedZone:
         return operator_zone(self.zone, self.nameservers, managed)
 
 
-def managed_zone_for(bot: Bot, domain: str) -> ManagedZone | None:
+def managed_zone_for(lookout: Lookout, domain: str) -> ManagedZone | None:
     """The zone of ``domain`` when every name server of it is the operator's (DNS I/O)."""
-    if not bot.cfg.dns.managed_nameservers:
+    if not lookout.cfg.dns.managed_nameservers:
         return None
     from bot.flows.managed import find_managed_zone
 
-    found = find_managed_zone(bot.dns_client(), bot.cfg, domain)
+    found = find_managed_zone(lookout.dns_client(), lookout.cfg, domain)
     return ManagedZone(found[0], list(found[1]), list(found[2])) if found else None
 
 
-def _registry_lists(bot: Bot, address: str | None) -> bool:
-    path = bot.cfg.state_path(bot.cfg.registry.file) if bot.cfg.registry.file else None
+def _registry_lists(cfg: Config, address: str | None) -> bool:
+    path = cfg.state_path(cfg.registry.file) if cfg.registry.file else None
     return registry_for(path).lists(address)
 
 
-def _confirmed(bot: Bot, case: CaseRow, how: str, detail: dict[str, Any]) -> CaseRow:
+def _confirmed(store: Store, now: datetime, case: CaseRow, how: str, detail: dict[str, Any]) -> CaseRow:
     """awaiting_confirmation → awaiting_dkim (TRANSITIONS: CONFIRMED); the publish follows."""
-    now = bot.clock()
-    updated = bot.store.transition(case.id, State.AWAITING_DKIM, now, expected_state=case.state,
+    updated = store.transition(case.id, State.AWAITING_DKIM, now, expected_state=case.state,
                                    event=Event.CONFIRMED.value, detail={"how": how, **detail},
                                    next_check_at=now, reminders_sent=0)
     log.info("%s: control of %s confirmed (%s)", case.ref, case.domain, how)
     return updated
 
 
-def _zone_mail_allowed(bot: Bot, zone: str, now: datetime) -> bool:
+def _zone_mail_allowed(store: Store, zone: str, now: datetime) -> bool:
     """One confirmation mail a day per managed zone, not per requested name: a stranger
     naming info@r1.victim, info@r2.victim, ... must not make the bot mail the victim's
     mail server once per label he invents (red team, issue 11)."""
-    return bot.store.confirmation_mails_in_zone_since(zone, now - timedelta(days=1)) == 0
+    return store.confirmation_mails_in_zone_since(zone, now - timedelta(days=1)) == 0
 
 
-def _zone_of(bot: Bot, case: CaseRow, domain: str) -> str:
+def _zone_of(store: Store, case: CaseRow, domain: str) -> str:
     """The managed zone recorded when the confirmation was opened (else the domain)."""
-    for event in reversed(bot.store.events(case.id)):
+    for event in reversed(store.events(case.id)):
         if event["kind"] == "confirmation_opened":
             zone = (event.get("detail") or {}).get("zone")
             if isinstance(zone, str) and zone:
@@ -94,44 +94,44 @@ def _zone_of(bot: Bot, case: CaseRow, domain: str) -> str:
     return domain
 
 
-def _mail(bot: Bot, case: CaseRow, row: dict[str, Any], *, reminder: bool) -> None:
-    enqueue_mail(bot, MailKind.CONFIRM_REQUEST, [case], {
+def _mail(desk: MailDesk, case: CaseRow, row: dict[str, Any], *, reminder: bool) -> None:
+    enqueue_mail(desk, MailKind.CONFIRM_REQUEST, [case], {
         "token": row["token"], "reminder": reminder, "admin_email": row["address"],
         "domain": case.domain, "requester": case.requester or "",
-        "wait_hours": int(bot.cfg.schedule.confirm_wait_hours),
+        "wait_hours": int(desk.cfg.schedule.confirm_wait_hours),
     }, to=[row["address"]], in_reply_to="", references=[])
-    bot.store.set_confirmation(row["id"], bot.clock(), mailed=not reminder, reminded=reminder)
+    desk.store.set_confirmation(row["id"], desk.clock(), mailed=not reminder, reminded=reminder)
 
 
-def open_confirmation(bot: Bot, case: CaseRow, zone: ManagedZone) -> tuple[CaseRow, str]:
+def open_confirmation(desk: MailDesk, case: CaseRow, zone: ManagedZone) -> tuple[CaseRow, str]:
     """Inside the request's transaction: start proving control of ``case``'s domain.
 
     Returns the case and how it went: "registry" (confirmed at once), "mailed" (the
     token went to the admin address) or "held" (a confirmation mail went to this domain
     in the last day; ``confirm_due_once`` sends it once the day is over).
     """
-    now = bot.clock()
+    now = desk.clock()
     assert case.domain and case.admin_email
-    store = bot.store
-    if _registry_lists(bot, case.admin_email):
+    store = desk.store
+    if _registry_lists(desk.cfg, case.admin_email):
         store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
                                token=None, status="confirmed", how="registry", now=now)
-        return _confirmed(bot, case, "registry", {"zone": zone.zone}), "registry"
+        return _confirmed(desk.store, desk.clock(), case, "registry", {"zone": zone.zone}), "registry"
     token = new_token()
     cid = store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
                                  token=token, status="pending", how=None, now=now)
     store.add_event(case.id, now, "confirmation_opened", detail={
         "zone": zone.zone, "nameservers": zone.nameservers, "address": case.admin_email})
-    if not _zone_mail_allowed(bot, zone.zone, now):
+    if not _zone_mail_allowed(desk.store, zone.zone, now):
         store.add_event(case.id, now, "confirmation_mail_held", detail={
             "reason": f"a confirmation mail went to the zone {zone.zone} in the last 24 hours"})
         return case, "held"
     row = {"id": cid, "token": token, "address": case.admin_email}
-    _mail(bot, case, row, reminder=False)
+    _mail(desk, case, row, reminder=False)
     return store.get_case(case.id), "mailed"
 
 
-def confirm_by_token(bot: Bot, parsed: Any) -> str | None:
+def confirm_by_token(store: Store, now: datetime, parsed: Any) -> str | None:
     """Inside the message's transaction: a mail carrying a live token confirms its case.
 
     Returns the outcome for the handled mark, or None when the mail carries no token
@@ -139,96 +139,96 @@ def confirm_by_token(bot: Bot, parsed: Any) -> str | None:
     """
     text = f"{parsed.subject}\n{parsed.body_text or ''}"
     for token in tokens_in(text):
-        row = bot.store.confirmation_by_token(token)
+        row = store.confirmation_by_token(token)
         if row is None:
             continue
-        case = bot.store.get_case(row["case_id"])
-        now = bot.clock()
+        case = store.get_case(row["case_id"])
         if row["status"] != "pending" or case.state != State.AWAITING_CONFIRMATION:
-            bot.store.add_event(case.id, now, "confirmation_token_stale", detail={
+            store.add_event(case.id, now, "confirmation_token_stale", detail={
                 "status": row["status"], "state": case.state, "message_id": parsed.message_id})
             return f"confirmation token of {case.ref}: already {row['status']}"
-        bot.store.set_confirmation(row["id"], now, status="confirmed", how="token", detail={
+        store.set_confirmation(row["id"], now, status="confirmed", how="token", detail={
             "message_id": parsed.message_id, "from": parsed.from_addr})
-        _confirmed(bot, case, "token", {"message_id": parsed.message_id})
+        _confirmed(store, now, case, "token", {"message_id": parsed.message_id})
         return f"confirmed {case.ref} (token)"
     return None
 
 
-def staff_confirm(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
+def staff_confirm(desk: MailLookout, case: CaseRow, who: str = "staff") -> CaseRow:
     """Staff vouch for the requester (CLI ``dkimbot confirm``, the staff page): confirm
     and publish now. Raises ConfirmError when the case is not waiting for confirmation."""
-    with bot.store.transaction():
-        case = bot.store.get_case(case.id)
+    with desk.store.transaction():
+        case = desk.store.get_case(case.id)
         if case.state != State.AWAITING_CONFIRMATION or not case.domain or not case.admin_email:
             raise ConfirmError(f"{case.ref} is {case.state}, not waiting for confirmation")
-        now = bot.clock()
-        row = bot.store.confirmation_for_case(case.id)
+        now = desk.clock()
+        row = desk.store.confirmation_for_case(case.id)
         if row is not None and row["status"] == "pending":
-            bot.store.set_confirmation(row["id"], now, status="confirmed", how="staff", detail={"by": who})
+            desk.store.set_confirmation(row["id"], now, status="confirmed", how="staff", detail={"by": who})
         else:
-            bot.store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
+            desk.store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
                                        token=None, status="confirmed", how="staff", now=now)
-        bot.store.add_event(case.id, now, "staff_confirm", detail={"by": who})
-        _confirmed(bot, case, "staff", {"by": who})
-    publish_confirmed_once(bot)
-    return bot.store.get_case(case.id)
+        desk.store.add_event(case.id, now, "staff_confirm", detail={"by": who})
+        _confirmed(desk.store, desk.clock(), case, "staff", {"by": who})
+    publish_confirmed_once(desk)
+    return desk.store.get_case(case.id)
 
 
-def _escalate(bot: Bot, case: CaseRow, title: str, reason: str, hint: str) -> None:
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+def _escalate(desk: MailDesk, case: CaseRow, title: str, reason: str, hint: str) -> None:
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {
         "reason_title": title, "reason": reason, "decide_hint": hint, "diagnoses": []}, staff_only=True)
 
 
-def publish_confirmed_once(bot: Bot) -> int:
+def publish_confirmed_once(desk: MailLookout) -> int:
     """Publish the records of every confirmed, not yet published case (RFC 2136, outside
     any transaction); returns how many were published."""
     from bot.flows.managed import publish_for_domain
 
     done = 0
-    for row in bot.store.confirmations_with_status("confirmed"):
-        case = bot.store.get_case(row["case_id"])
+    for row in desk.store.confirmations_with_status("confirmed"):
+        case = desk.store.get_case(row["case_id"])
         if case.state in (State.CANCELLED, State.REJECTED) or not case.domain:
-            with bot.store.transaction():
-                bot.store.set_confirmation(row["id"], bot.clock(), status="void")
+            with desk.store.transaction():
+                desk.store.set_confirmation(row["id"], desk.clock(), status="void")
             continue
-        zone = managed_zone_for(bot, case.domain)
-        refusal = zone.refusal(bot.cfg.dns.managed_nameservers) if zone else None
-        result = publish_for_domain(bot, case.domain, key_records(bot.store, case)) if zone and not refusal else None
-        now = bot.clock()
-        with bot.store.transaction():
+        zone = managed_zone_for(desk, case.domain)
+        refusal = zone.refusal(desk.cfg.dns.managed_nameservers) if zone else None
+        result = (publish_for_domain(desk.cfg, desk.dns_client(), case.domain, key_records(desk.store, case))
+                  if zone and not refusal else None)
+        now = desk.clock()
+        with desk.store.transaction():
             if result is None or result.error:
                 why = refusal or (result.error if result else "the zone is no longer on our name servers")
-                bot.store.set_confirmation(row["id"], now, status="failed", detail={"error": why})
-                bot.store.add_event(case.id, now, "managed_publish", detail={
+                desk.store.set_confirmation(row["id"], now, status="failed", detail={"error": why})
+                desk.store.add_event(case.id, now, "managed_publish", detail={
                     "zone": zone.zone if zone else None, "published": [], "error": why})
-                _escalate(bot, case, "publishing in a managed zone failed",
+                _escalate(desk, case, "publishing in a managed zone failed",
                           f"Control of {case.domain} was confirmed ({row['how']}), but publishing "
                           f"failed: {why}",
                           "Publish the DKIM record in the zone by hand, or cancel the case; the bot "
                           "keeps checking and continues by itself.")
                 continue
             for owner, value in result.values.items():
-                bot.store.add_managed_record(case.id, result.zone, result.server, owner, value, now)
-            bot.store.set_confirmation(row["id"], now, status="published")
-            bot.store.add_event(case.id, now, "managed_publish", detail={
+                desk.store.add_managed_record(case.id, result.zone, result.server, owner, value, now)
+            desk.store.set_confirmation(row["id"], now, status="published")
+            desk.store.add_event(case.id, now, "managed_publish", detail={
                 "zone": result.zone, "nameservers": result.nameservers,
                 "published": result.published, "error": None})
-            bot.store.update_case(case.id, now, next_check_at=now)
+            desk.store.update_case(case.id, now, next_check_at=now)
         done += 1
     return done
 
 
-def confirm_due_once(bot: Bot) -> int:
+def confirm_due_once(desk: MailDesk) -> int:
     """Held first mails, the one reminder, and expiry; returns how many rows moved."""
-    now = bot.clock()
-    wait = timedelta(hours=bot.cfg.schedule.confirm_wait_hours)
+    now = desk.clock()
+    wait = timedelta(hours=desk.cfg.schedule.confirm_wait_hours)
     moved = 0
-    for row in bot.store.confirmations_with_status("pending"):
-        case = bot.store.get_case(row["case_id"])
-        with bot.store.transaction():
+    for row in desk.store.confirmations_with_status("pending"):
+        case = desk.store.get_case(row["case_id"])
+        with desk.store.transaction():
             if case.state != State.AWAITING_CONFIRMATION:
-                bot.store.set_confirmation(row["id"], now, status="void")
+                desk.store.set_confirmation(row["id"], now, status="void")
                 continue
             mailed, reminded = parse_iso(row["mailed_at"]), parse_iso(row["reminded_at"])
             if mailed is None:
@@ -236,28 +236,28 @@ def confirm_due_once(bot: Bot) -> int:
                 if created is not None and now >= created + 2 * wait:
                     # Held all this time (one mail a day per zone): a stranger's thousand
                     # names in one zone must not make a thousand days of mail (red team).
-                    _expire(bot, case, row, now, mailed=False)
+                    _expire(desk, case, row, now, mailed=False)
                     moved += 1
-                elif _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
-                    _mail(bot, case, row, reminder=False)
+                elif _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now):
+                    _mail(desk, case, row, reminder=False)
                     moved += 1
             elif reminded is None and now >= mailed + wait:
-                if _zone_mail_allowed(bot, _zone_of(bot, case, row["domain"]), now):
-                    _mail(bot, case, row, reminder=True)
-                    bot.store.add_event(case.id, now, "confirmation_reminder")
+                if _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now):
+                    _mail(desk, case, row, reminder=True)
+                    desk.store.add_event(case.id, now, "confirmation_reminder")
                     moved += 1
             elif reminded is not None and now >= reminded + wait:
-                _expire(bot, case, row, now)
+                _expire(desk, case, row, now)
                 moved += 1
     return moved
 
 
-def _expire(bot: Bot, case: CaseRow, row: dict[str, Any], now: datetime, *, mailed: bool = True) -> None:
-    bot.store.set_confirmation(row["id"], now, status="expired")
-    updated = bot.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
+def _expire(desk: MailDesk, case: CaseRow, row: dict[str, Any], now: datetime, *, mailed: bool = True) -> None:
+    desk.store.set_confirmation(row["id"], now, status="expired")
+    updated = desk.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
                                    event=Event.CONFIRMATION_EXPIRED.value, detail={"address": row["address"]},
                                    next_check_at=None)
-    _escalate(bot, updated, "a managed-zone request was never confirmed",
+    _escalate(desk, updated, "a managed-zone request was never confirmed",
               f"Nobody at {row['address']} confirmed the request for {case.domain} (requested by "
               f"{case.requester}); "
               + ("after one reminder it expired" if mailed else "its confirmation mail was never sent (one a "

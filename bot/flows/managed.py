@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Config
 from bot.core.dnsresults import DnsLookup
-from bot.flows.runtime import Bot
+
+if TYPE_CHECKING:
+    from bot.adapters.dnsclient import DnsClient
+
 
 log = logging.getLogger("dkimbot")
 
@@ -123,10 +126,9 @@ def delete_txt_values(cfg: Config, zone: str, server: str, values: list[tuple[st
         raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
 
 
-def publish_for_domain(bot: Bot, domain: str, dkim_records: list[dict[str, str]]) -> ManagedResult | None:
+def publish_for_domain(cfg: Config, client: DnsClient, domain: str,
+                       dkim_records: list[dict[str, str]]) -> ManagedResult | None:
     """Publish a managed domain's records; None when the domain is not ours to edit."""
-    cfg: Config = bot.cfg
-    client = bot.dns_client()
     found = find_managed_zone(client, cfg, domain)
     if found is None:
         return None

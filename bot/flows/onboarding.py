@@ -45,7 +45,7 @@ def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = Non
         return note_malformed(bot, parsed)
     from bot.flows.confirm import confirm_by_token
 
-    confirmed = confirm_by_token(bot, parsed)
+    confirmed = confirm_by_token(bot.store, bot.clock(), parsed)
     if confirmed is not None:
         return confirmed
     target = reply_target(bot.store, parsed)
@@ -145,7 +145,7 @@ def _choose_key(bot: Bot, domain: str, holders: list[CaseRow], prepared: Prepare
     again outside the transaction."""
     if holders:
         return list(holders[0].selectors)
-    ready = prepared.keys_for(bot, domain) if prepared is not None else None
+    ready = prepared.keys_for(bot.store, domain) if prepared is not None else None
     if ready is None:
         raise not_prepared(prepared, domain, "a key")
     now = bot.clock()

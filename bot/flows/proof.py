@@ -32,6 +32,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from bot.adapters.mailout import LOOP_HEADER
+from bot.adapters.store import Store
 from bot.config import Config
 from bot.core.authresults import (
     AuthResult,
@@ -43,7 +44,7 @@ from bot.core.cases import State
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, parse_iso
 from bot.flows.compose import enqueue_mail
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk, Office
 
 log = logging.getLogger("dkimbot")
 
@@ -173,45 +174,45 @@ def build_probe(cfg: Config, case: CaseRow, now: datetime) -> tuple[str, str, by
 # -- queueing --------------------------------------------------------------------------------
 
 
-def queue_probe(bot: Bot, case: CaseRow, by: str = "bot") -> str:
+def queue_probe(office: Office, case: CaseRow, by: str = "bot") -> str:
     """Queue one probe for ``case`` (its own transaction); returns its Message-ID."""
     from bot.adapters.signer import installed_keys
 
-    cfg = bot.cfg
+    cfg = office.cfg
     if not cfg.proof.enabled:
         raise ProofError("the end-to-end proof is off ([proof] enabled = false)")
     if not case.domain or case.state not in PROVABLE:
         raise ProofError(f"{case.ref} is {case.state}: its key is not signing mail yet")
     if not installed_keys(cfg, case.domain):
         raise ProofError(f"no DKIM key for {case.domain} is installed in the signer")
-    now = bot.clock()
+    now = office.clock()
     message_id, sender, raw = build_probe(cfg, case, now)
     deadline = now + timedelta(minutes=cfg.proof.wait_minutes)
-    with bot.store.transaction():
-        bot.store.enqueue(message_id=message_id, kind="proof_probe", case_ids=[], sender=sender,
+    with office.store.transaction():
+        office.store.enqueue(message_id=message_id, kind="proof_probe", case_ids=[], sender=sender,
                           recipients=[cfg.proof.address], raw=raw, now=now)
-        bot.store.add_proof(case.id, message_id, case.domain, cfg.proof.address, now, deadline)
-        bot.store.add_event(case.id, now, "proof_sent", detail={
+        office.store.add_proof(case.id, message_id, case.domain, cfg.proof.address, now, deadline)
+        office.store.add_event(case.id, now, "proof_sent", detail={
             "message_id": message_id, "to": cfg.proof.address, "by": by,
             "wait_minutes": cfg.proof.wait_minutes})
     log.info("%s: proof probe %s queued for %s", case.ref, message_id, case.domain)
     return message_id
 
 
-def proofs_for(bot: Bot, case_id: int) -> list[dict[str, Any]]:
-    return bot.store.proofs_for_case(case_id)
+def proofs_for(store: Store, case_id: int) -> list[dict[str, Any]]:
+    return store.proofs_for_case(case_id)
 
 
-def _auto_probes(bot: Bot) -> int:
-    now = bot.clock()
+def _auto_probes(office: Office) -> int:
+    now = office.clock()
     count = 0
-    for case in bot.store.list_cases((State.COMPLETED.value,)):
+    for case in office.store.list_cases((State.COMPLETED.value,)):
         if now - case.state_since > AUTO_PROBE_WITHIN:
             continue
-        if bot.store.has_proof(case.id):
+        if office.store.has_proof(case.id):
             continue
         try:
-            queue_probe(bot, case)
+            queue_probe(office, case)
         except ProofError as exc:
             log.warning("%s: no proof probe: %s", case.ref, exc)
             continue
@@ -268,74 +269,74 @@ def ar_headers(header: bytes) -> list[str]:
     return [" ".join(str(v).split()) for v in msg.get_all("Authentication-Results") or []]
 
 
-def proof_once(bot: Bot) -> int:
+def proof_once(desk: MailDesk) -> int:
     """Queue probes for newly completed cases; read back waiting ones. Returns probes settled."""
-    cfg = bot.cfg
+    cfg = desk.cfg
     if not cfg.proof.enabled:
         return 0
-    _auto_probes(bot)
-    waiting = bot.store.waiting_proofs()
+    _auto_probes(desk)
+    waiting = desk.store.waiting_proofs()
     if not waiting:
         return 0
-    outbox = bot.store.outbox_of_kind("proof_probe")
+    outbox = desk.store.outbox_of_kind("proof_probe")
     sent = [p["message_id"] for p in waiting if outbox.get(p["message_id"], {}).get("status") == "sent"]
     try:
         found = fetch_probe_headers(cfg, sent) if sent else {}
     except ProofMailboxError as exc:
         log.warning("proof: %s", exc)
         return 0  # nothing can be said about any probe until the mailbox can be read
-    now = bot.clock()
+    now = desk.clock()
     settled = 0
     for proof in waiting:
         mid = proof["message_id"]
         if mid in found:
-            _record_result(bot, proof, found[mid])
+            _record_result(desk, proof, found[mid])
         elif now >= (parse_iso(proof["deadline_at"]) or now):
             row = outbox.get(mid, {})
             why = (f"the probe could not be delivered: {row.get('last_error')}"
                    if row.get("status") in ("failed", "pending") else
                    f"the probe was not in the proof mailbox {cfg.proof.imap_folder} after "
                    f"{cfg.proof.wait_minutes:g} minutes")
-            _record_missing(bot, proof, why)
+            _record_missing(desk, proof, why)
         else:
             continue
         settled += 1
     return settled
 
 
-def _finish(bot: Bot, proof: dict[str, Any], status: str, result: dict[str, Any]) -> None:
-    bot.store.finish_proof(proof["id"], status, bot.clock(), result)
+def _finish(store: Store, now: datetime, proof: dict[str, Any], status: str, result: dict[str, Any]) -> None:
+    store.finish_proof(proof["id"], status, now, result)
 
 
-def _record_result(bot: Bot, proof: dict[str, Any], header: bytes) -> None:
-    case = bot.store.get_case(proof["case_id"])
+def _record_result(desk: MailDesk, proof: dict[str, Any], header: bytes) -> None:
+    case = desk.store.get_case(proof["case_id"])
     domain = proof["domain"]
-    chosen = choose_results(ar_headers(header), bot.cfg.proof.authserv_id)
+    chosen = choose_results(ar_headers(header), desk.cfg.proof.authserv_id)
     if chosen is None:
         verdict = Verdict(authserv_id="", items=[], dkim_ok=False, dmarc_ok=False, spf_ok=False,
                           dmarc_result=None,
                           problems=["the probe arrived without an Authentication-Results header"
-                                    + (f" from {bot.cfg.proof.authserv_id}" if bot.cfg.proof.authserv_id else "")])
+                                    + (f" from {desk.cfg.proof.authserv_id}" if desk.cfg.proof.authserv_id else "")])
     else:
         verdict = judge(chosen, domain)
-    now = bot.clock()
+    now = desk.clock()
     detail = {"message_id": proof["message_id"], "authserv_id": verdict.authserv_id,
               "items": verdict.items, "dkim_ok": verdict.dkim_ok, "dmarc_ok": verdict.dmarc_ok,
               "ok": verdict.ok, "problems": verdict.problems}
-    rsa_bits = [k["bits"] for k in bot.store.domain_keys(domain)
+    rsa_bits = [k["bits"] for k in desk.store.domain_keys(domain)
                 if k["algorithm"] == "rsa" and k["installed_at"] and not k["retired_at"]]
     requirements = receiver_requirements(verdict, rsa_bits)
-    with bot.store.transaction():
-        _finish(bot, proof, "received", detail)
-        bot.store.add_event(case.id, now, "proof_result", detail=detail)
+    with desk.store.transaction():
+        _finish(desk.store, desk.clock(), proof, "received", detail)
+        desk.store.add_event(case.id, now, "proof_result", detail=detail)
         ctx = {"received": True, "proof": proof, "verdict": verdict, "requirements": requirements}
         if verdict.ok:
-            enqueue_mail(bot, MailKind.STAFF_PROOF_REPORT, [case], ctx, staff_only=True)
-            if bot.cfg.proof.notify_facility:
-                enqueue_mail(bot, MailKind.PROOF_REPORT, [case], ctx)
+            enqueue_mail(desk, MailKind.STAFF_PROOF_REPORT, [case], ctx, staff_only=True)
+            if desk.cfg.proof.notify_facility:
+                enqueue_mail(desk, MailKind.PROOF_REPORT, [case], ctx)
         else:
             items = "\n".join(f"  {i['method']}={i['result']} {i['detail']}".rstrip() for i in verdict.items)
-            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+            enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {
                 "reason_title": "the end-to-end proof failed at the receiver",
                 "reason": f"The probe {proof['message_id']} to {proof['address']} arrived, but:\n"
                           + "\n".join(f"- {p}" for p in verdict.problems)
@@ -350,14 +351,14 @@ def _record_result(bot: Bot, proof: dict[str, Any], header: bytes) -> None:
              "; ".join(f"{i['method']}={i['result']}" for i in verdict.items) or "no results")
 
 
-def _record_missing(bot: Bot, proof: dict[str, Any], why: str) -> None:
-    case = bot.store.get_case(proof["case_id"])
-    now = bot.clock()
+def _record_missing(desk: MailDesk, proof: dict[str, Any], why: str) -> None:
+    case = desk.store.get_case(proof["case_id"])
+    now = desk.clock()
     detail = {"message_id": proof["message_id"], "why": why}
-    with bot.store.transaction():
-        _finish(bot, proof, "not_received", detail)
-        bot.store.add_event(case.id, now, "proof_not_received", detail=detail)
-        enqueue_mail(bot, MailKind.STAFF_PROOF_REPORT, [case], {
+    with desk.store.transaction():
+        _finish(desk.store, desk.clock(), proof, "not_received", detail)
+        desk.store.add_event(case.id, now, "proof_not_received", detail=detail)
+        enqueue_mail(desk, MailKind.STAFF_PROOF_REPORT, [case], {
             "received": False, "proof": proof, "why": why, "verdict": None, "requirements": [],
         }, staff_only=True)
     log.warning("%s: proof %s not received: %s", case.ref, proof["message_id"], why)

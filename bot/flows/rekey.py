@@ -24,13 +24,14 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from bot.adapters.store import Store
 from bot.core import cases as sm
 from bot.core.cases import State
 from bot.core.mailkinds import MailKind
 from bot.core.records import DkimKey
 from bot.core.requestplan import NotPrepared
 from bot.core.rows import CaseRow
-from bot.flows.runtime import Bot
+from bot.flows.desks import KeyDesk, Workbench
 
 log = logging.getLogger("dkimbot")
 
@@ -67,20 +68,20 @@ class NewKey:
     known: frozenset[str]
 
 
-def new_key(bot: Bot, case: CaseRow, bits: int) -> NewKey:
+def new_key(desk: KeyDesk, case: CaseRow, bits: int) -> NewKey:
     """Choose a new selector for ``case``'s domain (asks DNS) and write its RSA key file."""
     from bot.core.records import render_selector
     from bot.flows.selectors import choose_selector
 
     domain = case.domain or ""
     old = list(case.selectors or ([case.selector] if case.selector else []))
-    stored = [k["selector"] for k in bot.store.domain_keys(domain)]
-    selector = choose_selector(bot, domain, render_selector(bot.cfg.keys.selector, bot.clock()),
+    stored = [k["selector"] for k in desk.store.domain_keys(domain)]
+    selector = choose_selector(desk, domain, render_selector(desk.cfg.keys.selector, desk.clock()),
                                with_ed25519=False, exclude=[*stored, *old])
-    return NewKey(selector, bot.keystore.load_or_create(domain, selector, "rsa", bits), frozenset(stored))
+    return NewKey(selector, desk.keystore.load_or_create(domain, selector, "rsa", bits), frozenset(stored))
 
 
-def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "bot",
+def rekey_case(bench: Workbench, case: CaseRow, bits: int, *, reason: str, who: str = "bot",
                made: NewKey | None = None) -> list[CaseRow]:
     """Give ``case`` (and the cases sharing its record) a new RSA key of ``bits`` under a
     new selector and queue the mail with the new record. Runs in the caller's transaction
@@ -95,37 +96,37 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
         raise RekeyError(f"{bits} bits: RSA keys are 1024, 2048, 3072 or 4096 bits")
     domain = case.domain or ""
     old = list(case.selectors or ([case.selector] if case.selector else []))
-    stored = {k["selector"]: k for k in bot.store.domain_keys(domain)}
+    stored = {k["selector"]: k for k in bench.store.domain_keys(domain)}
     rsa_old = [s for s in old if stored.get(s, {}).get("algorithm", "rsa") == "rsa"]
     kept = [s for s in old if s not in rsa_old]  # an Ed25519 record is short: it stays
-    now = bot.clock()
-    made = made or new_key(bot, case, bits)
+    now = bench.clock()
+    made = made or new_key(bench, case, bits)
     selector, key = made.selector, made.key
     new = [selector, *kept]
-    group = [c for c in bot.store.cases_for_domain(domain)
+    group = [c for c in bench.store.cases_for_domain(domain)
              if _waiting_for_dkim(c) and list(c.selectors or [c.selector or ""]) == old]
     if case.id not in [c.id for c in group]:
         group.insert(0, case)
-    due = sm.next_check_at(now, now, bot.cfg.schedule)
-    with bot.store.transaction():
-        bot.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
+    due = sm.next_check_at(now, now, bench.cfg.schedule)
+    with bench.store.transaction():
+        bench.store.record_key(domain, selector, key.algorithm, key.bits, key.public_b64, now)
         for sel in rsa_old:
-            bot.store.retire_key(domain, sel, now)
+            bench.store.retire_key(domain, sel, now)
         updated = []
         for c in group:
             fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,
                                           "reminders_sent": 0}
             rekeyed = {"old_selectors": old, "new_selectors": new, "bits": bits, "reason": reason, "by": who}
             if c.state == State.ESCALATED:
-                updated.append(bot.store.transition(c.id, State.AWAITING_DKIM, now, expected_state=c.state,
+                updated.append(bench.store.transition(c.id, State.AWAITING_DKIM, now, expected_state=c.state,
                                                     event="rekeyed", detail=rekeyed, resume_state=None,
                                                     **fields))
                 continue
             fields["state_since"] = now  # a new record to publish: the reminder clock starts again
-            updated.append(bot.store.update_case(c.id, now, **fields))
-            bot.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, rekeyed)
-        enqueue_mail(bot, MailKind.DKIM_REKEY, updated, {
-            "records": key_records(bot.store, updated[0]),
+            updated.append(bench.store.update_case(c.id, now, **fields))
+            bench.store.add_event(c.id, now, "rekeyed", c.state, State.AWAITING_DKIM, rekeyed)
+        enqueue_mail(bench, MailKind.DKIM_REKEY, updated, {
+            "records": key_records(bench.store, updated[0]),
             "old": [{"fqdn": f"{s}._domainkey.{domain}", "host_label": f"{s}._domainkey"} for s in rsa_old],
             "bits": bits,
             "reason": reason,
@@ -135,7 +136,7 @@ def rekey_case(bot: Bot, case: CaseRow, bits: int, *, reason: str, who: str = "b
     return updated
 
 
-def wants_short_key(bot: Bot, case: CaseRow, text: str) -> bool:
+def wants_short_key(store: Store, case: CaseRow, text: str) -> bool:
     """A reply asking for the short key to a case that offered it: its record was cut
     off, or a reminder asked whether the panel refused the long value (nothing in DNS a
     day after 「設定しました」, ``reminders.panel_may_have_refused``)."""
@@ -143,10 +144,10 @@ def wants_short_key(bot: Bot, case: CaseRow, text: str) -> bool:
         return False
     return short_key_was_offered(case) or any(
         e["kind"] == "reminder" and (e.get("detail") or {}).get("offered_short_key")
-        for e in bot.store.events(case.id))
+        for e in store.events(case.id))
 
 
-def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dict[str, Any],
+def answer_short_key_wish(bench: Workbench, case: CaseRow, text: str, thread_fields: dict[str, Any],
                           made: NewKey | None = None, failure: Exception | None = None) -> bool:
     """A reply to a case whose record was cut off, asking for the short key: make it.
 
@@ -155,17 +156,17 @@ def answer_short_key_wish(bot: Bot, case: CaseRow, text: str, thread_fields: dic
     not that wish, the case is past the DKIM step, or no cut-off record was reported:
     the reply then takes its usual way (a recheck, and staff when it is a question).
     """
-    if not wants_short_key(bot, case, text):
+    if not wants_short_key(bench.store, case, text):
         return False
     # Inside the decision's transaction: the key ``made`` by the prepare phase, if it still
     # fits (no key recorded for the domain since); ``failure``: what preparing it met.
-    known = frozenset(k["selector"] for k in bot.store.domain_keys(case.domain or ""))
+    known = frozenset(k["selector"] for k in bench.store.domain_keys(case.domain or ""))
     if made is None or made.known != known:
         raise NotPrepared(case.domain or "", "the shorter key", failure)
-    now = bot.clock()
-    case = bot.store.update_case(case.id, now, **thread_fields)
-    bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": text.strip()[:400],
+    now = bench.clock()
+    case = bench.store.update_case(case.id, now, **thread_fields)
+    bench.store.add_event(case.id, now, "facility_reply", detail={"excerpt": text.strip()[:400],
                                                                 "reading": "short_key_wish"})
-    rekey_case(bot, case, 1024, reason="the facility asked for the shorter key after a cut-off record",
+    rekey_case(bench, case, 1024, reason="the facility asked for the shorter key after a cut-off record",
                who="facility", made=made)
     return True
