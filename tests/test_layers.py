@@ -52,12 +52,7 @@ RECORD_MODULE = "bot.core.records"
 SQL_MODULES = frozenset({"bot.adapters.store"})
 RUNTIME_MODULE = "bot.flows.runtime"  # defines Bot; the one flow module that may name it
 # Flows still taking Bot while issue 10's last rule is being applied, module by module.
-NOT_YET_NARROWED = frozenset({
-    "bot.flows.adopt", "bot.flows.checkmail", "bot.flows.checkpass", "bot.flows.confirm",
-    "bot.flows.managed", "bot.flows.monitor", "bot.flows.onboarding", "bot.flows.prepare",
-    "bot.flows.proof", "bot.flows.rechecks", "bot.flows.rekey", "bot.flows.reminders",
-    "bot.flows.rotation",
-})
+NOT_YET_NARROWED = frozenset({"bot.flows.checkpass", "bot.flows.monitor", "bot.flows.rechecks"})
 
 
 @dataclass(frozen=True)

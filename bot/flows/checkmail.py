@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.adapters.store import Store
+from bot.config import Config
 from bot.core.dnsresults import AreaResult, CheckReport
 from bot.core.mailkinds import MailKind
 from bot.core.providers import Provider
 from bot.core.records import record_box
 from bot.core.rows import CaseRow
 from bot.flows.compose import case_provider, enqueue_mail, first_mail_asks, key_records
-from bot.flows.runtime import Bot
+from bot.flows.desks import MailDesk
 
 
-def dmarc_context(bot: Bot, case: CaseRow, report: CheckReport) -> dict[str, Any]:
+def dmarc_context(cfg: Config, store: Store, case: CaseRow, report: CheckReport) -> dict[str, Any]:
     """The DMARC part of a mail: what was found, the diagnoses, the record to publish."""
     # Here, not at the top: the checks pull in dnspython, which an idle pass never needs.
     from bot.checks.dmarc import suggest_dmarc_record
@@ -28,14 +30,14 @@ def dmarc_context(bot: Bot, case: CaseRow, report: CheckReport) -> dict[str, Any
     # check_dmarc's own suggestion: for several records it is the strictest one merged,
     # so the box says what the diagnosis says.
     suggestion = found.get("suggested") or suggest_dmarc_record(found.get("tags") or None,
-                                                                bot.cfg.service.dmarc_rua or None)
+                                                                cfg.service.dmarc_rua or None)
     domain = case.domain or ""
     return {
         "status": status,
         "record": found.get("record"),
         "location": found.get("location") or f"_dmarc.{domain}",
         "diagnoses": errors,
-        "box": record_box(domain, f"_dmarc.{domain}", suggestion, provider=case_provider(bot.store, case)),
+        "box": record_box(domain, f"_dmarc.{domain}", suggestion, provider=case_provider(store, case)),
     }
 
 
@@ -58,10 +60,10 @@ def final_rows(report: CheckReport, case: CaseRow) -> list[dict[str, Any]]:
     ]
 
 
-def sender_requirements(bot: Bot, report: CheckReport, case: CaseRow) -> list[dict[str, Any]]:
+def sender_requirements(store: Store, report: CheckReport, case: CaseRow) -> list[dict[str, Any]]:
     """Gmail's and Yahoo's 2024 sender requirements, item by item (SPEC §8)."""
     selectors = case.selectors or [case.selector or ""]
-    rsa_bits = [k["bits"] for k in bot.store.domain_keys(case.domain or "")
+    rsa_bits = [k["bits"] for k in store.domain_keys(case.domain or "")
                 if k["selector"] in selectors and k["algorithm"] == "rsa"]
     shortest = min(rsa_bits) if rsa_bits else None
     return [
@@ -88,7 +90,7 @@ def fix_boxes(report: CheckReport, case: CaseRow, provider: Provider | None = No
     return boxes
 
 
-def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckReport,
+def enqueue_check_mail(desk: MailDesk, kind: MailKind, case: CaseRow, report: CheckReport,
                        proof: tuple[bool, str] | None, *, signing_started: bool = False) -> None:
     """Queue the mail ``kind`` a check decided. ``signing_started``: DKIM was proven in
     this very check and its own announcement skipped (one visit: the next stage was
@@ -98,16 +100,17 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
         # The diagnosis explains the short-key offer; the step only says how to take it up.
         hint = ("（DNSの管理画面で値が途中で切れてしまう場合は、2.の代わりに「短い鍵希望」と"
                 "ご返信ください）" if truncated else "")
-        ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(bot.store, case), "extra_hint": hint}
+        ctx = {"diagnoses": report.dkim.diagnoses, "records": key_records(desk.store, case), "extra_hint": hint}
     elif kind == "dkim_active":
         found = getattr(report.dkim, "found", {}) or {}
         names = found.get("server_names") or {}
         # By name, as the clerk's panel shows them ("ns1.dns.ne.jp"), not by address.
         servers = sorted({names.get(s, s) for s in (found.get("servers", {}) or [])})
-        ctx = {"nameservers": servers or ["権威DNSサーバー"], "dmarc": dmarc_context(bot, case, report),
-               "dmarc_asked": "DMARC" in first_mail_asks(bot.store, case)}
+        ctx = {"nameservers": servers or ["権威DNSサーバー"],
+               "dmarc": dmarc_context(desk.cfg, desk.store, case, report),
+               "dmarc_asked": "DMARC" in first_mail_asks(desk.store, case)}
     elif kind == "dmarc_problem":
-        ctx = {"diagnoses": report.dmarc.diagnoses, "dmarc": dmarc_context(bot, case, report)}
+        ctx = {"diagnoses": report.dmarc.diagnoses, "dmarc": dmarc_context(desk.cfg, desk.store, case, report)}
     elif kind == "final_problem":
         diags = [d for a in (report.dkim, report.dmarc, report.spf, report.alignment) for d in a.diagnoses
                  if getattr(d, "severity", "error") == "error"]
@@ -115,9 +118,9 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
                          for d in diags):
             # The facility's SPF already includes ours and still does not pass our sending
             # IPs: our include is wrong, not their record. Asking them would waste their day.
-            enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+            enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {
                 "reason_title": "our SPF include does not authorise our sending IPs",
-                "reason": f"{case.domain}'s SPF record includes {bot.cfg.service.spf_include}, yet "
+                "reason": f"{case.domain}'s SPF record includes {desk.cfg.service.spf_include}, yet "
                           f"these sending IPs do not pass: {diags[0].detail.get('results')}.\n"
                           f"Trace: {diags[0].detail.get('trace')}",
                 "decide_hint": "Fix the SaaS's own SPF include (or [service] sending_ips); the case "
@@ -125,11 +128,11 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
                 "diagnoses": diags,
             }, staff_only=True)
             return
-        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case, case_provider(bot.store, case)),
+        ctx = {"diagnoses": diags, "fixes": fix_boxes(report, case, case_provider(desk.store, case)),
                "signing_started": signing_started, "remaining": len(diags)}
     elif kind == "completion_report":
         ctx = {"results": final_rows(report, case),
-               "requirements": sender_requirements(bot, report, case), "signing_started": signing_started}
+               "requirements": sender_requirements(desk.store, report, case), "signing_started": signing_started}
     elif kind == "staff_escalation":
         ctx = {
             "reason_title": "DKIM record is right but the signing proof failed",
@@ -138,8 +141,8 @@ def enqueue_check_mail(bot: Bot, kind: MailKind, case: CaseRow, report: CheckRep
                            "then run 'dkimbot retry'.",
             "diagnoses": report.dkim.diagnoses,
         }
-        enqueue_mail(bot, kind, [case], ctx, staff_only=True)
+        enqueue_mail(desk, kind, [case], ctx, staff_only=True)
         return
     else:
         raise ValueError(f"no context for mail kind {kind}")
-    enqueue_mail(bot, kind, [case], ctx)
+    enqueue_mail(desk, kind, [case], ctx)

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.adapters.mailout import show_domain_ja
+from bot.adapters.store import Store
 from bot.core import cases as sm
 from bot.core.authority import Standing, answers_bot_mail, may_copy_contact
 from bot.core.authority import reply_standing as authority_standing
@@ -26,9 +27,9 @@ from bot.core.request import Facility, ParsedMail
 from bot.core.requestplan import Continued, FacilityPlan, Step, facilities_of, over_limit, plan_facility
 from bot.core.rows import CaseRow
 from bot.flows.compose import enqueue_mail, key_records
+from bot.flows.desks import MailDesk, MailLookout, Workbench
 from bot.flows.matching import existing_case, key_holders, new_cases_left, party_guard, reply_target
 from bot.flows.prepare import looked_for_reply, not_prepared
-from bot.flows.runtime import Bot
 
 if TYPE_CHECKING:
     from bot.flows.prepare import Prepared
@@ -36,59 +37,59 @@ if TYPE_CHECKING:
 log = logging.getLogger("dkimbot")
 
 
-def decide_message(bot: Bot, parsed: ParsedMail, prepared: Prepared | None = None) -> str:
+def decide_message(bench: Workbench, parsed: ParsedMail, prepared: Prepared | None = None) -> str:
     if parsed.no_reply_reason:
         return f"ignored: {parsed.no_reply_reason}"
     if parsed.malformed:
         from bot.flows.malformed import note_malformed
 
-        return note_malformed(bot, parsed)
+        return note_malformed(bench, parsed)
     from bot.flows.confirm import confirm_by_token
 
-    confirmed = confirm_by_token(bot.store, bot.clock(), parsed)
+    confirmed = confirm_by_token(bench.store, bench.clock(), parsed)
     if confirmed is not None:
         return confirmed
-    target = reply_target(bot.store, parsed)
+    target = reply_target(bench.store, parsed)
     # A reply acts on its case only from a party answering the bot's mail (bot/core/authority.py).
-    standing = reply_standing(bot, target, parsed) if target is not None else None
+    standing = reply_standing(bench.store, target, parsed) if target is not None else None
     if target is not None and standing is not None and not standing.may_act:
         if not parsed.is_request or target.state == State.NEEDS_INFO:
-            refuse_reply(bot, target, parsed, standing.why)
+            refuse_reply(bench, target, parsed, standing.why)
             return f"reply to {target.ref} refused: not a party"
         target = None  # a new request that merely names a case: decided as a request
     if parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO)):
-        handle_request(bot, parsed, target, prepared)
+        handle_request(bench, parsed, target, prepared)
         return f"request: {len(parsed.facilities)} facilities"
     if target is not None:
-        handle_reply(bot, target, parsed, prepared)
+        handle_reply(bench, target, parsed, prepared)
         return f"reply to {target.ref}"
     if parsed.is_request:
-        handle_request(bot, parsed, None)
+        handle_request(bench, parsed, None)
         return "request without fields"
     return "not for us"
 
 
-def reply_standing(bot: Bot, case: CaseRow, parsed: ParsedMail) -> Standing:
+def reply_standing(store: Store, case: CaseRow, parsed: ParsedMail) -> Standing:
     """May this mail act on ``case``: from a party, threading onto the bot's mail on it."""
     from bot.core.authority import tokens_in
 
-    token = bot.store.confirmation_for_case(case.id)
+    token = store.confirmation_for_case(case.id)
     carries = bool(token and token.get("token") and token["token"] in
                    tokens_in(f"{parsed.subject}\n{parsed.body_text or ''}"))
     return authority_standing(
         case, [parsed.from_addr, parsed.reply_to],
         threads_on_bot_mail=answers_bot_mail(parsed.in_reply_to, parsed.references,
-                                             bot.store.bot_message_ids(case.id)),
+                                             store.bot_message_ids(case.id)),
         carries_token=carries)
 
 
-def refuse_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, why: str) -> None:
+def refuse_reply(desk: MailDesk, case: CaseRow, parsed: ParsedMail, why: str) -> None:
     """Anything about a case from someone who may not act on it: staff see it, nothing changes."""
-    now = bot.clock()
-    bot.store.add_event(case.id, now, "reply_refused", detail={
+    now = desk.clock()
+    desk.store.add_event(case.id, now, "reply_refused", detail={
         "from": parsed.from_addr, "reply_to": parsed.reply_to, "message_id": parsed.message_id, "why": why})
     log.warning("%s: a mail about the case changes nothing: %s", case.ref, why)
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {
         "reason_title": "a mail about the case from someone who may not act on it",
         "reason": f"A mail from {parsed.from_addr or 'unknown sender'}"
                   f"{' (Reply-To ' + parsed.reply_to + ')' if parsed.reply_to else ''} "
@@ -98,9 +99,9 @@ def refuse_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, why: str) -> None:
         "diagnoses": []}, staff_only=True)
 
 
-def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared | None = None) -> None:
+def handle_reply(bench: Workbench, case: CaseRow, parsed: ParsedMail, prepared: Prepared | None = None) -> None:
     """A facility answered: check its case at once and answer what we then see."""
-    now = bot.clock()
+    now = bench.clock()
     thread = list(case.thread_refs)
     if parsed.message_id:
         thread.append(parsed.message_id)
@@ -112,7 +113,7 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared
     # The dkim_problem mail offered a shorter key for a cut-off record (SPEC §8).
     made = prepared.rekeys.get(case.id) if prepared is not None else None
     failure = prepared.failed.get(case.domain or "") if prepared is not None else None
-    if answer_short_key_wish(bot, case, reading.new_text or parsed.body_text or "", fields, made, failure):
+    if answer_short_key_wish(bench, case, reading.new_text or parsed.body_text or "", fields, made, failure):
         return
     from bot.flows.replyforward import forward, hold
 
@@ -121,22 +122,23 @@ def handle_reply(bot: Bot, case: CaseRow, parsed: ParsedMail, prepared: Prepared
         # Always recheck at once; only a "done" reply must get an answer from the check
         # (a question gets its answer from staff, a "thanks" needs none).
         fields.update(next_check_at=now, reply_pending=reading.reason == "done")
-        bot.store.update_case(case.id, now, **fields)
-        bot.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt, "reading": reading.reason})
+        bench.store.update_case(case.id, now, **fields)
+        bench.store.add_event(case.id, now, "facility_reply", detail={"excerpt": excerpt, "reading": reading.reason})
         log.info("%s: facility replied (%s); checking now", case.ref, reading.reason)
         if reading.can_act:
             return
         # Decided after this pass's recheck: if that moves the case on, its mail answers
         # the reply and staff are not asked (bot/flows/replyforward.py).
-        hold(bot.store, bot.clock(), bot.store.get_case(case.id), sender=parsed.from_addr,
+        hold(bench.store, bench.clock(), bench.store.get_case(case.id), sender=parsed.from_addr,
              message_id=parsed.message_id, text=text, reading=reading.reason)
         return
-    bot.store.update_case(case.id, now, **fields)
-    forward(bot, bot.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
+    bench.store.update_case(case.id, now, **fields)
+    forward(bench, bench.store.get_case(case.id), sender=parsed.from_addr, message_id=parsed.message_id,
             text=text, reading=reading.reason, rechecked=False)
 
 
-def _choose_key(bot: Bot, domain: str, holders: list[CaseRow], prepared: Prepared | None) -> list[str]:
+def _choose_key(store: Store, now: datetime, domain: str, holders: list[CaseRow],
+                prepared: Prepared | None) -> list[str]:
     """The selectors of the cases the new one shares a key with (``matching.key_holders``),
     or the keys the prepare phase made for it.
 
@@ -145,12 +147,11 @@ def _choose_key(bot: Bot, domain: str, holders: list[CaseRow], prepared: Prepare
     again outside the transaction."""
     if holders:
         return list(holders[0].selectors)
-    ready = prepared.keys_for(bot.store, domain) if prepared is not None else None
+    ready = prepared.keys_for(store, domain) if prepared is not None else None
     if ready is None:
         raise not_prepared(prepared, domain, "a key")
-    now = bot.clock()
     for key in ready.keys:
-        bot.store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
+        store.record_key(domain, key.selector, key.algorithm, key.bits, key.public_b64, now)
     return list(ready.selectors)
 
 
@@ -164,7 +165,7 @@ _PROBLEM_WHAT = {
 class _Reply:
     """What one request mail's reply is being built from, facility by facility."""
 
-    bot: Bot
+    desk: MailLookout
     parsed: Any
     prepared: Prepared | None
     now: datetime
@@ -179,29 +180,30 @@ class _Reply:
         domain = case.domain or ""
         if domain not in self.seen:
             raise not_prepared(self.prepared, domain, "a look at its DNS")
-        records = key_records(self.bot.store, case, getattr(self.seen[domain], "provider", None))
-        return {"records": records, **looked_for_reply(self.bot, case, records, self.seen)}
+        records = key_records(self.desk.store, case, getattr(self.seen[domain], "provider", None))
+        return {"records": records, **looked_for_reply(self.desk, case, records, self.seen)}
 
 
-def handle_request(bot: Bot, parsed: ParsedMail, target: CaseRow | None, prepared: Prepared | None = None) -> None:
+def handle_request(desk: MailLookout, parsed: ParsedMail, target: CaseRow | None,
+                   prepared: Prepared | None = None) -> None:
     """One reply per request mail, listing every facility it named: each facility's step
     is planned (``core.requestplan``) and carried out here, inside the transaction."""
-    cfg = bot.cfg
+    cfg = desk.cfg
     requester = parsed.reply_address
     thread_refs = [*parsed.references, *([parsed.message_id] if parsed.message_id else [])]
     if over_limit(parsed.facilities, cfg.intake.max_facilities_per_mail):
-        _hand_over_limit(bot, parsed, requester, cfg.intake.max_facilities_per_mail)
+        _hand_over_limit(desk, parsed, requester, cfg.intake.max_facilities_per_mail)
         return
     # Look before instructing (SPEC §8): each domain once per mail, done before the transaction.
-    reply = _Reply(bot, parsed, prepared, bot.clock(),
+    reply = _Reply(desk, parsed, prepared, desk.clock(),
                    dict(requester=requester, thread_root=parsed.message_id,
                         thread_last=parsed.message_id, thread_refs=thread_refs[-30:]),
                    dict(prepared.seen) if prepared is not None else {})
     own = [*cfg.service.own_domains, cfg.bot_domain]
-    left = new_cases_left(bot, requester)  # per sender and day (issue 11): cases and keys
+    left = new_cases_left(desk, requester)  # per sender and day (issue 11): cases and keys
     limited: list[str | None] = []
     for f in facilities_of(parsed.facilities):
-        found = existing_case(bot.store, f, requester, target)
+        found = existing_case(desk.store, f, requester, target)
         if found is None and left is not None:
             if left <= 0:
                 limited.append(f.facility_name)
@@ -218,7 +220,7 @@ def handle_request(bot: Bot, parsed: ParsedMail, target: CaseRow | None, prepare
             plan = guarded
         _STEPS[plan.step](reply, plan)
     if limited:
-        _note_limited(bot, parsed, requester, len(limited))
+        _note_limited(desk, parsed, requester, len(limited))
     _send_reply(reply, requester, thread_refs)
 
 
@@ -228,11 +230,11 @@ def _guard(r: _Reply, plan: FacilityPlan, found: CaseRow | None,
     None when the facility was answered as "in progress" (nothing changed), else the plan
     to carry out (a party's request for a facility a live case covers repeats that case,
     and its own unfinished request is superseded)."""
-    bot, store, f = r.bot, r.bot.store, plan.facility
+    desk, store, f = r.desk, r.desk.store, plan.facility
     domain = plan.domain or ""
-    verdict, live = party_guard(bot.store, f, domain, requester, found)
+    verdict, live = party_guard(desk.store, f, domain, requester, found)
     if verdict == "in_progress" and live is not None:
-        _note_in_progress(bot, live, r.parsed, requester)
+        _note_in_progress(desk, live, r.parsed, requester)
         r.items.append({"kind": "in_progress", "ref": None, "facility": f.facility_name,
                         "admin_email": f.admin_email, "domain": domain})
         return None
@@ -244,11 +246,11 @@ def _guard(r: _Reply, plan: FacilityPlan, found: CaseRow | None,
     return plan
 
 
-def _note_in_progress(bot: Bot, live: CaseRow, parsed: Any, requester: str | None) -> None:
-    now = bot.clock()
-    bot.store.add_event(live.id, now, "request_by_non_party", detail={
+def _note_in_progress(desk: MailDesk, live: CaseRow, parsed: Any, requester: str | None) -> None:
+    now = desk.clock()
+    desk.store.add_event(live.id, now, "request_by_non_party", detail={
         "from": parsed.from_addr, "reply_to": parsed.reply_to, "message_id": parsed.message_id})
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [live], {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [live], {
         "reason_title": "a request for a domain in progress, from someone who is not its party",
         "reason": f"{requester or 'an unknown sender'} (Message-ID {parsed.message_id}) asked for "
                   f"{live.domain}, which case {live.ref} already covers. Nothing was changed; the "
@@ -258,10 +260,10 @@ def _note_in_progress(bot: Bot, live: CaseRow, parsed: Any, requester: str | Non
         "diagnoses": []}, staff_only=True)
 
 
-def _note_limited(bot: Bot, parsed: Any, requester: str | None, count: int) -> None:
-    cap = bot.cfg.service.max_new_cases_per_sender_per_day
+def _note_limited(desk: MailDesk, parsed: Any, requester: str | None, count: int) -> None:
+    cap = desk.cfg.service.max_new_cases_per_sender_per_day
     log.warning("request %s: %d facilities over the per-sender daily limit", parsed.message_id, count)
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [], {
         "reason_title": "a sender is over the daily limit of new cases",
         "reason": f"{requester} sent {parsed.message_id}; {count} of its facilities were not taken "
                   f"(over [service] max_new_cases_per_sender_per_day = {cap}). No case and no key "
@@ -279,7 +281,7 @@ def _fields(f: Facility) -> dict[str, Any]:
 def _needs_info(r: _Reply, plan: FacilityPlan) -> None:
     from bot.core.request import FIELD_LABELS
 
-    f, store, now = plan.facility, r.bot.store, r.now
+    f, store, now = plan.facility, r.desk.store, r.now
     problems = [
         {"field": p.field, "label": FIELD_LABELS[p.field], "kind": p.kind, "value": p.value,
          "what": _PROBLEM_WHAT.get(p.field, "値")}
@@ -300,7 +302,7 @@ def _needs_info(r: _Reply, plan: FacilityPlan) -> None:
 
 
 def _reject(r: _Reply, plan: FacilityPlan, detail: dict[str, Any] | None = None) -> None:
-    f, store, now, domain = plan.facility, r.bot.store, r.now, plan.domain
+    f, store, now, domain = plan.facility, r.desk.store, r.now, plan.domain
     rejected = {"reason": plan.reason, "domain": domain, **(detail or {})}
     if plan.continues is not None and plan.existing is not None:
         case = store.transition(plan.continues, State.REJECTED, now, expected_state=plan.existing.state,
@@ -316,7 +318,7 @@ def _reject(r: _Reply, plan: FacilityPlan, detail: dict[str, Any] | None = None)
 
 
 def _resend(r: _Reply, plan: FacilityPlan) -> None:
-    store, now = r.bot.store, r.now
+    store, now = r.desk.store, r.now
     assert plan.existing is not None
     existing = store.get_case(plan.existing.id)
     store.add_event(existing.id, now, "repeat_request", detail={"message_id": r.parsed.message_id})
@@ -328,7 +330,7 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
         # Setup is done: say so, with its records for reference; nothing to add.
         r.items.append({"kind": "complete", "ref": case.ref, "facility": case.facility,
                         "admin_email": case.admin_email, "domain": plan.domain,
-                        "records": key_records(r.bot.store, case), "shared_with": [], "asks": [],
+                        "records": key_records(r.desk.store, case), "shared_with": [], "asks": [],
                         "existing": [], "provider_hint": None})
         return
     # Waiting for the admin's confirmation: say so again (no second token mail, no records).
@@ -339,27 +341,27 @@ def _resend(r: _Reply, plan: FacilityPlan) -> None:
 
 
 def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
-    bot, store, now, domain = r.bot, r.bot.store, r.now, plan.domain or ""
+    desk, store, now, domain = r.desk, r.desk.store, r.now, plan.domain or ""
     skip = plan.existing.id if plan.existing is not None else None
     # The cases whose key this one shares (proven ones, or the requester's own): a
     # stranger's unproven case of the domain is neither shared nor waited for.
-    holders = key_holders(bot.store, domain, r.base.get("requester"), skip)
+    holders = key_holders(desk.store, domain, r.base.get("requester"), skip)
     others_before = [c for c in holders if c.facility]
     zone = None
-    if bot.cfg.dns.managed_nameservers and not others_before:
+    if desk.cfg.dns.managed_nameservers and not others_before:
         # The simplified flow: our own name servers. Nothing is published until the
         # domain's admin address proved control (bot/flows/confirm.py, issue 11).
         if r.prepared is None or domain not in r.prepared.zones:
             raise not_prepared(r.prepared, domain, "the managed zone's lookup")
         zone = r.prepared.zones[domain]
-        refusal = zone.refusal(bot.cfg.dns.managed_nameservers) if zone is not None else None
+        refusal = zone.refusal(desk.cfg.dns.managed_nameservers) if zone is not None else None
         if refusal:
             # The operator's own zones never get records from a request.
             _reject(r, FacilityPlan(Step.REJECT, plan.facility, domain, plan.existing, "own"), {"why": refusal})
             return
-    selectors = _choose_key(bot, domain, holders, r.prepared)
+    selectors = _choose_key(desk.store, desk.clock(), domain, holders, r.prepared)
     # Nothing to check before the admin address confirms (awaiting_confirmation).
-    due = sm.next_check_at(now, now, bot.cfg.schedule) if zone is None else None
+    due = sm.next_check_at(now, now, desk.cfg.schedule) if zone is None else None
     start = State.AWAITING_CONFIRMATION if zone is not None else State.AWAITING_DKIM
     assigned = {"domain": domain, "selectors": selectors}
     if plan.existing is not None:
@@ -380,7 +382,7 @@ def _assign_key(r: _Reply, plan: FacilityPlan) -> None:
     if zone is not None:
         from bot.flows.confirm import open_confirmation
 
-        case, how = open_confirmation(bot, case, zone)
+        case, how = open_confirmation(desk, case, zone)
         kind = "managed" if how == "registry" else "confirming"
     r.touched.append(case)
     r.items.append({"kind": kind, "ref": case.ref,
@@ -396,9 +398,9 @@ _STEPS: dict[Step, Callable[[_Reply, FacilityPlan], None]] = {
 }
 
 
-def _hand_over_limit(bot: Bot, parsed: ParsedMail, requester: str | None, limit: int) -> None:
+def _hand_over_limit(desk: MailDesk, parsed: ParsedMail, requester: str | None, limit: int) -> None:
     count = len(parsed.facilities)
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [], {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, [], {
         "reason_title": f"a request names {count} facilities",
         "reason": f"The mail {parsed.message_id or '(no Message-ID)'} from {requester} names "
                   f"{count} facilities, over [intake] max_facilities_per_mail = {limit}. "
@@ -412,7 +414,7 @@ def _hand_over_limit(bot: Bot, parsed: ParsedMail, requester: str | None, limit:
 
 def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> None:
     """The one reply mail: its subject says what the facilities must do."""
-    bot, parsed, items = r.bot, r.parsed, r.items
+    desk, parsed, items = r.desk, r.parsed, r.items
     # Within one mail, a second facility of the same domain points at the same record.
     kinds = {i["kind"] for i in items}
     if kinds & {"record", "resend"}:
@@ -437,33 +439,33 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
         names = "、".join(n for n in rejected if n) or "一部の施設"
         subject_text += (f"（{names}）" if kinds == {"rejected"} else f"／{names}：お受けできないドメインです")
     to = [requester] if requester else []
-    if bot.cfg.service.cc_contact:
+    if desk.cfg.service.cc_contact:
         for c in r.touched:
             # A contact on another domain is recorded, never mailed (issue 11: no third parties).
             if c.contact_email and c.contact_email not in to and may_copy_contact(c, requester):
                 to.append(c.contact_email)
     undecodable = getattr(parsed, "undecodable", 0)
     if undecodable:
-        _report_undecodable(bot, parsed, r.touched, undecodable, r.now)
-    touched = [bot.store.get_case(c.id) for c in r.touched]
+        _report_undecodable(desk, parsed, r.touched, undecodable, r.now)
+    touched = [desk.store.get_case(c.id) for c in r.touched]
     enqueue_mail(
-        bot, MailKind.REQUEST_REPLY, touched,
+        desk, MailKind.REQUEST_REPLY, touched,
         {"items": items, "subject_text": subject_text,
          "records": any(i["kind"] in ("record", "resend") for i in items)},
         to=to, in_reply_to=parsed.message_id, references=thread_refs,
     )
 
 
-def _report_undecodable(bot: Bot, parsed: ParsedMail, cases: list[CaseRow], count: int, now: datetime) -> None:
+def _report_undecodable(desk: MailDesk, parsed: ParsedMail, cases: list[CaseRow], count: int, now: datetime) -> None:
     """Text that could not be decoded exactly is never passed off as read: each case of
     the mail records it, and staff get a note (a name holding such characters was not
     stored; the reply asks the facility to write it again)."""
     for c in cases:
-        bot.store.add_event(c.id, now, "undecodable_text", detail={
+        desk.store.add_event(c.id, now, "undecodable_text", detail={
             "replacement_characters": count, "message_id": parsed.message_id})
     refs = ", ".join(c.ref for c in cases) or "no case"
     log.warning("request %s: %d characters could not be decoded (%s)", parsed.message_id, count, refs)
-    enqueue_mail(bot, MailKind.STAFF_ESCALATION, cases, {
+    enqueue_mail(desk, MailKind.STAFF_ESCALATION, cases, {
         "reason_title": f"{count} characters of a request could not be decoded",
         "reason": f"The mail {parsed.message_id or '(no Message-ID)'} has {count} characters its charset "
                   "could not carry (shown as U+FFFD). Names holding them were not stored; the facility "
