@@ -9,12 +9,9 @@ keep that from answering anything twice).
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import logging
 import os
 import re
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +56,10 @@ class HeaderFilter:
         self.known_ids = known_ids
 
     def wants(self, header_bytes: bytes) -> bool:
+        # Imported at the first message: an empty mailbox (an idle cron pass) reads none.
+        import email.parser
+        import email.policy
+
         from bot.core.mailtext import decode_header_value
 
         # compat32 + raw values + our own decoder, exactly as bot/core/request.py reads the
@@ -132,6 +133,8 @@ class MaildirMailbox:
 
 def connect_imap(host: str, port: int, tls: str, username: str, password: str, timeout: float) -> IMAPClient:
     """A logged-in IMAPClient ("ssl", "starttls" or "none"); raises what the library raises."""
+    import ssl
+
     from imapclient import IMAPClient  # heavy import, only when IMAP is used
 
     if tls == "ssl":

@@ -14,11 +14,13 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.core.cases import ADOPTED_STATE, INITIAL_STATES, move_allowed
-from bot.core.dmarcstats import DmarcRowIn
 from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported for callers
+
+if TYPE_CHECKING:  # DMARC report rows: only the reports step imports their module
+    from bot.core.dmarcstats import DmarcRowIn
 
 SCHEMA_VERSION = 8
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from bot.app.show import show_case
 from bot.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -240,6 +239,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
             return 2
         if args.command == "show":
+            from bot.app.show import show_case
+
             return show_case(bot.store, case, args.json)
         if args.command == "rekey":
             return _act(lambda: actions.rekey(bot, case, STAFF_CLI, args.bits))

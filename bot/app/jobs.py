@@ -4,22 +4,28 @@ flush_outbox_once. Each is a plain function over a ``Bot`` so tests call them di
 Every decision (a case's new state, its events, the mails it causes, the handled mark
 of the message that caused it) is one store transaction; mail leaves only through the
 outbox, delivered by ``flush_outbox_once``.
+
+A pass imports a flow only when the store or the config says that flow has work
+(``_STEPS``): a cron ``run --once`` with nothing to do loads the store, the intake and
+a few light flows, not the mail parser, the templates' mail builder, the checks or the
+DMARC report reader (benchmarks/bench_startup.py, tests/test_idle_imports.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from bot.core.cases import State
+from bot.core.cases import WAITING, WATCHED, State
 from bot.core.mailkinds import MailKind
-from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
-from bot.flows.compose import enqueue_mail, key_records
-from bot.flows.delivery import flush_outbox_once
-from bot.flows.onboarding import decide_message
-from bot.flows.rechecks import recheck_due_once, remind_due_once
 from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
+
+if TYPE_CHECKING:
+    from bot.core.rows import CaseRow
 
 __all__ = [
     "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "poll_inbox_once",
@@ -36,12 +42,11 @@ log = logging.getLogger("dkimbot")
 def poll_inbox_once(bot: Bot) -> int:
     """Read new mail and decide on each message; returns how many messages were handled."""
     from bot.adapters.intake import HeaderFilter, ImapMailbox, MaildirMailbox
-    from bot.core.request import subject_is_request
 
     cfg = bot.cfg
     store = bot.store
     header_filter = HeaderFilter(
-        subject_is_request, lambda ids: store.case_for_message_id(ids) is not None
+        _subject_is_request, lambda ids: store.case_for_message_id(ids) is not None
     )
 
     def skipped(key: str, why: str) -> None:
@@ -93,6 +98,14 @@ def poll_inbox_once(bot: Bot) -> int:
     return count
 
 
+def _subject_is_request(subject: str) -> bool:
+    # The request parser (the email package, the mail text decoder) is imported at the
+    # first subject read: an empty mailbox asks nothing.
+    from bot.core.request import subject_is_request
+
+    return subject_is_request(subject)
+
+
 MAX_MESSAGE_FAILURES = 3
 
 
@@ -101,6 +114,8 @@ def _message_failed(bot: Bot, key: str, raw: bytes, exc: Exception) -> None:
 
     Like Mailman's "bad" queue: a poison message must neither loop forever nor vanish.
     """
+    from bot.flows.compose import enqueue_mail
+
     log.exception("message %s failed: %s", key, type(exc).__name__)
     store = bot.store
     counter = f"failures:{key}"
@@ -136,6 +151,7 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     from bot.core.request import parse_message
     from bot.core.requestplan import NotPrepared
     from bot.flows.budget import time_budget
+    from bot.flows.onboarding import decide_message
     from bot.flows.prepare import Prepared, prepare_message
 
     cfg = bot.cfg
@@ -187,48 +203,10 @@ def run_pass(bot: Bot) -> PassResult:
         result.messages = poll_inbox_once(bot)
     except IntakeError as exc:
         result.errors.append(str(exc))  # the caller reports it: one line, no traceback
-    try:
-        from bot.flows.confirm import confirm_due_once, publish_confirmed_once
-
-        # Proof of control (bot/flows/confirm.py): publish what was confirmed, before the
-        # checks look at it; held confirmation mails, the reminder, expiry.
-        publish_confirmed_once(bot)
-        confirm_due_once(bot)
-        from bot.flows.staffnotes import release_held_once
-
-        release_held_once(bot)  # staff notes merged after their hour (bot/flows/staffgate.py)
-    except Exception as exc:  # a confirmation's trouble must not stop the checks and delivery
-        log.exception("confirmations failed")
-        result.errors.append(f"confirmations failed: {type(exc).__name__}")
-    try:
-        result.checks = recheck_due_once(bot)
-    except Exception as exc:  # each case is guarded inside; this is the last line: mail still goes out
-        log.exception("recheck_due_once failed")
-        result.errors.append(f"recheck_due_once failed: {type(exc).__name__}")
-    try:
-        from bot.flows.replyforward import forward_held_once
-
-        # After the rechecks: a held reply whose case just moved on needs no human.
-        forward_held_once(bot)
-    except Exception as exc:  # the replies stay held for the next pass; mail still goes out
-        log.exception("forward_held_once failed")
-        result.errors.append(f"forward_held_once failed: {type(exc).__name__}")
-    if result.checks:
-        from bot.adapters.health import resolver_down
-
-        dns_down = resolver_down(bot.cfg.dns)  # our resolver, not a facility's name server
-        if dns_down:
-            result.errors.append(dns_down)
-    result.checks += _watch_and_rotate(bot, result)
-    try:
-        from bot.flows.dmarcnotify import reports_once
-
-        result.errors += reports_once(bot)  # [reports]: DMARC aggregate reports (off by default)
-    except Exception as exc:  # a bug there must not stop delivery
-        log.exception("reports_once failed")
-        result.errors.append(f"reports_once failed: {type(exc).__name__}")
-    remind_due_once(bot)
-    sent, errors = flush_outbox_once(bot)
+    for step in _STEPS:
+        if step.due(bot, bot.clock()):
+            _run_step(bot, step, result)
+    sent, errors = _flush_if_due(bot)
     result.mails_sent = sent
     result.errors += errors
     try:
@@ -236,7 +214,7 @@ def run_pass(bot: Bot) -> PassResult:
 
         # After delivery, so the digest tells this pass's delivery errors too; once a day.
         if digest_once(bot) and not errors:
-            result.mails_sent += flush_outbox_once(bot)[0]
+            result.mails_sent += _flush_if_due(bot)[0]
     except Exception as exc:  # a broken digest template must not stop the bot
         log.exception("daily digest failed")
         result.errors.append(f"daily digest failed: {type(exc).__name__}: {exc}")
@@ -247,21 +225,151 @@ def run_pass(bot: Bot) -> PassResult:
     return result
 
 
-def _watch_and_rotate(bot: Bot, result: PassResult) -> int:
-    """After-completion monitoring, key rotations and the end-to-end proof (off unless
-    [proof] enabled); a bug there must not stop delivery."""
+@dataclass(frozen=True)
+class _Step:
+    """One unit of a pass between intake and delivery.
+
+    ``due`` asks the store or the config, without importing the flow, whether the flow
+    could find anything to do: it is the flow's own first question (or a wider one), so
+    False means the flow would have returned at once. ``run`` imports the flow and runs
+    it, adding to the pass's result. ``guarded``: an exception is logged and reported as
+    ``"<name> failed: <type>"`` and the pass goes on (mail still goes out); unguarded
+    steps raise, as they always did.
+    """
+
+    name: str
+    due: Callable[[Bot, datetime], bool]
+    run: Callable[[Bot, PassResult], None]
+    guarded: bool = True
+
+
+def _run_step(bot: Bot, step: _Step, result: PassResult) -> None:
+    if not step.guarded:
+        step.run(bot, result)
+        return
+    try:
+        step.run(bot, result)
+    except Exception as exc:  # noqa: BLE001 -- logged with its traceback; the pass goes on to delivery
+        log.exception("%s failed", step.name)
+        result.errors.append(f"{step.name} failed: {type(exc).__name__}")
+
+
+def _flush_if_due(bot: Bot) -> tuple[int, list[str]]:
+    """Deliver the outbox (``flush_outbox_once``) when it holds mail due now or rows a
+    killed pass left in ``sending``; an empty outbox imports no transport."""
+    if not bot.store.in_doubt_mail() and not bot.store.pending_mail(bot.clock()):
+        return 0, []
+    return flush_outbox_once(bot)
+
+
+# -- the steps: each imports its flow only when it runs --------------------------------------
+
+
+def _confirmations(bot: Bot, result: PassResult) -> None:
+    # Proof of control (bot/flows/confirm.py): publish what was confirmed, before the
+    # checks look at it; held confirmation mails, the reminder, expiry. Both walk only
+    # these two kinds of rows.
+    if bot.store.confirmations_with_status("confirmed") or bot.store.confirmations_with_status("pending"):
+        from bot.flows.confirm import confirm_due_once, publish_confirmed_once
+
+        publish_confirmed_once(bot)
+        confirm_due_once(bot)
+    # A light module (its own question, held notes, is asked of staffgate; it imports
+    # compose only to send).
+    from bot.flows.staffnotes import release_held_once
+
+    release_held_once(bot)  # staff notes merged after their hour (bot/flows/staffgate.py)
+
+
+def _rechecks(bot: Bot, result: PassResult) -> None:
+    result.checks = recheck_due_once(bot)
+
+
+def _forward_held(bot: Bot, result: PassResult) -> None:
+    from bot.flows.replyforward import forward_held_once
+
+    # After the rechecks: a held reply whose case just moved on needs no human.
+    forward_held_once(bot)
+
+
+def _resolver(bot: Bot, result: PassResult) -> None:
+    if result.checks:  # cases were checked: was a failure ours (our resolver) or theirs?
+        from bot.adapters.health import resolver_down
+
+        dns_down = resolver_down(bot.cfg.dns)  # our resolver, not a facility's name server
+        if dns_down:
+            result.errors.append(dns_down)
+
+
+def _monitor(bot: Bot, result: PassResult) -> None:
     from bot.flows.monitor import monitor_due_once
-    from bot.flows.proof import proof_once
+
+    result.checks += monitor_due_once(bot)
+
+
+def _rotations(bot: Bot, result: PassResult) -> None:
     from bot.flows.rotation import rotation_once
 
-    checks = 0
-    for job in (monitor_due_once, rotation_once, proof_once):
-        try:
-            checks += job(bot)
-        except Exception as exc:
-            log.exception("%s failed", job.__name__)
-            result.errors.append(f"{job.__name__} failed: {type(exc).__name__}")
-    return checks
+    result.checks += rotation_once(bot)
+
+
+def _proof(bot: Bot, result: PassResult) -> None:
+    from bot.flows.proof import proof_once
+
+    result.checks += proof_once(bot)
+
+
+def _reports(bot: Bot, result: PassResult) -> None:
+    from bot.flows.dmarcnotify import reports_once
+
+    result.errors += reports_once(bot)  # [reports]: DMARC aggregate reports (off by default)
+
+
+def _reminders(bot: Bot, result: PassResult) -> None:
+    remind_due_once(bot)
+
+
+def _always(bot: Bot, now: datetime) -> bool:
+    return True
+
+
+_RECHECKED = tuple(s.value for s in (*WAITING, State.ESCALATED))  # recheck_due_once's states
+_REMINDED = tuple(s.value for s in (State.NEEDS_INFO, *WAITING))  # remind_due_once's
+_WATCHED = tuple(s.value for s in WATCHED)  # monitor_due_once's
+
+# In the pass's order. The names are the flows' (they appear in errors and logs).
+_STEPS: tuple[_Step, ...] = (
+    _Step("confirmations", _always, _confirmations),  # asks its two questions itself
+    _Step("recheck_due_once", lambda bot, now: bool(bot.store.due_cases(_RECHECKED, now)), _rechecks),
+    _Step("forward_held_once", _always, _forward_held),  # a light module: reads one meta row
+    _Step("resolver_down", _always, _resolver, guarded=False),
+    _Step("monitor_due_once", lambda bot, now: bool(bot.store.due_cases(_WATCHED, now)), _monitor),
+    _Step("rotation_once", lambda bot, now: bool(bot.store.due_rotations(now)), _rotations),
+    _Step("proof_once", lambda bot, now: bot.cfg.proof.enabled, _proof),
+    _Step("reports_once", lambda bot, now: bot.cfg.reports.enabled, _reports),
+    _Step("remind_due_once", lambda bot, now: bool(bot.store.list_cases(_REMINDED)), _reminders, guarded=False),
+)
+
+
+# -- the flows' units, importable from here as before (each imports its flow when called) ---
+
+
+def recheck_due_once(bot: Bot, **kwargs: Any) -> int:
+    from bot.flows.rechecks import recheck_due_once as recheck
+
+    return recheck(bot, **kwargs)
+
+
+def remind_due_once(bot: Bot) -> int:
+    from bot.flows.rechecks import remind_due_once as remind
+
+    return remind(bot)
+
+
+def flush_outbox_once(bot: Bot) -> tuple[int, list[str]]:
+    from bot.flows.delivery import flush_outbox_once as flush
+
+    return flush(bot)
 
 
 # -- staff actions ---------------------------------------------------------------------------
@@ -290,6 +398,8 @@ def staff_retry(bot: Bot, case: CaseRow, who: str = "staff") -> CaseRow:
 
 def staff_resend(bot: Bot, case: CaseRow, who: str = "staff") -> str | None:
     """Send the facility its record(s) again (the same key; never a new one)."""
+    from bot.flows.compose import enqueue_mail, key_records
+
     now = bot.clock()
     with bot.store.transaction():
         bot.store.add_event(case.id, now, "staff_resend", detail={"by": who})

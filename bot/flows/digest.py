@@ -20,7 +20,6 @@ from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow
 from bot.faults import maybe_crash
 from bot.flows.desks import MailDesk, Office
-from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
 from bot.flows.staffgate import held_notes
 
 log = logging.getLogger("dkimbot")
@@ -89,6 +88,10 @@ def _watch(cases: list[CaseRow], signing_grace_days: float) -> list[dict[str, An
 
 def build_digest(office: Office, now: datetime | None = None) -> dict[str, Any]:
     """The digest's content (template context), read from the store only."""
+    # Here, not at the top: the DMARC section's module queues mail (compose), which a
+    # pass imports only when it has mail to write (bot/app/jobs.py).
+    from bot.flows.dmarcnotify import digest_section as dmarc_digest_section
+
     now = now or office.clock()
     store, schedule = office.store, office.cfg.schedule
     day_ago = now - timedelta(days=1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.adapters.mailout import MailRenderer
+from bot.adapters.mailrender import MailRenderer
 from bot.adapters.store import Store
 from bot.config import Config
 

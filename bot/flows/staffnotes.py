@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 from bot.core.mailkinds import MailKind
-from bot.flows.compose import enqueue_mail
 from bot.flows.desks import MailDesk
 from bot.flows.staffgate import RELEASED, held_notes, recent_escalations
 
@@ -27,6 +26,8 @@ def release_held_once(desk: MailDesk) -> int:
             continue  # the hour since the last one is not over
         if 0 < desk.cfg.service.max_staff_mails_per_hour <= len(recent):
             break  # the rest waits (and the digest lists it)
+        from bot.flows.compose import enqueue_mail  # here: an idle pass has no notes and renders nothing
+
         case = desk.store.get_case(case_id)
         text = "\n\n".join(f"--- {n['at']}: {n['detail'].get('subject', '')}\n{n['detail'].get('text', '')}"
                            for n in notes)
