@@ -8,12 +8,14 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from bot.app import actions
+    from bot.core.rows import CaseRow
+    from bot.flows.runtime import Bot
 
 log = logging.getLogger("dkimbot")
 
@@ -31,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="json: one JSON object per log line (time, level, message, case), for log shippers")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_pass_commands(sub)  # in the order --help lists them
+    _add_case_commands(sub)
+    _add_operator_commands(sub)
+    return p
+
+
+def _add_pass_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """A pass, the daemon, and the read-only looks: status, show, check."""
     run = sub.add_parser("run", help="one pass: intake, due DNS checks, sending")
     run.add_argument("--once", action="store_true", help="run one pass and exit (for cron)")
     run.add_argument("--wait", action="store_true", help="wait for a running pass instead of exiting")
@@ -45,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--selector",
                     help="the DKIM selector to check (default: the domain's case's, else [keys] selector for today)")
     ck.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _add_case_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Staff actions on one case, the digest, and signing from stdin."""
     for name, text in (("resend", "send the facility its record again"),
                        ("cancel", "stop a case"),
                        ("retry", "check a case now; resume an escalated case"),
@@ -64,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     nt = sub.add_parser("note", help="add a staff note to a case's event log")
     nt.add_argument("case", help=CASE_HELP)
     nt.add_argument("text", nargs="+", help="the note (the words are joined by spaces)")
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The staff site, rotation, adoption, backup, the doctor, DMARC reports, the demo."""
     web = sub.add_parser("web", help="serve the staff site (see README: create an account first)")
     web.add_argument("--host", help="listen address (default [web] host, 127.0.0.1)")
     web.add_argument("--port", type=int, help="listen port (default [web] port, 8025)")
@@ -94,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help=JSON_HELP)
     demo = sub.add_parser("demo", help="play the whole flow on the embedded default, no server needed")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
-    return p
 
 
 def _setup_logging(verbose: bool, log_format: str = "text") -> None:
@@ -162,23 +179,10 @@ _WRITING_COMMANDS = frozenset({"run", "daemon", "rotate", "rekey", "confirm", "r
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
-    if args.command == "sign":
-        from bot.adapters.signer import sign_filter
-
-        return sign_filter(cfg, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
-    if args.command == "check":
-        return _check(cfg, args)
-    if args.command in ("backup", "restore"):
-        return _backup_restore(cfg, args)
-    if args.command == "doctor":
-        from bot.app.doctor import run_doctor
-
-        return run_doctor(cfg, sys.stdout)
-    from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
-
+    command: str = args.command
     # Only when there is a key to try: the key module pulls in cryptography, which an idle
     # pass of a fresh install must not pay for (benchmarks/bench_startup.py).
-    if args.command in _WRITING_COMMANDS and any((cfg.state_dir / "keys").glob("*/*.pem")):
+    if command in _WRITING_COMMANDS and any((cfg.state_dir / "keys").glob("*/*.pem")):
         from bot.adapters.keys import passphrase_problem
 
         # Before anything is written: a wrong [keys] passphrase would otherwise store new
@@ -187,71 +191,117 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         if problem:
             print(f"dkimbot: {problem}", file=sys.stderr)
             return 2
-    if args.command == "run":
-        try:
-            with pass_lock(cfg, wait=args.wait):
-                bot = Bot.open(cfg)
-                try:
-                    result = run_pass(bot)
-                finally:
-                    bot.close()
-        except PassLocked as exc:
-            print(f"dkimbot: {exc}; not starting a second one", file=sys.stderr)
-            return 75  # EX_TEMPFAIL: cron will simply try again
-        for err in result.errors:
-            print(f"dkimbot: {err}", file=sys.stderr)
-        log.info("pass done: %d messages, %d checks, %d mails sent", result.messages,
-                 result.checks, result.mails_sent)
-        return 1 if result.errors else 0
-    if args.command == "daemon":
-        from bot.app.scheduler import run_daemon
-
-        return run_daemon(cfg)
-    if args.command == "web":
-        from bot.web.server import serve
-
-        return serve(cfg, host=args.host, port=args.port)
-    if args.command == "staff":
-        from bot.web.accounts import staff_command
-
-        return staff_command(cfg, args.staff_command, args.name, sys.stdin, sys.stdout, sys.stderr)
-    from bot.app import actions
+    if command in _CONFIG_COMMANDS:
+        return _CONFIG_COMMANDS[command](cfg, args)
+    from bot.app.jobs import Bot
 
     bot = Bot.open(cfg)
     try:
-        if args.command == "status":
-            return _status(bot, args.json)
-        if args.command == "digest":
-            from bot.flows.digest import digest_command
-
-            return digest_command(bot, args.print)
-        if args.command == "rotate":
-            return _act(lambda: actions.rotate(bot, args.domain, STAFF_CLI))
-        if args.command == "reports":
-            return _reports(bot, args.domain, args.days, args.json)
-        if args.command == "adopt":
-            from bot.flows.adopt import adopt_command
-
-            with pass_lock(cfg, wait=True):
-                return adopt_command(bot, args.keytable, args.signingtable, args.dry_run)
+        if command in _BOT_COMMANDS:
+            return _BOT_COMMANDS[command](bot, args)
         case = bot.store.find_case(args.case)
         if case is None:
             print(f"dkimbot: no case {args.case}", file=sys.stderr)
             return 2
-        if args.command == "show":
-            from bot.app.show import show_case
-
-            return show_case(bot.store, case, args.json)
-        if args.command == "rekey":
-            return _act(lambda: actions.rekey(bot, case, STAFF_CLI, args.bits))
-        if args.command == "note":
-            return _act(lambda: actions.note(bot, case, STAFF_CLI, " ".join(args.text)))
-        return _act(lambda: actions.SIMPLE[args.command](bot, case, STAFF_CLI))
+        return _case_command(bot, case, args)
     finally:
         bot.close()
 
 
-def _reports(bot: Any, domain: str, days: int, as_json: bool) -> int:
+# -- commands on the config alone (each opens what it needs) -----------------------------------
+
+
+def _sign(cfg: Config, args: argparse.Namespace) -> int:
+    from bot.adapters.signer import sign_filter
+
+    return sign_filter(cfg, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+
+
+def _doctor(cfg: Config, args: argparse.Namespace) -> int:
+    from bot.app.doctor import run_doctor
+
+    return run_doctor(cfg, sys.stdout)
+
+
+def _run(cfg: Config, args: argparse.Namespace) -> int:
+    """``run --once``: one pass under the pass lock (cron's command)."""
+    from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
+
+    try:
+        with pass_lock(cfg, wait=args.wait):
+            bot = Bot.open(cfg)
+            try:
+                result = run_pass(bot)
+            finally:
+                bot.close()
+    except PassLocked as exc:
+        print(f"dkimbot: {exc}; not starting a second one", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: cron will simply try again
+    for err in result.errors:
+        print(f"dkimbot: {err}", file=sys.stderr)
+    log.info("pass done: %d messages, %d checks, %d mails sent", result.messages,
+             result.checks, result.mails_sent)
+    return 1 if result.errors else 0
+
+
+def _daemon(cfg: Config, args: argparse.Namespace) -> int:
+    from bot.app.scheduler import run_daemon
+
+    return run_daemon(cfg)
+
+
+def _web(cfg: Config, args: argparse.Namespace) -> int:
+    from bot.web.server import serve
+
+    return serve(cfg, host=args.host, port=args.port)
+
+
+def _staff(cfg: Config, args: argparse.Namespace) -> int:
+    from bot.web.accounts import staff_command
+
+    return staff_command(cfg, args.staff_command, args.name, sys.stdin, sys.stdout, sys.stderr)
+
+
+# -- commands on an open bot -------------------------------------------------------------------
+
+
+def _digest(bot: Bot, args: argparse.Namespace) -> int:
+    from bot.flows.digest import digest_command
+
+    return digest_command(bot, args.print)
+
+
+def _rotate(bot: Bot, args: argparse.Namespace) -> int:
+    from bot.app import actions
+
+    return _act(lambda: actions.rotate(bot, args.domain, STAFF_CLI))
+
+
+def _adopt(bot: Bot, args: argparse.Namespace) -> int:
+    from bot.app.jobs import pass_lock
+    from bot.flows.adopt import adopt_command
+
+    with pass_lock(bot.cfg, wait=True):
+        return adopt_command(bot, args.keytable, args.signingtable, args.dry_run)
+
+
+def _case_command(bot: Bot, case: CaseRow, args: argparse.Namespace) -> int:
+    """``show``, ``rekey``, ``note`` and the simple actions (resend, cancel, retry, confirm,
+    proof) on one case."""
+    from bot.app import actions
+
+    if args.command == "show":
+        from bot.app.show import show_case
+
+        return show_case(bot.store, case, args.json)
+    if args.command == "rekey":
+        return _act(lambda: actions.rekey(bot, case, STAFF_CLI, args.bits))
+    if args.command == "note":
+        return _act(lambda: actions.note(bot, case, STAFF_CLI, " ".join(args.text)))
+    return _act(lambda: actions.SIMPLE[args.command](bot, case, STAFF_CLI))
+
+
+def _reports(bot: Bot, domain: str, days: int, as_json: bool) -> int:
     """`dkimbot reports DOMAIN`: messages and DMARC passes per source, from stored reports."""
     from bot.core.dmarcstats import percent
     from bot.flows.dmarcnotify import summary
@@ -303,7 +353,7 @@ def _act(action: Callable[[], actions.ActionResult]) -> int:
     return 0
 
 
-def _status(bot: Any, as_json: bool) -> int:
+def _status(bot: Bot, as_json: bool) -> int:
     cases = bot.store.list_cases()
     if as_json:
         print(json.dumps([c.to_json() for c in cases], ensure_ascii=False, indent=2))
@@ -377,6 +427,21 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
 
     return int(run_check_command(DnsClient(cfg.dns), cfg.service, domain, selector, expected,
                                  args.json, sys.stdout))
+
+
+#: Commands that need the config only; the rest open the bot (the store), and those
+#: not in ``_BOT_COMMANDS`` name a case.
+_CONFIG_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "sign": _sign, "check": _check, "backup": _backup_restore, "restore": _backup_restore,
+    "doctor": _doctor, "run": _run, "daemon": _daemon, "web": _web, "staff": _staff,
+}
+_BOT_COMMANDS: dict[str, Callable[[Bot, argparse.Namespace], int]] = {
+    "status": lambda bot, args: _status(bot, args.json),
+    "digest": _digest,
+    "rotate": _rotate,
+    "reports": lambda bot, args: _reports(bot, args.domain, args.days, args.json),
+    "adopt": _adopt,
+}
 
 
 if __name__ == "__main__":

@@ -184,15 +184,30 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
     records to register in the same visit as DKIM, each with its box) and ``existing``
     (notes on records already there that need nothing, or are handled later)."""
     from bot.core.providers import hint
-    from bot.core.records import record_box
 
     if found is None:
         return {"provider_hint": None, "existing": [], "asks": [], "looked": False}
     provider = found.provider
-    domain = found.domain
+    spf_existing, spf_asks = _spf_items(found, service.spf_include if service is not None else "")
+    dmarc_existing, dmarc_asks = _dmarc_items(found, service.dmarc_rua if service is not None else "")
+    return {"provider_hint": hint(provider, records) if provider and records else None,
+            "existing": spf_existing + dmarc_existing, "asks": dmarc_asks + spf_asks,  # DMARC asked first
+            # Both DMARC and SPF seen (not lost to a DNS error): the mail can promise one visit.
+            "looked": (found.dmarc is not None or found.dmarc_missing) and (found.spf is not None
+                                                                              or bool(found.spf_new))}
+
+
+_Items = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (notes on records already there, asks)
+
+
+def _spf_items(found: Lookahead, include: str) -> _Items:
+    """What the first mail says about SPF: a note on a record that needs nothing, or the
+    record to add or to write over (one SPF record only)."""
+    from bot.core.records import record_box
+
+    provider, domain = found.provider, found.domain
     existing: list[dict[str, Any]] = []
     asks: list[dict[str, Any]] = []
-    include = service.spf_include if service is not None else ""
     spf = found.spf
     if spf is not None:
         current = "」「".join(spf["records"])
@@ -218,8 +233,18 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
                                "次のレコードを新しく追加してください。",
                                _spf_own_servers_note(found, include, [])],
                      "box": record_box(domain, domain, found.spf_new, provider=provider)})
+    return existing, asks
+
+
+def _dmarc_items(found: Lookahead, rua: str) -> _Items:
+    """What the first mail says about DMARC: a note on a record that is fine (or is
+    mended after DKIM), or the record to add or to write over."""
+    from bot.core.records import record_box
+
+    provider, domain = found.provider, found.domain
+    existing: list[dict[str, Any]] = []
+    asks: list[dict[str, Any]] = []
     dmarc = found.dmarc
-    rua = service.dmarc_rua if service is not None else ""
     if dmarc is not None:
         record = dmarc["record"]
         shown = "」「".join(record) if isinstance(record, list) else (record or "")
@@ -244,8 +269,8 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
                 note = (f"DMARCレコード「{shown}」が既に「{dmarc['location']}」に登録されていますが、"
                         "誤りがあります。新しく追加せずに、この既存のレコードの値を次の内容に書き換えてください。")
                 action = "replace"
-            asks.insert(0, {"name": "DMARC", "action": action, "notes": [note],
-                            "box": record_box(domain, f"_dmarc.{domain}", dmarc["fix"], provider=provider)})
+            asks.append({"name": "DMARC", "action": action, "notes": [note],
+                         "box": record_box(domain, f"_dmarc.{domain}", dmarc["fix"], provider=provider)})
         else:
             existing.append({"text": f"DMARCレコード「{shown}」が既に「{dmarc['location']}」に登録されていますが、"
                                      "誤りがあります。DKIMの確認後に、この既存のレコードの修正内容をご案内します。",
@@ -253,12 +278,8 @@ def reply_context(found: Lookahead | None, records: list[dict[str, str]],
     elif found.dmarc_missing:
         from bot.checks.dmarc import suggest_dmarc_record
 
-        asks.insert(0, {"name": "DMARC", "action": "add",
-                        "notes": ["DMARCは、DKIMなどの確認に失敗したメールの扱いを、受け取った側に伝える設定です。"],
-                        "box": record_box(domain, f"_dmarc.{domain}", suggest_dmarc_record(None, rua or None),
-                                           provider=provider)})
-    return {"provider_hint": hint(provider, records) if provider and records else None,
-            "existing": existing, "asks": asks,
-            # Both DMARC and SPF seen (not lost to a DNS error): the mail can promise one visit.
-            "looked": (found.dmarc is not None or found.dmarc_missing) and (found.spf is not None
-                                                                              or bool(found.spf_new))}
+        asks.append({"name": "DMARC", "action": "add",
+                     "notes": ["DMARCは、DKIMなどの確認に失敗したメールの扱いを、受け取った側に伝える設定です。"],
+                     "box": record_box(domain, f"_dmarc.{domain}", suggest_dmarc_record(None, rua or None),
+                                       provider=provider)})
+    return existing, asks

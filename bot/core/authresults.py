@@ -75,50 +75,81 @@ class AuthResultsError(ValueError):
 def _segments(text: str) -> list[tuple[str, str]]:
     """Split on top-level ';' into (text without comments, comments), honouring quotes,
     nested comments and backslash escapes. '=' loses the spaces around it."""
-    out: list[tuple[str, str]] = []
-    buf: list[str] = []
-    comments: list[str] = []
-    comment: list[str] = []
-    depth = 0
-    in_quote = False
-    skip_space = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if depth:
-            if ch == "\\" and i + 1 < len(text):
-                comment.append(text[i + 1])
-                i += 2
-                continue
-            if ch == "(":
-                depth += 1
-            elif ch == ")":
-                depth -= 1
-                if depth == 0:
-                    comments.append(" ".join("".join(comment).split()))
-                    comment = []
-                    if not skip_space:  # "= (wait for it) fail": the value still follows "="
-                        buf.append(" ")  # a comment separates tokens: "pass(p=REJECT)header.from=…"
-                    i += 1
-                    continue
-            comment.append(ch)
-        elif in_quote:
-            buf.append(ch)
-            if ch == "\\" and i + 1 < len(text):
-                buf.append(text[i + 1])
+    return _Segmenter(text).run()
+
+
+class _Segmenter:
+    """One walk of ``_segments`` over a header value, a character at a time: inside a
+    comment, inside a quoted string, or in plain text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.out: list[tuple[str, str]] = []
+        self.buf: list[str] = []        # the current segment's text, comments taken out
+        self.comments: list[str] = []   # the current segment's comments
+        self.comment: list[str] = []    # the comment being read
+        self.depth = 0                  # comment nesting
+        self.in_quote = False
+        self.skip_space = False         # after "=" (and "." or "/"): spaces there are CFWS
+
+    def run(self) -> list[tuple[str, str]]:
+        i = 0
+        while i < len(self.text):
+            if self.depth:
+                i = self._comment_char(i)
+            elif self.in_quote:
+                i = self._quoted_char(i)
+            else:
+                self._plain_char(self.text[i])
                 i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
+        self._end_segment()
+        return self.out
+
+    def _end_segment(self) -> None:
+        self.out.append(("".join(self.buf), " ".join(c for c in self.comments if c)))
+        self.buf, self.comments = [], []
+
+    def _comment_char(self, i: int) -> int:
+        """The character at ``i`` inside a comment; returns where the next one is."""
+        ch = self.text[i]
+        if ch == "\\" and i + 1 < len(self.text):
+            self.comment.append(self.text[i + 1])
+            return i + 2
+        if ch == "(":
+            self.depth += 1
+        elif ch == ")":
+            self.depth -= 1
+            if self.depth == 0:
+                self.comments.append(" ".join("".join(self.comment).split()))
+                self.comment = []
+                if not self.skip_space:  # "= (wait for it) fail": the value still follows "="
+                    self.buf.append(" ")  # a comment separates tokens: "pass(p=REJECT)header.from=…"
+                return i + 1
+        self.comment.append(ch)
+        return i + 1
+
+    def _quoted_char(self, i: int) -> int:
+        """The character at ``i`` inside a quoted string (kept as written, quotes too)."""
+        ch = self.text[i]
+        self.buf.append(ch)
+        if ch == "\\" and i + 1 < len(self.text):
+            self.buf.append(self.text[i + 1])
+            return i + 2
+        if ch == '"':
+            self.in_quote = False
+        return i + 1
+
+    def _plain_char(self, ch: str) -> None:
+        buf = self.buf
+        if ch == '"':
+            self.in_quote = True
             buf.append(ch)
-            skip_space = False
+            self.skip_space = False
         elif ch == "(":
-            depth = 1
+            self.depth = 1
         elif ch == ";":
-            out.append(("".join(buf), " ".join(c for c in comments if c)))
-            buf, comments = [], []
-            skip_space = False
+            self._end_segment()
+            self.skip_space = False
         elif ch == "=" or ch in "./" and buf and buf[-1].isspace():
             # CFWS may surround "=", and "/" (method/version) and "." (ptype.property)
             # too (RFC 8601 §2.2; B.7's "policy (A dot can go here) . (like that) expired").
@@ -126,16 +157,13 @@ def _segments(text: str) -> list[tuple[str, str]]:
             while buf and buf[-1].isspace():
                 buf.pop()
             buf.append(ch)
-            skip_space = True
+            self.skip_space = True
         elif ch.isspace():
-            if not skip_space:
+            if not self.skip_space:
                 buf.append(" ")
         else:
             buf.append(ch)
-            skip_space = False
-        i += 1
-    out.append(("".join(buf), " ".join(c for c in comments if c)))
-    return out
+            self.skip_space = False
 
 
 def _unquote(value: str) -> str:
