@@ -51,7 +51,10 @@ class Sizes:
     latency_replies: int = 50
     latency_window: float = 120.0   # the replies arrive at random over this many seconds
     latency_poll_interval: int = 60  # the daemon's default poll_interval_seconds
-    startup_repeats: int = 10
+    startup_repeats: int = 30
+    # A commit whose idle `run --once` is timed interleaved with this tree's (bench_startup.py);
+    # 0423efe: the flat bot/ just before the layered packages (issue 10). "" for none.
+    startup_baseline: str = "0423efe"
     key_repeats: dict[str, int] = field(default_factory=lambda: {
         "rsa1024": 10, "rsa2048": 10, "rsa3072": 5, "rsa4096": 3, "ed25519": 50})
     dmarc_reports: int = 2_000        # DMARC aggregate reports (bench_dmarc.py); big ones: 1/20 of it
@@ -63,7 +66,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(big_mailbox=400, small_mailbox=10, idle_repeats=3, new_unrelated=200, new_requests=5,
-              recheck_cases=60, startup_repeats=3, checkdmarc_domains=5,
+              recheck_cases=60, startup_repeats=3, startup_baseline="HEAD", checkdmarc_domains=5,
               latency_replies=4, latency_window=6.0, latency_poll_interval=5,
               key_repeats={"rsa1024": 1, "rsa2048": 1, "rsa3072": 1, "rsa4096": 1, "ed25519": 3},
               dmarc_reports=100, dmarc_records=10, dmarc_big_records=200,

@@ -164,14 +164,27 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              "report", "-"),
         ]
     if name == "startup":
-        return [
+        load = f"load {_f(r['load'][0], 1)} -> {_f(r['load'][1], 1)}" if "load" in r else ""
+        out = [
             ("`dkimbot run --once`, nothing to do, vs `python -c pass`",
-             f"{_f(r['run_once_ms'], 0)} ms vs {_f(r['python_ms'], 0)} ms = {_f(r['ratio'], 1)}x", "report", "-"),
+             (f"{_f(r['run_once_ms'], 0)} ms vs {_f(r['python_ms'], 0)} ms = {_f(r['ratio'], 1)}x "
+              f"(median of {r.get('repeats', '?')}, {load})"), "report", "-"),
+        ]
+        if "vs_baseline" in r:
+            out.append((f"`dkimbot run --once`, nothing to do, vs the same of {r['baseline']} (interleaved)",
+                        (f"{_f(r['run_once_ms'], 0)} ms vs {_f(r['baseline_ms'], 0)} ms = {_f(r['vs_baseline'])}x; "
+                         f"modules imported {r['modules_imported']} vs {r['baseline_modules']}"),
+                        # --quick compares with HEAD: a check that it runs, not a figure
+                        *(("report", "-") if r["baseline"] == "HEAD" else ("<= 1.0x", yes(r["vs_baseline"] <= 1.0)))))
+        else:
+            out.append(("`dkimbot run --once` vs a baseline commit", r.get("baseline_missing", "-"), "-", "-"))
+        out += [
             ("start-up, heavy modules imported by an idle run --once",
              ", ".join(r["heavy_imported"]) or "none", "none", yes(not r["heavy_imported"])),
             ("start-up, costliest imports (-X importtime, which inflates them)",
              ", ".join(f"{n} {_f(ms, 0)} ms" for n, ms in r["top_imports"][:3]), "-", "-"),
         ]
+        return out
     if name == "keys":
         out = [(f"key generation {alg}", f"{_f(ms, 1 if ms >= 1 else 3)} ms (mean of {r['repeats'][alg]})", "report", "-")
                for alg, ms in r["generate_ms"].items()]
