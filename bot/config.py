@@ -231,7 +231,8 @@ class WebConfig:
     port: int = 8025
     secure_cookies: bool = False
     trusted_proxies: list[str] = field(default_factory=list)
-    session_hours: float = 12.0
+    session_hours: float = 12.0        # a session ends this long after login, however busy
+    session_idle_minutes: float = 30.0  # ... and this long after its last page (0: no idle limit)
     page_size: int = 100
 
 
@@ -414,8 +415,9 @@ def _validate(cfg: Config) -> None:
     _validate_reports(cfg.reports)
     if not (0 < cfg.web.port < 65536):
         raise ConfigError(f"[web] port out of range: {cfg.web.port}")
-    if cfg.web.session_hours <= 0 or not (1 <= cfg.web.page_size <= 10000):
-        raise ConfigError("[web] session_hours must be more than 0 and page_size 1..10000")
+    if cfg.web.session_hours <= 0 or cfg.web.session_idle_minutes < 0 or not (1 <= cfg.web.page_size <= 10000):
+        raise ConfigError("[web] session_hours must be more than 0, session_idle_minutes 0 or more "
+                          "and page_size 1..10000")
 
 
 def _validate_reports(rep: ReportsConfig) -> None:

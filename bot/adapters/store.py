@@ -1010,13 +1010,23 @@ class Store:
                 (token_hash, name, csrf, now_iso(now), now_iso(expires)),
             )
 
-    def session(self, token_hash: str, now: datetime) -> tuple[str, str] | None:
-        """(staff name, CSRF token) of a live session of an existing account."""
+    def session(self, token_hash: str, now: datetime) -> tuple[str, str, datetime, datetime] | None:
+        """(staff name, CSRF token, created, expires) of a live session of an existing account."""
         row = self.db.execute(
-            "SELECT t.name, t.csrf FROM staff_sessions t JOIN staff s ON s.name = t.name "
-            "WHERE t.token_hash=? AND t.expires_at > ?", (token_hash, now_iso(now)),
+            "SELECT t.name, t.csrf, t.created_at, t.expires_at FROM staff_sessions t "
+            "JOIN staff s ON s.name = t.name WHERE t.token_hash=? AND t.expires_at > ?",
+            (token_hash, now_iso(now)),
         ).fetchone()
-        return (str(row["name"]), str(row["csrf"])) if row else None
+        if row is None:
+            return None
+        return (str(row["name"]), str(row["csrf"]), datetime.fromisoformat(row["created_at"]),
+                datetime.fromisoformat(row["expires_at"]))
+
+    def extend_session(self, token_hash: str, expires: datetime) -> None:
+        """Move a session's end (the idle limit slides with each page, bot/web/auth.py)."""
+        with self.transaction():
+            self.db.execute("UPDATE staff_sessions SET expires_at=? WHERE token_hash=?",
+                            (now_iso(expires), token_hash))
 
     def delete_session(self, token_hash: str) -> None:
         self.db.execute("DELETE FROM staff_sessions WHERE token_hash=?", (token_hash,))

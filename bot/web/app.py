@@ -100,6 +100,13 @@ class StaffSite:
         with self.reader() as store:
             return auth.find_session(store, request.cookies.get(auth.SESSION_COOKIE), self.clock())
 
+    def keep_alive(self, session: auth.Session) -> None:
+        """Slide the session's idle limit forward (a write only now and then: ``auth.new_end``)."""
+        end = auth.new_end(session, self.clock(), self.cfg.web)
+        if end is not None:
+            with self.writer() as store:
+                store.extend_session(session.token_hash, end)
+
     def render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return HTMLResponse(self.env.get_template(name).render(**ctx), status_code=status)
 
@@ -129,6 +136,7 @@ class StaffSite:
                     target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
                     return RedirectResponse(f"/login?next={target}", status_code=303)
                 return self.render("error.html", 403, title="ログインが必要です", message="ログインしてください。")
+            await run_in_threadpool(self.keep_alive, session)
             return await handler(request, session)
 
         return endpoint
@@ -185,7 +193,7 @@ class StaffSite:
             auth.note_success(store, name, address)
             if old_token:  # a session id from before the login is never kept
                 store.delete_session(auth.token_hash(old_token))
-            token = auth.start_session(store, name, now, self.cfg.web.session_hours)
+            token = auth.start_session(store, name, now, self.cfg.web)
         log.info("staff site: %s logged in from %s", name, address)
         return token
 

@@ -1,9 +1,12 @@
 """Sessions, CSRF tokens and the login slow-down of the staff site.
 
 * A session is a random 256-bit token in an HttpOnly, SameSite=Strict cookie; the store
-  keeps only its SHA-256, with the staff name, the session's CSRF token and an absolute
-  expiry. Every login makes a new token (a token planted before login is worthless), and
-  logout deletes the row.
+  keeps only its SHA-256, with the staff name, the session's CSRF token, when it began
+  and when it ends. It ends ``[web] session_idle_minutes`` after its last page (the end
+  slides forward as pages are opened, written at most every tenth of that time, so a
+  busy staff member costs a write a few minutes, not one per page) and never later than
+  ``session_hours`` after login. Every login makes a new token (a token planted before
+  login is worthless), and logout deletes the row.
 * Every state-changing form carries the session's CSRF token; a POST without the right
   one is refused (403) before anything is read from the form's action. The login form,
   which has no session yet, uses a double-submit token (a cookie and a field that must
@@ -40,6 +43,8 @@ class Session:
     name: str
     csrf: str
     token_hash: str
+    created: datetime
+    expires: datetime
 
 
 def token_hash(token: str) -> str:
@@ -50,10 +55,18 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def start_session(store: Store, name: str, now: datetime, hours: float) -> str:
+def session_end(created: datetime, now: datetime, cfg: WebConfig) -> datetime:
+    """When a session used at ``now`` ends: idle limit from now, capped by its lifetime."""
+    lifetime = created + timedelta(hours=cfg.session_hours)
+    if cfg.session_idle_minutes <= 0:
+        return lifetime
+    return min(now + timedelta(minutes=cfg.session_idle_minutes), lifetime)
+
+
+def start_session(store: Store, name: str, now: datetime, cfg: WebConfig) -> str:
     """A new session for ``name``; returns the cookie's value (kept nowhere else)."""
     token = new_token()
-    store.create_session(token_hash(token), name, new_token(), now, now + timedelta(hours=hours))
+    store.create_session(token_hash(token), name, new_token(), now, session_end(now, now, cfg))
     return token
 
 
@@ -62,7 +75,16 @@ def find_session(store: Store, token: str | None, now: datetime) -> Session | No
         return None
     digest = token_hash(token)
     found = store.session(digest, now)
-    return Session(found[0], found[1], digest) if found else None
+    return Session(found[0], found[1], digest, found[2], found[3]) if found else None
+
+
+def new_end(session: Session, now: datetime, cfg: WebConfig) -> datetime | None:
+    """The session's end to write after a page at ``now``, or None when the stored one is
+    close enough (less than a tenth of the idle limit behind): a write every few minutes
+    per busy staff member, not one per page."""
+    end = session_end(session.created, now, cfg)
+    step = timedelta(minutes=cfg.session_idle_minutes) / 10
+    return end if end - session.expires > step else None
 
 
 def same_token(expected: str, given: str | None) -> bool:
