@@ -148,3 +148,34 @@ def test_retry_brings_an_escalated_case_back_to_where_it_was(tmp_path, dovecot, 
     r = dkimbot(cfg, "run", "--once")
     assert r.returncode == 0, r.stderr.decode()
     assert len(received_for(smtp, domain)) == 1
+
+
+def _as(cfg: Path, env: dict[str, str], *args: str):
+    import subprocess
+    import sys
+
+    from workerkit import dkimbot_env
+
+    base = {k: v for k, v in dkimbot_env().items() if k not in ("SUDO_USER", "LOGNAME", "USER", "LNAME", "USERNAME")}
+    return subprocess.run([sys.executable, "-m", "bot", "--config", str(cfg), *args],
+                          capture_output=True, env={**base, **env}, timeout=120, check=False)
+
+
+def test_command_line_actions_record_the_os_user_and_the_sudo_caller(tmp_path, dovecot, bind, smtp):
+    """The event log names who acted from the shell (the site names the account): the OS
+    user, and through sudo the person who ran sudo, never a bare "staff"."""
+    smtp.clear()
+    cfg, _domain = _setup(tmp_path, dovecot, bind, smtp, "staffwho")
+    assert dkimbot(cfg, "run", "--once").returncode == 0
+    [case] = cases(cfg)
+    ref = case["case"]
+    r = _as(cfg, {"LOGNAME": "suzuki"}, "note", ref, "電話で説明済み")
+    assert r.returncode == 0, r.stderr.decode()
+    r = _as(cfg, {"LOGNAME": "root", "SUDO_USER": "tanaka"}, "resend", ref)
+    assert r.returncode == 0, r.stderr.decode()
+    r = _as(cfg, {"LOGNAME": "root", "SUDO_USER": "tanaka"}, "cancel", ref)
+    assert r.returncode == 0, r.stderr.decode()
+    by = {e["kind"]: (e.get("detail") or {}).get("by") for e in show(cfg, ref)["events"]
+          if e["kind"] in ("staff_note", "staff_resend", "staff_cancel")}
+    assert by == {"staff_note": "cli:suzuki", "staff_resend": "cli:tanaka (sudo root)",
+                  "staff_cancel": "cli:tanaka (sudo root)"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC
@@ -274,7 +275,7 @@ def _digest(bot: Bot, args: argparse.Namespace) -> int:
 def _rotate(bot: Bot, args: argparse.Namespace) -> int:
     from bot.app import actions
 
-    return _act(lambda: actions.rotate(bot, args.domain, STAFF_CLI))
+    return _act(lambda: actions.rotate(bot, args.domain, cli_actor()))
 
 
 def _adopt(bot: Bot, args: argparse.Namespace) -> int:
@@ -295,10 +296,10 @@ def _case_command(bot: Bot, case: CaseRow, args: argparse.Namespace) -> int:
 
         return show_case(bot.store, case, args.json)
     if args.command == "rekey":
-        return _act(lambda: actions.rekey(bot, case, STAFF_CLI, args.bits))
+        return _act(lambda: actions.rekey(bot, case, cli_actor(), args.bits))
     if args.command == "note":
-        return _act(lambda: actions.note(bot, case, STAFF_CLI, " ".join(args.text)))
-    return _act(lambda: actions.SIMPLE[args.command](bot, case, STAFF_CLI))
+        return _act(lambda: actions.note(bot, case, cli_actor(), " ".join(args.text)))
+    return _act(lambda: actions.SIMPLE[args.command](bot, case, cli_actor()))
 
 
 def _reports(bot: Bot, domain: str, days: int, as_json: bool) -> int:
@@ -334,9 +335,19 @@ def _reports(bot: Bot, domain: str, days: int, as_json: bool) -> int:
     return 0
 
 
-# How the event log names an action taken from the command line (the site uses the
-# staff member's account name).
-STAFF_CLI = "staff"
+def cli_actor() -> str:
+    """Who the event log says took an action from the command line: ``cli:<OS user>``,
+    and through sudo ``cli:<who ran sudo> (sudo <OS user>)``, so that "root" or a shared
+    service account does not hide the person (the site records the account name). The
+    ``cli:`` keeps a shell user apart from a site account of the same name."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container uid)
+        user = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    return f"cli:{sudo} (sudo {user})" if sudo and sudo != user else f"cli:{user}"
 
 
 def _act(action: Callable[[], actions.ActionResult]) -> int:
