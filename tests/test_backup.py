@@ -161,6 +161,51 @@ def test_signer_key_paths_follow_the_new_keys_dir(tmp_path: Path) -> None:
         subprocess.run(["rm", "-rf", str(kept)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
+def test_restored_signer_keys_get_the_owner_and_modes_an_install_gives(tmp_path: Path) -> None:
+    """Restored where the signer runs as another user ([signer] key_owner/key_group/
+    key_mode): the key files and their directory are owned and moded as install_key
+    leaves them (tests/test_signer_config.py), so the signer can read them at once."""
+    import grp
+    import pwd
+    import stat
+
+    demo = subprocess.run([sys.executable, "-m", "bot", "demo", "--keep"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert demo.returncode == 0, demo.stderr
+    kept = Path(demo.stdout.strip().splitlines()[-1].removeprefix("(kept ").rstrip(")"))
+    try:
+        cfg = kept / "dkimbot.toml"
+        assert dkimbot(cfg, "backup", str(tmp_path / "b.tgz")).returncode == 0
+        other = tmp_path / "elsewhere"
+        cfg2 = tmp_path / "c2.toml"
+        text = cfg.read_text().replace(str(kept / "state"), str(other))
+        signer = 'key_owner = "daemon"\nkey_group = "daemon"\nkey_mode = 0o640\n'
+        cfg2.write_text(text.replace("[signer]\n", "[signer]\n" + signer) if "[signer]\n" in text
+                        else text + "\n[signer]\n" + signer)
+        # An unknown owner is refused before anything is written.
+        cfg3 = tmp_path / "c3.toml"
+        cfg3.write_text(cfg2.read_text().replace('key_owner = "daemon"', 'key_owner = "no-such-user-dkimbot"')
+                        .replace(str(other), str(tmp_path / "third")))
+        r = dkimbot(cfg3, "restore", str(tmp_path / "b.tgz"))
+        assert r.returncode != 0 and "no-such-user-dkimbot" in r.stderr
+        assert not (tmp_path / "third" / "dkimbot.sqlite3").exists()
+
+        r = dkimbot(cfg2, "restore", str(tmp_path / "b.tgz"))
+        assert r.returncode == 0, r.stderr
+        user, group = pwd.getpwnam("daemon"), grp.getgrnam("daemon")
+        keys = sorted((other / "signer" / "keys").iterdir())
+        assert keys
+        for path in keys:
+            st = path.stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (user.pw_uid, group.gr_gid, 0o640), path
+        directory = (other / "signer" / "keys").stat()
+        assert (directory.st_uid, directory.st_gid, stat.S_IMODE(directory.st_mode)) == \
+            (user.pw_uid, group.gr_gid, 0o750)
+    finally:
+        subprocess.run(["rm", "-rf", str(kept)], check=False)
+
+
 def test_a_damaged_or_foreign_archive_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n')

@@ -150,7 +150,8 @@ def installed_selectors(cfg: Config, domain: str) -> list[str]:
 # --------------------------------------------------------------------------- install
 
 
-def _resolve_owner(cfg: Config) -> tuple[int, int] | None:
+def key_owner_ids(cfg: Config) -> tuple[int, int] | None:
+    """(uid, gid) for ``[signer] key_owner`` / ``key_group`` (-1: leave as is); None: neither set."""
     owner, group = cfg.signer.key_owner.strip(), cfg.signer.key_group.strip()
     if not owner and not group:
         return None
@@ -175,6 +176,17 @@ def _prepare_dirs(cfg: Config, owner: tuple[int, int] | None) -> None:
     ensure_private_dir(directory, mode)
     if owner is not None:
         os.chown(directory, owner[0], owner[1])
+
+
+def place_key_files(cfg: Config, files: dict[str, bytes]) -> None:
+    """Write key files (name → PEM) into ``keys_dir`` as ``install_key`` leaves them: the
+    directory 0700/0750 and the files ``key_mode``, both owned by ``key_owner`` /
+    ``key_group`` (``dkimbot restore``: a restored signer must be able to read them)."""
+    owner = key_owner_ids(cfg)
+    _prepare_dirs(cfg, owner)
+    directory = keys_dir(cfg)
+    for name, pem in files.items():
+        write_file_atomic(directory / Path(name).name, pem, cfg.signer.key_mode, owner=owner)
 
 
 def _write_table(path: Path, text: str) -> None:
@@ -250,7 +262,7 @@ def install_key(cfg: Config, key: DkimKey, private_pem: bytes, *, retire: Iterab
     )
     retired = {keyname_for(domain, validate_selector(s)) for s in retire if s != selector}
     keytable_path, signingtable_path = _table_paths(cfg)
-    owner = _resolve_owner(cfg)
+    owner = key_owner_ids(cfg)
     _prepare_dirs(cfg, owner)
     key_path = key_file_path(cfg, domain, selector)
     name = keyname_for(domain, selector)

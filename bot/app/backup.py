@@ -157,11 +157,16 @@ def _rewrite_keytable(text: str, old_dir: str, new_dir: Path) -> str:
 
 def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
     from bot.adapters.keys import ensure_private_dir, write_file_atomic
-    from bot.adapters.signer import SignerInstallError, keys_dir, run_reload
+    from bot.adapters.signer import SignerInstallError, key_owner_ids, keys_dir, place_key_files, run_reload
     from bot.adapters.store import Store
     from bot.flows.runtime import pass_lock
 
     manifest, files = _read_archive(source)  # all checked before anything is written
+    if any(n.startswith("signer/keys/") for n in files):
+        try:
+            key_owner_ids(cfg)  # an unknown [signer] key_owner is refused before anything is written
+        except SignerInstallError as exc:
+            raise BackupError(str(exc)) from None
     state = cfg.state_dir
     present = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
     if present and not force:
@@ -183,10 +188,8 @@ def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
             write_file_atomic(path, files[name], 0o600)  # as stored: still encrypted
         signer_keys = [n for n in files if n.startswith("signer/keys/")]
         new_keys_dir = keys_dir(cfg).absolute()
-        if signer_keys:
-            ensure_private_dir(new_keys_dir, 0o750 if cfg.signer.key_group.strip() else 0o700)
-        for name in signer_keys:
-            write_file_atomic(new_keys_dir / Path(name).name, files[name], cfg.signer.key_mode)
+        if signer_keys:  # owner, group and modes as an install leaves them ([signer] key_*)
+            place_key_files(cfg, {Path(n).name: files[n] for n in signer_keys})
         for name, path in (("signer/KeyTable", cfg.state_path(cfg.signer.keytable)),
                            ("signer/SigningTable", cfg.state_path(cfg.signer.signingtable))):
             if name not in files:
