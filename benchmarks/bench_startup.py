@@ -2,7 +2,9 @@
 against the same command of an earlier commit.
 
 The embedded default config (a Maildir inbox, an outbox directory) in a fresh working
-directory per tree; a first run creates the state, then the commands run interleaved
+directory per tree, with bytecode compiled once, as an installed dkimbot has it
+(``PYTHONPYCACHEPREFIX`` under the work directory; ``PYTHONDONTWRITEBYTECODE`` dropped).
+A first run creates the state and the bytecode, then the commands run interleaved
 (``python -c pass``, the baseline commit's ``run --once``, this tree's, the two trees'
 order swapped every round so neither always follows the other) and the medians are
 compared. The baseline commit's ``bot/`` is unpacked with ``git archive`` (default
@@ -72,22 +74,28 @@ def baseline_tree(commit: str, work: Path) -> Path | str:
     return dest
 
 
-def _env(tree: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(tree: Path, pycache: Path) -> dict[str, str]:
+    """As cron runs it from an installed tree: with compiled bytecode (a shell or CI with
+    PYTHONDONTWRITEBYTECODE would compile every module on every run and time the
+    compiler), kept under the work directory rather than in the checkout."""
+    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONPYCACHEPREFIX=str(pycache))
     env.pop("PYTHONSTARTUP", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
 def run(sizes: Sizes, work: Path) -> dict[str, Any]:
     bot_cmd = [sys.executable, "-m", "bot", "run", "--once"]
     py_cmd = [sys.executable, "-c", "pass"]
-    trees: dict[str, tuple[Path, dict[str, str]]] = {"this": (work / "this", _env(REPO))}
+    pycache = work / "pycache"
+    trees: dict[str, tuple[Path, dict[str, str]]] = {"this": (work / "this", _env(REPO, pycache))}
     base = baseline_tree(sizes.startup_baseline, work) if sizes.startup_baseline else "no baseline asked for"
     if isinstance(base, Path):
-        trees["baseline"] = (work / "base", _env(base))
+        trees["baseline"] = (work / "base", _env(base, pycache))
     for cwd, env in trees.values():
         cwd.mkdir()
-        _run(bot_cmd, cwd, env)  # creates ./state (the embedded default's state dir)
+        _run(bot_cmd, cwd, env)  # creates ./state (the embedded default's state dir) and the bytecode
     times: dict[str, list[float]] = {name: [] for name in trees}
     py_times = []
     load_before = os.getloadavg()[0]
