@@ -688,26 +688,9 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
               if is_spf_candidate(str(r)) and not is_spf_record(str(r))]
     found["records"] = records + broken
     diags: list[Diagnosis] = []
-    if not records and not broken:
-        fix = "v=spf1 " + " ".join(add) + " ~all"
-        found["suggested"] = fix
-        diags.append(Diagnosis(
-            "spf_not_published",
-            f"{domain} に SPF レコードが見つかりませんでした。ホスト名は空欄（ドメイン名そのもの「{domain}」）、"
-            f"種類「TXT」、値「{fix}」で登録してください。",
-            "error", {"name": domain, "fix": fix, "fix_host": domain}))
-        return AreaResult(False, diags, found)
-    if len(records) + len(broken) > 1:
-        fix = merge_spf_records(records + broken, add)
-        found["suggested"] = fix
-        diags.append(Diagnosis(
-            "spf_multiple_records",
-            f"{domain} に SPF レコード（v=spf1 で始まる TXT レコード）が {len(records) + len(broken)} 件あります。"
-            "SPF レコードが複数あると、すべて無効として扱われます。"
-            f"次の1件にまとめ、ほかの SPF レコードは削除してください：{fix}",
-            "error", {"name": domain, "records": records + broken, "fix": fix,
-                      "fix_host": domain}))
-        return AreaResult(False, diags, found)
+    count_problem = _record_count_problem(domain, records, broken, add, found)
+    if count_problem is not None:
+        return AreaResult(False, [count_problem], found)
     text = (records or broken)[0]
     rec = parse_spf(text)
     found["record"] = text
@@ -730,6 +713,31 @@ def check_spf(client: DnsLookup, domain: str, sending_ips: Sequence[str],
 
     diags.extend(_authorization(lookup, domain, text, sending_ips, add, analysis, found))
     return AreaResult(not [d for d in diags if d.severity == "error"], diags, found)
+
+
+def _record_count_problem(domain: str, records: list[str], broken: list[str], add: list[str],
+                          found: dict[str, Any]) -> Diagnosis | None:
+    """No SPF record at all, or more than one (a permanent error at receivers, RFC 7208
+    §4.5): the diagnosis with the one record to publish (also in ``found["suggested"]``)."""
+    if not records and not broken:
+        fix = "v=spf1 " + " ".join(add) + " ~all"
+        found["suggested"] = fix
+        return Diagnosis(
+            "spf_not_published",
+            f"{domain} に SPF レコードが見つかりませんでした。ホスト名は空欄（ドメイン名そのもの「{domain}」）、"
+            f"種類「TXT」、値「{fix}」で登録してください。",
+            "error", {"name": domain, "fix": fix, "fix_host": domain})
+    if len(records) + len(broken) > 1:
+        fix = merge_spf_records(records + broken, add)
+        found["suggested"] = fix
+        return Diagnosis(
+            "spf_multiple_records",
+            f"{domain} に SPF レコード（v=spf1 で始まる TXT レコード）が {len(records) + len(broken)} 件あります。"
+            "SPF レコードが複数あると、すべて無効として扱われます。"
+            f"次の1件にまとめ、ほかの SPF レコードは削除してください：{fix}",
+            "error", {"name": domain, "records": records + broken, "fix": fix,
+                      "fix_host": domain})
+    return None
 
 
 def _limit_diagnoses(domain: str, analysis: SpfAnalysis, found: dict[str, Any]) -> list[Diagnosis]:
