@@ -83,6 +83,21 @@ class HeaderFilter:
         return bool(ids) and self.known_ids(ids)
 
 
+def maildir_files(path: Path) -> list[tuple[str, Path]]:
+    """A Maildir's messages (new/ and cur/), oldest first: (the name without its ``:2,``
+    flags, which stays the same when a reader marks the message seen, and the file).
+    A missing new/ or cur/ is an empty one; dot files are not messages."""
+    found: list[tuple[float, str, Path]] = []
+    for sub in ("new", "cur"):
+        folder = path / sub
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.is_file() and not entry.name.startswith("."):
+                found.append((entry.stat().st_mtime, entry.name, Path(entry.path)))
+    return [(name.split(":2,")[0], file) for _, name, file in sorted(found)]
+
+
 class MaildirMailbox:
     """The embedded default inbox: a Maildir under the state dir, read in place."""
 
@@ -95,13 +110,8 @@ class MaildirMailbox:
         self, last_seen: Callable[[str], bool], header_filter: HeaderFilter,
         max_bytes: int, on_skipped: Callable[[str, str], None],
     ) -> Iterator[InboxMessage]:
-        names: list[tuple[float, str, Path]] = []
-        for sub in ("new", "cur"):
-            for entry in os.scandir(self.path / sub):
-                if entry.is_file() and not entry.name.startswith("."):
-                    names.append((entry.stat().st_mtime, entry.name, Path(entry.path)))
-        for _, name, path in sorted(names):
-            key = "maildir:" + name.split(":2,")[0]
+        for name, path in maildir_files(self.path):
+            key = "maildir:" + name
             if last_seen(key):
                 continue
             size = path.stat().st_size

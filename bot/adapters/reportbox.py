@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import imaplib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.adapters.intake import connect_imap
+from bot.adapters.intake import connect_imap, maildir_files
 from bot.config import ReportsConfig
 
 log = logging.getLogger(__name__)
@@ -59,16 +58,8 @@ class MaildirReports:
         self.max_bytes = max_bytes
 
     def messages(self, seen: Callable[[str], bool]) -> Iterator[ReportMessage]:
-        entries: list[tuple[float, str, Path]] = []
-        for sub in ("new", "cur"):
-            folder = self.path / sub
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if entry.is_file() and not entry.name.startswith("."):
-                    entries.append((entry.stat().st_mtime, entry.name, Path(entry.path)))
-        for _, name, path in sorted(entries):
-            key = "dmarc:maildir:" + name.split(":2,")[0]
+        for name, path in maildir_files(self.path):
+            key = "dmarc:maildir:" + name
             if seen(key):
                 continue
             size = path.stat().st_size

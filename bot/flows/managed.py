@@ -74,56 +74,56 @@ def _txt_rdata(value: str) -> Any:
     return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [s.encode() for s in split_txt_strings(value)])
 
 
-def publish_txt(cfg: Config, zone: str, server: str, records: dict[str, str | None]) -> None:
-    """Replace the TXT rrset at each owner name (value None: only add when absent)."""
+def _update_message(cfg: Config, zone: str) -> Any:
+    """An RFC 2136 update of ``zone``, TSIG-signed when ``[dns] tsig_key_name`` is set."""
     import dns.name
-    import dns.query
-    import dns.rcode
-    import dns.rdataset
     import dns.tsigkeyring
     import dns.update
 
     keyring = None
     if cfg.dns.tsig_key_name:
         keyring = dns.tsigkeyring.from_text({cfg.dns.tsig_key_name: cfg.dns.tsig_secret})
-    update = dns.update.UpdateMessage(
+    return dns.update.UpdateMessage(
         zone + ".", keyring=keyring,
         keyname=dns.name.from_text(cfg.dns.tsig_key_name) if cfg.dns.tsig_key_name else None,
         keyalgorithm=dns.name.from_text(cfg.dns.tsig_algorithm),
     )
+
+
+def _send_update(cfg: Config, zone: str, server: str, update: Any) -> None:
+    """Send an RFC 2136 update over TCP; anything but NOERROR raises."""
+    import dns.query
+    import dns.rcode
+
+    response = dns.query.tcp(update, server, port=cfg.dns.port, timeout=cfg.dns.timeout)
+    if response.rcode() != dns.rcode.NOERROR:
+        raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
+
+
+def publish_txt(cfg: Config, zone: str, server: str, records: dict[str, str | None]) -> None:
+    """Replace the TXT rrset at each owner name (value None: only add when absent)."""
+    import dns.name
+    import dns.rdataset
+
+    update = _update_message(cfg, zone)
     for owner, value in records.items():
         if value is None:
             continue
         rds = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.TXT, ttl=300)
         rds.add(_txt_rdata(value))
         update.replace(dns.name.from_text(owner + "."), rds)
-    response = dns.query.tcp(update, server, port=cfg.dns.port, timeout=cfg.dns.timeout)
-    if response.rcode() != dns.rcode.NOERROR:
-        raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
+    _send_update(cfg, zone, server, update)
 
 
 def delete_txt_values(cfg: Config, zone: str, server: str, values: list[tuple[str, str]]) -> None:
     """Delete exactly these (owner, value) TXT records (RFC 2136 "delete an RR from an
     RRset"): a record someone else put at the same name stays."""
     import dns.name
-    import dns.query
-    import dns.rcode
-    import dns.tsigkeyring
-    import dns.update
 
-    keyring = None
-    if cfg.dns.tsig_key_name:
-        keyring = dns.tsigkeyring.from_text({cfg.dns.tsig_key_name: cfg.dns.tsig_secret})
-    update = dns.update.UpdateMessage(
-        zone + ".", keyring=keyring,
-        keyname=dns.name.from_text(cfg.dns.tsig_key_name) if cfg.dns.tsig_key_name else None,
-        keyalgorithm=dns.name.from_text(cfg.dns.tsig_algorithm),
-    )
+    update = _update_message(cfg, zone)
     for owner, value in values:
         update.delete(dns.name.from_text(owner + "."), _txt_rdata(value))
-    response = dns.query.tcp(update, server, port=cfg.dns.port, timeout=cfg.dns.timeout)
-    if response.rcode() != dns.rcode.NOERROR:
-        raise RuntimeError(f"update of {zone} at {server} refused: {dns.rcode.to_text(response.rcode())}")
+    _send_update(cfg, zone, server, update)
 
 
 def publish_for_domain(cfg: Config, client: DnsClient, domain: str,
