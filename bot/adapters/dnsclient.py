@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.query
@@ -99,7 +100,7 @@ def _records_from_reply(reply: dnswire.Reply, qname: dnswire.Labels, rdtype: str
         if not alias:
             break
         name = reply.target(alias[0])
-        target = dns.name.Name(name).to_text(omit_final_dot=True).lower()
+        target = dnswire.name_text(name)
     return [], target
 
 
@@ -285,6 +286,9 @@ class DnsClient:
         is its own zone, the usual case, costs one query for zone and servers together);
         below an apex the negative answer carries the zone's SOA in its authority section."""
         self._count()
+        quick = self._zone_probe_quick(name)
+        if quick is not None:
+            return quick[0]
         try:
             ans = self.resolver.resolve(name, "NS", raise_on_no_answer=False, search=False)
             response: dns.message.Message | None = ans.response
@@ -299,21 +303,55 @@ class DnsClient:
             return DnsFailure(type(exc).__name__, "resolver", name)
         if response is None:
             return None
-        qname = dns.name.from_text(name)
-        for rrset in response.answer:
-            if rrset.rdtype == dns.rdatatype.NS and rrset.name == qname:
-                targets = tuple(_rdata_value("NS", rd) for rd in rrset)
-                self._seed(("resolver", name, "NS"), Lookup(name, "NS", "NOERROR", targets))
-                return name
-        for section in (response.answer, response.authority):
-            for rrset in section:
-                if rrset.rdtype == dns.rdatatype.SOA:
-                    return rrset.name.to_text(omit_final_dot=True).lower()
+        return self._zone_from_reply(name, dnswire.read_reply(response.to_wire(), _probe_question(name, response.id)))
+
+    def _zone_probe_quick(self, name: str) -> tuple[str | None] | None:
+        """The zone probe through the multiplexer, as dnspython's resolver would ask it
+        (recursion desired, no EDNS, the first configured resolver, ``timeout``), read as
+        bytes: a resolver's NS lookup cost ~0.5 ms of CPU, a tenth of the pass. Only a
+        NOERROR or NXDOMAIN answer is taken (what the resolver takes from its first
+        server); anything else (silence, SERVFAIL, a truncated answer, an address that
+        is not plain IP) is None, and the probe is asked through the resolver itself,
+        with its retries, its other servers and TCP."""
+        servers = self.resolver.nameservers
+        first = servers[0] if servers else None
+        if not isinstance(first, str) or not dns.inet.is_address(first) or "%" in first:
+            return None
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return None
+        qid = self._ids.next()
+        question = dnswire.Question(qid, dnswire.labels_of(qname), dnswire.NS)
+        wire = dnswire.build_query(qid, qname.to_wire() or b"", dnswire.NS, edns=False, rd=True)
+        pending = self._mux.query(wire, question, first, self.port, self.timeout)
+        try:
+            reply = pending.result(timeout=self.timeout + 5)
+        except (dns.exception.Timeout, OSError):
+            return None
+        if reply.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or reply.flags & dnswire.TC:
+            return None
+        return (self._zone_from_reply(name, reply),)
+
+    def _zone_from_reply(self, name: str, reply: dnswire.Reply | None) -> str | None:
+        """The zone an NS answer for ``name`` tells (see ``_zone_probe``)."""
+        if reply is None:
+            return None
+        qname = dnswire.labels_of(dns.name.from_text(name))
+        ns = reply.rrset(qname, dnswire.NS)
+        if ns:
+            targets = tuple(dnswire.name_text(reply.target(r)) for r in ns)
+            self._seed(("resolver", name, "NS"), Lookup(name, "NS", "NOERROR", targets))
+            return name
+        for section in (reply.answer, reply.authority):
+            for record in section:
+                if record.rdtype == dnswire.SOA:
+                    return dnswire.name_text(record.name)
         # An authoritative-only server used as resolver (test benches, an operator's
         # own servers) answers a delegated name with a referral: its NS owner is the cut.
-        for rrset in response.authority:
-            if rrset.rdtype == dns.rdatatype.NS and not response.flags & dns.flags.AA:
-                return rrset.name.to_text(omit_final_dot=True).lower()
+        for record in reply.authority:
+            if record.rdtype == dnswire.NS and not reply.flags & dnswire.AA:
+                return dnswire.name_text(record.name)
         return None
 
     def _seed(self, key: tuple[Any, ...], value: Any) -> None:
@@ -611,6 +649,10 @@ class DnsClient:
             if isinstance(ans, Lookup):
                 return ans
         return next(iter(answers.values()), DnsFailure("no_answer", None, name))
+
+
+def _probe_question(name: str, qid: int) -> dnswire.Question:
+    return dnswire.Question(qid, dnswire.labels_of(dns.name.from_text(name)), dnswire.NS)
 
 
 def _rcode_from_nonameservers(exc: dns.resolver.NoNameservers) -> str:

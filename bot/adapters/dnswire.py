@@ -42,9 +42,10 @@ import dns.rdatatype
 QR = 0x8000
 AA = 0x0400
 TC = 0x0200
+RD = 0x0100
 _OPCODE = 0x7800
 IN = 1
-A, CNAME, AAAA, TXT, OPT, TSIG = 1, 5, 28, 16, 41, 250
+A, NS, CNAME, SOA, AAAA, TXT, OPT, TSIG = 1, 2, 5, 6, 28, 16, 41, 250
 FORMERR, SERVFAIL, NOTIMP, REFUSED = 1, 2, 4, 5
 _NO_QUESTION_OK = frozenset((FORMERR, SERVFAIL, NOTIMP, REFUSED))
 # EDNS(0), 1232-byte payload (DNS Flag Day 2020), no flags, no options.
@@ -67,9 +68,10 @@ def labels_of(name: dns.name.Name) -> Labels:
     return tuple(label.lower() for label in name.labels)
 
 
-def build_query(qid: int, qname: bytes, rdtype: int, *, edns: bool = True) -> bytes:
-    """A query without recursion desired: ``qname`` in wire form (``Name.to_wire()``)."""
-    return (_HEADER.pack(qid, 0, 1, 0, 0, 1 if edns else 0) + qname
+def build_query(qid: int, qname: bytes, rdtype: int, *, edns: bool = True, rd: bool = False) -> bytes:
+    """A query, without recursion desired unless ``rd``: ``qname`` in wire form
+    (``Name.to_wire()``)."""
+    return (_HEADER.pack(qid, RD if rd else 0, 1, 0, 0, 1 if edns else 0) + qname
             + _QTAIL.pack(rdtype, IN) + (_OPT_RR if edns else b""))
 
 
@@ -136,6 +138,7 @@ class Reply:
     flags: int
     rcode: int  # with the extended bits of the OPT record, as dnspython's ``rcode()``
     answer: tuple[Record, ...]
+    authority: tuple[Record, ...]  # owner and type only are read (their rdata is not checked)
 
     def rdata(self, record: Record) -> bytes:
         return self.wire[record.start:record.start + record.length]
@@ -158,14 +161,14 @@ class Reply:
 
     def _identity(self, record: Record) -> Any:
         """What makes two records' data equal (names in rdata compare case-insensitively)."""
-        if record.rdtype == CNAME:
+        if record.rdtype in (CNAME, NS):
             return self.target(record)
         if record.rdtype in (TXT, A, AAAA):
             return self.rdata(record)
         return self.value(record)
 
     def target(self, record: Record) -> Labels:
-        """The name a CNAME record points to."""
+        """The name a CNAME (or NS) record points to."""
         labels, after = _read_name(self.wire, record.start)
         if after != record.start + record.length:
             raise WireError("CNAME rdata length")
@@ -187,7 +190,7 @@ class Reply:
     def _check(self, record: Record) -> None:
         """Decode one answer record as dnspython's ``from_wire`` would: a record that
         does not decode makes the datagram malformed."""
-        if record.rdtype == CNAME:
+        if record.rdtype in (CNAME, NS):
             self.target(record)
         elif record.rdtype == A and record.length != 4 or record.rdtype == AAAA and record.length != 16:
             raise WireError("address of the wrong length")
@@ -198,6 +201,11 @@ class Reply:
                 raise
             except Exception as exc:  # noqa: BLE001 - dnspython's rdata classes raise many kinds
                 raise WireError(f"undecodable {record.rdtype} record: {exc!r}") from None
+
+
+def name_text(labels: Labels) -> str:
+    """A name as the checks write it: lower case, no final dot, dnspython's escapes."""
+    return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
 
 
 def txt_strings(data: bytes) -> tuple[bytes, ...]:
@@ -240,6 +248,7 @@ def read_reply(wire: bytes, question: Question) -> Reply | None:
         pos += 4
         questions.add((name, rdtype, rdclass))
     answer: list[Record] = []
+    authority: list[Record] = []
     ednsflags = 0
     seen_opt = False
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
@@ -258,8 +267,8 @@ def read_reply(wire: bytes, question: Question) -> Reply | None:
                     raise WireError("misplaced OPT record")
                 seen_opt = True
                 ednsflags = ttl
-            elif section == 1:
-                answer.append(Record(name, rdtype, rdclass, pos, rdlen))
+            elif section < 3:
+                (answer if section == 1 else authority).append(Record(name, rdtype, rdclass, pos, rdlen))
             pos += rdlen
     if pos != len(wire):
         raise WireError("trailing bytes")
@@ -269,7 +278,7 @@ def read_reply(wire: bytes, question: Question) -> Reply | None:
         return None
     if not (qdcount == 0 and rcode in _NO_QUESTION_OK) and questions != {(question.name, question.rdtype, IN)}:
         return None
-    reply = Reply(wire, flags, rcode, tuple(answer))
+    reply = Reply(wire, flags, rcode, tuple(answer), tuple(authority))
     for record in answer:
         reply._check(record)
     return reply
