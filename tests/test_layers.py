@@ -51,8 +51,6 @@ OS_WRITES = ("replace", "rename", "write", "open", "remove", "unlink", "makedirs
 RECORD_MODULE = "bot.core.records"
 SQL_MODULES = frozenset({"bot.adapters.store"})
 RUNTIME_MODULE = "bot.flows.runtime"  # defines Bot; the one flow module that may name it
-# Flows still taking Bot while issue 10's last rule is being applied, module by module.
-NOT_YET_NARROWED = frozenset({"bot.flows.checkpass", "bot.flows.monitor", "bot.flows.rechecks"})
 
 
 @dataclass(frozen=True)
@@ -259,7 +257,7 @@ def flows_taking_the_runtime(modules: dict[str, ast.Module]) -> list[str]:
     annotation, ``runtime.Bot`` or ``Bot | None`` count too)."""
     bad = []
     for name, tree in modules.items():
-        if not name.startswith("bot.flows.") or name == RUNTIME_MODULE or name in NOT_YET_NARROWED:
+        if not name.startswith("bot.flows.") or name == RUNTIME_MODULE:
             continue
         for imp in imports_of(name, tree):
             if imp.name == "Bot":

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from bot.core.rows import CaseRow
 from bot.flows.backoff import record_check_crash
-from bot.flows.runtime import Bot
+from bot.flows.desks import Office
 
 K = TypeVar("K", bound=Hashable)
 
@@ -39,7 +39,7 @@ GROUP_COMMIT_SECONDS = 0.5
 WORKERS = 64
 
 
-def check_and_apply(bot: Bot, due: list[CaseRow], key_of: Callable[[CaseRow], K | None],
+def check_and_apply(office: Office, due: list[CaseRow], key_of: Callable[[CaseRow], K | None],
                     prepare: Callable[[K], Any], check: Callable[[K, Any], Any],
                     apply: Callable[[CaseRow, Any], None], where: str, *, workers: int = WORKERS) -> None:
     """``prepare(key)`` on this thread (store reads), ``check(key, prepared)`` on the pool,
@@ -69,7 +69,7 @@ def check_and_apply(bot: Bot, due: list[CaseRow], key_of: Callable[[CaseRow], K 
             if first is not None:
                 wait([first])  # outside any transaction: never hold the write lock for DNS
             started = time.monotonic()
-            with bot.store.transaction():
+            with office.store.transaction():
                 applied = 0
                 while i < len(order) and applied < GROUP_COMMIT_CASES \
                         and time.monotonic() - started < GROUP_COMMIT_SECONDS:
@@ -87,7 +87,7 @@ def check_and_apply(bot: Bot, due: list[CaseRow], key_of: Callable[[CaseRow], K 
                         if key in broken:
                             raise broken[key]
                         assert future is not None
-                        with bot.store.transaction():  # this case's savepoint
+                        with office.store.transaction():  # this case's savepoint
                             apply(case, future.result())
                     except Exception as exc:  # noqa: BLE001 - one domain's trouble stays its own
-                        record_check_crash(bot, bot.store.get_case(case.id), exc, where)
+                        record_check_crash(office, office.store.get_case(case.id), exc, where)

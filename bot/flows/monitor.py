@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.adapters.store import Store
+from bot.config import Config
 from bot.core import cases as sm
 from bot.core.cases import Event, State, classify_watch
 from bot.core.dnsresults import AreaResult, DnsLookup
@@ -33,7 +35,7 @@ from bot.flows.backoff import (
 )
 from bot.flows.checkpass import check_and_apply
 from bot.flows.compose import enqueue_mail, key_records
-from bot.flows.runtime import Bot
+from bot.flows.desks import KeyDesk, MailDesk, Office, Workbench
 
 log = logging.getLogger("dkimbot")
 
@@ -55,10 +57,10 @@ def _jst(when: datetime) -> str:
     return f"{local.month}月{local.day}日（{_WEEKDAYS[local.weekday()]}）{local.hour}時{minute}（日本時間）"
 
 
-def monitor_due_once(bot: Bot) -> int:
+def monitor_due_once(bench: Workbench) -> int:
     """Check every due watched case (completed, dkim_lost, signing_stopped); return how many."""
-    now = bot.clock()
-    due = [c for c in bot.store.due_cases(tuple(s.value for s in sm.WATCHED), now)
+    now = bench.clock()
+    due = [c for c in bench.store.due_cases(tuple(s.value for s in sm.WATCHED), now)
            if c.domain and (c.selectors or c.selector)]
     if not due:
         return 0
@@ -67,13 +69,13 @@ def monitor_due_once(bot: Bot) -> int:
     from bot.checks.keyplan import check_dkim_each
     from bot.flows.selectors import expected_keys
 
-    client = bot.dns_client()
+    client = bench.dns_client()
     # The same path as the rechecks (bot/flows/checkpass.py): domains concurrently, one
     # watched case's trouble recorded on that case, decisions committed in groups.
     check_and_apply(
-        bot, due, _watch_key, lambda key: expected_keys(bot.store, key[0], key[1]),
+        bench, due, _watch_key, lambda key: expected_keys(bench.store, key[0], key[1]),
         lambda key, expected: check_dkim_each(client, key[0], expected),
-        lambda case, result: apply_watch(bot, bot.store.get_case(case.id), result, client),
+        lambda case, result: apply_watch(bench, bench.store.get_case(case.id), result, client),
         "watch check")
     return len(due)
 
@@ -82,90 +84,110 @@ def _watch_key(case: CaseRow) -> tuple[str, tuple[str, ...]] | None:
     return (case.domain or "", tuple(case.selectors or [case.selector or ""]))
 
 
-def apply_watch(bot: Bot, case: CaseRow, per_selector: dict[str, Any], client: DnsLookup | None) -> None:
+def apply_watch(bench: Workbench, case: CaseRow, per_selector: dict[str, Any], client: DnsLookup | None) -> None:
     """One watched case, one DKIM observation: decide, act on the signer, record, mail."""
     from bot.checks.keyplan import fold_dkim
 
-    cfg = bot.cfg
-    now = bot.clock()
-    grace = timedelta(days=cfg.schedule.signing_grace_days)
+    now = bench.clock()
+    grace = timedelta(days=bench.cfg.schedule.signing_grace_days)
     state = State(case.state)
     dkim = fold_dkim(per_selector)
     event = classify_watch(state, dkim, now=now, since=case.state_since, grace=grace)
     detail: dict[str, Any] = {"event": event.value, "dns": {"dkim": dkim.to_json()}}
     if state == State.SIGNING_STOPPED and event == Event.DKIM_OK:
-        # Back after the key left the signer: reinstall and prove before claiming anything.
-        from bot.flows.rechecks import install_and_prove
-
-        try:
-            ok, why = install_and_prove(bot, case, client or bot.dns_client())
-        except Exception as exc:  # the signer is ours: log, stay, retry next check
-            log.exception("%s: reinstalling the key failed", case.ref)
-            ok, why = False, f"install failed: {type(exc).__name__}"
-        event = Event.DKIM_PROVEN if ok else Event.DKIM_PROOF_FAILED
-        detail.update(event=event.value, proof={"ok": ok, "detail": why})
+        event = _reinstall(bench, case, client, detail)
     removed: list[str] = []
     if event == Event.GRACE_EXPIRED:
-        removed, problem = _stop_signing(bot, case, per_selector)
+        removed, problem = _stop_signing(bench.cfg, case, per_selector)
         detail["removed_selectors"] = removed
         if problem:
-            # The key could not leave the signer: stay in dkim_lost and tell staff once.
-            detail["uninstall_error"] = problem
-            _record(bot, case, now, "check", state, state, detail,
-                    next_check=now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, 1))
-            with bot.store.transaction():
-                if case.last_notice != "uninstall_failed":
-                    bot.store.update_case(case.id, now, last_notice="uninstall_failed")
-                    enqueue_mail(bot, MailKind.STAFF_ESCALATION, [case], _staff_context(
-                        case, "the DKIM key could not be removed from the signer",
-                        f"The grace period ended but removing the key failed: {problem}",
-                        "Fix the signer (tables, reload command); the bot retries by itself.",
-                        dkim), staff_only=True)
+            _uninstall_failed(bench, case, now, detail, problem, dkim)
             return
     decision = sm.decide(state, event)
     nxt = decision.next_state
-    if event == Event.DNS_ERROR:
-        # Soon, then less often; the count is written with the case below.
-        attempt = failures_in_a_row(bot.store, case.id) + 1
-        next_check = now + sm.dns_error_delay(cfg.schedule.check_interval_seconds, attempt)
-    elif nxt == State.COMPLETED:
-        next_check = next_watch(case.domain or "", now)  # SPEC §8: daily, at the domain's own time
-    else:
-        since = now if decision.changes_state else case.state_since
-        next_check = sm.next_check_at(now, since, cfg.schedule)
-    if nxt == State.DKIM_LOST:
-        # Never sleep past the end of the grace period.
-        deadline = (now if decision.changes_state else case.state_since) + grace
-        next_check = min(next_check, deadline)
-    with bot.store.transaction():
+    next_check = _next_watch_check(bench, case, event, decision, now, grace)
+    with bench.store.transaction():
         if event == Event.DNS_ERROR:
-            note_failure(bot.store, case.id)
+            note_failure(bench.store, case.id)
         else:
-            note_success(bot.store, case.id)
-        updated = _record(bot, case, now, "transition" if decision.changes_state else "check",
+            note_success(bench.store, case.id)
+        updated = _record(bench.store, case, now, "transition" if decision.changes_state else "check",
                           state, nxt, detail, next_check=next_check,
                           changes_state=decision.changes_state, log_event=decision.changes_state
                           or event == Event.DNS_ERROR or "proof" in detail)
         for kind in decision.mails:
-            _enqueue(bot, kind, updated, dkim, was=state, removed=removed, grace=grace)
+            _enqueue(bench, kind, updated, dkim, was=state, removed=removed, grace=grace)
     if decision.changes_state:
         log.info("%s: %s -> %s (%s)", case.ref, state.value, nxt.value, event.value)
 
 
-def _record(bot: Bot, case: CaseRow, now: datetime, kind: str, state: State, nxt: State,
+def _reinstall(desk: KeyDesk, case: CaseRow, client: DnsLookup | None, detail: dict[str, Any]) -> Event:
+    """The record is back after the key left the signer: reinstall and prove before
+    claiming anything (the proof goes into ``detail``); DKIM_PROVEN or DKIM_PROOF_FAILED."""
+    from bot.flows.rechecks import install_and_prove
+
+    try:
+        ok, why = install_and_prove(desk, case, client or desk.dns_client())
+    except Exception as exc:  # the signer is ours: log, stay, retry next check
+        log.exception("%s: reinstalling the key failed", case.ref)
+        ok, why = False, f"install failed: {type(exc).__name__}"
+    event = Event.DKIM_PROVEN if ok else Event.DKIM_PROOF_FAILED
+    detail.update(event=event.value, proof={"ok": ok, "detail": why})
+    return event
+
+
+def _uninstall_failed(desk: MailDesk, case: CaseRow, now: datetime, detail: dict[str, Any], problem: str,
+                      dkim: AreaResult) -> None:
+    """The key could not leave the signer: stay in dkim_lost, retry soon, tell staff once."""
+    state = State(case.state)
+    detail["uninstall_error"] = problem
+    _record(desk.store, case, now, "check", state, state, detail,
+            next_check=now + sm.dns_error_delay(desk.cfg.schedule.check_interval_seconds, 1))
+    with desk.store.transaction():
+        if case.last_notice != "uninstall_failed":
+            desk.store.update_case(case.id, now, last_notice="uninstall_failed")
+            enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], _staff_context(
+                case, "the DKIM key could not be removed from the signer",
+                f"The grace period ended but removing the key failed: {problem}",
+                "Fix the signer (tables, reload command); the bot retries by itself.",
+                dkim), staff_only=True)
+
+
+def _next_watch_check(office: Office, case: CaseRow, event: Event, decision: sm.Decision, now: datetime,
+                      grace: timedelta) -> datetime:
+    """When to look again: soon after a DNS error (then less often), daily at the
+    domain's own time once completed, never past the end of a grace period."""
+    schedule = office.cfg.schedule
+    if event == Event.DNS_ERROR:
+        # Soon, then less often; the count is written with the case.
+        attempt = failures_in_a_row(office.store, case.id) + 1
+        next_check = now + sm.dns_error_delay(schedule.check_interval_seconds, attempt)
+    elif decision.next_state == State.COMPLETED:
+        next_check = next_watch(case.domain or "", now)  # SPEC §8: daily, at the domain's own time
+    else:
+        since = now if decision.changes_state else case.state_since
+        next_check = sm.next_check_at(now, since, schedule)
+    if decision.next_state == State.DKIM_LOST:
+        # Never sleep past the end of the grace period.
+        deadline = (now if decision.changes_state else case.state_since) + grace
+        next_check = min(next_check, deadline)
+    return next_check
+
+
+def _record(store: Store, case: CaseRow, now: datetime, kind: str, state: State, nxt: State,
             detail: dict[str, Any], *, next_check: datetime, changes_state: bool = False,
             log_event: bool = True) -> CaseRow:
-    with bot.store.transaction():
+    with store.transaction():
         if changes_state:
-            return bot.store.transition(case.id, nxt, now, expected_state=state, event=kind,
+            return store.transition(case.id, nxt, now, expected_state=state, event=kind,
                                         detail=detail, next_check_at=next_check, last_notice=None)
-        updated = bot.store.update_case(case.id, now, next_check_at=next_check)
+        updated = store.update_case(case.id, now, next_check_at=next_check)
         if log_event:
-            bot.store.add_event(case.id, now, kind, state.value, nxt.value, detail)
+            store.add_event(case.id, now, kind, state.value, nxt.value, detail)
     return updated
 
 
-def _stop_signing(bot: Bot, case: CaseRow, per_selector: dict[str, Any]) -> tuple[list[str], str | None]:
+def _stop_signing(cfg: Config, case: CaseRow, per_selector: dict[str, Any]) -> tuple[list[str], str | None]:
     """Remove from the signer every selector whose record is not right; (removed, error)."""
     from bot.adapters import signer
 
@@ -175,7 +197,7 @@ def _stop_signing(bot: Bot, case: CaseRow, per_selector: dict[str, Any]) -> tupl
         if area.ok:
             continue  # its record is fine: that signature still verifies
         try:
-            signer.uninstall_key(bot.cfg, case.domain, sel)
+            signer.uninstall_key(cfg, case.domain, sel)
         except Exception as exc:  # noqa: BLE001 - reported to staff, retried
             return removed, f"{sel}: {type(exc).__name__}: {exc}"
         removed.append(sel)
@@ -189,19 +211,19 @@ def _staff_context(case: CaseRow, title: str, reason: str, hint: str, dkim: Area
             "diagnoses": [d for d in dkim.diagnoses if d.severity == "error"]}
 
 
-def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: AreaResult, *, was: State, removed: list[str],
+def _enqueue(desk: MailDesk, kind: MailKind, case: CaseRow, dkim: AreaResult, *, was: State, removed: list[str],
              grace: timedelta) -> None:
     errors = [d for d in dkim.diagnoses if d.severity == "error"]
     if kind == "dkim_lost":
-        enqueue_mail(bot, kind, [case], {
-            "diagnoses": errors, "records": key_records(bot.store, case),
+        enqueue_mail(desk, kind, [case], {
+            "diagnoses": errors, "records": key_records(desk.store, case),
             "grace_days": _days(grace), "deadline": _jst(grace_deadline(case, grace)),
         })
     elif kind == "dkim_restored":
-        enqueue_mail(bot, kind, [case], {"was_stopped": was == State.SIGNING_STOPPED})
+        enqueue_mail(desk, kind, [case], {"was_stopped": was == State.SIGNING_STOPPED})
     elif kind == "signing_stopped":
-        enqueue_mail(bot, kind, [case], {
-            "diagnoses": errors, "records": key_records(bot.store, case), "grace_days": _days(grace),
+        enqueue_mail(desk, kind, [case], {
+            "diagnoses": errors, "records": key_records(desk.store, case), "grace_days": _days(grace),
             "removed": [f"{s}._domainkey.{case.domain}" for s in removed],
         })
     elif kind == "staff_escalation":
@@ -218,7 +240,7 @@ def _enqueue(bot: Bot, kind: MailKind, case: CaseRow, dkim: AreaResult, *, was: 
                 f"The grace period ended; removed from the signer: {', '.join(removed) or '-'}. "
                 "Mail of this domain now goes out without those signatures.",
                 "Contact the facility; once the record is back the bot reinstalls the key by itself.", dkim)
-        enqueue_mail(bot, kind, [case], ctx, staff_only=True)
+        enqueue_mail(desk, kind, [case], ctx, staff_only=True)
     else:
         raise ValueError(f"no context for mail kind {kind}")
 
