@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # the types only: an idle pass imports neither dnspython nor cryptography
     from bot.adapters.dnsclient import DnsClient
     from bot.adapters.keys import KeyStore
-    from bot.adapters.mailout import MailRenderer
+    from bot.adapters.mailrender import MailRenderer
     from bot.adapters.store import Store
     from bot.config import Config
 
