@@ -82,3 +82,57 @@ def test_a_strangers_early_request_neither_blocks_nor_follows_the_facility(
     assert "v=DKIM1" not in text and mine.ref not in text and real not in text and mine.selector not in text
     assert w.bot.store.get_case(mine.id).requester == real
     assert len(w.bot.store.list_cases()) == 2
+
+
+def test_a_strangers_daily_requests_in_a_managed_zone_do_not_starve_the_admins_own(
+        tmp_path, dovecot, bind, smtp, monkeypatch):
+    """The simplified flow (our name servers, RFC 2136 on BIND): one confirmation mail a
+    day per zone. A stranger asking for the domain first (and again each day) used to
+    hold the admin's own request behind that mail until it expired unconfirmed; now a
+    request mailed from the admin address gets its token at once, confirms its own case
+    only, and nothing about it reaches the stranger."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from test_security_managed import World as ManagedWorld
+    from test_security_managed import mail as mmail
+    from test_security_managed import request_body
+
+    now = [datetime.now(UTC)]
+    w = ManagedWorld(tmp_path, dovecot, bind, smtp, monkeypatch, clock=lambda: now[0])
+    admin = f"ceo@{w.domain}"
+
+    def run() -> list:
+        before = len(smtp.messages)
+        from bot.app.jobs import run_pass
+
+        run_pass(w.bot)
+        return smtp.messages[before:]
+
+    w.deliver(mmail(MALLORY, "DKIM、DMARC設定希望", request_body(w.domain, admin, MALLORY)))
+    run()
+    [squat] = w.bot.store.list_cases()
+    assert squat.state == "awaiting_confirmation"
+
+    # The admin's own request, the same day: its own case, its token mailed at once.
+    w.deliver(mmail(admin, "DKIM、DMARC設定希望", request_body(w.domain, admin)))
+    second = run()
+    mine = next(c for c in w.bot.store.list_cases() if c.id != squat.id)
+    assert (mine.requester, mine.state) == (admin, "awaiting_confirmation")
+    assert set(mine.selectors).isdisjoint(squat.selectors)
+    found = [(t, m) for m in second if admin in to_of(m)
+             for t in re.findall(r"DKIMC-[A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}", body_of(m.raw))]
+    [token] = {t for t, _ in found}
+    confirmation = found[0][1].message
+    assert not [m for m in second if MALLORY in to_of(m)]
+
+    # The admin answers with it: its case is confirmed and published, the stranger's not.
+    now[0] += timedelta(minutes=5)
+    w.deliver(mmail(admin, f"Re: {confirmation['Subject']}", f"お願いします。\n\n> 確認コード：{token}",
+                    in_reply_to=confirmation["Message-ID"]))
+    third = run()
+    assert w.bot.store.get_case(mine.id).state not in ("awaiting_confirmation", "cancelled")
+    assert w.published(mine.selector) != []
+    assert w.bot.store.get_case(squat.id).state == "awaiting_confirmation"
+    assert w.published(squat.selector) == []
+    assert not [m for m in third if MALLORY in to_of(m)]

@@ -28,7 +28,7 @@ from typing import Any
 from bot.adapters.registry import registry_for
 from bot.adapters.store import Store
 from bot.config import Config
-from bot.core.authority import new_token, operator_zone, tokens_in
+from bot.core.authority import new_token, operator_zone, same_requester, tokens_in
 from bot.core.cases import Event, State
 from bot.core.mailkinds import MailKind
 from bot.core.rows import CaseRow, parse_iso
@@ -77,10 +77,17 @@ def _confirmed(store: Store, now: datetime, case: CaseRow, how: str, detail: dic
     return updated
 
 
-def _zone_mail_allowed(store: Store, zone: str, now: datetime) -> bool:
+def _zone_mail_allowed(store: Store, zone: str, now: datetime, case: CaseRow) -> bool:
     """One confirmation mail a day per managed zone, not per requested name: a stranger
     naming info@r1.victim, info@r2.victim, ... must not make the bot mail the victim's
-    mail server once per label he invents (red team, issue 11)."""
+    mail server once per label he invents (red team, issue 11).
+
+    A request mailed from its admin address itself is not held: its reply goes to that
+    address anyway, so its token mail reaches no one new, and a stranger's requests for
+    the zone (one a day is enough) must not keep the domain's own admin waiting until
+    its request expires (domain squatting)."""
+    if same_requester(case, case.admin_email):
+        return True
     return store.confirmation_mails_in_zone_since(zone, now - timedelta(days=1)) == 0
 
 
@@ -122,7 +129,7 @@ def open_confirmation(desk: MailDesk, case: CaseRow, zone: ManagedZone) -> tuple
                                  token=token, status="pending", how=None, now=now)
     store.add_event(case.id, now, "confirmation_opened", detail={
         "zone": zone.zone, "nameservers": zone.nameservers, "address": case.admin_email})
-    if not _zone_mail_allowed(desk.store, zone.zone, now):
+    if not _zone_mail_allowed(desk.store, zone.zone, now, case):
         store.add_event(case.id, now, "confirmation_mail_held", detail={
             "reason": f"a confirmation mail went to the zone {zone.zone} in the last 24 hours"})
         return case, "held"
@@ -238,11 +245,11 @@ def confirm_due_once(desk: MailDesk) -> int:
                     # names in one zone must not make a thousand days of mail (red team).
                     _expire(desk, case, row, now, mailed=False)
                     moved += 1
-                elif _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now):
+                elif _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now, case):
                     _mail(desk, case, row, reminder=False)
                     moved += 1
             elif reminded is None and now >= mailed + wait:
-                if _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now):
+                if _zone_mail_allowed(desk.store, _zone_of(desk.store, case, row["domain"]), now, case):
                     _mail(desk, case, row, reminder=True)
                     desk.store.add_event(case.id, now, "confirmation_reminder")
                     moved += 1
