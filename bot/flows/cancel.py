@@ -87,11 +87,11 @@ def cancel_case(office: Office, case: CaseRow, who: str = "staff") -> CancelResu
     now = office.clock()
     with office.store.transaction():
         result.case = office.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
-                                           event="staff_cancel", detail={
-                                               "by": who, "signer_removed": result.removed,
-                                               "signer_kept": result.kept,
-                                               "dns_removed": result.unpublished},
-                                           next_check_at=None)
+                                              event="staff_cancel", detail={
+                                                  "by": who, "signer_removed": result.removed,
+                                                  "signer_kept": result.kept,
+                                                  "dns_removed": result.unpublished},
+                                              next_check_at=None)
     if result.removed:
         log.info("%s: cancelled; removed %d selector(s) of the domain from the signer",
                  case.ref, len(result.removed))

@@ -183,4 +183,4 @@ def _record_queued(store: Store, kind: MailKind, cases_: list[CaseRow], mail: Re
             store.update_case(c.id, now, thread_last=mail.message_id, thread_refs=thread[-30:])
     for c in cases_:
         store.add_event(c.id, now, "mail_queued", detail={"kind": kind, "message_id": mail.message_id,
-                                                         "subject": subject})
+                                                          "subject": subject})

@@ -71,8 +71,8 @@ def _registry_lists(cfg: Config, address: str | None) -> bool:
 def _confirmed(store: Store, now: datetime, case: CaseRow, how: str, detail: dict[str, Any]) -> CaseRow:
     """awaiting_confirmation → awaiting_dkim (TRANSITIONS: CONFIRMED); the publish follows."""
     updated = store.transition(case.id, State.AWAITING_DKIM, now, expected_state=case.state,
-                                   event=Event.CONFIRMED.value, detail={"how": how, **detail},
-                                   next_check_at=now, reminders_sent=0)
+                               event=Event.CONFIRMED.value, detail={"how": how, **detail},
+                               next_check_at=now, reminders_sent=0)
     log.info("%s: control of %s confirmed (%s)", case.ref, case.domain, how)
     return updated
 
@@ -174,7 +174,7 @@ def staff_confirm(desk: MailLookout, case: CaseRow, who: str = "staff") -> CaseR
             desk.store.set_confirmation(row["id"], now, status="confirmed", how="staff", detail={"by": who})
         else:
             desk.store.add_confirmation(case_id=case.id, domain=case.domain, address=case.admin_email,
-                                       token=None, status="confirmed", how="staff", now=now)
+                                        token=None, status="confirmed", how="staff", now=now)
         desk.store.add_event(case.id, now, "staff_confirm", detail={"by": who})
         _confirmed(desk.store, desk.clock(), case, "staff", {"by": who})
     publish_confirmed_once(desk)
@@ -262,8 +262,8 @@ def confirm_due_once(desk: MailDesk) -> int:
 def _expire(desk: MailDesk, case: CaseRow, row: dict[str, Any], now: datetime, *, mailed: bool = True) -> None:
     desk.store.set_confirmation(row["id"], now, status="expired")
     updated = desk.store.transition(case.id, State.CANCELLED, now, expected_state=case.state,
-                                   event=Event.CONFIRMATION_EXPIRED.value, detail={"address": row["address"]},
-                                   next_check_at=None)
+                                    event=Event.CONFIRMATION_EXPIRED.value, detail={"address": row["address"]},
+                                    next_check_at=None)
     _escalate(desk, updated, "a managed-zone request was never confirmed",
               f"Nobody at {row['address']} confirmed the request for {case.domain} (requested by "
               f"{case.requester}); "

@@ -55,7 +55,7 @@ def stall_context(store: Store, case: CaseRow) -> dict[str, Any]:
             # Checks that only confirm "still not published" record no event (they change
             # nothing and mail nothing); so no event since the state began means exactly that.
             where = {State.AWAITING_DKIM: ", ".join(f"{s}._domainkey.{case.domain}" for s in
-                                                   (case.selectors or [case.selector or "?"])),
+                                                    (case.selectors or [case.selector or "?"])),
                      State.AWAITING_DMARC: f"_dmarc.{case.domain}"}.get(State(case.state), case.domain or "-")
             lines.append(f"Every DNS check since then found nothing published at {where}.")
         else:
@@ -96,7 +96,7 @@ def escalate_delivery_failure(desk: MailDesk, row: OutboxRow, error: str, recipi
         failed = {"message_id": row.message_id, "error": error, "recipients": recipients or row.recipients}
         if case.state not in (State.ESCALATED, *sm.TERMINAL, *sm.WATCHED):
             case = desk.store.transition(case.id, State.ESCALATED, now, expected_state=case.state,
-                                        event="delivery_failed", detail=failed, resume_state=case.state)
+                                         event="delivery_failed", detail=failed, resume_state=case.state)
         else:
             desk.store.add_event(case.id, now, "delivery_failed", detail=failed)
         enqueue_mail(desk, MailKind.STAFF_ESCALATION, [case], {

@@ -57,7 +57,7 @@ def existing_case(store: Store, facility: Facility, requester: str | None, targe
     if target is not None and target.state == State.NEEDS_INFO:
         return target
     candidates = store.list_cases(tuple(s.value for s in sm.ACTIVE if s != State.NEEDS_INFO)
-                                      + (State.COMPLETED.value,))
+                                  + (State.COMPLETED.value,))
     name = facility.facility_name
     for c in candidates:
         if facility.admin_email and c.admin_email == facility.admin_email and (not name or c.facility == name):

@@ -180,7 +180,7 @@ def _record(store: Store, case: CaseRow, now: datetime, kind: str, state: State,
     with store.transaction():
         if changes_state:
             return store.transition(case.id, nxt, now, expected_state=state, event=kind,
-                                        detail=detail, next_check_at=next_check, last_notice=None)
+                                    detail=detail, next_check_at=next_check, last_notice=None)
         updated = store.update_case(case.id, now, next_check_at=next_check)
         if log_event:
             store.add_event(case.id, now, kind, state.value, nxt.value, detail)

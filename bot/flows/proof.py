@@ -190,7 +190,7 @@ def queue_probe(office: Office, case: CaseRow, by: str = "bot") -> str:
     deadline = now + timedelta(minutes=cfg.proof.wait_minutes)
     with office.store.transaction():
         office.store.enqueue(message_id=message_id, kind="proof_probe", case_ids=[], sender=sender,
-                          recipients=[cfg.proof.address], raw=raw, now=now)
+                             recipients=[cfg.proof.address], raw=raw, now=now)
         office.store.add_proof(case.id, message_id, case.domain, cfg.proof.address, now, deadline)
         office.store.add_event(case.id, now, "proof_sent", detail={
             "message_id": message_id, "to": cfg.proof.address, "by": by,

@@ -75,7 +75,7 @@ def handle_refused(desk: MailDesk, row: OutboxRow, refused: Refused) -> None:
     escalated = bool(facility_bounced) and not row.kind.startswith("staff_")
     if escalated:
         escalate_delivery_failure(desk, row, describe_refused(facility_bounced),
-                                   recipients=list(facility_bounced))
+                                  recipients=list(facility_bounced))
     refs = ",".join(desk.store.get_case(c).ref or str(c) for c in row.case_ids) or "-"
     codes = ",".join(sorted({str(code) for code, _ in refused.values()}))
     log.warning("%s: %s mail %s: the server refused %d of %d recipients (%s); %s%s", refs, row.kind,

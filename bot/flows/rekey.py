@@ -115,12 +115,12 @@ def rekey_case(bench: Workbench, case: CaseRow, bits: int, *, reason: str, who: 
         updated = []
         for c in group:
             fields: dict[str, Any] = {"selector": new[0], "selectors": new, "last_notice": None, "next_check_at": due,
-                                          "reminders_sent": 0}
+                                      "reminders_sent": 0}
             rekeyed = {"old_selectors": old, "new_selectors": new, "bits": bits, "reason": reason, "by": who}
             if c.state == State.ESCALATED:
                 updated.append(bench.store.transition(c.id, State.AWAITING_DKIM, now, expected_state=c.state,
-                                                    event="rekeyed", detail=rekeyed, resume_state=None,
-                                                    **fields))
+                                                      event="rekeyed", detail=rekeyed, resume_state=None,
+                                                      **fields))
                 continue
             fields["state_since"] = now  # a new record to publish: the reminder clock starts again
             updated.append(bench.store.update_case(c.id, now, **fields))
@@ -166,7 +166,7 @@ def answer_short_key_wish(bench: Workbench, case: CaseRow, text: str, thread_fie
     now = bench.clock()
     case = bench.store.update_case(case.id, now, **thread_fields)
     bench.store.add_event(case.id, now, "facility_reply", detail={"excerpt": text.strip()[:400],
-                                                                "reading": "short_key_wish"})
+                                                                  "reading": "short_key_wish"})
     rekey_case(bench, case, 1024, reason="the facility asked for the shorter key after a cut-off record",
                who="facility", made=made)
     return True

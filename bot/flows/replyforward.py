@@ -71,7 +71,7 @@ def forward(desk: MailDesk, case: CaseRow, *, sender: str | None, message_id: st
     from bot.flows.compose import enqueue_mail
 
     desk.store.add_event(case.id, desk.clock(), "facility_reply_forwarded",
-                        detail={"excerpt": text.strip()[:400], "reading": reading})
+                         detail={"excerpt": text.strip()[:400], "reading": reading})
     if reading == "question":
         waiting = case.state in (State.AWAITING_DKIM, State.AWAITING_DMARC, State.AWAITING_FINAL,
                                  State.ESCALATED)

@@ -121,7 +121,7 @@ def start_rotation(bench: Workbench, domain: str, who: str = "staff") -> Rotatio
                 _update(bench.store, r.id, status="pending", next_check_at=now)
                 for c in _cases(bench.store, domain, r.old_selectors):
                     bench.store.add_event(c.id, now, "rotation_retry", detail={"new_selectors": r.new_selectors,
-                                                                              "by": who})
+                                                                               "by": who})
             log.info("%s: retrying the failed rotation to %s", domain, ", ".join(r.new_selectors))
             return rotations_for(bench.store, domain)[-1]
     old = list(cases[0].selectors or [cases[0].selector or ""])
@@ -193,7 +193,7 @@ def check_rotation(bench: Workbench, rotation: Rotation, client: DnsLookup) -> N
             _update(bench.store, rotation.id, status="failed", detail={**rotation.detail, "failure": why})
             for c in cases:
                 bench.store.add_event(c.id, now, "rotation_failed",
-                                    detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
+                                      detail={"reason": why, "dns": {"dkim": dkim.to_json()}})
             enqueue_mail(bench, MailKind.STAFF_ESCALATION, cases[:1], {
                 "reason_title": f"key rotation of {domain} failed; the old key keeps signing",
                 "reason": why,
@@ -209,7 +209,7 @@ def check_rotation(bench: Workbench, rotation: Rotation, client: DnsLookup) -> N
         updated = []
         for c in cases:
             updated.append(bench.store.update_case(c.id, now, selector=rotation.new_selectors[0],
-                                                 selectors=rotation.new_selectors))
+                                                   selectors=rotation.new_selectors))
             bench.store.add_event(c.id, now, "rotation_done", detail={
                 "old_selectors": rotation.old_selectors, "new_selectors": rotation.new_selectors,
                 "proof": why, "dns": {"dkim": dkim.to_json()}})
