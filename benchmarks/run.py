@@ -173,6 +173,8 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if "vs_baseline" in r:
             out.append((f"`dkimbot run --once`, nothing to do, vs the same of {r['baseline']} (interleaved)",
                         (f"{_f(r['run_once_ms'], 0)} ms vs {_f(r['baseline_ms'], 0)} ms = {_f(r['vs_baseline'])}x; "
+                         f"CPU {_f(r['run_once_cpu_ms'], 0)} ms vs {_f(r['baseline_cpu_ms'], 0)} ms = "
+                         f"{_f(r['cpu_vs_baseline'])}x; "
                          f"modules imported {r['modules_imported']} vs {r['baseline_modules']}"),
                         # --quick compares with HEAD: a check that it runs, not a figure
                         *(("report", "-") if r["baseline"] == "HEAD" else ("<= 1.0x", yes(r["vs_baseline"] <= 1.0)))))
