@@ -1022,11 +1022,20 @@ class Store:
         return (str(row["name"]), str(row["csrf"]), datetime.fromisoformat(row["created_at"]),
                 datetime.fromisoformat(row["expires_at"]))
 
-    def extend_session(self, token_hash: str, expires: datetime) -> None:
-        """Move a session's end (the idle limit slides with each page, bot/web/auth.py)."""
-        with self.transaction():
-            self.db.execute("UPDATE staff_sessions SET expires_at=? WHERE token_hash=?",
-                            (now_iso(expires), token_hash))
+    def extend_session(self, token_hash: str, expires: datetime) -> bool:
+        """Move a session's end (the idle limit slides with each page, bot/web/auth.py).
+        Waits at most 0.2 s for the write lock: a page must not wait for a pass, and a
+        slide left out is made by the next page. False when it was left out."""
+        self.db.execute("PRAGMA busy_timeout = 200")
+        try:
+            with self.transaction():
+                self.db.execute("UPDATE staff_sessions SET expires_at=? WHERE token_hash=?",
+                                (now_iso(expires), token_hash))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            return False
+        return True
 
     def delete_session(self, token_hash: str) -> None:
         self.db.execute("DELETE FROM staff_sessions WHERE token_hash=?", (token_hash,))
