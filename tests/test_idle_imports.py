@@ -66,6 +66,33 @@ def test_an_idle_run_once_imports_only_what_it_needs(tmp_path: Path) -> None:
     assert unwanted(modules) == []
 
 
+# Cases that wait, but for nothing due now: a request waiting for its DKIM record (its
+# next check tomorrow, its first reminder days away), one waiting for the facility's
+# answer, and a completed (adopted) domain whose daily watch is tomorrow.
+WAITING_CASES = """
+from datetime import UTC, datetime, timedelta
+from bot.config import load_config
+from bot.flows.runtime import Bot
+bot = Bot.open(load_config(None))
+now, later = datetime.now(UTC), datetime.now(UTC) + timedelta(days=1)
+with bot.store.transaction():
+    bot.store.create_case(state="awaiting_dkim", now=now, domain="hotel-a.example", selector="s1",
+                          next_check_at=later)
+    bot.store.create_case(state="needs_info", now=now, next_check_at=later)
+bot.store.adopt_case(domain="hotel-b.example", keys=[("s2", "rsa", 2048, "MIIB")], now=now,
+                     next_check_at=later, detail={})
+assert len(bot.store.list_cases()) == 3
+bot.close()
+"""
+
+
+def test_a_pass_with_cases_but_nothing_due_imports_no_flow(tmp_path: Path) -> None:
+    imported(["-m", "bot", "run", "--once"], tmp_path)
+    imported(["-c", WAITING_CASES], tmp_path)
+    modules = imported(["-m", "bot", "run", "--once"], tmp_path)
+    assert unwanted(modules) == []
+
+
 def test_the_check_sees_a_heavy_import(tmp_path: Path) -> None:
     # The same idle pass after importing what a busy one would: the check must name it.
     busy = ["-c", "import jinja2, bot.flows.compose; from bot.app.cli import main; "

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.core.cases import WAITING, WATCHED, State
+from bot.core.cases import WAITING, WATCHED, State, time_event
 from bot.core.mailkinds import MailKind
 from bot.faults import maybe_crash
 from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
@@ -333,6 +333,15 @@ def _always(bot: Bot, now: datetime) -> bool:
     return True
 
 
+def _reminder_due(bot: Bot, now: datetime) -> bool:
+    """remind_due_once's own test, case by case (``cases.time_event``, pure): a case that
+    waits but is not yet owed a reminder or an escalation needs no import of the flow."""
+    after = timedelta(hours=bot.cfg.schedule.reminder_after_hours)
+    return any(time_event(State(c.state), c.state_since, c.reminders_sent, now, after,
+                          bot.cfg.schedule.max_reminders) is not None
+               for c in bot.store.list_cases(_REMINDED))
+
+
 _RECHECKED = tuple(s.value for s in (*WAITING, State.ESCALATED))  # recheck_due_once's states
 _REMINDED = tuple(s.value for s in (State.NEEDS_INFO, *WAITING))  # remind_due_once's
 _WATCHED = tuple(s.value for s in WATCHED)  # monitor_due_once's
@@ -347,7 +356,7 @@ _STEPS: tuple[_Step, ...] = (
     _Step("rotation_once", lambda bot, now: bool(bot.store.due_rotations(now)), _rotations),
     _Step("proof_once", lambda bot, now: bot.cfg.proof.enabled, _proof),
     _Step("reports_once", lambda bot, now: bot.cfg.reports.enabled, _reports),
-    _Step("remind_due_once", lambda bot, now: bool(bot.store.list_cases(_REMINDED)), _reminders, guarded=False),
+    _Step("remind_due_once", _reminder_due, _reminders, guarded=False),
 )
 
 
