@@ -363,10 +363,10 @@ _STEPS: tuple[_Step, ...] = (
 # -- the flows' units, importable from here as before (each imports its flow when called) ---
 
 
-def recheck_due_once(bot: Bot, **kwargs: Any) -> int:
+def recheck_due_once(bot: Bot, *, workers: int | None = None) -> int:
     from bot.flows.rechecks import recheck_due_once as recheck
 
-    return recheck(bot, **kwargs)
+    return recheck(bot) if workers is None else recheck(bot, workers=workers)
 
 
 def remind_due_once(bot: Bot) -> int:
