@@ -60,7 +60,7 @@ def test_the_quick_probe_tells_what_the_resolver_tells(bind):
         assert seeded == expected, name
     apex = Spy(cfg)
     assert apex.zone_for(f"sel._domainkey.{zone}") == zone
-    assert apex.lookup(zone, "NS").records == (f"ns1.{zone}", f"ns2.{zone}")
+    assert sorted(apex.lookup(zone, "NS").records) == [f"ns1.{zone}", f"ns2.{zone}"]
 
 
 class Refusing:

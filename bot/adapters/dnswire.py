@@ -29,6 +29,7 @@ Anything other than TXT, CNAME and A/AAAA is decoded by dnspython's own rdata cl
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -203,8 +204,14 @@ class Reply:
                 raise WireError(f"undecodable {record.rdtype} record: {exc!r}") from None
 
 
+_PLAIN_LABEL = re.compile(rb"[a-z0-9_*-]+")
+
+
 def name_text(labels: Labels) -> str:
-    """A name as the checks write it: lower case, no final dot, dnspython's escapes."""
+    """A name as the checks write it: lower case, no final dot, dnspython's escapes
+    (``Name.to_text``; letters, digits, ``-``, ``_`` and ``*`` need none)."""
+    if len(labels) > 1 and all(_PLAIN_LABEL.fullmatch(label) for label in labels[:-1]):
+        return b".".join(labels[:-1]).decode("ascii")
     return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
 
 
