@@ -63,9 +63,10 @@ class ServiceConfig:
     # are merged into one mail).
     max_new_cases_per_sender_per_day: int = 20
     max_staff_mails_per_hour: int = 20
-    # Replies to requests sent per hour, all senders together (0: no cap): a flood from
+    # Mails a stranger's request alone can cause (reply, reminders, confirmation mail) on
+    # cases nobody proved, sent per hour, all senders together (0: no cap): a flood from
     # many forged From addresses must not make the bot mail them all (bot/flows/replycap.py).
-    max_request_replies_per_hour: int = 120
+    max_unproven_mails_per_hour: int = 120
 
 
 @dataclass

@@ -3,10 +3,11 @@
 One attacker with many From addresses gets past every per-sender cap, and each request
 would be answered: the bot mailing as many third parties (the forged Froms). Through
 real Dovecot (the support mailbox), BIND and the SMTP sink, with
-``max_request_replies_per_hour = 3``: six requests from six addresses make six cases,
+``max_unproven_mails_per_hour = 3``: six requests from six addresses make six cases,
 three replies leave and one staff note; the other three wait in the outbox (a second
 pass in the same hour sends nothing and tells staff nothing more); an hour later they
-leave, so every sender got its one reply, exactly once.
+leave, so every sender got its one reply, exactly once. Three days later the reminders
+of the six unproven cases are held the same way (``max_unproven_mails_per_hour``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
     monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
     smtp.clear()
     cfg = load_config(write_toml(tmp_path / "c.toml", {
-        "service": service(max_request_replies_per_hour=3),
+        "service": service(max_unproven_mails_per_hour=3),
         "intake": imap(dovecot, user),
         "outbound": smtp_out(smtp),
         "dns": dns(bind),
@@ -44,6 +45,8 @@ def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
     bot = Bot.open(cfg)
     bot.clock = lambda: now[0]
     senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
+    for n in range(6):
+        bind.add_zone(f"flood{n}-{tag}.test")
     for n, sender in enumerate(senders):
         dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", f"flood{n}-{tag}.test", sender)))
 
@@ -70,4 +73,15 @@ def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
     assert len(later) == 3 and all(to_of(m) != {STAFF} for m in later)
     got = sorted(a for m in first + later for a in to_of(m) if a != STAFF)
     assert got == sorted(senders)  # each sender exactly one reply, none lost, none twice
+
+    # Three days on, each case's reminder is due: the reminders are held the same way.
+    now[0] += timedelta(hours=73)
+    third = run()
+    reminders = [m for m in third if to_of(m) != {STAFF}]
+    assert len(reminders) == 3 and all("再度のお願い" in str(m.message["Subject"]) for m in reminders)
+    assert len([m for m in third if to_of(m) == {STAFF}]) == 1  # a new day: told once more
+    now[0] += timedelta(hours=1, minutes=5)
+    fourth = run()
+    assert len([m for m in fourth if to_of(m) != {STAFF}]) == 3
+    assert sorted(a for m in third + fourth for a in to_of(m) if a != STAFF) == sorted(senders)
     bot.close()

@@ -613,10 +613,11 @@ class Store:
             for r in rows
         ]
 
-    def mails_sent_since(self, kind: str, since: datetime) -> int:
-        """Mails of ``kind`` handed to SMTP at or after ``since``."""
-        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind=? AND status='sent' AND sent_at >= ?",
-                              (kind, now_iso(since))).fetchone()
+    def mails_sent_since(self, kinds: Collection[str], since: datetime) -> int:
+        """Mails of these kinds handed to SMTP at or after ``since``."""
+        marks = ",".join("?" * len(kinds))
+        row = self.db.execute(f"SELECT COUNT(*) FROM outbox WHERE kind IN ({marks}) AND status='sent' "
+                              "AND sent_at >= ?", (*kinds, now_iso(since))).fetchone()
         return int(row[0])
 
     def global_events_since(self, kind: str, since: datetime) -> int:

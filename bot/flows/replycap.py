@@ -1,12 +1,16 @@
-"""A global cap on answers to requests: backscatter from a flood of distinct senders.
+"""A global cap on mail to unproven senders: backscatter from a flood of distinct senders.
 
 The per-address cap (``ratelimit``) and the per-sender case cap stop one sender, not one
-attacker with a thousand From addresses: each would get its one polite reply, and the bot
-would mail a thousand third parties (the forged Froms). So at most
-``[service] max_request_replies_per_hour`` request replies leave in any hour; the rest
-stay in the outbox, pending, and leave in order as the hour allows (nothing is lost:
-their cases and keys were made, the mails are already written). Replies on cases the
-domain's people proved (a repeat request from a known facility) are not held.
+attacker with a thousand From addresses: each would get its one polite reply (and, days
+later, its reminders; in the simplified flow a confirmation mail), and the bot would
+mail a thousand third parties (the forged Froms). So at most
+``[service] max_unproven_mails_per_hour`` of the mails a stranger's request alone can
+cause (``KINDS``: the request reply, the reminder, the confirmation mail, the
+acknowledgement of a question) leave in any hour, all senders together; the rest stay
+in the outbox, pending, and leave in order as later hours allow (nothing is lost: their
+cases and keys were made, the mails are already written). Mails on cases the domain's
+people proved (a known facility asking again) are not held, nor are mails a DNS change
+caused (a problem found in a published record: the zone's owner acted).
 
 Staff are told once when the cap starts holding mail (one escalation per 24 hours,
 through the staff gate), with the count, never once per held mail.
@@ -25,18 +29,19 @@ from bot.flows.matching import proven
 
 log = logging.getLogger("dkimbot")
 
-TRIPPED = "request_replies_held"
+TRIPPED = "unproven_mails_held"
 WINDOW = timedelta(hours=1)
+KINDS = (MailKind.REQUEST_REPLY, MailKind.REMINDER, MailKind.CONFIRM_REQUEST, MailKind.REPLY_ACK)
 
 
 class ReplyCap:
-    """One delivery run's view of the cap: how many request replies it may still send."""
+    """One delivery run's view of the cap: how many such mails it may still send."""
 
     def __init__(self, desk: MailDesk) -> None:
         self.desk = desk
-        self.limit = desk.cfg.service.max_request_replies_per_hour
+        self.limit = desk.cfg.service.max_unproven_mails_per_hour
         now = desk.clock()
-        self.left = (self.limit - desk.store.mails_sent_since(MailKind.REQUEST_REPLY, now - WINDOW)
+        self.left = (self.limit - desk.store.mails_sent_since(KINDS, now - WINDOW)
                      if self.limit > 0 else 0)
         self.held = 0
 
@@ -47,10 +52,10 @@ class ReplyCap:
             return held
         store = self.desk.store
         for row in pending:
-            if row.kind != MailKind.REQUEST_REPLY:
+            if row.kind not in KINDS:
                 continue
             if row.case_ids and all(proven(store, store.get_case(c)) for c in row.case_ids):
-                continue  # a known facility asking again: not a stranger's reply
+                continue  # a known facility: not a stranger's mail
             if self.left > 0:
                 self.left -= 1
             else:
@@ -59,26 +64,28 @@ class ReplyCap:
         return held
 
     def report(self) -> bool:
-        """Tell staff, once a day at most, that replies are being held (outside any
+        """Tell staff, once a day at most, that such mails are being held (outside any
         transaction); True when a staff mail was queued."""
         if not self.held:
             return False
         desk, now = self.desk, self.desk.clock()
-        log.warning("%d request replies held: over [service] max_request_replies_per_hour = %d",
+        log.warning("%d mails to unproven senders held: over [service] max_unproven_mails_per_hour = %d",
                     self.held, self.limit)
         if desk.store.global_events_since(TRIPPED, now - timedelta(days=1)):
             return False
         with desk.store.transaction():
             desk.store.add_event(None, now, TRIPPED, detail={"held": self.held, "limit": self.limit})
             enqueue_mail(desk, MailKind.STAFF_ESCALATION, [], {
-                "reason_title": "replies to new requests are being held (hourly cap)",
-                "reason": f"More than {self.limit} replies to requests were due within an hour "
-                          f"([service] max_request_replies_per_hour); {self.held} wait in the outbox "
-                          "and leave in order as each hour allows. Their cases and keys were made. "
-                          "Many requests from many different addresses at once is what a flood of "
-                          "forged senders looks like: each reply would go to a forged address.",
+                "reason_title": "mails to unproven senders are being held (hourly cap)",
+                "reason": f"More than {self.limit} replies, reminders or confirmation mails on cases "
+                          "nobody has proven were due within an hour ([service] "
+                          f"max_unproven_mails_per_hour); {self.held} wait in the outbox and leave in "
+                          "order as each hour allows. Their cases and keys were made. Many requests "
+                          "from many different addresses at once is what a flood of forged senders "
+                          "looks like: each mail would go to a forged address.",
                 "decide_hint": "Look at the newest cases (dkimbot status). A flood: cancel its cases "
-                               "(their replies still leave at the capped rate). A genuine rush: raise "
-                               "the cap. You are told again at most once a day.",
+                               "(mails already written still leave at the capped rate; no reminders "
+                               "follow). A genuine rush: raise the cap. You are told again at most "
+                               "once a day.",
                 "diagnoses": []}, staff_only=True)
         return True
