@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -308,16 +308,7 @@ class KeyStore:
             raise ValueError(f"unknown key algorithm {algorithm!r}; expected 'rsa' or 'ed25519'")
         if algorithm == "rsa" and bits not in RSA_SIZES:
             raise ValueError(f"RSA key size must be one of {RSA_SIZES}, got {bits}")
-        path = self.path(domain, selector)
-        ensure_private_dir(self.directory)
-        ensure_private_dir(path.parent)
-        # The lock makes "check, then create" one step between concurrent processes.
-        with file_lock(path.parent / ".lock"):
-            key = self._read(domain, selector)
-            if key is None:
-                self._remove_stale_temps(path)
-                key = generate_private_key(algorithm, bits)
-                write_file_atomic(path, self._serialize(key), 0o600)
+        key = self._stored_or(domain, selector, lambda: generate_private_key(algorithm, bits))
         found = dkim_key_from_private(domain, selector, key)
         if found.algorithm != algorithm:
             raise KeyStoreError(
@@ -329,17 +320,24 @@ class KeyStore:
     def import_key(self, domain: str, selector: str, key: PrivateKey) -> DkimKey:
         """Store a key made elsewhere (``dkimbot adopt``: a key the signer already had).
         Idempotent; a different key already stored under the name is an error."""
+        stored = self._stored_or(domain, selector, lambda: key)
+        if public_b64_of(stored) != public_b64_of(key):
+            raise KeyStoreError(f"{domain} selector {selector} already holds another key")
+        return dkim_key_from_private(domain, selector, key)
+
+    def _stored_or(self, domain: str, selector: str, new: Callable[[], PrivateKey]) -> PrivateKey:
+        """The key stored for (domain, selector), or ``new()`` written there first. The
+        lock makes "check, then create" one step between concurrent processes."""
         path = self.path(domain, selector)
         ensure_private_dir(self.directory)
         ensure_private_dir(path.parent)
         with file_lock(path.parent / ".lock"):
-            stored = self._read(domain, selector)
-            if stored is None:
+            key = self._read(domain, selector)
+            if key is None:
                 self._remove_stale_temps(path)
+                key = new()
                 write_file_atomic(path, self._serialize(key), 0o600)
-            elif public_b64_of(stored) != public_b64_of(key):
-                raise KeyStoreError(f"{domain} selector {selector} already holds another key")
-        return dkim_key_from_private(domain, selector, key)
+        return key
 
     @staticmethod
     def _remove_stale_temps(path: Path) -> None:
