@@ -157,6 +157,30 @@ def test_a_mail_with_a_bomb_and_a_good_report_keeps_the_good_one() -> None:
     assert [e.code for e in mail.errors] == ["oversized"]
 
 
+def test_the_limit_holds_for_a_whole_mail_not_each_part() -> None:
+    """Review 2026-12-01: 10 gzip parts each just under the limit (a 280 KB mail at the
+    default 20 MiB) held 210 MB of XML at once; a 10 MB mail could hold gigabytes."""
+    from email.message import EmailMessage
+
+    part = gzip.compress(b"<?xml version='1.0'?><feedback>" + b" " * (MiB - 100) + b"</feedback>")
+    msg = EmailMessage()
+    msg["From"] = "noreply-dmarc-support@google.com"
+    msg.set_content("many parts")
+    for i in range(6):
+        msg.add_attachment(part, maintype="application", subtype="gzip", filename=f"r{i}.xml.gz")
+    mail = read_report_mail(msg.as_bytes(), 2 * MiB)
+    assert sum(map(len, mail.documents)) <= 2 * MiB
+    assert len(mail.documents) == 2 and [e.code for e in mail.errors] == ["oversized"]
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(3):
+            zf.writestr(f"r{i}.xml", b"<?xml version='1.0'?><feedback>" + b" " * (MiB - 100) + b"</feedback>")
+    with pytest.raises(ReportError) as info:
+        documents_in(buf.getvalue(), 2 * MiB)  # three members of 1 MiB: past 2 MiB together
+    assert info.value.code == "oversized"
+
+
 def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkeypatch) -> None:
     """A bug while storing one mail rolls back its batch; the others are stored alone."""
     import bot.flows.dmarcintake as intake

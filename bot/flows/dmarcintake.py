@@ -182,6 +182,8 @@ def read_message(message: ReportMessage, max_bytes: int, now: datetime) -> ReadM
         except ReportError as exc:
             read.outcomes.append(exc.code)
             read.details.append(exc.message)
+    # A batch holds 50 read mails until it is stored: not their XML, which is parsed.
+    mail.documents.clear()
     return read
 
 
