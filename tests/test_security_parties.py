@@ -238,3 +238,25 @@ def test_the_per_address_limit_folds_plus_tags(tmp_path, dovecot, bind, smtp, mo
     suppressed = [e for c in w.bot.store.list_cases() for e in w.bot.store.events(c.id)
                   if e["kind"] == "mail_suppressed"]
     assert len(suppressed) == 1
+
+
+def test_a_contact_at_the_strangers_free_mail_domain_is_not_mailed(tmp_path, dovecot, bind, smtp, monkeypatch):
+    """Review 2026-12-01: "same domain as the requester" let mallory@gmail.com name any
+    gmail.com mailbox as the contact of each of ten facilities, and the one reply went to
+    all of them. A free-mail domain is shared by strangers: its other mailboxes are not
+    the requester's colleagues."""
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    blocks = []
+    for i in range(3):
+        domain = f"inn{i}-{w.tag}.test"
+        bind.add_zone(domain, (f"ns1.{domain}",))
+        blocks.append(block(f"宿{i}", domain, f"victim.{i}@gmail.com"))
+    w.deliver(mail("mallory@gmail.com", "DKIM、DMARC設定希望", "\n".join(blocks)))
+    new = w.run()
+    assert {c.state for c in w.bot.store.list_cases()} == {"awaiting_dkim"}
+    assert [to_of(m) - {STAFF} for m in new] == [{"mallory@gmail.com"}]
+    # A colleague at the requester's own company domain is still copied.
+    domain = f"hotel-{w.tag}.test"
+    bind.add_zone(domain, (f"ns1.{domain}",))
+    w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", block("ホテルD", domain)))
+    assert [to_of(m) - {STAFF} for m in w.run()] == [{f"sato@{domain}", f"yamada@{domain}"}]

@@ -90,16 +90,21 @@ class CaseContact(CaseParties, Protocol):
     state: str
 
 
-def may_copy_contact(case: CaseContact, requester: str | None) -> bool:
+def may_copy_contact(case: CaseContact, requester: str | None, *, shared_domains: Collection[str]) -> bool:
     """Is the contact address copied on the case's facility mail? Only when it is at the
     requester's domain, or at the facility's own domain once the domain's people proved
     control: a stranger must not make the bot mail addresses of their choosing, nor hand
-    the real facility a record whose publication would carry the stranger's case on."""
+    the real facility a record whose publication would carry the stranger's case on.
+    A requester at a domain many strangers share (``shared_domains``: the free-mail list)
+    does not make the other mailboxes there colleagues: mallory@gmail.com naming
+    victim@gmail.com as contact got victim the reply (review, 2026-12-01)."""
     contact = (case.contact_email or "").lower()
     if not contact or case.state in ("needs_info", "awaiting_confirmation", "rejected"):
         return False
     domain = contact.rpartition("@")[2]
-    allowed = {(requester or "").lower().rpartition("@")[2]}
+    requester_domain = (requester or "").lower().rpartition("@")[2]
+    shared = any(_at_or_under(requester_domain, s.lower().rstrip(".")) for s in shared_domains)
+    allowed = set() if shared else {requester_domain}
     if case.state in PROVEN_STATES:
         allowed.add((case.domain or "").lower())
     return domain in allowed - {""}

@@ -79,7 +79,7 @@ def _case_recipients(cfg: Config, case: CaseRow) -> list[str]:
     to = [case.requester] if case.requester else []
     # A contact on another domain is recorded, never mailed (no mail to third parties).
     if (cfg.service.cc_contact and case.contact_email and case.contact_email not in to
-            and may_copy_contact(case, case.requester)):
+            and may_copy_contact(case, case.requester, shared_domains=cfg.service.freemail_domains)):
         to.append(case.contact_email)
     return [a for a in to if a]
 

@@ -442,7 +442,8 @@ def _send_reply(r: _Reply, requester: str | None, thread_refs: list[str]) -> Non
     if desk.cfg.service.cc_contact:
         for c in r.touched:
             # A contact on another domain is recorded, never mailed (issue 11: no third parties).
-            if c.contact_email and c.contact_email not in to and may_copy_contact(c, requester):
+            if c.contact_email and c.contact_email not in to and may_copy_contact(
+                    c, requester, shared_domains=desk.cfg.service.freemail_domains):
                 to.append(c.contact_email)
     undecodable = getattr(parsed, "undecodable", 0)
     if undecodable:
