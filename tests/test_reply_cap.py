@@ -85,3 +85,49 @@ def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
     assert len([m for m in fourth if to_of(m) != {STAFF}]) == 3
     assert sorted(a for m in third + fourth for a in to_of(m) if a != STAFF) == sorted(senders)
     bot.close()
+
+
+def test_problem_mails_on_unproven_cases_are_capped_too(tmp_path, dovecot, bind, smtp, monkeypatch):
+    """Review 2026-12-01: the attacker's own domain, six requests from six forged senders
+    (six cases, each a selector of its own), then junk published at those selectors: the
+    next check mailed every forged sender "please fix your record", uncapped, before the
+    held reply with the record. Now those mails wait under the same hourly cap, in order."""
+    tag = uuid.uuid4().hex[:6]
+    user = f"support-{tag}@489ban.net"
+    dovecot.add_user(user, PASSWORD)
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
+    smtp.clear()
+    cfg = load_config(write_toml(tmp_path / "c.toml", {
+        "service": service(max_unproven_mails_per_hour=2),
+        "intake": imap(dovecot, user), "outbound": smtp_out(smtp), "dns": dns(bind),
+        "keys": {"bits": 1024}, "schedule": {"check_interval_seconds": 0},
+        "state": {"dir": str(tmp_path / "state")},
+    }))
+    now = [datetime.now(UTC)]
+    bot = Bot.open(cfg)
+    bot.clock = lambda: now[0]
+    domain = f"attacker-{tag}.test"
+    bind.add_zone(domain)
+    senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
+    for n, sender in enumerate(senders):
+        dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", domain, sender)))
+
+    def run() -> list:
+        before = len(smtp.messages)
+        run_pass(bot)
+        return [m for m in smtp.messages[before:] if to_of(m) != {STAFF}]
+
+    first = run()
+    assert len(bot.store.list_cases()) == 6 and len(first) == 2
+    for case in bot.store.list_cases():
+        bind.update(domain, f"{case.selector}._domainkey", "TXT", ["v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDjunk"])
+    later: list = []
+    for _ in range(3):  # three more passes in the same hour, each checking every case
+        now[0] += timedelta(minutes=5)
+        later += run()
+    assert later == []
+    # The next hour: the held replies with the record leave first (oldest first).
+    now[0] += timedelta(hours=1)
+    next_hour = run()
+    assert len(next_hour) == 2 and all("DNSへの設定" in str(m.message["Subject"]) for m in next_hour)
+    bot.close()

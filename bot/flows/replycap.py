@@ -9,8 +9,11 @@ cause (``KINDS``: the request reply, the reminder, the confirmation mail, the
 acknowledgement of a question) leave in any hour, all senders together; the rest stay
 in the outbox, pending, and leave in order as later hours allow (nothing is lost: their
 cases and keys were made, the mails are already written). Mails on cases the domain's
-people proved (a known facility asking again) are not held, nor are mails a DNS change
-caused (a problem found in a published record: the zone's owner acted).
+people proved (a known facility asking again) are not held. A problem mail a DNS change
+caused is held like the rest (``KINDS``: every facility kind): the zone's owner acting
+proves nothing about the requester's address. An attacker's own domain, junk published
+at the selectors of a flood's cases, had every forged sender mailed "please fix your
+record" uncapped, before the held reply with the record (review, 2026-12-01).
 
 Staff are told once when the cap starts holding mail (one escalation per 24 hours,
 through the staff gate), with the count, never once per held mail.
@@ -31,7 +34,7 @@ log = logging.getLogger("dkimbot")
 
 TRIPPED = "unproven_mails_held"
 WINDOW = timedelta(hours=1)
-KINDS = (MailKind.REQUEST_REPLY, MailKind.REMINDER, MailKind.CONFIRM_REQUEST, MailKind.REPLY_ACK)
+KINDS = tuple(k for k in MailKind if not k.to_staff)  # every mail to a requester or admin address
 
 
 class ReplyCap:
