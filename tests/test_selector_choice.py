@@ -114,3 +114,29 @@ def test_a_dns_failure_while_looking_does_not_block_the_request(tmp_path, doveco
         assert [m["kind"] for m in bot.store.mails_for_case(case.id)] == ["request_reply"]
     finally:
         bot.close()
+
+
+@pytest.mark.parametrize("wildcard", ["*", "*._domainkey"])
+def test_a_wildcard_txt_does_not_make_every_selector_taken(tmp_path, dovecot, bind, smtp, wildcard):
+    """Review 2026-12-01: a zone with a wildcard TXT (``* TXT "v=spf1 -all"`` for names
+    that send no mail, or ``*._domainkey``) answered for all 40 candidates: "no free
+    selector", the request failed on every pass and reached staff as unprocessable. The
+    wildcard's record is not a selector in use; one published at a candidate still is."""
+    domain = f"wild{len(wildcard)}.test"
+    bind.add_zone(domain, ("ns1." + domain,))
+    bind.update(domain, wildcard, "TXT", ["v=spf1 -all"])
+    mailbox = f"k5-wild{len(wildcard)}@489ban.net"
+    cfg_path = write_config(tmp_path, dovecot, bind, smtp, mailbox=mailbox)
+    clock = Clock()
+    base = render_selector("yoyakuban{YYYYMM}", clock())
+    smtp.clear()
+    bot = open_bot(cfg_path, clock)
+    try:
+        dovecot.append(mailbox, request_mail(domain, make_msgid(domain=domain)))
+        jobs.run_pass(bot)
+        [case] = bot.store.list_cases()
+        assert (case.state, case.selector) == ("awaiting_dkim", base)
+        bind.update(domain, f"{base}a._domainkey", "TXT", [foreign_record()])
+        assert choose_selector(bot, domain, base, with_ed25519=False, exclude=[base]) == f"{base}b"
+    finally:
+        bot.close()

@@ -54,18 +54,21 @@ def _dkim_key_of(text: str) -> str | None:
         return None
 
 
-def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b64: str | None) -> bool:
+def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b64: str | None,
+                    wildcard: frozenset[str] = frozenset()) -> bool:
     """True when ``<selector>._domainkey.<domain>`` holds a TXT record that is not our key.
 
     Any TXT there counts (a DKIM record of another sender, or junk someone left): we
     would otherwise have to tell the facility to overwrite it. Our own key (a crash
-    between making the key and recording the case) does not. Raises
-    SelectorLookupFailed when no server gave a definite answer.
+    between making the key and recording the case) does not, nor does a record that
+    ``wildcard`` holds (what a wildcard gives every name: a record published at the
+    selector replaces it, nothing is overwritten). Raises SelectorLookupFailed when no
+    server gave a definite answer.
     """
     name = f"{selector}._domainkey.{domain}"
     answers = client.authoritative_txt(name)
     definite = [recs for recs in answers.values() if isinstance(recs, list)]
-    records = [r for recs in definite for r in recs]
+    records = [r for recs in definite for r in recs if str(r) not in wildcard]
     if records:
         return any(own_public_b64 is None or _dkim_key_of(str(r)) != own_public_b64 for r in records)
     if not definite or len(definite) < len(answers):
@@ -73,6 +76,18 @@ def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b6
         failures = [str(a) for a in answers.values() if not isinstance(a, list)]
         raise SelectorLookupFailed("; ".join(failures) or f"no answer for {name}")
     return False
+
+
+# A selector nobody publishes: what it answers is what a wildcard gives every name.
+_UNUSED_SELECTOR = "dkimbot-unused-selector"
+
+
+def wildcard_txt(client: DnsLookup, domain: str) -> frozenset[str]:
+    """The TXT records a wildcard (``*._domainkey`` or ``*`` at the domain) synthesizes
+    under ``_domainkey``, or none. Without this, such a zone made every candidate look
+    taken: "no free selector" and the request failed on every pass (review, 2026-12-01)."""
+    answers = client.authoritative_txt(f"{_UNUSED_SELECTOR}._domainkey.{domain}")
+    return frozenset(str(r) for recs in answers.values() if isinstance(recs, list) for r in recs)
 
 
 def first_allowed_selector(base: str, *, with_ed25519: bool, exclude: Iterable[str] = ()) -> str:
@@ -99,6 +114,7 @@ def choose_selector(
     validate_selector(base)
     excluded = {s.lower() for s in exclude}
     first_allowed: str | None = None
+    wildcard: frozenset[str] | None = None  # asked once the first candidate looks taken
     for count, candidate in enumerate(selector_candidates(base)):
         if count >= _MAX_CANDIDATES:
             break
@@ -108,7 +124,10 @@ def choose_selector(
         if first_allowed is None:
             first_allowed = candidate
         try:
-            taken = [n for n in names if selector_in_use(client, domain, n, own_key(n))]
+            taken = [n for n in names if selector_in_use(client, domain, n, own_key(n), wildcard or frozenset())]
+            if taken and wildcard is None:
+                wildcard = wildcard_txt(client, domain)
+                taken = [n for n in names if selector_in_use(client, domain, n, own_key(n), wildcard)]
         except SelectorLookupFailed as exc:
             log.warning("selector check for %s failed (%s); using %s without looking",
                         domain, exc, first_allowed)
