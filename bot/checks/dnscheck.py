@@ -284,74 +284,46 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
     if not records:
         return "missing"
     if len(records) > 1:
-        joined = None
-        # One record already right on its own: the others (an empty one, an old key) are
-        # extra, and "merge them" would be the wrong advice.
-        alone = bool(expected) and any(
-            _normalize_key(parse_dkim_record(r).key) == expected for r in records)
-        if expected and not alone:
-            # Two records each holding half the value: the panel split it into records
-            # instead of strings of one record.
-            for a in records:
-                for b in records:
-                    if (a is not b and a.strip() and b.strip()
-                            and _normalize_key(parse_dkim_record(a + b).key) == expected):
-                        joined = True
-        if alone:
-            advice = ("正しいレコードのほかに、余分なレコード（空のレコードや古いレコードなど）があります。"
-                      "「v=DKIM1」から始まる正しい1件だけを残し、ほかのレコードは削除してください。")
-        elif joined:
-            advice = "値が2件のレコードに分かれて登録されているようです。1件のレコードにまとめて登録し直してください。"
-        else:
-            advice = "古いレコードや誤って追加したレコードを削除してください。"
-        add("dkim_multiple_records",
-            f"{name} に TXT レコードが {len(records)} 件登録されています。DKIMのレコードは1件だけにしてください。"
-            + advice,
-            records=[str(r) for r in records], split_into_records=bool(joined), one_is_right=alone)
+        _judge_several(records, expected, name, add)
         return "bad"
-    rec = parse_dkim_record(records[0])
+    return _judge_one(records[0], expected, name, add)
+
+
+def _judge_several(records: Sequence[TxtRecord], expected: str | None, name: str,
+                   add: Callable[..., None]) -> None:
+    """More than one TXT record at the DKIM name: say which advice fits."""
+    joined = None
+    # One record already right on its own: the others (an empty one, an old key) are
+    # extra, and "merge them" would be the wrong advice.
+    alone = bool(expected) and any(
+        _normalize_key(parse_dkim_record(r).key) == expected for r in records)
+    if expected and not alone:
+        # Two records each holding half the value: the panel split it into records
+        # instead of strings of one record.
+        for a in records:
+            for b in records:
+                if (a is not b and a.strip() and b.strip()
+                        and _normalize_key(parse_dkim_record(a + b).key) == expected):
+                    joined = True
+    if alone:
+        advice = ("正しいレコードのほかに、余分なレコード（空のレコードや古いレコードなど）があります。"
+                  "「v=DKIM1」から始まる正しい1件だけを残し、ほかのレコードは削除してください。")
+    elif joined:
+        advice = "値が2件のレコードに分かれて登録されているようです。1件のレコードにまとめて登録し直してください。"
+    else:
+        advice = "古いレコードや誤って追加したレコードを削除してください。"
+    add("dkim_multiple_records",
+        f"{name} に TXT レコードが {len(records)} 件登録されています。DKIMのレコードは1件だけにしてください。"
+        + advice,
+        records=[str(r) for r in records], split_into_records=bool(joined), one_is_right=alone)
+
+
+def _judge_one(record: TxtRecord, expected: str | None, name: str, add: Callable[..., None]) -> str:
+    """The one TXT record at the DKIM name: each of its problems, or "good"."""
+    rec = parse_dkim_record(record)
     v = _judge_record(rec, expected)
-    value_hint = "弊社がお送りした「v=DKIM1; k=rsa; p=…」の値"
     for code in v.codes:
-        if code == "dkim_pasted_character":
-            add(code,
-                f"{name} の DKIM レコードの値に、{describe_all_ja(rec.pasted)}が入っています。"
-                "このままでは受信側がこのレコードを読めず、DKIM の確認に失敗します。"
-                f"{value_hint}を、メモ帳などを通さずにそのままコピーして貼り付け直してください。",
-                record=rec.text, pasted=[c.to_json() for c in rec.pasted], cleaned=rec.cleaned,
-                key_matches_after_cleaning=bool(expected and rec.key == expected))
-        elif code == "dkim_key_too_short":
-            add(code,
-                f"{name} の DKIM レコードの公開鍵は {v.key_bits} ビットで、短すぎるため受信側では"
-                "使われません（1024 ビット以上が必要です）。弊社がお送りした値に置き換えてください。",
-                record=rec.text, bits=v.key_bits)
-        elif code == "dkim_quoted":
-            add(code,
-                f"{name} の DKIMのレコードの値に、{'、'.join(rec.junk)} が含まれています。"
-                "値の欄には、引用符などを付けずに「v=DKIM1」から始まる文字列だけを入力してください。",
-                record=rec.text, junk=rec.junk, cleaned=rec.cleaned,
-                key_matches_after_cleaning=bool(expected and rec.key == expected))
-        elif code == "dkim_syntax":
-            add(code,
-                f"{name} の DKIMのレコードの書き方に誤りがあります（{'。'.join(rec.problems)}）。"
-                f"{value_hint}を、そのまま1行で貼り付け直してください。",
-                record=rec.text, problems=rec.problems)
-        elif code == "dkim_truncated":
-            n = len(rec.text.encode())
-            add(code,
-                f"{name} のDKIMのレコードの値が途中で切れています（{n}文字で途切れており、後半が欠けています）。"
-                f"{value_hint}を、最後の文字まで貼り付け直してください。"
-                + ("お使いのDNSの管理画面が255文字までしか登録できない場合は、255文字に収まる"
-                   "短い鍵（1024ビット）をご用意します。その場合は、このメールに「短い鍵希望」とご返信ください。"
-                   if v.offer_1024 else ""),
-                record=rec.text, length=n, offer_1024=v.offer_1024,
-                strings=[len(s) for s in records[0].strings],
-                host_cut_string=v.offer_1024)
-        elif code == "dkim_key_mismatch":
-            add(code,
-                f"{name} の DKIMのレコードの公開鍵（p= の部分）が、弊社がお送りしたものと一致しません。"
-                "値を下の枠内の値に置き換えてください。",
-                record=rec.text, published_key=rec.key, expected_key=expected)
+        _diagnose_record(code, rec, v, record, expected, name, add)
     if v.good and v.testing:
         add("dkim_testing_mode",
             f"{name} のDKIMのレコードにテストモードの指定（t=y）が含まれています。"
@@ -360,6 +332,51 @@ def _judge_server(records: Sequence[TxtRecord], expected: str | None, name: str,
             "お勧めします。",
             "warning", record=rec.text)
     return "good" if v.good else "bad"
+
+
+def _diagnose_record(code: str, rec: DkimRecord, v: _Verdict, record: TxtRecord, expected: str | None,
+                     name: str, add: Callable[..., None]) -> None:
+    """The facility's sentence and the evidence for one problem of one record."""
+    value_hint = "弊社がお送りした「v=DKIM1; k=rsa; p=…」の値"
+    if code == "dkim_pasted_character":
+        add(code,
+            f"{name} の DKIM レコードの値に、{describe_all_ja(rec.pasted)}が入っています。"
+            "このままでは受信側がこのレコードを読めず、DKIM の確認に失敗します。"
+            f"{value_hint}を、メモ帳などを通さずにそのままコピーして貼り付け直してください。",
+            record=rec.text, pasted=[c.to_json() for c in rec.pasted], cleaned=rec.cleaned,
+            key_matches_after_cleaning=bool(expected and rec.key == expected))
+    elif code == "dkim_key_too_short":
+        add(code,
+            f"{name} の DKIM レコードの公開鍵は {v.key_bits} ビットで、短すぎるため受信側では"
+            "使われません（1024 ビット以上が必要です）。弊社がお送りした値に置き換えてください。",
+            record=rec.text, bits=v.key_bits)
+    elif code == "dkim_quoted":
+        add(code,
+            f"{name} の DKIMのレコードの値に、{'、'.join(rec.junk)} が含まれています。"
+            "値の欄には、引用符などを付けずに「v=DKIM1」から始まる文字列だけを入力してください。",
+            record=rec.text, junk=rec.junk, cleaned=rec.cleaned,
+            key_matches_after_cleaning=bool(expected and rec.key == expected))
+    elif code == "dkim_syntax":
+        add(code,
+            f"{name} の DKIMのレコードの書き方に誤りがあります（{'。'.join(rec.problems)}）。"
+            f"{value_hint}を、そのまま1行で貼り付け直してください。",
+            record=rec.text, problems=rec.problems)
+    elif code == "dkim_truncated":
+        n = len(rec.text.encode())
+        add(code,
+            f"{name} のDKIMのレコードの値が途中で切れています（{n}文字で途切れており、後半が欠けています）。"
+            f"{value_hint}を、最後の文字まで貼り付け直してください。"
+            + ("お使いのDNSの管理画面が255文字までしか登録できない場合は、255文字に収まる"
+               "短い鍵（1024ビット）をご用意します。その場合は、このメールに「短い鍵希望」とご返信ください。"
+               if v.offer_1024 else ""),
+            record=rec.text, length=n, offer_1024=v.offer_1024,
+            strings=[len(s) for s in record.strings],
+            host_cut_string=v.offer_1024)
+    elif code == "dkim_key_mismatch":
+        add(code,
+            f"{name} の DKIMのレコードの公開鍵（p= の部分）が、弊社がお送りしたものと一致しません。"
+            "値を下の枠内の値に置き換えてください。",
+            record=rec.text, published_key=rec.key, expected_key=expected)
 
 
 def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected: str | None,
