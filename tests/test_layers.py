@@ -19,6 +19,8 @@ The rules:
   ``.executemany``/``.executescript`` or reaches past the store to its connection
   (``store.db``). ``SQL_MODULES`` is the explicit allowlist (a backup tool in
   ``bot/adapters`` that needs the sqlite3 backup API joins it by name).
+* no function is longer than 60 lines (``MAX_FUNCTION_LINES``): a longer one is split
+  into named pieces.
 
 Each rule is a function over a parsed module set, so the tests below also feed it a
 deliberate violation and check that it is caught (a rule that cannot fail proves nothing).
@@ -419,3 +421,36 @@ def test_readme_layout_names_every_module() -> None:
 
 def test_an_unlisted_module_is_caught() -> None:
     assert "core/records.py" in unlisted_modules(readme_layout().replace("`records`", "records"))
+
+
+# ------------------------------------------------------------------- short functions
+
+# A function a reader takes in at once: longer ones are split into named pieces.
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(modules: dict[str, ast.Module], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Functions (methods and nested functions too) longer than ``limit`` lines, counted
+    from ``def`` to the last line, docstring and comments included, decorators not."""
+    found = []
+    for name, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > limit:
+                    found.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    return sorted(found)
+
+
+def test_no_function_is_longer_than_60_lines(modules: dict[str, ast.Module]) -> None:
+    assert long_functions(modules) == []
+
+
+def test_a_long_function_is_caught() -> None:
+    def source(lines: int) -> str:  # a def line and lines - 1 statements
+        return "def f() -> None:\n" + "".join(f"    x{i} = {i}\n" for i in range(lines - 1))
+
+    assert long_functions({"bot.core.cases": ast.parse(source(61))}) == ["bot.core.cases:1 f: 61 lines"]
+    assert long_functions({"bot.core.cases": ast.parse(source(60))}) == []
+    nested = "class C:\n    def m(self) -> None:\n" + "".join(f"        y{i} = {i}\n" for i in range(70))
+    assert long_functions({"bot.core.cases": ast.parse(nested)}) == ["bot.core.cases:2 m: 71 lines"]
