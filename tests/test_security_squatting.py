@@ -136,3 +136,24 @@ def test_a_strangers_daily_requests_in_a_managed_zone_do_not_starve_the_admins_o
     assert w.bot.store.get_case(squat.id).state == "awaiting_confirmation"
     assert w.published(squat.selector) == []
     assert not [m for m in third if MALLORY in to_of(m)]
+
+
+def test_forty_strangers_do_not_use_up_the_domains_selectors(tmp_path, dovecot, bind, smtp, monkeypatch):
+    """Review 2026-12-01: each stranger's unproven request for a domain gets a selector of
+    its own, and only 40 candidates were tried: forty forged senders (one mail each) made
+    the facility's own request fail with "no free selector" on every pass, for the rest of
+    the month. Selectors the bot already used are skipped without counting."""
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    domain = f"exhaust-{w.tag}.test"
+    bind.add_zone(domain, (f"ns1.{domain}",))
+    for n in range(40):
+        w.deliver(mail(f"m{n}@evil{n}.example", "DKIM、DMARC設定希望", block("ホテル海風", domain)))
+    w.run()
+    strangers = w.bot.store.list_cases()
+    assert len(strangers) == 40
+    w.deliver(mail(f"info@{domain}", "DKIM、DMARC設定希望", block("ホテル海風", domain)))
+    out = w.run()
+    [mine] = [c for c in w.bot.store.list_cases() if c.requester == f"info@{domain}"]
+    assert mine.state == "awaiting_dkim"
+    assert mine.selector not in {s for c in strangers for s in c.selectors}
+    assert [value for value in _records(out, f"info@{domain}")]  # its record was mailed

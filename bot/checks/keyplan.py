@@ -27,6 +27,10 @@ from bot.core.records import ed25519_selector, validate_selector
 log = logging.getLogger("dkimbot")
 
 # "yoyakuban202605" taken → "yoyakuban202605a", "…b", …; after "z", "…-2", "…-3", …
+# At most this many candidates are looked up in DNS. Those the bot already used for the
+# domain are skipped without a lookup and do not count: forty strangers' unproven
+# requests for one domain (a case and a selector each) used to exhaust the candidates, so
+# the facility's own request failed with "no free selector" (review, 2026-12-01).
 _MAX_CANDIDATES = 40
 
 
@@ -95,13 +99,11 @@ def first_allowed_selector(base: str, *, with_ed25519: bool, exclude: Iterable[s
     asking DNS (what ``choose_selector`` falls back to when DNS gives no answer)."""
     validate_selector(base)
     excluded = {s.lower() for s in exclude}
-    for count, candidate in enumerate(selector_candidates(base)):
-        if count >= _MAX_CANDIDATES:
-            break
+    for candidate in selector_candidates(base):  # ends: only finitely many are excluded
         names = [candidate, ed25519_selector(candidate)] if with_ed25519 else [candidate]
         if not any(n in excluded for n in names):
             return candidate
-    raise ValueError(f"no free selector among {_MAX_CANDIDATES} candidates from {base!r}")
+    raise AssertionError("unreachable")
 
 
 def choose_selector(
@@ -115,12 +117,14 @@ def choose_selector(
     excluded = {s.lower() for s in exclude}
     first_allowed: str | None = None
     wildcard: frozenset[str] | None = None  # asked once the first candidate looks taken
-    for count, candidate in enumerate(selector_candidates(base)):
-        if count >= _MAX_CANDIDATES:
-            break
+    looked = 0
+    for candidate in selector_candidates(base):
         names = [candidate, ed25519_selector(candidate)] if with_ed25519 else [candidate]
         if any(n in excluded for n in names):
             continue
+        if looked >= _MAX_CANDIDATES:
+            break
+        looked += 1
         if first_allowed is None:
             first_allowed = candidate
         try:
