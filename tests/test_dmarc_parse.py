@@ -290,3 +290,23 @@ def test_with_authserv_id_only_mail_our_receiver_authenticated_is_taken_at_its_w
         assert by_reporter == {"google.com": 137, "google.com (unauthenticated mail from google.com)": 3 * 137}
     finally:
         bot.close()
+
+
+@pytest.mark.parametrize("name, email, sent_from, label", [
+    ("google.xml", None, "google.com", "google.com"),
+    ("microsoft.xml", None, "microsoft.com", "Outlook.com"),
+    ("yahoo.xml", None, "yahoo.com", "Yahoo"),
+    # Review 2026-12-01: a contact address at the sender's own domain made any name pass.
+    ("google.xml", "noreply@evil.test", "evil.test", "google.com (via evil.test)"),
+    ("microsoft.xml", "dmarc@evil.test", "evil.test", "Outlook.com (via evil.test)"),
+])
+def test_a_reporter_name_that_is_a_domain_must_be_the_senders(name: str, email: str | None, sent_from: str,
+                                                               label: str) -> None:
+    import re
+
+    from bot.flows.dmarcintake import reporter_label
+
+    xml = corpus(name)
+    if email is not None:
+        xml = re.sub(rb"<email>[^<]*</email>", f"<email>{email}</email>".encode(), xml, count=1)
+    assert reporter_label(parse_aggregate(xml, now=NOW), sent_from) == label

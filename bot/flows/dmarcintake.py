@@ -9,9 +9,10 @@ counted under its code and skipped; a report already stored (same reporter, same
 id) counts once. Nothing here stops the pass: one bad mail is one counted outcome.
 
 Marking by reporter: the reporter is the report's org_name; when the mail's From domain
-is not the organisation of the report's own contact address, anyone could have sent
-it, so the reporter is stored as ``"<org_name> (via <From domain>)"``: shown as such
-to staff and the facility, and never able to shadow the real reporter's report ids.
+is not the organisation of the report's own contact address (or of the org_name, when
+that is a domain), anyone could have sent it, so the reporter is stored as
+``"<org_name> (via <From domain>)"``: shown as such to staff and the facility, and never
+able to shadow the real reporter's report ids.
 Records for a header_from outside the report's domain are not the facility's mail:
 they are dropped and the report is flagged ``foreign_rows``.
 """
@@ -82,6 +83,10 @@ def sender_authenticated(auth_results: list[str], authserv_id: str, own: str) ->
     return False
 
 
+# Reporters whose org_name is a domain of theirs they do not send from.
+_REPORTER_ORGS = {"outlook.com": "microsoft.com"}  # "Outlook.com", from dmarcreport@microsoft.com
+
+
 def reporter_label(report: AggregateReport, from_domain: str, auth_results: list[str] | None = None,
                    authserv_id: str = "") -> str:
     """The reporter, marked with the sending domain when the two do not belong together,
@@ -97,9 +102,13 @@ def reporter_label(report: AggregateReport, from_domain: str, auth_results: list
     own = organizational_domain(from_domain)
     if authserv_id and not sender_authenticated(auth_results or [], authserv_id, own):
         return f"{name} (unauthenticated mail from {own})"
+    if "." in key and " " not in key:
+        # A name that is a domain claims that organisation, whatever the contact address
+        # says: "google.com" with a contact at evil.test, mailed from evil.test, passed
+        # for Google (review, 2026-12-01).
+        named = organizational_domain(key)
+        return name if own in (named, _REPORTER_ORGS.get(named)) else f"{name} (via {own})"
     if claimed and organizational_domain(claimed) == own:
-        return name
-    if "." in key and " " not in key and organizational_domain(key) == own:
         return name
     if "".join(ch for ch in key if ch.isalnum()) == own.partition(".")[0]:
         return name  # "Yahoo" sending from yahoo.com
