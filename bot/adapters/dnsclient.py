@@ -96,7 +96,7 @@ def _records_from_reply(reply: dnswire.Reply, qname: dnswire.Labels, rdtype: str
         if rrset:
             if want == dnswire.TXT:
                 return [TxtRecord(reply.value(r)) for r in rrset], target
-            if want in (dnswire.A, dnswire.AAAA):
+            if want in (dnswire.A, dnswire.AAAA) and rrset[0].rdclass == dnswire.IN:
                 return [reply.value(r) for r in rrset], target
             return [_rdata_value(rdtype, reply.value(r)) for r in rrset], target
         alias = reply.rrset(name, dnswire.CNAME)

@@ -122,7 +122,7 @@ def _read_name(wire: bytes, pos: int) -> tuple[Labels, int]:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One answer-section record: where its rdata lies in the message."""
+    """One answer or authority record: its owner, type, class and where its rdata lies."""
 
     name: Labels
     rdtype: int
@@ -164,7 +164,7 @@ class Reply:
         """What makes two records' data equal (names in rdata compare case-insensitively)."""
         if record.rdtype in (CNAME, NS):
             return self.target(record)
-        if record.rdtype in (TXT, A, AAAA):
+        if record.rdtype == TXT or record.rdtype in (A, AAAA) and record.rdclass == IN:
             return self.rdata(record)
         return self.value(record)
 
@@ -176,13 +176,14 @@ class Reply:
         return labels
 
     def value(self, record: Record) -> Any:
-        """TXT: the strings; A/AAAA: the address text; else dnspython's rdata object."""
+        """TXT: the strings; A/AAAA of class IN: the address text; else dnspython's rdata
+        object (its classes know the rest, other classes' addresses too)."""
         data = self.rdata(record)
         if record.rdtype == TXT:
             return txt_strings(data)
-        if record.rdtype == A:
+        if record.rdtype == A and record.rdclass == IN:
             return socket.inet_ntop(socket.AF_INET, data)
-        if record.rdtype == AAAA:
+        if record.rdtype == AAAA and record.rdclass == IN:
             return socket.inet_ntop(socket.AF_INET6, data)
         return dns.rdata.from_wire(dns.rdataclass.RdataClass.make(record.rdclass),
                                    dns.rdatatype.RdataType.make(record.rdtype),
@@ -193,7 +194,8 @@ class Reply:
         does not decode makes the datagram malformed."""
         if record.rdtype in (CNAME, NS):
             self.target(record)
-        elif record.rdtype == A and record.length != 4 or record.rdtype == AAAA and record.length != 16:
+        elif record.rdclass == IN and (record.rdtype == A and record.length != 4
+                                       or record.rdtype == AAAA and record.length != 16):
             raise WireError("address of the wrong length")
         else:
             try:
