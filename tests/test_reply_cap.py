@@ -120,7 +120,8 @@ def test_problem_mails_on_unproven_cases_are_capped_too(tmp_path, dovecot, bind,
     first = run()
     assert len(bot.store.list_cases()) == 6 and len(first) == 2
     for case in bot.store.list_cases():
-        bind.update(domain, f"{case.selector}._domainkey", "TXT", ["v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDjunk"])
+        junk = "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDjunk"
+        bind.update(domain, f"{case.selector}._domainkey", "TXT", [junk])
     later: list = []
     for _ in range(3):  # three more passes in the same hour, each checking every case
         now[0] += timedelta(minutes=5)
@@ -130,4 +131,49 @@ def test_problem_mails_on_unproven_cases_are_capped_too(tmp_path, dovecot, bind,
     now[0] += timedelta(hours=1)
     next_hour = run()
     assert len(next_hour) == 2 and all("DNSへの設定" in str(m.message["Subject"]) for m in next_hour)
+    bot.close()
+
+
+def test_mails_on_proven_cases_do_not_use_up_the_hour(tmp_path, dovecot, bind, smtp, monkeypatch):
+    """Mails on cases the domain's people proved are never held; they must not count
+    either: four records sent again to two proven facilities left no room in the hour
+    for a new facility's first reply (review 2026-12-01)."""
+    from bot.app.jobs import staff_resend
+    from bot.core.cases import State
+
+    tag = uuid.uuid4().hex[:6]
+    user = f"support-{tag}@489ban.net"
+    dovecot.add_user(user, PASSWORD)
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
+    smtp.clear()
+    cfg = load_config(write_toml(tmp_path / "c.toml", {
+        "service": service(max_unproven_mails_per_hour=2),
+        "intake": imap(dovecot, user), "outbound": smtp_out(smtp), "dns": dns(bind),
+        "keys": {"bits": 1024}, "schedule": {"check_interval_seconds": 3600},
+        "state": {"dir": str(tmp_path / "state")},
+    }))
+    now = [datetime.now(UTC)]
+    bot = Bot.open(cfg)
+    bot.clock = lambda: now[0]
+
+    def run() -> list:
+        before = len(smtp.messages)
+        run_pass(bot)
+        return [m for m in smtp.messages[before:] if to_of(m) != {STAFF}]
+
+    for n in range(2):
+        bind.add_zone(f"known{n}-{tag}.test")
+        domain = f"known{n}-{tag}.test"
+        dovecot.append(user, mail(f"a@{domain}", "DKIM、DMARC設定希望", block(f"宿{n}", domain)))
+    assert len(run()) == 2
+    now[0] += timedelta(minutes=61)
+    for case in bot.store.list_cases():  # the facilities published their records: proven
+        bot.store.transition(case.id, State.AWAITING_DMARC, now[0], expected_state=case.state, event="dkim_proven")
+        for _ in range(2):
+            staff_resend(bot, bot.store.get_case(case.id))
+    proven_mails = run()  # never held (the records again, and what the due check found)
+    assert len(proven_mails) >= 4 and all("known" in a for m in proven_mails for a in to_of(m) - {STAFF})
+    bind.add_zone(f"new-{tag}.test")
+    dovecot.append(user, mail(f"b@new-{tag}.test", "DKIM、DMARC設定希望", block("新しい宿", f"new-{tag}.test")))
+    assert [to_of(m) - {STAFF} for m in run()] == [{f"b@new-{tag}.test", f"yamada@new-{tag}.test"}]
     bot.close()

@@ -620,6 +620,13 @@ class Store:
                               "AND sent_at >= ?", (*kinds, now_iso(since))).fetchone()
         return int(row[0])
 
+    def sent_case_ids_since(self, kinds: Collection[str], since: datetime) -> list[list[int]]:
+        """The case ids of each mail of these kinds handed to SMTP at or after ``since``."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(f"SELECT case_ids FROM outbox WHERE kind IN ({marks}) AND status='sent' "
+                               "AND sent_at >= ?", (*kinds, now_iso(since))).fetchall()
+        return [json.loads(r["case_ids"]) for r in rows]
+
     def global_events_since(self, kind: str, since: datetime) -> int:
         """Events of ``kind`` recorded on no case (pass-wide ones) at or after ``since``."""
         row = self.db.execute("SELECT COUNT(*) FROM events WHERE case_id IS NULL AND kind=? AND at >= ?",

@@ -43,24 +43,32 @@ class ReplyCap:
     def __init__(self, desk: MailDesk) -> None:
         self.desk = desk
         self.limit = desk.cfg.service.max_unproven_mails_per_hour
-        now = desk.clock()
-        self.left = (self.limit - desk.store.mails_sent_since(KINDS, now - WINDOW)
-                     if self.limit > 0 else 0)
+        self.left: int | None = None  # counted when a row first needs it
         self.held = 0
+
+    def _unproven(self, case_ids: list[int]) -> bool:
+        store = self.desk.store
+        return not (case_ids and all(proven(store, store.get_case(c)) for c in case_ids))
+
+    def _budget(self) -> int:
+        """What this hour still allows. Only mails on unproven cases count: a known
+        facility's mails (completion reports after an outage, say) are not held, and must
+        not use up the hour's allowance for new requests either."""
+        if self.left is None:
+            sent = self.desk.store.sent_case_ids_since(KINDS, self.desk.clock() - WINDOW)
+            self.left = self.limit - sum(1 for ids in sent if self._unproven(ids))
+        return self.left
 
     def held_ids(self, pending: list[OutboxRow]) -> set[int]:
         """The rows of ``pending`` (oldest first) that must wait for a later hour."""
         held: set[int] = set()
         if self.limit <= 0:
             return held
-        store = self.desk.store
         for row in pending:
-            if row.kind not in KINDS:
-                continue
-            if row.case_ids and all(proven(store, store.get_case(c)) for c in row.case_ids):
-                continue  # a known facility: not a stranger's mail
-            if self.left > 0:
-                self.left -= 1
+            if row.kind not in KINDS or not self._unproven(row.case_ids):
+                continue  # staff mail, or a known facility's: not a stranger's
+            if self._budget() > 0:
+                self.left = self._budget() - 1
             else:
                 held.add(row.id)
         self.held = len(held)
