@@ -310,3 +310,38 @@ def test_a_reporter_name_that_is_a_domain_must_be_the_senders(name: str, email: 
     if email is not None:
         xml = re.sub(rb"<email>[^<]*</email>", f"<email>{email}</email>".encode(), xml, count=1)
     assert reporter_label(parse_aggregate(xml, now=NOW), sent_from) == label
+
+
+@pytest.mark.servers
+def test_a_scoped_ipv6_source_neither_parses_nor_breaks_the_pass(tmp_path, bind) -> None:
+    """Review 2026-12-01: ``fe80::1%eth0`` parsed as an address, was stored, and naming
+    it (``reverse_pointer``) raised: the pass's DMARC step failed (no alerts, no facility
+    mails, ``run --once`` exit 1, no heartbeat) for every such report anyone mailed in.
+    An address with a zone index is no mail source: the record is malformed."""
+    from datetime import timedelta
+
+    from bot.adapters.intake import MaildirMailbox
+    from bot.app.jobs import run_pass
+    from bot.config import load_config
+    from bot.flows.runtime import Bot
+
+    xml = dmarckit.google_style_xml(dmarckit.DOMAIN, NOW - timedelta(days=2), "scoped-1",
+                                    [("198.51.100.7", 3, "fail", "fail"), ("fe80::1%eth0", 2, "fail", "fail")])
+    with pytest.raises(ReportError) as info:
+        parse_aggregate(xml, now=NOW)
+    assert info.value.code == "malformed"
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f'[reports]\nkind = "maildir"\npath = "rua"\n[service]\nsending_ips = ["203.0.113.10"]\n'
+                        f'[dns]\nnameservers = ["{bind.host}"]\nport = {bind.port}\ntimeout = 1.0\n'
+                        f'[intake]\nkind = "maildir"\n[outbound]\nkind = "directory"\n'
+                        f'[state]\ndir = "{tmp_path / "state"}"\n')
+    bot = Bot.open(load_config(cfg_path), clock=lambda: NOW)
+    try:
+        dmarckit.completed_case(bot.store, dmarckit.DOMAIN, NOW - timedelta(days=3))
+        MaildirMailbox(bot.cfg.state_path("rua")).deliver(
+            dmarckit.google_mail(xml, dmarckit.DOMAIN, NOW - timedelta(days=2)))
+        assert run_pass(bot).errors == []
+        assert bot.store.dmarc_mail_counts(NOW - timedelta(days=1)) == {"malformed": 1}
+    finally:
+        bot.close()

@@ -192,9 +192,14 @@ def _row(record: Element) -> ReportRow:
         raise ReportError("malformed", "a <record> without <row>")
     ip_text = _text(row, "source_ip")
     try:
-        ip = str(ipaddress.ip_address(ip_text))
+        address = ipaddress.ip_address(ip_text)
     except ValueError:
         raise ReportError("malformed", f"source_ip is not an address: {ip_text[:60]!r}") from None
+    if getattr(address, "scope_id", None):
+        # "fe80::1%eth0": a zone index names a link on the reporter's host, never a mail
+        # source, and ipaddress cannot even give its reverse name (the PTR lookup raised).
+        raise ReportError("malformed", f"source_ip has a zone index: {ip_text[:60]!r}")
+    ip = str(address)
     count = _int(row, "count", "count")
     if count < 0 or count > MAX_ROW_COUNT:
         raise ReportError("bad_count", f"count {count} for {ip} is not believable")
