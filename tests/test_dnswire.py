@@ -89,7 +89,8 @@ def _responses() -> list[tuple[dns.message.Message, bytes]]:
     ]
     for rdtype, rrset in (("A", dns.rrset.from_text("ns1.h.test.", 60, "IN", "A", "127.0.0.1", "127.0.0.2")),
                           ("AAAA", dns.rrset.from_text("ns1.h.test.", 60, "IN", "AAAA", "::1")),
-                          ("NS", NS), ("MX", dns.rrset.from_text("ryokan.test.", 60, "IN", "MX", "10 Mail.Ryokan.test.")),
+                          ("NS", NS),
+                          ("MX", dns.rrset.from_text("ryokan.test.", 60, "IN", "MX", "10 Mail.Ryokan.test.")),
                           ("SOA", SOA)):
         qq = _query(str(rrset.name), rdtype)
         out.append((qq, _response(qq, answer=[rrset]).to_wire()))
