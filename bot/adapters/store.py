@@ -613,13 +613,6 @@ class Store:
             for r in rows
         ]
 
-    def mails_sent_since(self, kinds: Collection[str], since: datetime) -> int:
-        """Mails of these kinds handed to SMTP at or after ``since``."""
-        marks = ",".join("?" * len(kinds))
-        row = self.db.execute(f"SELECT COUNT(*) FROM outbox WHERE kind IN ({marks}) AND status='sent' "
-                              "AND sent_at >= ?", (*kinds, now_iso(since))).fetchone()
-        return int(row[0])
-
     def sent_case_ids_since(self, kinds: Collection[str], since: datetime) -> list[list[int]]:
         """The case ids of each mail of these kinds handed to SMTP at or after ``since``."""
         marks = ",".join("?" * len(kinds))
