@@ -123,12 +123,25 @@ class _BlackHoleDns:
 
         import dns.message
 
+        from servers import free_port
+
         self.names: list[str] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.bind(("127.0.0.1", self.port))
+        # One port for UDP and TCP, drawn below the ephemeral range (an ephemeral UDP
+        # port's TCP twin may be another process's; seen once in a full run).
+        for _ in range(20):
+            self.port = free_port()
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.udp.bind(("127.0.0.1", self.port))
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:  # taken between the check and the bind: another port
+                self.udp.close()
+                self.tcp.close()
+        else:
+            raise RuntimeError("no loopback port free for both UDP and TCP")
         self.tcp.listen(64)
         self._conns: list[object] = []
 
