@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import tarfile
@@ -39,6 +40,12 @@ PASSPHRASE = "backup passphrase"
 def dkimbot(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bot", "--config", str(cfg), *args], capture_output=True,
                           text=True, timeout=120, check=False, env=dict(os.environ))
+
+
+def private_dirs(state: Path) -> set[str]:
+    """The directories under ``state`` (and itself, as ".") whose mode is 0700."""
+    return {str(p.relative_to(state)) for p in [state, *state.rglob("*")]
+            if p.is_dir() and stat.S_IMODE(p.stat().st_mode) == 0o700}
 
 
 def kinds(smtp: Any) -> list[str]:
@@ -96,6 +103,14 @@ def test_a_backup_mid_flow_restores_into_a_new_dir_and_the_flow_finishes_there(
     r = dkimbot(cfg_b, "restore", str(archive))
     assert r.returncode == 0, r.stderr
     assert "1 cases, 1 stored keys" in r.stdout
+    # Every directory a fresh install made private (state, keys/, keys/<domain>/, the
+    # signer's) is private after the restore too (keys/ was left 0755), key files 0600.
+    state_a, state_b = tmp_path / "a" / "state", tmp_path / "b" / "state"
+    private_a = private_dirs(state_a)
+    assert {"keys", f"keys/{domain}"} <= private_a, private_a
+    assert private_a <= private_dirs(state_b), (private_a, private_dirs(state_b))
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (state_b / "keys").rglob("*") if p.is_file()
+               and not p.name.startswith("."))
     assert dkimbot(cfg_b, "show", case.ref).returncode == 0
     assert "half_done" not in dkimbot(cfg_b, "show", case.ref, "--json").stdout
 
@@ -168,7 +183,6 @@ def test_restored_signer_keys_get_the_owner_and_modes_an_install_gives(tmp_path:
     leaves them (tests/test_signer_config.py), so the signer can read them at once."""
     import grp
     import pwd
-    import stat
 
     demo = subprocess.run([sys.executable, "-m", "bot", "demo", "--keep"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, check=False)

@@ -39,7 +39,8 @@ from bot.core.records import (
 __all__ = [
     "ALGORITHMS", "ED25519_BITS", "RSA_SIZES", "DkimKey", "KeyPassphraseError", "KeyStore",
     "KeyStoreError", "PrivateKey", "algorithm_of_key", "dkim_key_from_private", "ed25519_selector",
-    "ensure_private_dir", "file_lock", "fsync_dir", "generate_private_key", "load_private_pem",
+    "ensure_private_dir", "ensure_private_dirs_to", "file_lock", "fsync_dir", "generate_private_key",
+    "load_private_pem",
     "public_b64_of", "render_selector", "render_zone_line", "split_txt_strings",
     "unencrypted_pkcs8", "validate_domain", "validate_selector", "write_file_atomic",
 ]
@@ -170,12 +171,26 @@ def unencrypted_pkcs8(key: PrivateKey) -> bytes:
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` (and parents) with ``mode``; tighten an existing one to ``mode``."""
+    """Create ``path`` with ``mode``; tighten an existing one to ``mode``.
+
+    Only ``path`` itself gets ``mode``: missing parents are created as ``mkdir -p``
+    would (the default mode under the umask, typically 0755). A caller that needs the
+    directories in between private too makes each of them (``ensure_private_dirs_to``)."""
     # mkdir's mode is masked by the umask only ever towards fewer bits, so a new
     # directory is never wider than ``mode`` even for an instant.
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     if (path.stat().st_mode & 0o777) != mode:
         os.chmod(path, mode)
+
+
+def ensure_private_dirs_to(root: Path, path: Path, mode: int = 0o700) -> None:
+    """``root``, ``path`` (inside ``root``) and every directory between them with ``mode``:
+    what a restore writes into the state directory ends up as a fresh install leaves it."""
+    ensure_private_dir(root, mode)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        ensure_private_dir(current, mode)
 
 
 def fsync_dir(path: Path) -> None:

@@ -156,7 +156,7 @@ def _rewrite_keytable(text: str, old_dir: str, new_dir: Path) -> str:
 
 
 def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
-    from bot.adapters.keys import ensure_private_dir, write_file_atomic
+    from bot.adapters.keys import ensure_private_dir, ensure_private_dirs_to, write_file_atomic
     from bot.adapters.signer import SignerInstallError, key_owner_ids, keys_dir, place_key_files, run_reload
     from bot.adapters.store import Store
     from bot.flows.runtime import pass_lock
@@ -184,7 +184,9 @@ def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
         keys = [n for n in files if n.startswith("keys/")]
         for name in keys:
             path = state / name
-            ensure_private_dir(path.parent)
+            # keys/ and keys/<domain>/ are 0700 as the key store makes them (not 0755 as
+            # a plain mkdir -p would leave keys/).
+            ensure_private_dirs_to(state, path.parent)
             write_file_atomic(path, files[name], 0o600)  # as stored: still encrypted
         signer_keys = [n for n in files if n.startswith("signer/keys/")]
         new_keys_dir = keys_dir(cfg).absolute()
@@ -197,7 +199,8 @@ def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
             text = files[name].decode("utf-8")
             if name.endswith("KeyTable"):
                 text = _rewrite_keytable(text, manifest.get("signer_keys_dir", ""), new_keys_dir)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.exists():  # as the signer install makes a table directory
+                ensure_private_dir(path.parent, 0o750 if cfg.signer.key_group.strip() else 0o700)
             write_file_atomic(path, text.encode("utf-8"), 0o644)
         store = Store(state / DB_NAME)  # upgrades an older schema, refuses a newer one
         try:
