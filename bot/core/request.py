@@ -36,6 +36,7 @@ __all__ = [
     "message_fingerprint",
     "parse_facilities",
     "parse_message",
+    "strip_invisible",
     "subject_is_request",
 ]
 
@@ -374,9 +375,23 @@ _DASHES = re.compile(r"[\u2010-\u2015\u2212\u30fc\uff70-]")  # ‐‑‒–—�
 
 def _clean_name(value: str) -> str | None:
     """Spaces (full-width ones too) between words become one space: they separate the
-    name's words; the characters of the name stay as written."""
-    value = re.sub(r"\s+", " ", value).strip(" \t:：・")
+    name's words; the characters of the name stay as written, except invisible ones."""
+    value = strip_invisible(re.sub(r"\s+", " ", value))
+    value = re.sub(r" {2,}", " ", value).strip(" \t:：・")
     return value or None
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without format (Cf) and control (Cc) characters.
+
+    Bidi overrides and isolates (U+202A-U+202E, U+2066-U+2069, U+200E/F, U+061C) turn
+    "ホテル\u202egpj.exe" into what reads as another name in a staff subject, the web page
+    and the facility's mails; zero-width characters (U+200B-U+200D, U+2060, U+FEFF) and
+    the soft hyphen make two different names look the same. None belongs in a hotel's
+    name, so a name from a mail never carries one."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc"))
 
 
 def _clean_email(value: str) -> str | None:
