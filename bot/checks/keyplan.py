@@ -20,6 +20,7 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from bot.checks.wildcard import wildcard_txt
 from bot.config import ServiceConfig
 from bot.core.dnsresults import DnsLookup
 from bot.core.records import ed25519_selector, validate_selector
@@ -82,18 +83,6 @@ def selector_in_use(client: DnsLookup, domain: str, selector: str, own_public_b6
     return False
 
 
-# A selector nobody publishes: what it answers is what a wildcard gives every name.
-_UNUSED_SELECTOR = "dkimbot-unused-selector"
-
-
-def wildcard_txt(client: DnsLookup, domain: str) -> frozenset[str]:
-    """The TXT records a wildcard (``*._domainkey`` or ``*`` at the domain) synthesizes
-    under ``_domainkey``, or none. Without this, such a zone made every candidate look
-    taken: "no free selector" and the request failed on every pass (review, 2026-12-01)."""
-    answers = client.authoritative_txt(f"{_UNUSED_SELECTOR}._domainkey.{domain}")
-    return frozenset(str(r) for recs in answers.values() if isinstance(recs, list) for r in recs)
-
-
 def first_allowed_selector(base: str, *, with_ed25519: bool, exclude: Iterable[str] = ()) -> str:
     """The first candidate from ``base`` the bot has not used for the domain, without
     asking DNS (what ``choose_selector`` falls back to when DNS gives no answer)."""
@@ -130,7 +119,10 @@ def choose_selector(
         try:
             taken = [n for n in names if selector_in_use(client, domain, n, own_key(n), wildcard or frozenset())]
             if taken and wildcard is None:
-                wildcard = wildcard_txt(client, domain)
+                # A wildcard TXT answered every candidate with "no free selector" and the
+                # request failed on every pass (review, 2026-12-01): what a name nobody
+                # publishes answers is set aside (bot/checks/wildcard.py, one query).
+                wildcard = wildcard_txt(client, domain) or frozenset()
                 taken = [n for n in names if selector_in_use(client, domain, n, own_key(n), wildcard)]
         except SelectorLookupFailed as exc:
             log.warning("selector check for %s failed (%s); using %s without looking",
