@@ -118,3 +118,50 @@ def test_a_notice_recorded_with_dmarc_codes_is_the_same_once_dmarc_is_not_asked(
     assert not same_notice("dkim_wrong|dkim:dkim_truncated", old, _report(["dkim_truncated"], skipped=True))
     # When DMARC is asked, a change in it is a change.
     assert not same_notice("dkim_wrong|dkim:dkim_quoted", old, _report(["dkim_quoted"], skipped=False))
+
+
+WILDCARDS = {
+    # name: (owner of the wildcard, its value)
+    "star_spf": ("*", "v=spf1 -all"),
+    "domainkey_spf": ("*._domainkey", "v=spf1 -all"),
+    "domainkey_foreign_key": ("*._domainkey", "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDwxyz"),
+}
+
+
+@pytest.mark.parametrize("wildcard", list(WILDCARDS))
+def test_a_wildcard_answering_the_selector_is_not_published_with_one_probe_more(bind, hoster, wildcard):
+    """Review 2026-12-01: a wildcard TXT answers the selector before the facility has
+    published anything; that is "not published" (with a note on the wildcard), never a
+    wrongly written record. One sibling query on one server finds it out, and the
+    domain stays within the limit of 8."""
+    from bot.checks.wildcard import PROBE_LABEL
+
+    owner, value = WILDCARDS[wildcard]
+    domain = _domain(bind, hoster)
+    bind.update(domain, owner, "TXT", [value])
+    client = Counting(_cfg(bind))
+    report = check_case_domain(client, domain, {SEL: KEY}, ServiceConfig(), dkim_first=True)
+    assert report.dkim.codes == ["dkim_not_published"], report.dkim.diagnoses
+    [diag] = report.dkim.diagnoses
+    assert diag.detail["wildcard"] == [value] and "ワイルドカードのレコード" in diag.message
+    assert f"「{value}」が返ります" in diag.message
+    assert report.dkim.found["servers"] == {s: [value] for s in ("127.0.0.1", "127.0.0.2")}
+    assert all(v == 1 for v in client.sent.values()), client.sent
+    probes = [k for k in client.direct() if k[1].startswith(PROBE_LABEL)]
+    assert probes == [("direct", f"{PROBE_LABEL}._domainkey.{domain}", "TXT", "127.0.0.1")]
+    assert len(client.direct()) + 1 <= 8, sorted(client.direct())
+
+
+def test_the_facilitys_own_wrong_record_costs_no_wildcard_probe(bind, hoster):
+    """A record carrying our key (here quoted) is the facility's: no wildcard gives it,
+    so it is judged as before without the extra query."""
+    from bot.checks.wildcard import PROBE_LABEL
+
+    domain = _domain(bind, hoster)
+    bind.update(domain, "*", "TXT", ["v=spf1 -all"])
+    bind.update(domain, f"{SEL}._domainkey", "TXT", [f'"v=DKIM1; k=rsa; p={KEY}"'])
+    client = Counting(_cfg(bind))
+    report = check_case_domain(client, domain, {SEL: KEY}, ServiceConfig(), dkim_first=True)
+    assert report.dkim.codes == ["dkim_quoted"]
+    assert not [k for k in client.direct() if PROBE_LABEL in k[1]]
+    assert len(client.direct()) == 2  # the selector on both servers, nothing else

@@ -19,6 +19,7 @@ from typing import Any, TextIO, TypeVar
 from bot.checks.dkimkey import public_key_problem
 from bot.checks.dmarc import check_dmarc, organizational_domain, suggest_dmarc_record
 from bot.checks.spf import check_spf
+from bot.checks.wildcard import from_wildcard, wildcard_txt
 from bot.config import ServiceConfig
 from bot.core.dnsresults import (
     MAX_NAME_TEXT,
@@ -223,8 +224,9 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     # The domain's zone first: at a zone apex one NS query gives the zone and its name
     # servers together, and every later name under the domain reuses them.
     client.zone_for(domain)
-    answers = client.authoritative_txt(name)
+    served_raw = client.authoritative_txt(name)
     found: dict[str, Any] = {"name": name, "host_label": label, "servers": {}, "verdicts": {}}
+    answers, wildcard = _set_aside_wildcard(client, domain, served_raw, expected, found)
     diags: dict[str, Diagnosis] = {}
 
     def add(code: str, message: str, severity: str = "error", **detail: Any) -> None:
@@ -238,7 +240,8 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
         if isinstance(ans, DnsFailure):
             found["servers"][server] = ans.to_json()
             continue
-        found["servers"][server] = [str(r) for r in ans]
+        raw = served_raw[server]  # the evidence: what the server said, wildcard or not
+        found["servers"][server] = [str(r) for r in raw] if isinstance(raw, list) else []
         found["verdicts"][server] = _judge_server(ans, expected, name, label, add)
         if found["verdicts"][server] == "good":
             good_servers.append(server)
@@ -252,7 +255,8 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     if served and len(missing) == len(served) and not failures:
         # Only when every server answered: a server that did not may hold the record,
         # so "not published" (or a wrong place) would be a guess (SPEC §4: dns_error).
-        _probe_wrong_places(client, domain, selector, expected, name, label, found, add)
+        _probe_wrong_places(client, domain, selector, expected, name, label, found, add,
+                            wildcard=wildcard)
     elif good_servers and len(good_servers) < len(answers):
         bad = sorted(set(answers) - set(good_servers))
         names = _server_names(client, name, answers)
@@ -267,6 +271,49 @@ def check_dkim(client: DnsLookup, domain: str, selector: str,
     found["ok_servers"] = good_servers
     found["server_names"] = _server_names(client, name, answers)
     return AreaResult(ok, list(diags.values()), found)
+
+
+def _carries_our_key(records: Sequence[TxtRecord], expected: str | None) -> bool:
+    """The facility's own attempt: our key whole or cut off (quoted, pasted into, cut at
+    255 bytes), or with no key to compare, one usable DKIM record. No wildcard gives that."""
+    for record in records:
+        rec = parse_dkim_record(record)
+        key = _normalize_key(rec.key)
+        if expected and key and expected.startswith(key):
+            return True
+        if not expected and len(records) == 1 and _judge_record(rec, None).good:
+            return True
+    return False
+
+
+_Answers = dict[str, list[TxtRecord] | DnsFailure]
+
+
+def _set_aside_wildcard(client: DnsLookup, domain: str, served: _Answers, expected: str | None,
+                        found: dict[str, Any]) -> tuple[_Answers, frozenset[str]]:
+    """``served`` with each answer that is exactly a wildcard's record made empty (nothing
+    is published at the selector itself), and that record (empty: no wildcard answered)."""
+    wildcard = _wildcard_answer(client, domain, served, expected)
+    answers: _Answers = {s: [] if isinstance(a, list) and from_wildcard(a, wildcard) else a
+                         for s, a in served.items()}
+    if not wildcard or answers == served:
+        return answers, frozenset()
+    found["wildcard"] = sorted(wildcard)
+    return answers, wildcard
+
+
+def _wildcard_answer(client: DnsLookup, domain: str, answers: Mapping[str, list[TxtRecord] | DnsFailure],
+                     expected: str | None) -> frozenset[str] | None:
+    """What a wildcard TXT gives unpublished selectors, asked (one query, one server) only
+    when some server's records at the selector are not ours: a right record, or the
+    facility's own wrong one (the benchmark's cut-off and quoted ones), costs nothing.
+    Without it, ``* TXT "v=spf1 -all"`` made a selector nobody had published yet a
+    "wrongly written DKIM record" (review, 2026-12-01)."""
+    suspect = [recs for recs in answers.values()
+               if isinstance(recs, list) and recs and not _carries_our_key(recs, expected)]
+    if not suspect:
+        return None
+    return wildcard_txt(client, domain)
 
 
 def _server_names(client: DnsLookup, name: str, answers: Mapping[str, Any]) -> dict[str, str]:
@@ -381,8 +428,13 @@ def _diagnose_record(code: str, rec: DkimRecord, v: _Verdict, record: TxtRecord,
 
 def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected: str | None,
                         name: str, label: str, found: dict[str, Any],
-                        add: Callable[..., None]) -> None:
-    """Nothing at the right name: look where web panels put it by mistake."""
+                        add: Callable[..., None], *, wildcard: frozenset[str] = frozenset()) -> None:
+    """Nothing at the right name: look where web panels put it by mistake.
+
+    ``wildcard``: what a wildcard TXT answered at the selector (bot/checks/wildcard.py).
+    Its record is nobody's misplaced key, and the doubled name below ``_domainkey`` is
+    not asked: the sibling probe has just asked that very question (an unpublished name
+    under ``_domainkey``), which keeps a wildcard zone within 8 queries."""
     probes = (
         (f"{name}.{domain}", "dkim_doubled_domain",
          "ホスト名の欄にドメイン名まで入力されたため、ドメイン名が二重に付いています"),
@@ -402,6 +454,8 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
             # A long domain doubled does not fit in a DNS name (RFC 1035 §2.3.4): no
             # panel can have stored a record there, so there is nothing to ask.
             continue
+        if where.endswith("." + below_domainkey) and where != name and wildcard:
+            continue
         if where.endswith("." + below_domainkey) and where != name:
             # RFC 8020: NXDOMAIN for _domainkey.<domain> means nothing exists below it,
             # so a record cannot be there either (the answer is asked once, then cached).
@@ -412,7 +466,7 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
         ans = client.authoritative_first(where, "TXT")
         if not isinstance(ans, Lookup):
             continue
-        recs = [r for r in ans.records if is_dkim_candidate(str(r))]
+        recs = [r for r in ans.records if is_dkim_candidate(str(r)) and str(r) not in wildcard]
         if not recs:
             continue
         key = parse_dkim_record(recs[0]).key
@@ -428,8 +482,18 @@ def _probe_wrong_places(client: DnsLookup, domain: str, selector: str, expected:
     add("dkim_not_published",
         f"{name} に DKIMのレコードが見つかりませんでした。ホスト名「{label}」"
         f"（ドメイン名を含めて入力する形式の場合は「{name}」）、種類「TXT」で、"
-        "弊社がお送りした値を登録してください。登録済みの場合は、反映まで時間がかかることがあります。",
-        host_label=label)
+        "弊社がお送りした値を登録してください。登録済みの場合は、反映まで時間がかかることがあります。"
+        + (_wildcard_note(name, wildcard) if wildcard else ""),
+        host_label=label, **({"wildcard": sorted(wildcard)} if wildcard else {}))
+
+
+def _wildcard_note(name: str, wildcard: frozenset[str]) -> str:
+    """Why the facility may see a TXT record at the name although nothing is published."""
+    shown = "」「".join(sorted(wildcard))
+    return ("なお、御社のDNSには、登録のないすべての名前に同じ内容を返すワイルドカードのレコード（ホスト名が「*」や"
+            f"「*._domainkey」のもの）があるため、{name} を確認すると、そのレコード「{shown}」が返ります。"
+            "これはDKIMのレコードではありません。ワイルドカードのレコードはそのままで構いませんので、"
+            "上記のとおりDKIMのレコードを追加してください。")
 
 
 # ---------------------------------------------------------------------------
