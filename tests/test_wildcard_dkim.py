@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 from test_diagnosis_flow import Flow, body, saas  # noqa: F401 - saas is a fixture
+from test_e2e import boxes
 
 pytestmark = pytest.mark.servers
 
@@ -35,9 +36,15 @@ def flow(tmp_path, bind, saas):  # noqa: F811 - the fixture imported above
 def test_a_wildcard_answer_is_not_published_yet_and_the_right_record_passes(flow, owner):
     f = flow()
     f.publish(owner, ["v=spf1 -all"])
-    f.request()
-    # What the wildcard gives the selector before anything is published there.
+    reply = body(f.request())
     dkim_name = f"{f.selector}._domainkey.{f.domain}"
+    # The look before the first reply is not misled either: the wildcard's record at
+    # _dmarc (for "*") is no DMARC record, the apex has no SPF record (a wildcard never
+    # answers the apex), so both are asked for as new records, and the selector is the
+    # first candidate (a wildcard's record is no selector in use).
+    assert f.selector == f.case.selector and not f.selector[-1].isalpha()
+    assert "v=spf1 -all" not in reply
+    assert {b["host"] for b in boxes(reply)} == {dkim_name, f"_dmarc.{f.domain}", f.domain}
     # First check: nothing published at the selector, so no mail (was: a problem mail
     # saying the record "v=spf1 -all" is written wrong).
     assert f.run() == []
