@@ -4,6 +4,10 @@ Each report is wrapped the way its kind of sender wraps it (see the corpus READM
 Google zips it next to a short text part, Yahoo, Microsoft and FastMail attach it
 gzip'd, Mimecast sends the gzip as the whole body, and the DMARCbis reporter attaches
 plain XML. ``hostile`` builds the bad inputs of issue 17.
+
+Receivers DKIM-sign their report mails, and the bot believes a report only when that
+signature verifies against DNS: ``publish_key`` puts a test key into the tests' BIND
+for a reporter's domain (RFC 2136) and ``signed`` signs a mail with it (dkimpy).
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import gzip
 import io
 import zipfile
 from datetime import UTC, datetime
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "dmarc_reports"
+SELECTOR = "dmarc2026"
+_KEYS: dict[str, tuple[bytes, str]] = {}
 DOMAIN = "ryokan-kaede.test"
 OUR_IP = "203.0.113.10"
 
@@ -124,3 +131,55 @@ def completed_case(store: Any, domain: str, since: datetime, **fields: Any) -> A
                                 event="test_setup", resume_state=State.AWAITING_DKIM)
         return store.transition(case.id, State.COMPLETED, since, expected_state=State.ESCALATED,
                                 event="test_setup")
+
+
+def signing_key(name: str = "reporter") -> tuple[bytes, str]:
+    """(private key PEM, public key base64) of a 1024-bit RSA test key, made once per name."""
+    if name not in _KEYS:
+        import base64
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        _KEYS[name] = (pem, base64.b64encode(der).decode())
+    return _KEYS[name]
+
+
+def publish_key(bind: Any, domain: str, *, key: str = "reporter", selector: str = SELECTOR) -> None:
+    """Serve ``domain`` in the tests' BIND (once per session) with the test key's DKIM record."""
+    if domain.lower().rstrip(".") not in bind.zones:
+        bind.add_zone(domain)
+    record = f"v=DKIM1; k=rsa; p={signing_key(key)[1]}"
+    bind.update(domain, f"{selector}._domainkey", "TXT", [[record[i:i + 250] for i in range(0, len(record), 250)]])
+
+
+def signed(raw: bytes, domain: str, *, key: str = "reporter", selector: str = SELECTOR) -> bytes:
+    """``raw`` (line ends made CRLF) with a DKIM-Signature of ``domain`` prepended (dkimpy)."""
+    import dkim
+
+    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    signature = dkim.sign(crlf, selector.encode(), domain.encode(), signing_key(key)[0],
+                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id", b"content-type"])
+    return signature + crlf
+
+
+def signer_of(sender: str) -> str:
+    """The domain a reporter signs with: its From domain's organisation (Yahoo mails from
+    dmarc.yahoo.com and signs as yahoo.com)."""
+    domain = sender.rpartition("@")[2]
+    return {"dmarc.yahoo.com": "yahoo.com"}.get(domain, domain)
+
+
+def signed_corpus_mails(bind: Any) -> list[tuple[str, bytes]]:
+    """``corpus_mails``, each signed by its reporter with a key published in ``bind``."""
+    out = []
+    for name, raw in corpus_mails():
+        sender = str(message_from_bytes(raw)["From"])
+        publish_key(bind, signer_of(sender))
+        out.append((name, signed(raw, signer_of(sender))))
+    return out

@@ -65,7 +65,7 @@ def test_corpus_reports_flow_from_dovecot_to_the_json(tmp_path, dovecot, bind, s
     bind.add_zone("100.51.198.in-addr.arpa")
     bind.update("100.51.198.in-addr.arpa", "25", "PTR", ["mail.ryokan-kaede.test."])
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "corpus")
-    for _name, raw in dmarckit.corpus_mails():
+    for _name, raw in dmarckit.signed_corpus_mails(bind):  # each signed by its reporter (DKIM key in BIND)
         dovecot.append(rua, raw)
     clock = Clock(datetime(2026, 11, 23, 6, 0, tzinfo=UTC))
     bot = open_bot(cfg, clock)
@@ -144,8 +144,9 @@ def test_hostile_report_mails_are_counted_and_skipped_and_the_pass_goes_on(tmp_p
         ("malformed", attach(good[: len(good) // 2])),
         ("no_report", dmarckit.report_mail(b"", "someone@example.test", "xml", "x.txt", domain=domain)),
         ("stored", attach(forged, "attacker@evil.test")),
-        ("stored", dmarckit.google_mail(good, domain, day)),
+        ("stored", dmarckit.signed(dmarckit.google_mail(good, domain, day), "google.com")),
     ]
+    dmarckit.publish_key(bind, "google.com")
     big = dmarckit.report_mail(b"<feedback>" + b" " * (3 * 1024 * 1024) + b"</feedback>",
                                "noreply-dmarc-support@google.com", "xml", "big.xml", domain=domain)
     hostile.append(("oversized", big))  # over max_message_bytes: never fetched

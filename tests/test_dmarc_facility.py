@@ -36,10 +36,11 @@ def subject(raw: bytes) -> str:
 
 
 def deliver_days(dovecot: Any, rua: str, domain: str, days: range, rows_for: Any) -> None:
+    """Google's reports for those days, each DKIM-signed by google.com (key in BIND)."""
     for k in days:
         begin = T0 + timedelta(days=k)
         xml = dmarckit.google_style_xml(domain, begin, f"{domain}-{k}", rows_for(k))
-        dovecot.append(rua, dmarckit.google_mail(xml, domain, begin))
+        dovecot.append(rua, dmarckit.signed(dmarckit.google_mail(xml, domain, begin), "google.com"))
 
 
 def facility_mails(smtp: Any, domain: str) -> list[Any]:
@@ -53,6 +54,7 @@ def test_facility_report_then_quarantine_advice_with_a_moved_clock(tmp_path, dov
     existing = "v=DMARC1; p=none; rua=mailto:dmarc@k5-saas.test; adkim=r"
     bind.update(domain, "_dmarc", "TXT", [existing])
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "hinoki", extra={"quarantine_min_messages": 100})
+    dmarckit.publish_key(bind, "google.com")
 
     # The facility's own server fails DMARC on days 0-5 (before it is fixed); ours always passes.
     def rows(k: int) -> list[tuple[str, int, str, str]]:
@@ -117,6 +119,8 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
     smtp.clear()
     domain = "ryokan-sugi.test"
     cfg, rua = reports_config(tmp_path, dovecot, bind, smtp, "sugi")
+    for reporter in ("google.com", "microsoft.com"):
+        dmarckit.publish_key(bind, reporter)
     clock = Clock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
     bot = open_bot(cfg, clock)
     try:
@@ -124,7 +128,7 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
         silent = completed_case(bot, "ryokan-matsu.test", clock.now - timedelta(days=20))
         day = datetime(2026, 11, 22, tzinfo=UTC)
         xml = dmarckit.google_style_xml(domain, day, "s-1", [(OURS, 7, "fail", "fail"), (OURS, 3, "pass", "fail")])
-        dovecot.append(rua, dmarckit.google_mail(xml, domain, day))
+        dovecot.append(rua, dmarckit.signed(dmarckit.google_mail(xml, domain, day), "google.com"))
         jobs.run_pass(bot)
         [alert] = [m for m in smtp.messages if "ESCALATION" in subject(m.raw)]
         assert alert.rcpt_tos == ["staff@489ban.net"]
@@ -135,7 +139,8 @@ def test_our_mail_failing_dmarc_alerts_staff_the_same_day_once(tmp_path, dovecot
         # Another failing report the same day: no second alert; the digest lists the failure.
         xml2 = dmarckit.google_style_xml(domain, day, "s-2", [(OURS, 4, "fail", "fail")],
                                          org="Outlook.com", email="dmarcreport@microsoft.com")
-        dovecot.append(rua, dmarckit.report_mail(xml2, "dmarcreport@microsoft.com", "gzip", "o.xml.gz", domain=domain))
+        dovecot.append(rua, dmarckit.signed(dmarckit.report_mail(xml2, "dmarcreport@microsoft.com", "gzip", "o.xml.gz",
+                                                                 domain=domain), "microsoft.com"))
         clock.now += timedelta(hours=2)
         jobs.run_pass(bot)
         assert len([m for m in smtp.messages if "ESCALATION" in subject(m.raw)]) == 1

@@ -199,10 +199,11 @@ def test_one_mail_that_breaks_the_store_step_is_its_own_outcome(tmp_path, monkey
             box.deliver(raw)
         real = intake.store_report
 
-        def broken_for_yahoo(cfg: Any, store: Any, report: Any, mail: Any, key: str, now: datetime) -> str:
+        def broken_for_yahoo(cfg: Any, store: Any, report: Any, mail: Any, key: str, now: datetime,
+                             authenticated: str = "") -> str:
             if report.reporter == "Yahoo":
                 raise RuntimeError("bug")
-            return real(cfg, store, report, mail, key, now)
+            return real(cfg, store, report, mail, key, now, authenticated)
 
         monkeypatch.setattr(intake, "store_report", broken_for_yahoo)
         assert intake.intake_once(bot) == {"stored": 2, "error": 1}

@@ -22,7 +22,7 @@ from bot.core.rows import CaseRow, OutboxRow, now_iso, parse_iso  # re-exported 
 if TYPE_CHECKING:  # DMARC report rows: only the reports step imports their module
     from bot.core.dmarcstats import DmarcRowIn
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, str] = {
@@ -242,6 +242,15 @@ MIGRATIONS: dict[int, str] = {
         removed_at TEXT
     );
     CREATE INDEX managed_records_case ON managed_records(case_id);
+    """,
+    # DMARC reports: the organisational domain that authenticated the report mail (DKIM,
+    # or our receiving server's Authentication-Results), '' when nothing did. Only
+    # authenticated rows drive facility mails, the p=quarantine advice and staff alerts;
+    # reports stored before this (never authenticated) count as unverified.
+    9: """
+    ALTER TABLE dmarc_reports ADD COLUMN verified_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE dmarc_rows ADD COLUMN verified_by TEXT NOT NULL DEFAULT '';
+    CREATE INDEX dmarc_rows_verified ON dmarc_rows(domain, verified_by, day);
     """,
 }
 
@@ -864,16 +873,18 @@ class Store:
     def add_dmarc_report(
         self, *, reporter: str, report_id: str, reporter_email: str, sent_by: str, domain: str,
         begin: datetime, end: datetime, now: datetime, schema: str, policy_p: str, flags: list[str],
-        mail_key: str, rows: list[DmarcRowIn],
+        mail_key: str, rows: list[DmarcRowIn], verified_by: str = "",
     ) -> bool:
         """Store one report and its rows; False (nothing written) when the same reporter's
-        report id is already stored."""
+        report id is already stored. ``verified_by``: the organisational domain that
+        authenticated the report mail, '' when unverified."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO dmarc_reports (reporter, report_id, reporter_email, sent_by, domain, "
-            "begin_at, end_at, received_at, schema, policy_p, flags, messages, mail_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "begin_at, end_at, received_at, schema, policy_p, flags, messages, mail_key, verified_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (reporter, report_id, reporter_email, sent_by, domain, now_iso(begin), now_iso(end),
-             now_iso(now), schema, policy_p, json.dumps(flags), sum(r.messages for r in rows), mail_key),
+             now_iso(now), schema, policy_p, json.dumps(flags), sum(r.messages for r in rows), mail_key,
+             verified_by),
         )
         if cur.rowcount != 1:
             return False
@@ -881,17 +892,21 @@ class Store:
         self.db.executemany(
             "INSERT INTO dmarc_rows (report, domain, day, reporter, source_ip, ours, messages, dmarc_pass, "
             "dkim_result, dkim_aligned, dkim_domain, spf_result, spf_aligned, spf_domain, disposition, "
-            "header_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "header_from, verified_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(pk, domain, r.day, reporter, r.source_ip, int(r.ours), r.messages, int(r.dmarc_pass),
               r.dkim_result, int(r.dkim_aligned), r.dkim_domain, r.spf_result, int(r.spf_aligned),
-              r.spf_domain, r.disposition, r.header_from) for r in rows],
+              r.spf_domain, r.disposition, r.header_from, verified_by) for r in rows],
         )
         return True
 
-    def dmarc_source_rows(self, domain: str, since_day: str) -> list[dict[str, Any]]:
-        """Per source IP and reporter since ``since_day`` (YYYY-MM-DD): message sums."""
+    def dmarc_source_rows(self, domain: str, since_day: str, *, verified_only: bool = False) -> list[dict[str, Any]]:
+        """Per source IP and reporter since ``since_day`` (YYYY-MM-DD): message sums.
+
+        ``verified_only``: authenticated reports only, each reporter named by the domain
+        that authenticated it (what a facility may be told), never by the report's text."""
+        who = "r.verified_by" if verified_only else "r.reporter"
         rows = self.db.execute(
-            "SELECT r.source_ip AS ip, r.reporter AS reporter, MAX(r.ours) AS ours, "
+            f"SELECT r.source_ip AS ip, {who} AS reporter, MAX(r.ours) AS ours, "
             "SUM(r.messages) AS messages, SUM(r.messages * r.dmarc_pass) AS dmarc_pass, "
             "SUM(r.messages * r.dkim_aligned) AS dkim_aligned, SUM(r.messages * r.spf_aligned) AS spf_aligned, "
             "SUM(CASE WHEN r.dkim_result = 'pass' THEN r.messages ELSE 0 END) AS dkim_pass, "
@@ -899,28 +914,33 @@ class Store:
             "GROUP_CONCAT(DISTINCT NULLIF(r.dkim_domain, '')) AS dkim_domains, "
             "MIN(r.day) AS first_day, MAX(r.day) AS last_day, MAX(s.name) AS name "
             "FROM dmarc_rows r LEFT JOIN dmarc_sources s ON s.ip = r.source_ip "
-            "WHERE r.domain = ? AND r.day >= ? GROUP BY r.source_ip, r.reporter ORDER BY r.source_ip, r.reporter",
+            "WHERE r.domain = ? AND r.day >= ? " + ("AND r.verified_by != '' " if verified_only else "")
+            + f"GROUP BY r.source_ip, {who} ORDER BY r.source_ip, {who}",
             (domain, since_day),
         ).fetchall()
         return [dict(r) for r in rows]
 
     def dmarc_days(self, domain: str, since_day: str) -> list[dict[str, Any]]:
-        """Per day since ``since_day``: messages, DMARC passes, and those of our own IPs."""
+        """Per day since ``since_day``: messages, DMARC passes, and those of our own IPs;
+        ``unverified``: the messages of them in reports whose mail was not authenticated."""
         rows = self.db.execute(
             "SELECT day, SUM(messages) AS messages, SUM(messages * dmarc_pass) AS dmarc_pass, "
-            "SUM(messages * ours) AS ours_messages, SUM(messages * ours * dmarc_pass) AS ours_pass "
+            "SUM(messages * ours) AS ours_messages, SUM(messages * ours * dmarc_pass) AS ours_pass, "
+            "SUM(CASE WHEN verified_by = '' THEN messages ELSE 0 END) AS unverified "
             "FROM dmarc_rows WHERE domain = ? AND day >= ? GROUP BY day ORDER BY day",
             (domain, since_day),
         ).fetchall()
         return [dict(r) for r in rows]
 
-    def dmarc_first_day(self, domain: str) -> str | None:
-        row = self.db.execute("SELECT MIN(day) AS d FROM dmarc_rows WHERE domain = ?", (domain,)).fetchone()
+    def dmarc_first_day(self, domain: str, *, verified_only: bool = False) -> str | None:
+        row = self.db.execute("SELECT MIN(day) AS d FROM dmarc_rows WHERE domain = ?"
+                              + (" AND verified_by != ''" if verified_only else ""), (domain,)).fetchone()
         return row["d"] if row else None
 
-    def dmarc_latest_policy(self, domain: str) -> str:
-        row = self.db.execute("SELECT policy_p FROM dmarc_reports WHERE domain = ? ORDER BY begin_at DESC, id DESC "
-                              "LIMIT 1", (domain,)).fetchone()
+    def dmarc_latest_policy(self, domain: str, *, verified_only: bool = False) -> str:
+        row = self.db.execute("SELECT policy_p FROM dmarc_reports WHERE domain = ?"
+                              + (" AND verified_by != ''" if verified_only else "")
+                              + " ORDER BY begin_at DESC, id DESC LIMIT 1", (domain,)).fetchone()
         return str(row["policy_p"]) if row else ""
 
     def dmarc_domains(self, since_day: str) -> list[str]:
@@ -928,16 +948,17 @@ class Store:
                                (since_day,)).fetchall()
         return [r["domain"] for r in rows]
 
-    def dmarc_ours_failing(self, received_since: datetime) -> list[dict[str, Any]]:
-        """Our own IPs' DMARC failures in reports received since then, per domain and reporter."""
+    def dmarc_ours_failing(self, received_since: datetime, *, verified: bool = True) -> list[dict[str, Any]]:
+        """Our own IPs' DMARC failures in reports received since then, per domain and
+        reporter: of authenticated reports (``verified``), or of the unverified ones."""
         rows = self.db.execute(
             "SELECT r.domain AS domain, r.reporter AS reporter, "
             "SUM(r.messages * (1 - r.dmarc_pass)) AS failed, SUM(r.messages) AS messages, "
             "GROUP_CONCAT(DISTINCT r.source_ip) AS ips "
             "FROM dmarc_rows r JOIN dmarc_reports p ON p.id = r.report "
-            "WHERE r.ours = 1 AND p.received_at >= ? GROUP BY r.domain, r.reporter "
+            "WHERE r.ours = 1 AND p.received_at >= ? AND (r.verified_by != '') = ? GROUP BY r.domain, r.reporter "
             "HAVING failed > 0 ORDER BY r.domain, r.reporter",
-            (now_iso(received_since),),
+            (now_iso(received_since), int(verified)),
         ).fetchall()
         return [dict(r) for r in rows]
 

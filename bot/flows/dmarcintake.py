@@ -11,8 +11,13 @@ id) counts once. Nothing here stops the pass: one bad mail is one counted outcom
 Marking by reporter: the reporter is the report's org_name; when the mail's From domain
 is not the organisation of the report's own contact address (or of the org_name, when
 that is a domain), anyone could have sent it, so the reporter is stored as
-``"<org_name> (via <From domain>)"``: shown as such to staff and the facility, and never
-able to shadow the real reporter's report ids.
+``"<org_name> (via <From domain>)"``: shown as such to staff, and never able to shadow
+the real reporter's report ids. A report is **verified** (``verified_by``, the domain
+that vouches for it) only when its name belongs to the From domain's organisation *and*
+the mail is authenticated as that organisation's (bot/flows/dmarcauth.py: DKIM, or our
+receiving server's Authentication-Results); otherwise it is stored unverified, as
+``"<org_name> (unauthenticated mail from <From domain>)"`` or the "via" name: staff see
+it, but only verified reports drive facility mails, the p=quarantine advice and alerts.
 Records for a header_from outside the report's domain are not the facility's mail:
 they are dropped and the report is flagged ``foreign_rows``.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -33,6 +39,7 @@ from bot.core.dmarcmail import ReportMail, read_report_mail
 from bot.core.dmarcstats import DmarcRowIn
 from bot.core.dmarcxml import AggregateReport, ReportError, ReportRow, parse_aggregate
 from bot.flows.desks import Lookout, Office
+from bot.flows.dmarcauth import DnsFunc, authenticated_org, org_of
 
 log = logging.getLogger("dkimbot")
 
@@ -58,67 +65,48 @@ class OurAddresses:
         return any(addr.version == n.version and addr in n for n in self.networks)
 
 
-def sender_authenticated(auth_results: list[str], authserv_id: str, own: str) -> bool:
-    """Did our own receiving server (``authserv_id``) pass the report mail's sender?
-
-    RFC 8601 §5: only the topmost header from the trusted authserv-id counts (anyone can
-    write Authentication-Results lower down); aligned means the same organisation as the
-    From domain (``own``), by a DMARC pass or by a passing DKIM signature.
-    """
-    from bot.checks.dmarc import organizational_domain
-    from bot.core.authresults import AuthResultsError, parse_authentication_results
-
-    for value in auth_results:
-        try:
-            parsed = parse_authentication_results(value)
-        except AuthResultsError:
-            continue
-        if parsed.authserv_id != authserv_id.lower():
-            continue
-        dmarc = any(r.result == "pass" and organizational_domain(r.props.get("header.from") or "x.invalid") == own
-                    for r in parsed.by_method("dmarc"))
-        dkim = any(r.result == "pass" and organizational_domain(r.dkim_domain or "x.invalid") == own
-                   for r in parsed.by_method("dkim"))
-        return dmarc or dkim
-    return False
-
-
 # Reporters whose org_name is a domain of theirs they do not send from.
 _REPORTER_ORGS = {"outlook.com": "microsoft.com"}  # "Outlook.com", from dmarcreport@microsoft.com
 
 
-def reporter_label(report: AggregateReport, from_domain: str, auth_results: list[str] | None = None,
-                   authserv_id: str = "") -> str:
-    """The reporter, marked with the sending domain when the two do not belong together,
-    or when our receiving server (``authserv_id``, if configured) did not authenticate it."""
-    # Here, not at the top: the public suffix list is a heavy import an idle pass never needs.
-    from bot.checks.dmarc import organizational_domain
-
+def reporter_label(report: AggregateReport, from_domain: str) -> str:
+    """The reporter, marked with the sending domain when the two do not belong together."""
     name = report.reporter
     key = name.lower()
     claimed = report.email.rpartition("@")[2]
     if not from_domain:
         return f"{name} (via unknown sender)"
-    own = organizational_domain(from_domain)
-    if authserv_id and not sender_authenticated(auth_results or [], authserv_id, own):
-        return f"{name} (unauthenticated mail from {own})"
+    own = org_of(from_domain)
     if "." in key and " " not in key:
         # A name that is a domain claims that organisation, whatever the contact address
         # says: "google.com" with a contact at evil.test, mailed from evil.test, passed
         # for Google (review, 2026-12-01).
-        named = organizational_domain(key)
+        named = org_of(key)
         return name if own in (named, _REPORTER_ORGS.get(named)) else f"{name} (via {own})"
-    if claimed and organizational_domain(claimed) == own:
+    if claimed and org_of(claimed) == own:
         return name
     if "".join(ch for ch in key if ch.isalnum()) == own.partition(".")[0]:
         return name  # "Yahoo" sending from yahoo.com
     return f"{name} (via {own})"
 
 
-def _aligned(domain: str, header_from: str) -> bool:
-    from bot.checks.dmarc import organizational_domain
+def stored_reporter(report: AggregateReport, from_domain: str, authenticated: str) -> tuple[str, str]:
+    """(the reporter as stored, the domain that vouches for it or "").
 
-    return bool(domain) and organizational_domain(domain) == organizational_domain(header_from)
+    A report is verified only when its mail is authenticated as its From domain's
+    organisation (``authenticated``, bot/flows/dmarcauth.py) *and* its own name belongs
+    to that organisation; anything else is kept under a marked name, unverified.
+    """
+    label = reporter_label(report, from_domain)
+    if label != report.reporter:
+        return label, ""
+    if not authenticated:
+        return f"{report.reporter} (unauthenticated mail from {org_of(from_domain)})", ""
+    return label, authenticated
+
+
+def _aligned(domain: str, header_from: str) -> bool:
+    return bool(domain) and org_of(domain) == org_of(header_from)
 
 
 def _row(report: AggregateReport, row: ReportRow, ours: OurAddresses) -> DmarcRowIn:
@@ -141,13 +129,14 @@ def _is_facility_domain(store: Store, domain: str) -> bool:
 
 
 def store_report(cfg: Config, store: Store, report: AggregateReport, mail: ReportMail, key: str,
-                 now: datetime) -> str:
-    """Store one parsed report (inside the caller's transaction); returns the outcome."""
+                 now: datetime, authenticated: str = "") -> str:
+    """Store one parsed report (inside the caller's transaction); returns the outcome.
+    ``authenticated``: the organisation that authenticated the mail ("" for none)."""
     if not _is_facility_domain(store, report.domain):
         return "no_case"
     ours = OurAddresses(cfg.service.sending_ips)
-    reporter = reporter_label(report, mail.from_domain, mail.auth_results, cfg.reports.authserv_id)
-    flags = ["reporter_unverified"] if reporter != report.reporter else []
+    reporter, verified_by = stored_reporter(report, mail.from_domain, authenticated)
+    flags = ["reporter_unverified"] if not verified_by else []
     rows, foreign = [], 0
     for r in report.rows:
         hf = r.header_from or report.domain
@@ -163,6 +152,7 @@ def store_report(cfg: Config, store: Store, report: AggregateReport, mail: Repor
         reporter=reporter, report_id=report.report_id, reporter_email=report.email, sent_by=mail.from_domain,
         domain=report.domain, begin=report.begin, end=report.end, now=now, schema=report.schema,
         policy_p=report.policy.get("p", "").lower(), flags=flags, mail_key=key, rows=rows,
+        verified_by=verified_by,
     )
     return "stored" if added else "duplicate"
 
@@ -173,6 +163,7 @@ class ReadMail:
 
     key: str
     mail: ReportMail
+    authenticated: str = ""   # the organisation that authenticated the mail (dmarcauth), "" if none
     reports: list[AggregateReport] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
@@ -200,7 +191,7 @@ def store_mail(cfg: Config, store: Store, read: ReadMail, now: datetime) -> tupl
     """Store a read mail's reports and its outcome (inside the caller's transaction)."""
     outcomes, details, ips = list(read.outcomes), list(read.details), []
     for report in read.reports:
-        outcome = store_report(cfg, store, report, read.mail, read.key, now)
+        outcome = store_report(cfg, store, report, read.mail, read.key, now, read.authenticated)
         outcomes.append(outcome)
         details.append(f"{report.reporter} {report.report_id} {report.domain} {report.messages} msgs")
         if outcome == "stored":
@@ -212,19 +203,49 @@ def store_mail(cfg: Config, store: Store, read: ReadMail, now: datetime) -> tupl
     return final, ips
 
 
-def take_messages(office: Office, messages: list[ReportMessage]) -> list[tuple[str, list[str]]]:
-    """Read, then store a batch of mails in one transaction (a commit costs more than
-    parsing a small report). If storing fails (a bug), the batch is rolled back and each
-    mail is taken alone, so one mail's failure is that mail's outcome only."""
+Authenticate = Callable[[ReportMessage, ReportMail], str]
+
+
+def authenticate_with(cfg: Config, dnsfunc: Callable[[], DnsFunc]) -> Authenticate:
+    """The organisation that authenticated a report mail ("" for none; bot/flows/dmarcauth.py).
+    A verifier's bug on one mail leaves that mail unverified, never the pass stopped."""
+
+    def authenticate(message: ReportMessage, mail: ReportMail) -> str:
+        if message.oversized or not mail.from_domain:
+            return ""
+        try:
+            return authenticated_org(message.raw, mail.from_domain, mail.auth_results,
+                                     cfg.reports.authserv_id, dnsfunc)
+        except Exception:  # dkimpy or DNS failing in a way not foreseen: unverified, logged
+            log.exception("DMARC report mail %s: authentication not checked; kept as unverified", message.key)
+            return ""
+
+    return authenticate
+
+
+def _read_all(office: Office, messages: list[ReportMessage], authenticate: Authenticate) -> list[ReadMail]:
     now = office.clock()
     reads = []
     for m in messages:
         try:
-            reads.append(read_message(m, office.cfg.reports.max_report_bytes, now))
+            read = read_message(m, office.cfg.reports.max_report_bytes, now)
+            if read.reports:
+                read.authenticated = authenticate(m, read.mail)
+            reads.append(read)
         except Exception as exc:  # a parser bug on one mail: that mail's outcome, not the pass's end
             log.exception("DMARC report mail %s could not be read", m.key)
             reads.append(ReadMail(m.key, ReportMail(from_domain="", subject=""), outcomes=["error"],
                                   details=[f"{type(exc).__name__}: {exc}"]))
+    return reads
+
+
+def take_messages(office: Office, messages: list[ReportMessage],
+                  authenticate: Authenticate) -> list[tuple[str, list[str]]]:
+    """Read, then store a batch of mails in one transaction (a commit costs more than
+    parsing a small report). If storing fails (a bug), the batch is rolled back and each
+    mail is taken alone, so one mail's failure is that mail's outcome only."""
+    now = office.clock()
+    reads = _read_all(office, messages, authenticate)
     try:
         with office.store.transaction():
             return [store_mail(office.cfg, office.store, r, now) for r in reads]
@@ -235,7 +256,7 @@ def take_messages(office: Office, messages: list[ReportMessage]) -> list[tuple[s
     results = []
     for message in messages:
         try:
-            results += take_messages(office, [message])
+            results += take_messages(office, [message], authenticate)
         except Exception as exc:  # our bug on one mail must not stop the others nor loop forever
             log.exception("DMARC report mail %s failed", message.key)
             with office.store.transaction():
@@ -281,9 +302,20 @@ def intake_once(lookout: Lookout) -> Counter[str]:
     counts: Counter[str] = Counter()
     ips: list[str] = []
     batch: list[ReportMessage] = []
+    dnsfuncs: list[DnsFunc] = []
+
+    def dnsfunc() -> DnsFunc:
+        """One DNS client for the pass's DKIM keys, made when the first signature needs it."""
+        from bot.checks.dnscheck import make_dkim_dnsfunc
+
+        if not dnsfuncs:
+            dnsfuncs.append(make_dkim_dnsfunc(lookout.dns_client()))
+        return dnsfuncs[0]
+
+    authenticate = authenticate_with(cfg, dnsfunc)
 
     def flush() -> None:
-        for outcome, new_ips in take_messages(lookout, batch) if batch else []:
+        for outcome, new_ips in take_messages(lookout, batch, authenticate) if batch else []:
             counts[outcome] += 1
             ips.extend(new_ips)
         batch.clear()

@@ -11,6 +11,11 @@ the digest's section and ``dkimbot reports``.
   exact record (their record with only ``p`` changed) — advice only: the bot never
   changes a facility's DMARC record. A facility told before it was ready gets one more
   mail when it becomes ready.
+
+All three use **authenticated** reports only (``verified_by``, bot/flows/dmarcauth.py):
+the rua address is public, and a forged report must not put a stranger's words in a
+mail to a facility, make it look ready for p=quarantine, or page staff. Unverified
+reports are counted and listed for staff (the digest, ``dkimbot reports``, the site).
 """
 
 from __future__ import annotations
@@ -48,15 +53,20 @@ SENT_EVENT = "dmarc_report_sent"
 ADVISED_EVENT = "dmarc_quarantine_advised"
 
 
-def summary(store: Store, domain: str, days: int, today: date) -> DomainSummary:
+def summary(store: Store, domain: str, days: int, today: date, *, verified_only: bool = False) -> DomainSummary:
+    """Every stored report (staff: unverified ones under their marked names), or only the
+    authenticated ones, each reporter named by its authenticated domain (``verified_only``)."""
     since = (today - timedelta(days=days)).isoformat()
-    return summarise(domain, days, store.dmarc_source_rows(domain, since))
+    return summarise(domain, days, store.dmarc_source_rows(domain, since, verified_only=verified_only))
 
 
 def readiness(cfg: Config, store: Store, domain: str, today: date) -> tuple[Readiness, DomainSummary]:
-    window = summary(store, domain, QUARANTINE_WINDOW_DAYS, today)
-    verdict = quarantine_ready(window, store.dmarc_first_day(domain), today,
-                               cfg.reports.quarantine_min_messages, store.dmarc_latest_policy(domain))
+    """p=quarantine readiness from authenticated reports only: a forged, backdated report
+    must neither make a facility look ready nor set when its reports began."""
+    window = summary(store, domain, QUARANTINE_WINDOW_DAYS, today, verified_only=True)
+    verdict = quarantine_ready(window, store.dmarc_first_day(domain, verified_only=True), today,
+                               cfg.reports.quarantine_min_messages,
+                               store.dmarc_latest_policy(domain, verified_only=True))
     return verdict, window
 
 
@@ -121,7 +131,9 @@ def facility_context(lookout: Lookout, case: CaseRow, today: date) -> dict[str, 
     ours = window.ours
     ours_messages = sum(s.messages for s in ours)
     ours_pass = sum(s.dmarc_pass for s in ours)
-    others = [{"ip": s.ip, "name": s.name, "messages": s.messages, "failing": s.failing,
+    # Addresses and numbers, reporters by their authenticated domain: no PTR name and no
+    # text of a report reaches a facility (a stranger can publish either).
+    others = [{"ip": s.ip, "messages": s.messages, "failing": s.failing,
                "reporters": "、".join(s.reporters), "advice": s.advice} for s in window.failing_others]
     record = quarantine_record(lookout.cfg, lookout.dns_client(), domain) if verdict.ready else ""
     return {
@@ -190,9 +202,12 @@ def digest_section(cfg: Config, store: Store, now: datetime) -> dict[str, Any]:
     waiting = timedelta(days=cfg.reports.facility_report_days)
     silent = [{"ref": c.ref, "domain": c.domain, "days": (now - c.state_since).days}
               for c in store.list_cases((State.COMPLETED.value,))
-              if c.domain and now - c.state_since >= waiting and store.dmarc_first_day(c.domain) is None]
+              if c.domain and now - c.state_since >= waiting and store.dmarc_first_day(c.domain, verified_only=True) is None]
+    flagged = store.dmarc_flagged_reports(day_ago)
     return {"enabled": True, "silent": silent, "mail_counts": sorted(store.dmarc_mail_counts(day_ago).items()),
-            "failing": failing, "ready": ready, "flagged": store.dmarc_flagged_reports(day_ago)}
+            "failing": failing, "ready": ready, "flagged": flagged,
+            "unverified": sum(1 for f in flagged if "reporter_unverified" in f["flags"]),
+            "unverified_failing": store.dmarc_ours_failing(day_ago, verified=False)}
 
 
 def reports_once(desk: MailLookout) -> list[str]:

@@ -29,6 +29,7 @@ class DayRate:
     dmarc_pass: int
     ours_messages: int
     ours_pass: int
+    unverified: int = 0   # messages in reports whose mail was not authenticated (shown, marked)
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,17 @@ class FacilityRates:
     def ours_failing(self) -> int:
         return sum(d.ours_messages - d.ours_pass for d in self.days)
 
+    @property
+    def unverified(self) -> int:
+        return sum(d.unverified for d in self.days)
+
 
 def gather(store: Store, now: datetime, days: int = DAYS) -> list[FacilityRates]:
     since = (now.date() - timedelta(days=days - 1)).isoformat()
     out = []
     for domain in store.dmarc_domains(since):
         rows = [DayRate(str(r["day"]), int(r["messages"] or 0), int(r["dmarc_pass"] or 0),
-                        int(r["ours_messages"] or 0), int(r["ours_pass"] or 0))
+                        int(r["ours_messages"] or 0), int(r["ours_pass"] or 0), int(r["unverified"] or 0))
                 for r in store.dmarc_days(domain, since)]
         out.append(FacilityRates(domain, rows))
     out.sort(key=lambda f: (-f.ours_failing, f.dmarc_pass / max(f.messages, 1), f.domain))
@@ -100,5 +105,7 @@ def pass_rate_svg(facilities: list[FacilityRates], today: date, days: int = DAYS
         summary = f"{percent(fac.dmarc_pass, fac.messages)}（{fac.dmarc_pass}/{fac.messages}通）"
         if fac.ours_failing:
             summary += f" 予約番不合格{fac.ours_failing}"
+        if fac.unverified:
+            summary += f" 未検証{fac.unverified}"
         body.append(svg_text(left + plot_w + 8, y + bar_h - 6, summary, fill=colour, size=11))
     return svg_frame(width, height, "施設ごとのDMARC合格率", body)
