@@ -200,9 +200,11 @@ def digest_section(cfg: Config, store: Store, now: datetime) -> dict[str, Any]:
             ready.append({"domain": domain, "ref": case.ref if case else "-", "messages": window.messages,
                           "sources": len(window.sources)})
     waiting = timedelta(days=cfg.reports.facility_report_days)
+    # "No report yet" counts authenticated reports: a forged one must not silence it.
     silent = [{"ref": c.ref, "domain": c.domain, "days": (now - c.state_since).days}
               for c in store.list_cases((State.COMPLETED.value,))
-              if c.domain and now - c.state_since >= waiting and store.dmarc_first_day(c.domain, verified_only=True) is None]
+              if c.domain and now - c.state_since >= waiting
+              and store.dmarc_first_day(c.domain, verified_only=True) is None]
     flagged = store.dmarc_flagged_reports(day_ago)
     return {"enabled": True, "silent": silent, "mail_counts": sorted(store.dmarc_mail_counts(day_ago).items()),
             "failing": failing, "ready": ready, "flagged": flagged,
