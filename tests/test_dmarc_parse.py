@@ -289,6 +289,9 @@ def test_with_authserv_id_only_mail_our_receiver_authenticated_is_taken_at_its_w
         for r in rows:
             by_reporter[r["reporter"]] = by_reporter.get(r["reporter"], 0) + int(r["messages"])
         assert by_reporter == {"google.com": 137, "google.com (unauthenticated mail from google.com)": 3 * 137}
+        # Only the report our server authenticated is what a facility may be told, by its domain.
+        told = summary(bot.store, dmarckit.DOMAIN, 30, bot.clock().date(), verified_only=True)
+        assert told.messages == 137 and {r for s in told.sources for r in s.reporters} == {"google.com"}
     finally:
         bot.close()
 

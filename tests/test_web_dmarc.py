@@ -53,7 +53,9 @@ def test_the_charts_page_shows_each_facilitys_dmarc_pass_rate(tmp_path) -> None:
     assert "施設ごとのDMARC合格率" in text
     # The corpus' hand-counted figures; the facility whose own mail failed comes first, in red.
     assert "93.6%（221/236通）" in text
-    assert "30%（3/10通） 予約番不合格7" in text
+    # These report mails are not DKIM-signed: shown, and marked as unverified.
+    assert "30%（3/10通） 予約番不合格7 未検証10" in text
+    assert "<th>未検証</th>" in text
     assert text.index("ryokan-sugi.test") < text.index(dmarckit.DOMAIN)
     assert '#c0392b">ryokan-sugi.test</text>' in text
     # One bar per reported day: 2026-11-20, 21 and 22 for the corpus domain.
