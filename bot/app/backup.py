@@ -184,9 +184,7 @@ def restore_backup(cfg: Config, source: Path, *, force: bool) -> Summary:
         keys = [n for n in files if n.startswith("keys/")]
         for name in keys:
             path = state / name
-            # keys/ and keys/<domain>/ are 0700 as the key store makes them (not 0755 as
-            # a plain mkdir -p would leave keys/).
-            ensure_private_dirs_to(state, path.parent)
+            ensure_private_dirs_to(state, path.parent)  # keys/ too (mkdir -p left it 0755)
             write_file_atomic(path, files[name], 0o600)  # as stored: still encrypted
         signer_keys = [n for n in files if n.startswith("signer/keys/")]
         new_keys_dir = keys_dir(cfg).absolute()
