@@ -201,7 +201,8 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              f"{r[k]['xml_bytes_per_report']:,} B of XML)",
              (f"parse {_f(r[k]['parse_per_second'], 0)}/s, into the store {_f(r[k]['intake_per_second'], 0)}/s; "
               f"bare defusedxml {_f(r[k]['baseline_per_second'], 0)}/s (parse = {_f(r[k]['parse_vs_baseline'], 1)}x, "
-              f"intake = {_f(r[k]['intake_vs_baseline'], 1)}x its time)"), "report", "-")
+              f"intake = {_f(r[k]['intake_vs_baseline'], 1)}x its time); DKIM-verified "
+              f"{_f(r[k]['verify_per_second'], 0)}/s ({_f(r[k]['verify_vs_baseline'], 2)}x)"), "report", "-")
             for k in ("small", "big")
         ]
     if name == "web":
