@@ -2,7 +2,9 @@
 real intake (Maildir), real BIND and the SMTP sink:
 
 * bidi overrides and zero-width characters in a facility name never reach the case, the
-  reply's subject or body, or staff (they make one name read as another).
+  reply's subject or body, or staff (they make one name read as another);
+* a From or Reply-To that is not one valid address gets no reply anywhere (it could be a
+  third party's), no case and no key: staff get one note.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import pytest
 from test_request_routing import make_bot
 
 from bot.app.jobs import run_pass
+from bot.core.request import parse_message
 
 pytestmark = pytest.mark.servers
 
 SUPPORT = "support@489ban.net"
+STAFF = "staff@489ban.net"  # configkit's staff_cc
 
 
 def request(domain: str, names: list[tuple[str, str]], *, sender: str | None = None,
-            reply_to: str | None = None) -> bytes:
+            reply_to: str | None = None, contact: str | None = None) -> bytes:
     """A request for (facility name, admin address) pairs, From ``sender``."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender if sender is not None else f"yamada@{domain}"
@@ -34,7 +38,8 @@ def request(domain: str, names: list[tuple[str, str]], *, sender: str | None = N
     msg["Subject"] = "DKIM、DMARC設定希望"
     msg["Message-ID"] = f"<s-{uuid.uuid4().hex}@{domain}>"
     msg.set_content("".join(
-        f"[施設名]\n{name}\n[担当者様のお名前]\n山田 太郎\n[担当者様のメールアドレス]\nyamada@{domain}\n"
+        f"[施設名]\n{name}\n[担当者様のお名前]\n山田 太郎\n"
+        f"[担当者様のメールアドレス]\n{contact or f'yamada@{domain}'}\n"
         f"[担当者様の電話番号]\n03-1234-5678\n[予約番で使用する管理用メールアドレス]\n{admin}\n\n"
         for name, admin in names), charset="utf-8")
     return msg.as_bytes()
@@ -69,3 +74,73 @@ def test_bidi_and_zero_width_characters_in_names_reach_no_case_and_no_mail(
     assert "ホテルるくさ本館" in text
     assert invisible(text) == []
     bot.close()
+
+
+def with_raw_from(raw: bytes, value: str) -> bytes:
+    """``raw`` with its From header replaced by ``value`` as a mailer wrote it (UTF-8 bytes,
+    no encoding, no checks): the forms a library would refuse to build."""
+    head, sep, body = raw.partition(b"\n\n")
+    lines = [line for line in head.split(b"\n") if not line.lower().startswith(b"from:")]
+    return b"\n".join([b"From: " + value.encode("utf-8"), *lines]) + sep + body
+
+
+def staff_only(smtp: Any) -> list[str]:
+    """The subjects of what the sink received, asserting every mail went to staff alone."""
+    for m in smtp.messages:
+        assert m.rcpt_tos == [STAFF], m.rcpt_tos
+    return [str(email.message_from_bytes(m.raw, policy=email.policy.default)["Subject"]) for m in smtp.messages]
+
+
+BAD_SENDERS = [
+    "info@{victim}@evil.test",        # used to become the requester "@evil.test"
+    "Yamada Taro info@{domain}",      # display text without <>: a requester with spaces
+    "山田 太郎 info@{domain}",          # the same in Japanese, raw UTF-8
+    "info@{domain} <bob@evil.test",   # an unclosed angle
+    "info@{domain})<bob@evil.test>",  # the parseaddr confusion (CVE-2023-27043)
+    "info@bad..{domain}",
+]
+
+
+@pytest.mark.parametrize("form", BAD_SENDERS)
+def test_a_sender_that_is_not_one_valid_address_gets_nothing_and_staff_are_told_once(
+        tmp_path: Any, bind: Any, smtp: Any, form: str) -> None:
+    domain = f"snd-{uuid.uuid4().hex[:6]}.test"
+    bind.add_zone(domain)
+    smtp.clear()
+    bot, inbox = make_bot(tmp_path, bind, smtp)
+    sender = form.format(domain=domain, victim=f"victim-{domain}")
+    inbox.deliver(with_raw_from(request(domain, [("ホテルあおい", f"info@{domain}")]), sender))
+    result = run_pass(bot)
+    assert result.messages == 1 and not result.errors
+    assert bot.store.list_cases() == []  # no case, no key: nothing for an unknown sender
+    assert bot.store.domain_keys(domain) == []
+    [subject] = staff_only(smtp)
+    assert "ESCALATION" in subject and "sender" in subject
+    note = email.message_from_bytes(smtp.messages[0].raw, policy=email.policy.default)
+    assert "From is not" in note.get_body(preferencelist=("plain",)).get_content()
+    inbox.deliver(request(domain, [("ホテルあおい", f"info@{domain}")]))  # a later good mail
+    result = run_pass(bot)  # the bad one is not noted again; the good one is answered
+    assert result.messages == 1 and not result.errors
+    assert len(smtp.messages) == 2 and f"yamada@{domain}" in smtp.messages[1].rcpt_tos
+    bot.close()
+
+
+@pytest.mark.parametrize(("value", "address", "problem"), [
+    ("info@hotel.jp", "info@hotel.jp", None),
+    ("=?utf-8?b?5bGx55Sw?= <info@hotel.jp>", "info@hotel.jp", None),
+    ("山田 <info@ホテル.jp>", "info@xn--ddkyb8b.jp", None),
+    ("info@hotel.jp, other@evil.test", "info@hotel.jp", None),  # the first is read
+    ("info@victim.jp@evil.test", None, "From is not one valid address"),
+    ("Yamada Taro info@hotel.jp", None, "From is not one valid address"),
+    ("やまだ@hotel.jp", None, "From is not one valid address"),
+    ('"a,b"@evil.test', None, "From is not an address the bot can answer"),
+    ("info@[192.0.2.1]", None, "From is not an address the bot can answer"),
+    pytest.param("x" * 2000 + "@hotel.jp", None, "From is 2009 characters long", id="too-long"),
+])
+def test_the_sender_is_read_strictly(value: str, address: str | None, problem: str | None) -> None:
+    raw = f"From: {value}\nSubject: DKIM、DMARC設定希望\nMessage-ID: <x@y>\n\n[施設名] a\n".encode()
+    parsed = parse_message(raw, own_addresses=[SUPPORT])
+    assert parsed.from_addr == address
+    assert (parsed.sender_problem or "").startswith(problem or "") and bool(parsed.sender_problem) == bool(problem)
+    if problem:
+        assert parsed.reply_address is None and parsed.facilities == ()

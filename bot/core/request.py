@@ -15,10 +15,11 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import getaddresses
 
 from bot.core.mailtext import (
     RULE_LINE,
@@ -103,10 +104,17 @@ class ParsedMail:
     # Why the body was not read (MIME nested deeper than the parser can follow): the
     # headers alone were read, no facility is taken from it, staff are told.
     malformed: str | None = None
+    # Why the mail has no sender the bot may answer as a facility, or None: a From or
+    # Reply-To that is not one valid address ("info@victim.jp@evil.test", display text
+    # without angle brackets). Such a mail gets no reply and opens nothing: staff are told.
+    sender_problem: str | None = None
 
     @property
     def reply_address(self) -> str | None:
-        """The address a reply to this mail goes to: Reply-To, else From."""
+        """The address a reply to this mail goes to: Reply-To, else From; None when the
+        mail has no usable sender (``sender_problem``)."""
+        if self.sender_problem:
+            return None
         return self.reply_to or self.from_addr
 
 
@@ -590,36 +598,59 @@ def parse_facilities(text: str) -> list[Facility]:
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 
 
-def _address(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        pairs = getaddresses([value.encode("ascii", "surrogateescape").decode("utf-8", "replace")])
-    except (ValueError, IndexError, TypeError):
-        return None
-    for _, addr in pairs:
-        addr = addr.strip().lower()
-        if "@" in addr:
-            return header_address(addr)
-    return None
+_HEADERS = HeaderRegistry()
+#: A From/Reply-To longer than this is not parsed: no person's address header is, and the
+#: stdlib's header parser is not built for crafted input (it recurses per nested comment).
+MAX_ADDRESS_HEADER = 1000
 
 
-def header_address(addr: str) -> str | None:
-    """A From/Reply-To address the bot can answer: an IDN domain in IDNA (punycode)
-    form; None for one no SMTP server without SMTPUTF8 can take (a UTF-8 local part)
-    or that is not an address at all. One such address must never block the outbox."""
-    if len(addr) > ADDRESS_MAX or not addr.isprintable():
-        return None
-    if addr.isascii():
-        return addr
-    local, _, domain = addr.rpartition("@")
-    if not local.isascii():
-        return None
+def _address(name: str, value: str | None) -> tuple[str | None, str | None]:
+    """(address, None) for a From/Reply-To the bot can answer; (None, why) for one that
+    is there but is not one valid address; (None, None) when there is none.
+
+    Read strictly with the stdlib's RFC 5322 parser (``email.headerregistry``): any defect
+    it reports ("info@victim.jp@evil.test", "山田 太郎 info@hotel.jp" without angle
+    brackets, an unquoted comma in a display name) makes the header unusable instead of
+    guessing at an address. With several addresses the first is read."""
+    if value is None or not value.strip():
+        return None, None
+    text = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    shown = strip_invisible(re.sub(r"\s+", " ", text)).strip()[:120]
+    if len(text) > MAX_ADDRESS_HEADER:
+        return None, f"{name} is {len(text)} characters long: not read"
+    if text.count("(") > 32:  # the parser recurses once per nested comment
+        return None, f"{name} has {text.count('(')} comments: not read"
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        header = _HEADERS(name, text)
+        valid = isinstance(header, AddressHeader) and not header.defects
+        addresses: list[Address] = list(header.addresses) if isinstance(header, AddressHeader) else []
+    except (HeaderParseError, ValueError, IndexError, TypeError, AttributeError, RecursionError):
+        valid, addresses = False, []  # the parser's own failure: not an address either
+    if not valid or not addresses:
+        return None, f"{name} is not one valid address: {shown!r}"
+    addr = header_address(addresses[0].username, addresses[0].domain)
+    if addr is None:
+        return None, f"{name} is not an address the bot can answer: {shown!r}"
+    return addr, None
+
+
+def header_address(local: str, domain: str) -> str | None:
+    """A From/Reply-To address the bot can answer, lower case, its domain in IDNA
+    (punycode) form: one ASCII local part, one domain that is a valid host name; None
+    for anything else (a UTF-8 local part no SMTP server without SMTPUTF8 takes, spaces,
+    controls, a domain literal, "bar..jp"). One such address must never block the outbox."""
+    if not local or not domain or len(local) + len(domain) + 1 > ADDRESS_MAX:
         return None
-    return f"{local}@{ascii_domain}".lower()
+    if not local.isascii() or not local.isprintable() or not domain.isprintable():
+        return None
+    from email_validator import EmailNotValidError, validate_email  # ~25 ms: see _clean_email
+
+    try:
+        result = validate_email(f"{local}@{domain}", check_deliverability=False, allow_smtputf8=False,
+                                test_environment=True)
+    except (EmailNotValidError, ValueError, UnicodeError):
+        return None
+    return result.ascii_email.lower() if result.ascii_email else None
 
 
 #: At most this many References ids are read: the thread's root and the newest ones, as
@@ -649,12 +680,28 @@ def message_fingerprint(date: str | None, from_addr: str | None, subject: str, b
 MAX_TEXT_CHARS = 100_000
 
 
+@dataclass(frozen=True)
+class _Senders:
+    from_addr: str | None
+    reply_to: str | None  # None when absent, the same as From, or unusable
+    problem: str | None  # see ParsedMail.sender_problem
+
+
+def _senders(headers: dict[str, list[str]], own: set[str]) -> _Senders:
+    from_addr, from_problem = _address("From", _first(headers, "from"))
+    reply_to, reply_problem = _address("Reply-To", _first(headers, "reply-to"))
+    if reply_to == from_addr or reply_to in own:
+        reply_to = None
+    return _Senders(from_addr, reply_to, from_problem or reply_problem)
+
+
 def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
                   max_text_chars: int = MAX_TEXT_CHARS) -> ParsedMail:
     """Read one mail. Never raises on malformed input: whatever cannot be read is empty.
 
-    ``facilities`` is always empty when ``no_reply_reason`` is set, so a bounce that quotes
-    a request cannot open a case even if a caller forgets to check.
+    ``facilities`` is always empty when ``no_reply_reason`` or ``sender_problem`` is set,
+    so a bounce that quotes a request, or a request without a usable sender, cannot open
+    a case even if a caller forgets to check.
     """
     malformed = mime_too_deep(raw)
     body_msg: Message | None = None
@@ -667,12 +714,12 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
     msg = body_msg if body_msg is not None else BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
     headers = _headers(msg)
     subject = re.sub(r"\s+", " ", decode_header_value(_first(headers, "subject"))).strip()
-    from_addr = _address(_first(headers, "from"))
-    reply_to = _address(_first(headers, "reply-to"))
     message_id_match = _MSG_ID.search(_first(headers, "message-id") or "")
     in_reply_to_match = _MSG_ID.search(_first(headers, "in-reply-to") or "")
     references = _trimmed_references(_MSG_ID.findall(" ".join(headers.get("references", []))))
     own = {address.strip().lower() for address in own_addresses}
+    senders = _senders(headers, own)
+    from_addr = senders.from_addr
     reason = _no_reply_reason(msg, headers, from_addr, subject, own)
     body = ""
     if body_msg is not None:
@@ -680,7 +727,7 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
             body = extract_body_text(body_msg)[:max_text_chars]
         except RecursionError:
             malformed = "MIME structure nested too deeply to read"
-    facilities = () if reason or malformed else tuple(parse_facilities(body))
+    facilities = () if reason or malformed or senders.problem else tuple(parse_facilities(body))
     return ParsedMail(
         message_id=message_id_match.group(0) if message_id_match else None,
         subject=subject,
@@ -693,9 +740,10 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
         body_text=body,
         facilities=facilities,
         fingerprint=message_fingerprint(_first(headers, "date"), from_addr, subject, body),
-        reply_to=reply_to if reply_to and reply_to != from_addr and reply_to not in own else None,
+        reply_to=senders.reply_to,
         undecodable=subject.count("\ufffd") + body.count("\ufffd"),
         malformed=malformed,
+        sender_problem=senders.problem,
     )
 
 

@@ -44,6 +44,10 @@ def decide_message(bench: Workbench, parsed: ParsedMail, prepared: Prepared | No
         from bot.flows.malformed import note_malformed
 
         return note_malformed(bench, parsed)
+    if parsed.sender_problem:  # no reply to anyone, nothing changes: staff are told
+        from bot.flows.sendernote import note_unusable_sender
+
+        return note_unusable_sender(bench, parsed)
     from bot.flows.confirm import confirm_by_token
 
     confirmed = confirm_by_token(bench.store, bench.clock(), parsed)

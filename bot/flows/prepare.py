@@ -137,7 +137,7 @@ def prepare_message(desk: KeyDesk, parsed: ParsedMail) -> Prepared:
     that step (and the message fails, to be retried by the next pass).
     """
     out = Prepared()
-    if parsed.no_reply_reason:
+    if parsed.no_reply_reason or parsed.sender_problem:  # nothing is made for either
         return out
     target = reply_target(desk.store, parsed)
     if not (parsed.facilities and (parsed.is_request or (target and target.state == State.NEEDS_INFO))):
