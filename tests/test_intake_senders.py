@@ -4,7 +4,9 @@ real intake (Maildir), real BIND and the SMTP sink:
 * bidi overrides and zero-width characters in a facility name never reach the case, the
   reply's subject or body, or staff (they make one name read as another);
 * a From or Reply-To that is not one valid address gets no reply anywhere (it could be a
-  third party's), no case and no key: staff get one note.
+  third party's), no case and no key: staff get one note;
+* the operator's own addresses (staff, anything at the own domains) are never a
+  facility's requester or contact: a request "from" or "reply to" staff is a staff note.
 """
 
 from __future__ import annotations
@@ -125,6 +127,44 @@ def test_a_sender_that_is_not_one_valid_address_gets_nothing_and_staff_are_told_
     bot.close()
 
 
+@pytest.mark.parametrize("headers", [
+    {"reply_to": f"Staff <{STAFF}>"},               # replies pointed at staff
+    {"sender": f"Support Staff <{STAFF}>"},         # a forged staff From
+    {"reply_to": "ops@mail.489ban.net"},            # anything at (below) the own domain
+])
+def test_a_request_whose_reply_would_go_to_the_operator_is_a_staff_note(
+        tmp_path: Any, bind: Any, smtp: Any, headers: dict[str, str]) -> None:
+    domain = f"own-{uuid.uuid4().hex[:6]}.test"
+    bind.add_zone(domain)
+    smtp.clear()
+    bot, inbox = make_bot(tmp_path, bind, smtp)
+    inbox.deliver(request(domain, [("ホテルあおい", f"info@{domain}")], **headers))
+    result = run_pass(bot)
+    assert result.messages == 1 and not result.errors
+    assert bot.store.list_cases() == []  # staff never become a stranger's requester
+    [subject] = staff_only(smtp)
+    assert "ESCALATION" in subject
+    note = email.message_from_bytes(smtp.messages[0].raw, policy=email.policy.default)
+    assert "the operator's own address" in note.get_body(preferencelist=("plain",)).get_content()
+    bot.close()
+
+
+def test_a_staff_address_named_as_contact_is_no_contact(tmp_path: Any, bind: Any, smtp: Any) -> None:
+    domain = f"ctc-{uuid.uuid4().hex[:6]}.test"
+    bind.add_zone(domain)
+    smtp.clear()
+    bot, inbox = make_bot(tmp_path, bind, smtp)
+    inbox.deliver(request(domain, [("ホテルあおい", f"info@{domain}")], contact=STAFF))
+    result = run_pass(bot)
+    assert result.messages == 1 and not result.errors
+    [case] = bot.store.list_cases()
+    assert case.contact_email is None and case.state == "needs_info"
+    assert [p["field"] for p in case.problems] == ["contact_email"]
+    [reply] = smtp.messages
+    assert reply.rcpt_tos == [f"yamada@{domain}", STAFF]  # the requester; staff in Cc as always
+    bot.close()
+
+
 @pytest.mark.parametrize(("value", "address", "problem"), [
     ("info@hotel.jp", "info@hotel.jp", None),
     ("=?utf-8?b?5bGx55Sw?= <info@hotel.jp>", "info@hotel.jp", None),
@@ -136,10 +176,13 @@ def test_a_sender_that_is_not_one_valid_address_gets_nothing_and_staff_are_told_
     ('"a,b"@evil.test', None, "From is not an address the bot can answer"),
     ("info@[192.0.2.1]", None, "From is not an address the bot can answer"),
     pytest.param("x" * 2000 + "@hotel.jp", None, "From is 2009 characters long", id="too-long"),
+    ("Staff <STAFF@489ban.net>", "staff@489ban.net", "From is the operator's own address"),
+    ("ops+x@partner.example", "ops+x@partner.example", "From is the operator's own address"),
 ])
 def test_the_sender_is_read_strictly(value: str, address: str | None, problem: str | None) -> None:
     raw = f"From: {value}\nSubject: DKIM、DMARC設定希望\nMessage-ID: <x@y>\n\n[施設名] a\n".encode()
-    parsed = parse_message(raw, own_addresses=[SUPPORT])
+    parsed = parse_message(raw, own_addresses=[SUPPORT], staff_addresses=["ops@partner.example"],
+                           own_domains=["489ban.net"])
     assert parsed.from_addr == address
     assert (parsed.sender_problem or "").startswith(problem or "") and bool(parsed.sender_problem) == bool(problem)
     if problem:

@@ -160,6 +160,8 @@ def process_message(bot: Bot, key: str, raw: bytes) -> str:
     budget = cfg.intake.message_time_budget_seconds
     with time_budget(budget, f"reading message {key}"):
         parsed = parse_message(raw, own_addresses=[cfg.service.support_address],
+                               staff_addresses=[*cfg.service.staff_cc, cfg.service.notify_address],
+                               own_domains=[*cfg.service.own_domains, cfg.bot_domain],
                                max_text_chars=cfg.intake.max_text_chars)
     # Counts and codes only: addresses and names stay out of the logs.
     log.debug("message %s (%s): request=%s, %d facilities, case refs %s, no-reply: %s, %d bytes",

@@ -14,13 +14,14 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.errors import HeaderParseError
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 
+from bot.core.authority import fold_address
 from bot.core.mailtext import (
     RULE_LINE,
     decode_header_value,
@@ -106,7 +107,8 @@ class ParsedMail:
     malformed: str | None = None
     # Why the mail has no sender the bot may answer as a facility, or None: a From or
     # Reply-To that is not one valid address ("info@victim.jp@evil.test", display text
-    # without angle brackets). Such a mail gets no reply and opens nothing: staff are told.
+    # without angle brackets), or one of the operator's own addresses (support@, staff,
+    # the own domains). Such a mail gets no reply and opens nothing: staff are told.
     sender_problem: str | None = None
 
     @property
@@ -653,6 +655,15 @@ def header_address(local: str, domain: str) -> str | None:
     return result.ascii_email.lower() if result.ascii_email else None
 
 
+def _operator_address(addr: str, staff: Collection[str], own_domains: Collection[str]) -> bool:
+    """Is ``addr`` the operator's own (support@, a staff address, any address at an own
+    domain or below it)? Such an address is never a facility's requester or contact."""
+    domain = addr.rpartition("@")[2]
+    if any(domain == d or domain.endswith("." + d) for d in own_domains):
+        return True
+    return fold_address(addr) in {fold_address(a) for a in staff}
+
+
 #: At most this many References ids are read: the thread's root and the newest ones, as
 #: RFC 5322 §3.6.4 trims them. Each id is looked up (the bot's mails, cases' roots); a
 #: crafted header of 40,000 ids kept one message busy for seconds per lookup (red team).
@@ -687,21 +698,43 @@ class _Senders:
     problem: str | None  # see ParsedMail.sender_problem
 
 
-def _senders(headers: dict[str, list[str]], own: set[str]) -> _Senders:
+def _senders(headers: dict[str, list[str]], own: set[str], staff: Collection[str],
+             own_domains: Collection[str]) -> _Senders:
     from_addr, from_problem = _address("From", _first(headers, "from"))
     reply_to, reply_problem = _address("Reply-To", _first(headers, "reply-to"))
-    if reply_to == from_addr or reply_to in own:
+    problem = from_problem or reply_problem
+    operator = [*own, *staff]
+    for name, addr in (("From", from_addr), ("Reply-To", reply_to)):
+        if problem is None and addr and _operator_address(addr, operator, own_domains):
+            problem = f"{name} is the operator's own address ({addr})"
+    if reply_to == from_addr:
         reply_to = None
-    return _Senders(from_addr, reply_to, from_problem or reply_problem)
+    return _Senders(from_addr, reply_to, problem)
+
+
+def _no_operator_contacts(facilities: list[Facility], staff: Collection[str],
+                          own_domains: Collection[str]) -> list[Facility]:
+    """A contact address of the operator's own (staff@, anything at an own domain) is no
+    facility's contact: the field is named invalid, so it is never copied on a mail."""
+    out = []
+    for f in facilities:
+        if f.contact_email and _operator_address(f.contact_email, staff, own_domains):
+            problem = FieldProblem("contact_email", "invalid", f.contact_email)
+            f = replace(f, contact_email=None, problems=(*f.problems, problem))
+        out.append(f)
+    return out
 
 
 def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
+                  staff_addresses: Collection[str] = (), own_domains: Collection[str] = (),
                   max_text_chars: int = MAX_TEXT_CHARS) -> ParsedMail:
     """Read one mail. Never raises on malformed input: whatever cannot be read is empty.
 
     ``facilities`` is always empty when ``no_reply_reason`` or ``sender_problem`` is set,
-    so a bounce that quotes a request, or a request without a usable sender, cannot open
-    a case even if a caller forgets to check.
+    so a bounce that quotes a request, or a request "from" staff, cannot open a case even
+    if a caller forgets to check. ``own_addresses`` are the bot's own (mail from them is
+    a loop, never answered); they, ``staff_addresses`` and any address at ``own_domains``
+    are never a facility's requester or contact.
     """
     malformed = mime_too_deep(raw)
     body_msg: Message | None = None
@@ -718,7 +751,8 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
     in_reply_to_match = _MSG_ID.search(_first(headers, "in-reply-to") or "")
     references = _trimmed_references(_MSG_ID.findall(" ".join(headers.get("references", []))))
     own = {address.strip().lower() for address in own_addresses}
-    senders = _senders(headers, own)
+    domains = [d.strip().lower().rstrip(".") for d in own_domains if d.strip()]
+    senders = _senders(headers, own, staff_addresses, domains)
     from_addr = senders.from_addr
     reason = _no_reply_reason(msg, headers, from_addr, subject, own)
     body = ""
@@ -727,7 +761,8 @@ def parse_message(raw: bytes, *, own_addresses: Collection[str] = (),
             body = extract_body_text(body_msg)[:max_text_chars]
         except RecursionError:
             malformed = "MIME structure nested too deeply to read"
-    facilities = () if reason or malformed or senders.problem else tuple(parse_facilities(body))
+    facilities = () if reason or malformed or senders.problem else tuple(
+        _no_operator_contacts(parse_facilities(body), [*own, *staff_addresses], domains))
     return ParsedMail(
         message_id=message_id_match.group(0) if message_id_match else None,
         subject=subject,

@@ -2,12 +2,13 @@
 
 ``parse_message`` names why (``ParsedMail.sender_problem``): a From or Reply-To that is
 not one valid address (``From: info@victim.jp@evil.test`` used to make ``@evil.test``
-the requester; ``From: 山田 太郎 info@hotel.jp`` one with spaces). Answering it could
-mail a third party on a stranger's behalf, so no reply is sent, no case or key is made
-and nothing about a case changes; staff get one note, written in the transaction that
-marks the message handled (a second pass does not repeat it). A note about a case the
-mail names or threads on is gated like every note about that case (merged within the
-hour, ``bot/flows/staffgate.py``).
+the requester; ``From: 山田 太郎 info@hotel.jp`` one with spaces), or one of the
+operator's own addresses (``Reply-To: staff@…`` made staff the requester of a stranger's
+case). Answering it could mail a third party or staff on a stranger's behalf, so no
+reply is sent, no case or key is made and nothing about a case changes; staff get one
+note, written in the transaction that marks the message handled (a second pass does not
+repeat it). A note about a case the mail names or threads on is gated like every note
+about that case (merged within the hour, ``bot/flows/staffgate.py``).
 """
 
 from __future__ import annotations
