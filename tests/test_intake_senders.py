@@ -170,6 +170,7 @@ def test_a_staff_address_named_as_contact_is_no_contact(tmp_path: Any, bind: Any
     ("=?utf-8?b?5bGx55Sw?= <info@hotel.jp>", "info@hotel.jp", None),
     ("山田 <info@ホテル.jp>", "info@xn--ddkyb8b.jp", None),
     ("info@hotel.jp, other@evil.test", "info@hotel.jp", None),  # the first is read
+    ("\r\n =?utf-8?b?5bGx55Sw?=\r\n <info@hotel.jp>", "info@hotel.jp", None),  # folded, as a long one is
     ("info@victim.jp@evil.test", None, "From is not one valid address"),
     ("Yamada Taro info@hotel.jp", None, "From is not one valid address"),
     ("やまだ@hotel.jp", None, "From is not one valid address"),

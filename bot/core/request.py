@@ -617,6 +617,7 @@ def _address(name: str, value: str | None) -> tuple[str | None, str | None]:
     if value is None or not value.strip():
         return None, None
     text = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    text = re.sub(r"\r?\n", "", text).strip()  # unfolded (RFC 5322 §2.2.3): a long From is folded
     shown = strip_invisible(re.sub(r"\s+", " ", text)).strip()[:120]
     if len(text) > MAX_ADDRESS_HEADER:
         return None, f"{name} is {len(text)} characters long: not read"
