@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
-from email.errors import HeaderParseError
+from email.errors import HeaderParseError, MessageDefect
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
@@ -616,7 +616,7 @@ def _address(name: str, value: str | None) -> tuple[str | None, str | None]:
     guessing at an address. With several addresses the first is read."""
     if value is None or not value.strip():
         return None, None
-    text = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    text = _header_text(value)
     text = re.sub(r"\r?\n", "", text).strip()  # unfolded (RFC 5322 §2.2.3): a long From is folded
     shown = strip_invisible(re.sub(r"\s+", " ", text)).strip()[:120]
     if len(text) > MAX_ADDRESS_HEADER:
@@ -625,8 +625,8 @@ def _address(name: str, value: str | None) -> tuple[str | None, str | None]:
         return None, f"{name} has {text.count('(')} comments: not read"
     try:
         header = _HEADERS(name, text)
-        valid = isinstance(header, AddressHeader) and not header.defects
         addresses: list[Address] = list(header.addresses) if isinstance(header, AddressHeader) else []
+        valid = isinstance(header, AddressHeader) and _display_defects_only(header.defects, text, addresses)
     except (HeaderParseError, ValueError, IndexError, TypeError, AttributeError, RecursionError):
         valid, addresses = False, []  # the parser's own failure: not an address either
     if not valid or not addresses:
@@ -635,6 +635,60 @@ def _address(name: str, value: str | None) -> tuple[str | None, str | None]:
     if addr is None:
         return None, f"{name} is not an address the bot can answer: {shown!r}"
     return addr, None
+
+
+#: Defects the stdlib reports about the display name alone, in forms Japanese mailers
+#: really send: "Y. Yamada" / "山田.太郎" unquoted (RFC 5322 obs-phrase, still valid to
+#: read), and an encoded-word inside quotes, "=?ISO-2022-JP?B?...?=" <x@hotel.jp>, which
+#: Becky!, old Outlook Express and many web mailers write (RFC 2047 §5 forbids it; every
+#: mail client decodes it). Any other defect still makes the header unusable.
+_DISPLAY_NAME_DEFECTS = frozenset({
+    "period in 'phrase'",
+    "encoded word inside quoted string",
+    "missing trailing whitespace after encoded-word",
+})
+
+
+def _display_defects_only(defects: Collection[MessageDefect], text: str, addresses: list[Address]) -> bool:
+    """No defect, or only display-name defects when the first address stands literally
+    between angle brackets in ``text``: a tolerated defect never decides the address
+    (an encoded-word in a quoted local part, '"=?us-ascii?Q?info?="@evil.test', stays
+    refused: its decoded address is not what the header says)."""
+    if not defects:
+        return True
+    if any(str(d) not in _DISPLAY_NAME_DEFECTS for d in defects) or not addresses:
+        return False
+    first = addresses[0]
+    angle = rf"<[ \t]*{re.escape(first.username)}@{re.escape(first.domain)}[ \t]*>"
+    return re.search(angle, text, re.IGNORECASE) is not None
+
+
+#: Raw 8-bit display names, as old Japanese mailers write them without RFC 2047: UTF-8,
+#: else Shift_JIS (cp932: its second bytes include "\\", which read as Latin-1 or as
+#: UTF-8 replacement escapes the next character and breaks the header), else EUC-JP.
+_RAW_HEADER_CHARSETS = ("utf-8", "cp932", "euc_jp")
+#: The characters that make an address header's structure. A charset guess that folds
+#: one of them into a multibyte character is wrong (or crafted) and not used.
+_STRUCTURE = '<>@",:;()[]'
+
+
+def _header_text(value: str) -> str:
+    """The header's text: raw 8-bit bytes (surrogate escapes from raw_items()) decoded by
+    the first charset that reads them whole and keeps every structural character; raw
+    ISO-2022-JP (escape sequences, no RFC 2047) decoded the same way; else UTF-8 with
+    replacement characters, which the strict read then judges."""
+    raw = value.encode("ascii", "surrogateescape")
+    if raw.isascii() and b"\x1b" not in raw:
+        return value
+    charsets = ("iso2022_jp",) if raw.isascii() else _RAW_HEADER_CHARSETS
+    for charset in charsets:
+        try:
+            text = raw.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        if charset == "iso2022_jp" or all(text.count(c) == raw.count(c.encode()) for c in _STRUCTURE):
+            return text
+    return raw.decode("utf-8", "replace")
 
 
 def header_address(local: str, domain: str) -> str | None:
