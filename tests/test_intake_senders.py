@@ -260,6 +260,9 @@ GOOD_SENDERS: list[tuple[str, bytes, str]] = [
                      f' {_b("UTF-8", "（代表）長い長い名前")}\r\n <{{a}}>').encode(), "{a}"),
     ("list-style", b'"Hotel via support" <{a}>', "{a}"),
     ("outlook-comma", b'"Yamada, Taro" <{a}>', "{a}"),
+    ("idn-punycode", b"Yamada <yamada@{d}>", "{a}"),  # {d}: xn--… for the idn- forms
+    ("idn-raw-utf-8", "yamada@{U}".encode(), "{a}"),  # {U}: the same domain in UTF-8
+    ("idn-raw-utf-8-named", "山田 <yamada@{U}>".encode(), "{a}"),
 ]
 
 
@@ -275,7 +278,7 @@ def raw_request(domain: str, from_: bytes, reply_to: bytes | None = None) -> tup
 
 def _fill(template: bytes, domain: str) -> bytes:
     return (template.replace(b"{a}", f"yamada@{domain}".encode()).replace(b"{d}", domain.encode())
-            .replace(b"{D}", domain.upper().encode()))
+            .replace(b"{D}", domain.upper().encode()).replace(b"{U}", domain.encode().decode("idna").encode()))
 
 
 def test_senders_as_japanese_mailers_write_them_are_answered_through_dovecot(
@@ -291,6 +294,8 @@ def test_senders_as_japanese_mailers_write_them_are_answered_through_dovecot(
     expected: dict[str, tuple[str, str]] = {}  # Message-ID -> (form, reply address)
     for form, template, address in GOOD_SENDERS:
         domain = f"{form.replace('_', '-')}-{uuid.uuid4().hex[:4]}.test"
+        if form.startswith("idn-"):
+            domain = f"旅館{uuid.uuid4().hex[:4]}.test".encode("idna").decode()
         bind.add_zone(domain)
         raw, msg_id = raw_request(domain, _fill(template, domain))
         dovecot.append(SUPPORT_ADDRESS, raw)
