@@ -13,6 +13,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
@@ -152,9 +154,10 @@ def test_a_backup_mid_flow_restores_into_a_new_dir_and_the_flow_finishes_there(
     assert "awaiting_dkim" in dkimbot(cfg_b, "status").stdout
 
 
-def test_signer_key_paths_follow_the_new_keys_dir(tmp_path: Path) -> None:
-    """The demo's state (a completed case with an installed key) into another directory:
-    the KeyTable names the key file where the new config keeps it."""
+@contextmanager
+def _demo_backup(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """The demo's kept state (a completed case with an installed key) backed up to
+    ``tmp_path/b.tgz``: yields (the demo's dir, its config); the dir is removed after."""
     demo = subprocess.run([sys.executable, "-m", "bot", "demo", "--keep"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, check=False)
     assert demo.returncode == 0, demo.stderr
@@ -162,6 +165,15 @@ def test_signer_key_paths_follow_the_new_keys_dir(tmp_path: Path) -> None:
     try:
         cfg = kept / "dkimbot.toml"
         assert dkimbot(cfg, "backup", str(tmp_path / "b.tgz")).returncode == 0
+        yield kept, cfg
+    finally:
+        subprocess.run(["rm", "-rf", str(kept)], check=False)
+
+
+def test_signer_key_paths_follow_the_new_keys_dir(tmp_path: Path) -> None:
+    """The demo's state (a completed case with an installed key) into another directory:
+    the KeyTable names the key file where the new config keeps it."""
+    with _demo_backup(tmp_path) as (kept, cfg):
         other = tmp_path / "elsewhere"
         cfg2 = tmp_path / "c2.toml"
         cfg2.write_text(cfg.read_text().replace(str(kept / "state"), str(other)))
@@ -172,8 +184,6 @@ def test_signer_key_paths_follow_the_new_keys_dir(tmp_path: Path) -> None:
         assert path.parent == other / "signer" / "keys" and path.is_file()
         assert (path.stat().st_mode & 0o777) == 0o600
         assert str(kept) not in keytable
-    finally:
-        subprocess.run(["rm", "-rf", str(kept)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
@@ -184,13 +194,7 @@ def test_restored_signer_keys_get_the_owner_and_modes_an_install_gives(tmp_path:
     import grp
     import pwd
 
-    demo = subprocess.run([sys.executable, "-m", "bot", "demo", "--keep"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert demo.returncode == 0, demo.stderr
-    kept = Path(demo.stdout.strip().splitlines()[-1].removeprefix("(kept ").rstrip(")"))
-    try:
-        cfg = kept / "dkimbot.toml"
-        assert dkimbot(cfg, "backup", str(tmp_path / "b.tgz")).returncode == 0
+    with _demo_backup(tmp_path) as (kept, cfg):
         other = tmp_path / "elsewhere"
         cfg2 = tmp_path / "c2.toml"
         text = cfg.read_text().replace(str(kept / "state"), str(other))
@@ -216,8 +220,6 @@ def test_restored_signer_keys_get_the_owner_and_modes_an_install_gives(tmp_path:
         directory = (other / "signer" / "keys").stat()
         assert (directory.st_uid, directory.st_gid, stat.S_IMODE(directory.st_mode)) == \
             (user.pw_uid, group.gr_gid, 0o750)
-    finally:
-        subprocess.run(["rm", "-rf", str(kept)], check=False)
 
 
 def test_a_damaged_or_foreign_archive_is_refused_before_anything_is_written(tmp_path: Path) -> None:

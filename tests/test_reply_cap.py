@@ -25,35 +25,41 @@ from bot.config import load_config
 pytestmark = pytest.mark.servers
 
 
-def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
-        tmp_path, dovecot, bind, smtp, monkeypatch):
+def _capped_bot(tmp_path, dovecot, bind, smtp, monkeypatch, *, cap: int, check_interval: int):
+    """A bot on a fresh Dovecot support mailbox with ``max_unproven_mails_per_hour = cap``,
+    its clock in a list the test moves; ``run()`` makes a pass and returns the mails it sent."""
     tag = uuid.uuid4().hex[:6]
     user = f"support-{tag}@489ban.net"
     dovecot.add_user(user, PASSWORD)
     monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
     smtp.clear()
     cfg = load_config(write_toml(tmp_path / "c.toml", {
-        "service": service(max_unproven_mails_per_hour=3),
-        "intake": imap(dovecot, user),
-        "outbound": smtp_out(smtp),
-        "dns": dns(bind),
-        "keys": {"bits": 1024},
-        "schedule": {"check_interval_seconds": 3600},
+        "service": service(max_unproven_mails_per_hour=cap),
+        "intake": imap(dovecot, user), "outbound": smtp_out(smtp), "dns": dns(bind),
+        "keys": {"bits": 1024}, "schedule": {"check_interval_seconds": check_interval},
         "state": {"dir": str(tmp_path / "state")},
     }))
     now = [datetime.now(UTC)]
     bot = Bot.open(cfg)
     bot.clock = lambda: now[0]
-    senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
-    for n in range(6):
-        bind.add_zone(f"flood{n}-{tag}.test")
-    for n, sender in enumerate(senders):
-        dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", f"flood{n}-{tag}.test", sender)))
 
     def run() -> list:
         before = len(smtp.messages)
         run_pass(bot)
         return smtp.messages[before:]
+
+    return bot, user, tag, now, run
+
+
+def test_replies_to_a_flood_of_senders_are_capped_per_hour_and_none_is_lost(
+        tmp_path, dovecot, bind, smtp, monkeypatch):
+    bot, user, tag, now, run = _capped_bot(tmp_path, dovecot, bind, smtp, monkeypatch,
+                                           cap=3, check_interval=3600)
+    senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
+    for n in range(6):
+        bind.add_zone(f"flood{n}-{tag}.test")
+    for n, sender in enumerate(senders):
+        dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", f"flood{n}-{tag}.test", sender)))
 
     first = run()
     assert len(bot.store.list_cases()) == 6  # every request was taken
@@ -92,20 +98,8 @@ def test_problem_mails_on_unproven_cases_are_capped_too(tmp_path, dovecot, bind,
     (six cases, each a selector of its own), then junk published at those selectors: the
     next check mailed every forged sender "please fix your record", uncapped, before the
     held reply with the record. Now those mails wait under the same hourly cap, in order."""
-    tag = uuid.uuid4().hex[:6]
-    user = f"support-{tag}@489ban.net"
-    dovecot.add_user(user, PASSWORD)
-    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
-    smtp.clear()
-    cfg = load_config(write_toml(tmp_path / "c.toml", {
-        "service": service(max_unproven_mails_per_hour=2),
-        "intake": imap(dovecot, user), "outbound": smtp_out(smtp), "dns": dns(bind),
-        "keys": {"bits": 1024}, "schedule": {"check_interval_seconds": 0},
-        "state": {"dir": str(tmp_path / "state")},
-    }))
-    now = [datetime.now(UTC)]
-    bot = Bot.open(cfg)
-    bot.clock = lambda: now[0]
+    bot, user, tag, now, run_all = _capped_bot(tmp_path, dovecot, bind, smtp, monkeypatch,
+                                               cap=2, check_interval=0)
     domain = f"attacker-{tag}.test"
     bind.add_zone(domain)
     senders = [f"victim{n}@forged-{tag}.example" for n in range(6)]
@@ -113,9 +107,7 @@ def test_problem_mails_on_unproven_cases_are_capped_too(tmp_path, dovecot, bind,
         dovecot.append(user, mail(sender, "DKIM、DMARC設定希望", block(f"宿{n}", domain, sender)))
 
     def run() -> list:
-        before = len(smtp.messages)
-        run_pass(bot)
-        return [m for m in smtp.messages[before:] if to_of(m) != {STAFF}]
+        return [m for m in run_all() if to_of(m) != {STAFF}]
 
     first = run()
     assert len(bot.store.list_cases()) == 6 and len(first) == 2
@@ -141,25 +133,11 @@ def test_mails_on_proven_cases_do_not_use_up_the_hour(tmp_path, dovecot, bind, s
     from bot.app.jobs import staff_resend
     from bot.core.cases import State
 
-    tag = uuid.uuid4().hex[:6]
-    user = f"support-{tag}@489ban.net"
-    dovecot.add_user(user, PASSWORD)
-    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
-    smtp.clear()
-    cfg = load_config(write_toml(tmp_path / "c.toml", {
-        "service": service(max_unproven_mails_per_hour=2),
-        "intake": imap(dovecot, user), "outbound": smtp_out(smtp), "dns": dns(bind),
-        "keys": {"bits": 1024}, "schedule": {"check_interval_seconds": 3600},
-        "state": {"dir": str(tmp_path / "state")},
-    }))
-    now = [datetime.now(UTC)]
-    bot = Bot.open(cfg)
-    bot.clock = lambda: now[0]
+    bot, user, tag, now, run_all = _capped_bot(tmp_path, dovecot, bind, smtp, monkeypatch,
+                                               cap=2, check_interval=3600)
 
     def run() -> list:
-        before = len(smtp.messages)
-        run_pass(bot)
-        return [m for m in smtp.messages[before:] if to_of(m) != {STAFF}]
+        return [m for m in run_all() if to_of(m) != {STAFF}]
 
     for n in range(2):
         bind.add_zone(f"known{n}-{tag}.test")

@@ -226,15 +226,10 @@ def _doctor(cfg: Config, args: argparse.Namespace) -> int:
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
     """``run --once``: one pass under the pass lock (cron's command)."""
-    from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
+    from bot.app.jobs import PassLocked, run_locked_pass
 
     try:
-        with pass_lock(cfg, wait=args.wait):
-            bot = Bot.open(cfg)
-            try:
-                result = run_pass(bot)
-            finally:
-                bot.close()
+        result = run_locked_pass(cfg, wait=args.wait)
     except PassLocked as exc:
         print(f"dkimbot: {exc}; not starting a second one", file=sys.stderr)
         return 75  # EX_TEMPFAIL: cron will simply try again

@@ -25,10 +25,12 @@ from bot.faults import maybe_crash
 from bot.flows.runtime import Bot, PassLocked, PassResult, pass_lock, utcnow
 
 if TYPE_CHECKING:
+    from bot.config import Config
     from bot.core.rows import CaseRow
 
 __all__ = [
-    "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "poll_inbox_once",
+    "Bot", "PassLocked", "PassResult", "pass_lock", "utcnow", "run_pass", "run_locked_pass",
+    "poll_inbox_once",
     "process_message", "recheck_due_once", "remind_due_once", "flush_outbox_once",
     "staff_cancel", "staff_retry", "staff_resend",
 ]
@@ -225,6 +227,18 @@ def run_pass(bot: Bot) -> PassResult:
 
         ping(bot.cfg.service.heartbeat_url)  # the dead-man's switch: only after a good pass
     return result
+
+
+def run_locked_pass(cfg: Config, *, wait: bool = False) -> PassResult:
+    """One pass under the state-dir lock, the ``Bot`` opened and closed around it: cron's
+    ``run --once`` and each of the daemon's passes. Raises ``PassLocked`` when another
+    pass holds the lock and ``wait`` is False."""
+    with pass_lock(cfg, wait=wait):
+        bot = Bot.open(cfg)
+        try:
+            return run_pass(bot)
+        finally:
+            bot.close()
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,10 @@ LOCKED_RETRY_SECONDS = 5.0
 
 def _one_pass(cfg: Config) -> bool:
     """One pass; False when another pass (cron) holds the state-dir lock."""
-    from bot.app.jobs import Bot, PassLocked, pass_lock, run_pass
+    from bot.app.jobs import PassLocked, run_locked_pass
 
     try:
-        with pass_lock(cfg, wait=False):
-            bot = Bot.open(cfg)
-            try:
-                result = run_pass(bot)
-            finally:
-                bot.close()
+        result = run_locked_pass(cfg)
     except PassLocked as exc:
         log.info("%s; trying again shortly", exc)
         return False
