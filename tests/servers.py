@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -1242,3 +1242,29 @@ class DelayingDnsProxy:
             return None
         finally:
             w.close()
+
+
+class UdpResponder:
+    """A loopback UDP peer that answers each datagram with what ``reply(wire)`` returns:
+    a list of datagrams (none is silence, several a flood). The tests' stand-ins for odd
+    DNS servers (refusing, pre-EDNS, lying) build on it."""
+
+    def __init__(self, reply: Callable[[bytes], list[bytes]], host: str = LOOPBACK) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            for datagram in self.reply(wire):
+                self.sock.sendto(datagram, peer)
+
+    def close(self) -> None:
+        self.sock.close()

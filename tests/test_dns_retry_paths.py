@@ -6,14 +6,13 @@ once more before it is a timeout (a UDP server of the test's own)."""
 from __future__ import annotations
 
 import secrets
-import socket
-import threading
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+from servers import UdpResponder
 
 from bot.adapters.dnsclient import DnsClient
 from bot.config import DnsConfig
@@ -34,35 +33,27 @@ def test_an_answer_over_1232_bytes_is_read_over_tcp(bind):
     assert client.queries_sent == 2  # UDP, then the same question over TCP
 
 
-class OldServer:
+class OldServer(UdpResponder):
     """Answers FORMERR to a query with EDNS, a TXT answer to one without; or nothing
     to the first ``silent`` queries."""
 
     def __init__(self, *, silent: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.silent = silent
         self.seen: list[bool] = []  # whether each query had EDNS
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__(self._answer)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                wire, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            query = dns.message.from_wire(wire)
-            self.seen.append(query.edns >= 0)
-            if len(self.seen) <= self.silent:
-                continue
-            reply = dns.message.make_response(query)
-            if query.edns >= 0 and not self.silent:
-                reply.set_rcode(dns.rcode.FORMERR)
-            else:
-                reply.flags |= dns.flags.AA
-                reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "TXT", '"v=DKIM1; p=AB"'))
-            self.sock.sendto(reply.to_wire(), peer)
+    def _answer(self, wire: bytes) -> list[bytes]:
+        query = dns.message.from_wire(wire)
+        self.seen.append(query.edns >= 0)
+        if len(self.seen) <= self.silent:
+            return []
+        reply = dns.message.make_response(query)
+        if query.edns >= 0 and not self.silent:
+            reply.set_rcode(dns.rcode.FORMERR)
+        else:
+            reply.flags |= dns.flags.AA
+            reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "TXT", '"v=DKIM1; p=AB"'))
+        return [reply.to_wire()]
 
 
 def test_a_server_before_edns_is_asked_again_without_it():

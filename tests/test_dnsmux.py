@@ -5,41 +5,16 @@ until the deadline, silence is a timeout, a closed port an error, never a hang."
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.rrset
 import pytest
+from servers import UdpResponder
 
 from bot.adapters import dnswire
 from bot.adapters.dnsmux import Batch, UdpMux
-
-
-class UdpServer:
-    """Answers each datagram with whatever ``reply(query_wire)`` returns (a list of datagrams)."""
-
-    def __init__(self, reply: Callable[[bytes], list[bytes]]) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.reply = reply
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                wire, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            for datagram in self.reply(wire):
-                self.sock.sendto(datagram, peer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _answer(wire: bytes, *, id_offset: int = 0, text: str = "v=DKIM1") -> bytes:
@@ -61,7 +36,7 @@ def _strings(reply: dnswire.Reply) -> list[tuple[bytes, ...]]:
 
 
 def test_junk_and_forged_answers_are_ignored_and_the_real_one_taken():
-    server = UdpServer(lambda wire: [b"\x00junk", _answer(wire, id_offset=1, text="forged"), _answer(wire)])
+    server = UdpResponder(lambda wire: [b"\x00junk", _answer(wire, id_offset=1, text="forged"), _answer(wire)])
     try:
         reply = UdpMux().query(*_query(), "127.0.0.1", server.port, 2.0).result(timeout=5)
         assert _strings(reply) == [(b"v=DKIM1",)]
@@ -76,7 +51,7 @@ def test_an_answer_with_our_id_to_another_question_is_ignored():
         forged.answer.append(dns.rrset.from_text("other.example.test.", 300, "IN", "TXT", '"forged"'))
         return forged.to_wire()
 
-    server = UdpServer(lambda wire: [other_question(wire), _answer(wire)])
+    server = UdpResponder(lambda wire: [other_question(wire), _answer(wire)])
     try:
         reply = UdpMux().query(*_query(), "127.0.0.1", server.port, 2.0).result(timeout=5)
         assert _strings(reply) == [(b"v=DKIM1",)]
@@ -85,7 +60,7 @@ def test_an_answer_with_our_id_to_another_question_is_ignored():
 
 
 def test_silence_is_a_timeout_at_the_deadline():
-    server = UdpServer(lambda wire: [])
+    server = UdpResponder(lambda wire: [])
     try:
         future = UdpMux().query(*_query(), "127.0.0.1", server.port, 0.3)
         with pytest.raises(dns.exception.Timeout):
@@ -105,7 +80,7 @@ def test_a_closed_port_is_an_error_not_a_hang():
 
 
 def test_many_queries_in_flight_each_gets_its_own_answer():
-    server = UdpServer(lambda wire: [_answer(wire, text=dns.message.from_wire(wire).question[0].name.to_text())])
+    server = UdpResponder(lambda wire: [_answer(wire, text=dns.message.from_wire(wire).question[0].name.to_text())])
     try:
         mux = UdpMux()
         names = [f"n{i}.example.test" for i in range(200)]

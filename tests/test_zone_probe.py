@@ -8,13 +8,12 @@ servers), as before."""
 from __future__ import annotations
 
 import secrets
-import socket
-import threading
 from typing import Any
 
 import dns.message
 import dns.rcode
 import pytest
+from servers import UdpResponder
 
 from bot.adapters.dnsclient import DnsClient
 from bot.config import DnsConfig
@@ -63,26 +62,18 @@ def test_the_quick_probe_tells_what_the_resolver_tells(bind):
     assert sorted(apex.lookup(zone, "NS").records) == [f"ns1.{zone}", f"ns2.{zone}"]
 
 
-class Refusing:
+class Refusing(UdpResponder):
     """A resolver that refuses every query (a lame or misconfigured one)."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.2", 0))
-        self.port = self.sock.getsockname()[1]
         self.asked = 0
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__(self._refuse, host="127.0.0.2")
 
-    def _run(self) -> None:
-        while True:
-            try:
-                wire, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            self.asked += 1
-            reply = dns.message.make_response(dns.message.from_wire(wire))
-            reply.set_rcode(dns.rcode.REFUSED)
-            self.sock.sendto(reply.to_wire(), peer)
+    def _refuse(self, wire: bytes) -> list[bytes]:
+        self.asked += 1
+        reply = dns.message.make_response(dns.message.from_wire(wire))
+        reply.set_rcode(dns.rcode.REFUSED)
+        return [reply.to_wire()]
 
 
 def test_a_refusal_is_asked_again_through_the_resolver():
