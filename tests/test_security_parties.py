@@ -105,14 +105,20 @@ def test_a_strangers_repeat_request_does_not_take_the_case(tmp_path, dovecot, bi
     assert not [m for m in new if f"yamada@{domain}" in to_of(m)]
 
 
-def test_a_strangers_reply_does_not_rewrite_a_needs_info_case(tmp_path, dovecot, bind, smtp, monkeypatch):
-    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
-    domain = f"hotel-{w.tag}.test"
+def needs_info_case(w: World, domain: str):
+    """sato@domain's request without the admin address: the one case waits in needs_info."""
     incomplete = block("ホテルB", domain).replace(f"info@{domain}", "")
     w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", incomplete))
     w.run()
     [case] = w.bot.store.list_cases()
     assert case.state == "needs_info"
+    return case
+
+
+def test_a_strangers_reply_does_not_rewrite_a_needs_info_case(tmp_path, dovecot, bind, smtp, monkeypatch):
+    w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
+    domain = f"hotel-{w.tag}.test"
+    case = needs_info_case(w, domain)
     evil = f"evil-{w.tag}.test"
     w.deliver(mail("mallory@evil.example", f"Re: [{case.ref}] 修正します", block("ホテルB", evil, "m@evil.example")))
     new = w.run()

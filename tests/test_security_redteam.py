@@ -7,7 +7,7 @@ sink, with the harness of ``test_security_parties``.
 from __future__ import annotations
 
 import pytest
-from test_security_parties import World, block, mail, to_of
+from test_security_parties import World, block, mail, needs_info_case, to_of
 
 pytestmark = pytest.mark.servers
 
@@ -19,11 +19,7 @@ def test_a_forged_from_without_the_thread_does_not_complete_a_needs_info_case(
     a stranger who forged the From chose its domain, admin and contact addresses."""
     w = World(tmp_path, dovecot, bind, smtp, monkeypatch)
     domain = f"hotel-{w.tag}.test"
-    incomplete = block("ホテルB", domain).replace(f"info@{domain}", "")
-    w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", incomplete))
-    w.run()
-    [case] = w.bot.store.list_cases()
-    assert case.state == "needs_info"
+    case = needs_info_case(w, domain)
     evil = f"evil-{w.tag}.test"
     w.deliver(mail(f"sato@{domain}", "DKIM、DMARC設定希望", block("ホテルB", evil, "m@evil.example")))
     w.run()
@@ -122,7 +118,6 @@ class _BlackHoleDns:
         import threading
 
         import dns.message
-
         from servers import free_port
 
         self.names: list[str] = []
