@@ -24,6 +24,7 @@ from email.policy import compat32
 from bot.core.authority import fold_address
 from bot.core.mailtext import (
     RULE_LINE,
+    decode_bytes,
     decode_header_value,
     extract_body_text,
     split_sections,
@@ -663,31 +664,25 @@ def _display_defects_only(defects: Collection[MessageDefect], text: str, address
     return re.search(angle, text, re.IGNORECASE) is not None
 
 
-#: Raw 8-bit display names, as old Japanese mailers write them without RFC 2047: UTF-8,
-#: else Shift_JIS (cp932: its second bytes include "\\", which read as Latin-1 or as
-#: UTF-8 replacement escapes the next character and breaks the header), else EUC-JP.
-_RAW_HEADER_CHARSETS = ("utf-8", "cp932", "euc_jp")
 #: The characters that make an address header's structure. A charset guess that folds
-#: one of them into a multibyte character is wrong (or crafted) and not used.
+#: one of them into a multibyte character (a Shift_JIS lead byte before "@" or "<") is
+#: wrong, or crafted, and not used.
 _STRUCTURE = '<>@",:;()[]'
 
 
 def _header_text(value: str) -> str:
-    """The header's text: raw 8-bit bytes (surrogate escapes from raw_items()) decoded by
-    the first charset that reads them whole and keeps every structural character; raw
-    ISO-2022-JP (escape sequences, no RFC 2047) decoded the same way; else UTF-8 with
-    replacement characters, which the strict read then judges."""
+    """The header's text. Raw 8-bit display names, as old Japanese mailers write them
+    without RFC 2047, are decoded by the body's charset guess (``mailtext.decode_bytes``:
+    UTF-8, eucJP-ms, Shift_JIS/cp932, with its 0x5C second bytes that read as "\\" would
+    escape the next character) when the guess keeps every structural character; raw
+    ISO-2022-JP (escape sequences: its kanji bytes are ASCII, so they are not counted)
+    the same way; else UTF-8 with replacement characters, which the strict read judges."""
     raw = value.encode("ascii", "surrogateescape")
-    if raw.isascii() and b"\x1b" not in raw:
-        return value
-    charsets = ("iso2022_jp",) if raw.isascii() else _RAW_HEADER_CHARSETS
-    for charset in charsets:
-        try:
-            text = raw.decode(charset)
-        except (UnicodeDecodeError, LookupError):
-            continue
-        if charset == "iso2022_jp" or all(text.count(c) == raw.count(c.encode()) for c in _STRUCTURE):
-            return text
+    if raw.isascii():
+        return decode_bytes(raw) if b"\x1b" in raw else value
+    text = decode_bytes(raw)
+    if all(text.count(c) == raw.count(c.encode()) for c in _STRUCTURE):
+        return text
     return raw.decode("utf-8", "replace")
 
 
